@@ -1,0 +1,5 @@
+"""peerdistd: BranchCache (PeerDist) for Linux."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
