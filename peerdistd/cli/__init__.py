@@ -1,11 +1,50 @@
-"""The ``peerdist`` command line (placeholder until the subcommands land)."""
+"""The ``peerdist`` command line.
+
+Each module in ``COMMAND_MODULES`` adds its subcommands with ``register(subparsers)``; every
+subparser sets ``func`` to a callable taking the parsed arguments and returning an exit code.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
+from collections.abc import Callable
+
+from peerdistd import __version__
+
+COMMAND_MODULES = (
+    "peerdistd.cli.hash",  # hash, inspect: no daemon needed
+    "peerdistd.cli.remote",  # status, publish, fetch, ...: clients of the local API
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peerdist", description="PeerDist (BranchCache) tools and client of peerdistd."
+    )
+    parser.add_argument("--version", action="version", version=f"peerdist {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``peerdist``."""
-    print("usage: peerdist {hash,inspect,status,publish,fetch,...}", file=sys.stderr)
-    return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
