@@ -1,0 +1,444 @@
+"""Configuration: embedded defaults, an optional TOML file, ``PEERDISTD_<SECTION>_<KEY>`` overrides.
+
+Every key has a default, so no file is needed. Values are checked on load; a bad one raises
+:class:`~peerdistd.errors.ConfigError` naming its key, and so does an unknown key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import pwd
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peerdistd.errors import ConfigError
+
+ENV_PREFIX = "PEERDISTD_"
+ENV_CONFIG = "PEERDISTD_CONFIG"  # the config file's path; not a key override
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    enabled: bool = True  # policy: false -> every API call but status answers NOT_SUPPORTED
+    state_dir: str = ""  # "" = default_paths()
+    cache_dir: str = ""
+    socket: str = ""
+    socket_mode: str = "0660"
+    socket_group: str = ""
+    api_tcp: str = ""  # optional loopback "127.0.0.1:PORT"
+    handle_idle_timeout: float = 600.0
+    shutdown_timeout: float = 10.0
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    limit_bytes: int = 0  # 0 = use limit_percent of the cache file system
+    limit_percent: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ContentConfig:
+    version: int = 1
+    hash: str = "sha256"  # V1 only ([MS-PCCRC] 2.3 dwHashAlgo); V2 is always truncated SHA-512
+    secret_file: str = ""  # "" = <state_dir>/server-secret
+
+
+@dataclass(frozen=True, slots=True)
+class PeersConfig:
+    listen: str = "0.0.0.0:80"  # [MS-PCCRR] 2.1.1: Windows peers connect to port 80
+    advertise: str = ""
+    interfaces: tuple[str, ...] = ()
+    discovery_port: int = 3702  # [MS-PCCRD] 2.1
+    discovery_window_ms: int = 300
+    upload_limit: int = 64  # [MS-PCCRR] Appendix A: Windows' default upload limit
+    max_inflight: int = 32
+    max_inflight_per_peer: int = 8
+    ban_seconds: int = 300
+    request_timeout_ms: int = 2000  # [MS-PCCRR] Appendix A <9>: client request timer 2 s
+    zeroconf: bool = True
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9595"  # "" = off
+    allow_remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """Where the daemon keeps its files, after config keys, systemd and XDG are applied."""
+
+    state_dir: Path
+    cache_dir: Path
+    socket: Path
+    secret_file: Path
+
+
+def default_paths(uid: int | None = None, env: Mapping[str, str] | None = None) -> Paths:
+    """The default paths for ``uid``: systemd's directories, else root's or the XDG ones."""
+    env = os.environ if env is None else env
+    uid = os.geteuid() if uid is None else uid
+    if uid == 0:
+        state, cache = Path("/var/lib/peerdistd"), Path("/var/cache/peerdistd")
+        runtime = Path("/run/peerdistd")
+    else:
+        home = Path(env.get("HOME") or _home_of(uid))
+        state = (_xdg(env, "XDG_DATA_HOME") or home / ".local" / "share") / "peerdistd"
+        cache = (_xdg(env, "XDG_CACHE_HOME") or home / ".cache") / "peerdistd"
+        xdg_runtime = _xdg(env, "XDG_RUNTIME_DIR")
+        # Without XDG_RUNTIME_DIR: a per-user /tmp dir; ensure_private_dir() creates it 0700
+        # and refuses one that another user made first.
+        runtime = xdg_runtime / "peerdistd" if xdg_runtime else Path(f"/tmp/peerdistd-{uid}")  # noqa: S108
+    # systemd's StateDirectory= etc. export these (systemd.exec(5)); the first entry is ours.
+    state = _systemd_dir(env, "STATE_DIRECTORY") or state
+    cache = _systemd_dir(env, "CACHE_DIRECTORY") or cache
+    runtime = _systemd_dir(env, "RUNTIME_DIRECTORY") or runtime
+    return Paths(state, cache, runtime / "api.sock", state / "server-secret")
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return "/"
+
+
+def _xdg(env: Mapping[str, str], name: str) -> Path | None:
+    # The XDG base directory spec says relative values are invalid and must be ignored.
+    value = env.get(name, "")
+    return Path(value) if value.startswith("/") else None
+
+
+def _systemd_dir(env: Mapping[str, str], name: str) -> Path | None:
+    first = env.get(name, "").split(":")[0]
+    return Path(first) if first.startswith("/") else None
+
+
+def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
+    """Create ``path`` with ``mode`` if missing; refuse a symlink or another user's directory."""
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        info = path.lstat()
+    except OSError as exc:
+        raise ConfigError("daemon.socket", f"cannot create {path}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError("daemon.socket", f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise ConfigError("daemon.socket", f"{path} belongs to uid {info.st_uid}, not to us")
+    if stat.S_IMODE(info.st_mode) & ~mode:
+        path.chmod(mode)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; ``paths`` is resolved by :func:`load_config`."""
+
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    paths: Paths = field(default_factory=default_paths)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "daemon": DaemonConfig,
+    "cache": CacheConfig,
+    "content": ContentConfig,
+    "peers": PeersConfig,
+    "metrics": MetricsConfig,
+}
+
+RELOADABLE: frozenset[str] = frozenset(
+    {
+        *("daemon.enabled", "daemon.log_level", "daemon.handle_idle_timeout"),
+        *("cache.limit_bytes", "cache.limit_percent"),
+        *("peers.upload_limit", "peers.max_inflight", "peers.max_inflight_per_peer"),
+        *("peers.ban_seconds", "peers.discovery_window_ms"),
+    }
+)
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def parse_endpoint(key: str, value: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
+    """Split ``"ip:port"`` or ``"[ipv6]:port"`` into (host, port); the host must be an IP."""
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text, 10)
+    except ValueError:
+        port = -1
+    if not sep or not 0 <= port <= 65535 or (port == 0 and not allow_port_zero):
+        raise ConfigError(key, f"must be an IP address and port like 127.0.0.1:8080, got {value!r}")
+    return host, port
+
+
+def _is_loopback(key: str, value: str) -> bool:
+    return ipaddress.ip_address(parse_endpoint(key, value)[0]).is_loopback
+
+
+# Checks beyond the type: each returns a message, or None when the value is fine.
+Check = Callable[[str, Any], str | None]
+
+
+def _between(lo: float, hi: float | None = None) -> Check:
+    bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+
+    def check(_: str, value: Any) -> str | None:
+        if lo <= value and (hi is None or value <= hi):
+            return None
+        return (
+            f"must be {bound}, got {value:g}"
+            if isinstance(value, float)
+            else f"must be {bound}, got {value}"
+        )
+
+    return check
+
+
+def _one_of(*choices: Any) -> Check:
+    names = ", ".join(map(str, choices))
+    return lambda _, v: None if v in choices else f"must be one of {names}, got {v!r}"
+
+
+def _endpoint(*, optional: bool = False, reachable: bool = False) -> Check:
+    def check(key: str, value: Any) -> str | None:
+        if value or not optional:
+            host, _ = parse_endpoint(key, value, allow_port_zero=not reachable)
+            if reachable and ipaddress.ip_address(host).is_unspecified:
+                return f"must be an address peers can reach, got {value!r}"
+        return None
+
+    return check
+
+
+def _octal_mode(_: str, value: Any) -> str | None:
+    ok = len(value) > 0 and set(value) <= set("01234567") and int(value, 8) <= 0o777
+    return None if ok else f"must be an octal file mode like 0660, got {value!r}"
+
+
+def _loopback_only(key: str, value: Any) -> str | None:
+    # DESIGN.md, "The local API": never on a LAN address.
+    ok = not value or _is_loopback(key, value)
+    return None if ok else f"must be a loopback address, got {value!r}"
+
+
+def _ip_list(_: str, value: Any) -> str | None:
+    for item in value:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            return f"must list IP addresses, got {item!r}"
+    return None
+
+
+CHECKS: dict[str, Check] = {
+    "daemon.socket_mode": _octal_mode,
+    "daemon.api_tcp": _loopback_only,
+    "daemon.handle_idle_timeout": _between(1),
+    "daemon.shutdown_timeout": _between(0),
+    "daemon.log_level": _one_of(*LOG_LEVELS),
+    "daemon.log_format": _one_of("text", "json"),
+    "cache.limit_bytes": _between(0),
+    "cache.limit_percent": _between(0, 100),
+    "content.version": _one_of(1, 2),
+    "content.hash": _one_of("sha256", "sha384", "sha512"),
+    "peers.listen": _endpoint(),
+    "peers.advertise": _endpoint(optional=True, reachable=True),
+    "peers.interfaces": _ip_list,
+    "peers.discovery_port": _between(1, 65535),
+    "peers.discovery_window_ms": _between(0, 60_000),
+    "peers.upload_limit": _between(1),
+    "peers.max_inflight": _between(1),
+    "peers.max_inflight_per_peer": _between(1),
+    "peers.ban_seconds": _between(0),
+    "peers.request_timeout_ms": _between(1),
+    "metrics.listen": _endpoint(optional=True),
+}
+
+
+def _cross_checks(cfg: Config) -> None:
+    peers, listen = cfg.peers, cfg.metrics.listen
+    if peers.max_inflight_per_peer > peers.max_inflight:
+        raise ConfigError(
+            "peers.max_inflight_per_peer",
+            f"must not exceed peers.max_inflight ({peers.max_inflight}), "
+            f"got {peers.max_inflight_per_peer}",
+        )
+    if listen and not cfg.metrics.allow_remote and not _is_loopback("metrics.listen", listen):
+        raise ConfigError(
+            "metrics.listen",
+            f"{listen!r} is not a loopback address; set metrics.allow_remote = true to allow it",
+        )
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLS |= {"0": False, "false": False, "no": False, "off": False}
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _parse_env(kind: type, text: str) -> Any:
+    """Environment text as the key's type (lists are comma-separated); unparsable text stays."""
+    text = text.strip() if kind is not str else text
+    try:
+        if kind is bool:
+            return _BOOLS.get(text.lower(), text)
+        if kind is tuple:
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return int(text, 10) if kind is int else float(text) if kind is float else text
+    except ValueError:
+        return text
+
+
+def _convert(key: str, default: Any, value: Any) -> Any:
+    """Check ``value`` against the default's type (ints do for floats), then the key's check."""
+    kind = type(default)
+    if kind is float and type(value) is int:
+        value = float(value)
+    if kind is tuple:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    else:  # type() is, not isinstance(): a TOML true must not pass for an integer
+        ok = type(value) is kind and (kind is not float or math.isfinite(value))
+    if not ok:
+        raise ConfigError(key, f"must be {_KINDS.get(kind, 'a list of strings')}, got {value!r}")
+    value = tuple(value) if kind is tuple else value
+    if key in CHECKS and (problem := CHECKS[key](key, value)):
+        raise ConfigError(key, problem)
+    return value
+
+
+def _defaults() -> dict[str, dict[str, Any]]:
+    return {
+        name: {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+        for name, cls in SECTIONS.items()
+    }
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as stream:
+            return tomllib.load(stream)
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the configuration: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+
+
+def _gather(raw: Mapping[str, Any], env: Mapping[str, str], problems: list[ConfigError]) -> Any:
+    """Values per section: the defaults, then the file, then the environment; problems collected."""
+    values = _defaults()
+    given: list[tuple[str, str, Any]] = []  # (section, key, file value or env text)
+    for section, table in raw.items():
+        if section not in SECTIONS or not isinstance(table, dict):
+            problems.append(ConfigError(section, "unknown section (or not a [table])"))
+            continue
+        given += [(section, key, value) for key, value in table.items()]
+    for name, text in env.items():
+        if name.startswith(ENV_PREFIX) and name != ENV_CONFIG:
+            section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+            if key not in values.get(section, {}):
+                problems.append(ConfigError(name, "unknown configuration key in the environment"))
+                continue
+            given.append((section, key, _parse_env(type(values[section][key]), text)))
+    for section, key, value in given:
+        if key not in values[section]:
+            problems.append(ConfigError(f"{section}.{key}", "unknown key"))
+            continue
+        try:
+            values[section][key] = _convert(f"{section}.{key}", values[section][key], value)
+        except ConfigError as exc:
+            problems.append(exc)
+    return values
+
+
+def _build(values: dict[str, dict[str, Any]], uid: int | None, env: Mapping[str, str]) -> Config:
+    sections = {name: SECTIONS[name](**values[name]) for name in SECTIONS}
+    daemon: DaemonConfig = sections["daemon"]
+    base = default_paths(uid, env)
+    state = Path(daemon.state_dir) if daemon.state_dir else base.state_dir
+    paths = Paths(
+        state_dir=state,
+        cache_dir=Path(daemon.cache_dir) if daemon.cache_dir else base.cache_dir,
+        socket=Path(daemon.socket) if daemon.socket else base.socket,
+        secret_file=Path(values["content"]["secret_file"] or state / "server-secret"),
+    )
+    return Config(**sections, paths=paths)
+
+
+def default_config_path(uid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """Where the config file is looked for when none is named (it may not exist)."""
+    env = os.environ if env is None else env
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
+    # systemd's ConfigurationDirectory= exports CONFIGURATION_DIRECTORY (systemd.exec(5)).
+    base = _systemd_dir(env, "CONFIGURATION_DIRECTORY")
+    if base is None:
+        uid = os.geteuid() if uid is None else uid
+        home = Path(env.get("HOME") or _home_of(uid))
+        base = Path("/etc") if uid == 0 else _xdg(env, "XDG_CONFIG_HOME") or home / ".config"
+        base = base / "peerdistd"
+    return base / "peerdistd.toml"
+
+
+def _load(
+    path: Path | None, env: Mapping[str, str] | None, uid: int | None
+) -> tuple[Config | None, list[ConfigError]]:
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    problems: list[ConfigError] = []
+    if path is None:
+        # A default location that does not exist is fine; a named file must exist.
+        path = default_config_path(uid, env)
+        if not env.get(ENV_CONFIG) and not path.exists():
+            path = None
+    try:
+        if path is not None:
+            raw = _read_file(path)
+        config = _build(_gather(raw, env, problems), uid, env)
+        _cross_checks(config)  # keys that failed hold their defaults here
+    except ConfigError as exc:
+        problems.append(exc)
+        return None, problems
+    return (None if problems else config), problems
+
+
+def load_config(
+    path: Path | None = None, env: Mapping[str, str] | None = None, *, uid: int | None = None
+) -> Config:
+    """Load the configuration; raise :class:`ConfigError` for the first problem found.
+
+    ``path`` None means ``$PEERDISTD_CONFIG`` or the default location, if that file exists.
+    """
+    config, problems = _load(path, env, uid)
+    if config is None:
+        raise problems[0]
+    return config
+
+
+def check_config(path: Path | None, env: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem of the configuration as ``"key: message"``; [] if it is fine."""
+    return [str(problem) for problem in _load(path, env, None)[1]]
+
+
+def diff_for_reload(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Changed keys as (applied at run time, needing a restart), each sorted."""
+    changed = sorted(
+        f"{section}.{f.name}"
+        for section in SECTIONS
+        for f in dataclasses.fields(getattr(old, section))
+        if getattr(getattr(old, section), f.name) != getattr(getattr(new, section), f.name)
+    )
+    return [k for k in changed if k in RELOADABLE], [k for k in changed if k not in RELOADABLE]
