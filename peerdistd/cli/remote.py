@@ -1,10 +1,360 @@
-"""Subcommands (to be filled in)."""
+"""Subcommands that use a running peerdistd through its local API (status, publish, fetch, ...).
+
+``fetch`` is the whole PeerDist application loop: stream-read from the daemon, and get each
+range it reports missing from the origin with a MissingDataRequest ([MS-PCCRTP] 3.1; what iPXE
+sends), add it back and go on until NO_MORE.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aiohttp
+from rich.console import Console
+
+from peerdistd.api.client import DEFAULT_READ_MAX, PeerDistClient, default_socket_path
+from peerdistd.cli.progress import (
+    ProgressCallback,
+    cache_table,
+    human_bytes,
+    peers_table,
+    progress_bar,
+    status_view,
+)
+from peerdistd.errors import (
+    ApiError,
+    MissingData,
+    NoMore,
+    PeerDistError,
+    RemoteError,
+    ServiceUnavailable,
+    Timeout,
+)
+
+ORIGIN_CHUNK = 1 << 20
+# [MS-PCCRTP] 2.2.1.2: a missing-data request is an identity request with this header, and
+# never together with Accept-Encoding: peerdist (PROTOCOLS.md, section 5).
+MISSING_DATA_HEADER = "Version=1.1, MissingDataRequest=true"
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+Command = Callable[[PeerDistClient, argparse.Namespace], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSummary:
+    size: int  # bytes written
+    from_cache: int
+    from_peers: int
+    from_origin: int
+    origin_requests: int
+    seconds: float
+
+
+async def origin_range(
+    session: aiohttp.ClientSession, url: str, offset: int, length: int
+) -> AsyncIterator[bytes]:
+    """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ORIGIN_CHUNK."""
+    last = offset + length - 1
+    headers = {
+        "Range": f"bytes={offset}-{last}",
+        "X-P2P-PeerDist": MISSING_DATA_HEADER,
+        "Accept-Encoding": "identity",
+    }
+    where = f"origin {url} (bytes {offset}-{last})"
+    got = 0
+    try:
+        async with session.get(url, headers=headers) as resp:
+            if resp.status != 206:
+                raise RemoteError(f"{where}: HTTP {resp.status} {resp.reason}, expected 206")
+            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if not match or (int(match[1]), int(match[2])) != (offset, last):
+                got_range = resp.headers.get("Content-Range")
+                raise RemoteError(f"{where}: answered Content-Range {got_range!r}")
+            if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+                raise RemoteError(f"{where}: answered Content-Encoding, expected identity")
+            while got < length:
+                chunk = await resp.content.read(min(ORIGIN_CHUNK, length - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+                yield chunk
+            if got != length or await resp.content.read(1):
+                raise RemoteError(f"{where}: sent a body of the wrong length")
+    except aiohttp.ClientError as exc:
+        raise RemoteError(f"{where}: {exc!r}") from exc
+
+
+async def fetch(
+    client: PeerDistClient,
+    content_information: bytes,
+    origin: str,
+    out: BinaryIO,
+    *,
+    timeout_ms: int | None = None,
+    progress: ProgressCallback | None = None,
+    read_max: int = DEFAULT_READ_MAX,
+) -> FetchSummary:
+    """Get the content through peerdistd, filling what it lacks from ``origin``; write to out."""
+    started = time.monotonic()
+    from_cache = from_peers = from_origin = requests = 0
+    expected: int | None = None
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+    handle = await client.open_content(content_information, immediate=True)
+    async with handle, aiohttp.ClientSession(timeout=timeout) as origin_session:
+        if not handle.complete:
+            await handle.complete_content_information()
+        expected = handle.range_offset
+
+        def advance(offset: int, n: int) -> None:
+            nonlocal expected
+            # Stream reads are served in order, each taking the next range (DESIGN.md).
+            if expected is not None and offset != expected:
+                raise ServiceUnavailable(f"peerdistd read at offset {offset}, expected {expected}")
+            if n <= 0:
+                raise ServiceUnavailable(f"peerdistd returned an empty range at {offset}")
+            expected = offset + n
+
+        while True:
+            try:
+                cached = await handle.available()
+                want = min(read_max, cached) if cached else read_max
+                read = await handle.stream_read(want, timeout_ms=timeout_ms)
+            except NoMore:
+                break
+            except (MissingData, Timeout) as gap:
+                advance(gap.offset, gap.length)
+                position = gap.offset
+                requests += 1
+                async for chunk in origin_range(origin_session, origin, gap.offset, gap.length):
+                    await handle.add_data(position, chunk)
+                    out.write(chunk)
+                    position += len(chunk)
+                    from_origin += len(chunk)
+                    if progress:
+                        progress(from_cache + from_peers + from_origin, handle.size)
+                continue
+            advance(read.offset, len(read.data))
+            out.write(read.data)
+            local = min(len(read.data), cached)
+            from_cache += local
+            from_peers += len(read.data) - local
+            if progress:
+                progress(from_cache + from_peers + from_origin, handle.size)
+        if from_origin:
+            await handle.flush()
+    return FetchSummary(
+        from_cache + from_peers + from_origin,
+        from_cache,
+        from_peers,
+        from_origin,
+        requests,
+        time.monotonic() - started,
+    )
+
+
+# --- the subcommands -------------------------------------------------------------------------
+
+
+def _stderr() -> Console:
+    return Console(stderr=True)
+
+
+async def _status(client: PeerDistClient, args: argparse.Namespace) -> int:
+    status = await client.status()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(status), indent=2, sort_keys=True))
+    else:
+        Console().print(status_view(status))
+    return 0
+
+
+async def _publish(client: PeerDistClient, args: argparse.Namespace) -> int:
+    pub = await client.publish(args.file, id=args.id, version=args.version, hash=args.hash)
+    if args.content_info is not None:
+        _write_file(args.content_info, await client.content_information(pub.id))
+    print(
+        f"published {pub.id}: {pub.size} bytes, content information V{pub.version} "
+        f"({pub.algorithm}), {pub.segments} segments"
+    )
+    return 0
+
+
+async def _content_info(client: PeerDistClient, args: argparse.Namespace) -> int:
+    if (args.offset is None) != (args.length is None):
+        print("peerdist: error: give both --offset and --length, or neither", file=sys.stderr)
+        return 2
+    info = await client.content_information(
+        args.id, offset=args.offset, length=args.length, version=args.version
+    )
+    _write_file(args.output, info)
+    return 0
+
+
+async def _unpublish(client: PeerDistClient, args: argparse.Namespace) -> int:
+    await client.unpublish(args.id)
+    return 0
+
+
+async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
+    content_information = await asyncio.to_thread(args.content_info.read_bytes)
+    err = _stderr()
+    to_stdout = str(args.output) == "-"
+    # Written beside OUT and renamed when complete, so OUT is never a partial file.
+    part = args.output.with_name(args.output.name + ".part")
+    out = sys.stdout.buffer if to_stdout else await asyncio.to_thread(part.open, "wb")
+    try:
+        with (
+            progress_bar(err, "fetch") if err.is_terminal else contextlib.nullcontext() as progress
+        ):
+            summary = await fetch(
+                client,
+                content_information,
+                args.origin,
+                out,
+                timeout_ms=args.timeout_ms,
+                progress=progress,
+            )
+        out.flush()
+        if not to_stdout:
+            out.close()
+            os.replace(part, args.output)
+    finally:
+        if not to_stdout:
+            out.close()
+            part.unlink(missing_ok=True)
+    (err if to_stdout else Console()).print(_fetch_report(summary))
+    return 0
+
+
+def _fetch_report(s: FetchSummary) -> str:
+    rate = human_bytes(s.size / s.seconds) + "/s" if s.seconds > 0 else "-"
+    return (
+        f"fetched {human_bytes(s.size)} in {s.seconds:.2f} s ({rate}): "
+        f"{human_bytes(s.from_cache)} from cache, {human_bytes(s.from_peers)} from peers, "
+        f"{human_bytes(s.from_origin)} from origin ({s.origin_requests} requests)"
+    )
+
+
+async def _cache(client: PeerDistClient, args: argparse.Namespace) -> int:
+    if args.flush:
+        print(f"freed {human_bytes(await client.flush_cache())}")
+    else:
+        Console().print(cache_table(await client.cache()))
+    return 0
+
+
+async def _peers(client: PeerDistClient, args: argparse.Namespace) -> int:
+    Console().print(peers_table(await client.peers()))
+    return 0
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    if str(path) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        path.write_bytes(data)
+
+
+def run(command: Command, args: argparse.Namespace) -> int:
+    """Run one subcommand against the daemon; errors become one line and exit 1."""
+
+    async def main() -> int:
+        async with PeerDistClient(args.socket) as client:
+            return await command(client, args)
+
+    try:
+        return asyncio.run(main())
+    except ApiError as exc:
+        # Transport failures already read as a sentence; the daemon's errors get their NAME.
+        transport = isinstance(exc.__cause__, aiohttp.ClientError | OSError)
+        named = transport or exc.name in exc.message
+        detail = exc.message if named else f"{exc.message} ({exc.name})"
+        print(f"peerdist: error: {detail}", file=sys.stderr)
+    except (PeerDistError, OSError) as exc:
+        print(f"peerdist: error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _add(
+    subparsers: argparse._SubParsersAction[Any],
+    parent: argparse.ArgumentParser,
+    name: str,
+    command: Command,
+    help: str,
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, parents=[parent], help=help, description=help
+    )
+    parser.set_defaults(func=lambda args: run(command, args))
+    return parser
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this module's subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--socket",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help=f"the daemon's API socket (default: {default_socket_path()})",
+    )
+    p = _add(subparsers, common, "status", _status, "show the daemon's state, cache and peers")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    p = _add(subparsers, common, "publish", _publish, "publish a file for peers to share")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--id", help="content id (default: one is assigned)")
+    p.add_argument("--version", type=int, choices=(1, 2), default=1)
+    p.add_argument("--hash", choices=("sha256", "sha384", "sha512"), default="sha256")
+    p.add_argument("--content-info", type=Path, metavar="OUT", help="also write its content info")
+
+    p = _add(subparsers, common, "content-info", _content_info, "get a publication's content info")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--offset", type=_natural, help="range start (with --length)")
+    p.add_argument("--length", type=_natural, help="range length (with --offset)")
+    p.add_argument("--version", type=int, choices=(1, 2), help="default: the publication's")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="'-': stdout")
+
+    p = _add(subparsers, common, "unpublish", _unpublish, "withdraw a publication")
+    p.add_argument("id", metavar="ID")
+
+    p = _add(subparsers, common, "fetch", _fetch, "get content through peers, else the origin")
+    p.add_argument("--content-info", type=Path, required=True, metavar="F")
+    p.add_argument("--origin", required=True, metavar="URL", type=_http_url)
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="'-': stdout")
+    p.add_argument("--timeout-ms", type=_natural, metavar="N", help="peer timeout (default 5000)")
+
+    p = _add(subparsers, common, "cache", _cache, "show the block cache's use")
+    p.add_argument("--flush", action="store_true", help="empty the block cache (root only)")
+
+    _add(subparsers, common, "peers", _peers, "list the peers known")
+
+
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a non-negative integer: {text!r}")
+    return value
+
+
+def _http_url(text: str) -> str:
+    if not re.match(r"https?://[^/\s]+", text):
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
+    return text

@@ -1,0 +1,124 @@
+"""How the remote subcommands show things to a person: rich tables and the fetch progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from rich.console import Console, Group, RenderableType
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from peerdistd.api.client import CacheUsage, Peer, Status
+
+ProgressCallback = Callable[[int, int | None], None]
+"""Called with (bytes written so far, total or None) as a fetch goes on."""
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in _UNITS:
+        if abs(n) < 1024 or unit == _UNITS[-1]:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def hit_ratio(status: Status) -> float | None:
+    """cache_hits / (cache_hits + cache_misses), None before the first lookup."""
+    hits, misses = status.counter("cache_hits"), status.counter("cache_misses")
+    return hits / (hits + misses) if hits + misses else None
+
+
+def _key_values(title: str, rows: Iterable[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def cache_table(cache: CacheUsage) -> Table:
+    share = f" ({cache.bytes_used / cache.limit_bytes:.0%})" if cache.limit_bytes else ""
+    return _key_values(
+        "Cache",
+        [
+            ("used", f"{human_bytes(cache.bytes_used)} of {human_bytes(cache.limit_bytes)}{share}"),
+            ("segments", str(cache.segments)),
+            ("blocks", str(cache.blocks)),
+            ("evictions", str(cache.evictions)),
+        ],
+    )
+
+
+def peers_table(peers: Iterable[Peer], now: float | None = None) -> Table:
+    now = time.time() if now is None else now
+    table = Table(title="Peers", title_justify="left")
+    for column in ("node id", "address", "last seen", "source"):
+        table.add_column(column)
+    for peer in peers:
+        ago = f"{max(0.0, now - peer.last_seen):.0f} s ago"
+        table.add_row(peer.node_id, peer.address, ago, peer.source or "")
+    return table
+
+
+def status_view(status: Status) -> RenderableType:
+    """The human summary of ``peerdist status``."""
+    ratio = hit_ratio(status)
+    service = _key_values(
+        "peerdistd",
+        [
+            ("state", status.status),
+            ("version", status.version),
+            ("node id", status.node_id),
+            ("uptime", f"{status.uptime:.0f} s"),
+            ("API socket", status.listen.socket),
+            ("peer server", status.listen.peers or "off"),
+            ("hit ratio", "-" if ratio is None else f"{ratio:.1%}"),
+            ("open handles", f"{status.counter('open_handles'):.0f}"),
+            ("publications", f"{status.counter('publications'):.0f}"),
+        ],
+    )
+    sources = _key_values(
+        "Bytes by source",
+        [
+            (label, human_bytes(status.counter(name)))
+            for label, name in (
+                ("from cache", "bytes_from_cache"),
+                ("from peers", "bytes_from_peers"),
+                ("from origin", "bytes_from_origin"),
+                ("served to peers", "bytes_served_to_peers"),
+            )
+        ],
+    )
+    return Group(service, cache_table(status.cache), sources, peers_table(status.peers))
+
+
+@contextlib.contextmanager
+def progress_bar(console: Console, description: str) -> Iterator[ProgressCallback]:
+    """A transfer progress bar on ``console``; yields the callback that moves it."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
