@@ -1,0 +1,401 @@
+"""The block cache: verified V1 blocks and V2 segments on disk, served at pread speed.
+
+Layout: ``index.sqlite`` (see :mod:`peerdistd.store.index`) plus one sparse file per segment
+(see :mod:`peerdistd.store.cache_files`), block ``i`` at ``i * block_size``. A write is
+pwrite, then fdatasync, then the index row in a transaction: kill -9 at any point leaves at
+worst data without a row (never served, overwritten later), and the fdatasync before COMMIT
+keeps that true across a power loss too, at one fdatasync per ``put_blocks`` call (batch
+blocks to amortise it; ``sync=False`` trades that for speed when the disk is trusted).
+Reads look the block up in an in-memory map of the segment (loaded once, at most 512 rows),
+check the file is long enough and pread it: a truncated file loses its blocks, never serves
+them. Eviction is LRU by segment with a logical clock; touches are batched into the next
+write. The store is synchronous: one lock makes it safe from the event loop and threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from peerdistd.errors import (
+    InvalidParameter,
+    LocalError,
+    ServiceUnavailable,
+    VerificationError,
+)
+from peerdistd.store.cache_files import SegmentFiles
+from peerdistd.store.cache_open import cache_limit, lock_directory, open_index
+from peerdistd.store.cache_types import (
+    CacheUsage,
+    SegmentRecord,
+    VerifyReport,
+    block_digest,
+    check_block,
+    check_record,
+    check_segment_id,
+)
+from peerdistd.store.cache_verify import verify_cache
+from peerdistd.store.index import CacheIndex, db_errors
+
+__all__ = ["BlockCache", "CacheUsage", "SegmentRecord", "VerifyReport"]
+
+log = logging.getLogger(__name__)
+
+_MAX_LOADED = 1024  # segments whose block map and descriptor stay in memory
+_TOUCH_BATCH = 1024  # pending LRU touches written in one go
+
+
+class _Seg:
+    """A segment loaded in memory: its row, record, held block lengths and open file."""
+
+    __slots__ = ("fd", "lengths", "record", "rowid")
+
+    def __init__(self, rowid: int, record: SegmentRecord, lengths: dict[int, int]) -> None:
+        self.rowid = rowid
+        self.record = record
+        self.lengths = lengths
+        self.fd: int | None = None
+
+
+class BlockCache:
+    """Verified blocks keyed by (segment id, block index), bounded by an LRU size limit."""
+
+    def __init__(
+        self, directory: Path, index: CacheIndex, lock_fd: int, limit: int, sync: bool
+    ) -> None:
+        self.directory = directory
+        self.on_evict: Callable[[bytes], None] | None = None
+        self._index = index
+        self._files = SegmentFiles(directory)
+        self._lock_fd = lock_fd
+        self._limit = limit
+        self._sync = sync
+        self._lock = threading.RLock()
+        self._segs: OrderedDict[bytes, _Seg] = OrderedDict()
+        self._pins: dict[bytes, int] = {}
+        self._touched: dict[int, int] = {}
+        self._clock = index.max_clock()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        *,
+        limit_bytes: int | None = None,
+        limit_percent: float = 5.0,
+        sync: bool = True,
+    ) -> BlockCache:
+        """Open (or create) the cache in ``directory``; a corrupt index starts it empty."""
+        directory = Path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise LocalError(f"cannot create cache directory {directory}: {exc}") from exc
+        limit = cache_limit(directory, limit_bytes, limit_percent)
+        lock_fd = lock_directory(directory)
+        try:
+            cache = cls(directory, open_index(directory), lock_fd, limit, sync)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        with cache._lock, db_errors("open"):
+            cache._empty_trash()
+            cache._make_room(0, keep=None)
+        return cache
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                with db_errors("close"), self._index.transaction():
+                    self._flush_touches()
+            finally:
+                for seg in self._segs.values():
+                    if seg.fd is not None:
+                        os.close(seg.fd)
+                self._segs.clear()
+                self._index.close()
+                os.close(self._lock_fd)
+
+    def __enter__(self) -> BlockCache:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- segments -----------------------------------------------------------------------------
+
+    def add_segment(self, record: SegmentRecord) -> None:
+        """Record a segment (idempotent); its id must be HMAC(secret, HoD || magic)."""
+        check_record(record)
+        with self._lock, db_errors("add_segment"):
+            seg = self._load(record.segment_id)
+            if seg is not None:
+                if seg.record != record:
+                    raise VerificationError("segment record conflicts with the one held")
+                self._touch(seg)
+                return
+            self._clock += 1
+            with self._index.transaction():
+                rowid = self._index.insert_segment(record, self._clock)
+                self._flush_touches()
+            self._remember(_Seg(rowid, record, {}))
+
+    def segment(self, segment_id: bytes) -> SegmentRecord | None:
+        check_segment_id(segment_id)
+        with self._lock, db_errors("segment"):
+            seg = self._load(segment_id)
+            return None if seg is None else seg.record
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def put_block(
+        self, segment_id: bytes, index: int, data: bytes | memoryview, block_hash: bytes
+    ) -> None:
+        """Store one block the caller verified against ``block_hash``."""
+        self.put_blocks(segment_id, ((index, data, block_hash),))
+
+    def put_blocks(
+        self, segment_id: bytes, blocks: Iterable[tuple[int, bytes | memoryview, bytes]]
+    ) -> None:
+        """Store verified blocks of one segment: data, one fdatasync, then one commit."""
+        check_segment_id(segment_id)
+        with self._lock, db_errors("put_blocks"):
+            seg = self._load(segment_id)
+            if seg is None:
+                raise LocalError(f"segment {segment_id.hex()} is not in the cache; add it first")
+            new: dict[int, tuple[memoryview, bytes]] = {}
+            for index, data, digest in blocks:
+                view = memoryview(data).cast("B")
+                check_block(seg.record, index, view.nbytes, digest)
+                known = new[index][1] if index in new else None
+                if index in seg.lengths:
+                    known = self._index.block_hash(seg.rowid, index)
+                if known is not None:
+                    if known != digest:
+                        raise VerificationError(f"block {index} has another hash than held")
+                    continue
+                new[index] = (view, digest)
+            if not new:
+                self._touch(seg)
+                return
+            self._make_room(sum(v.nbytes for v, _ in new.values()), keep=seg.rowid)
+            fd = self._fd(seg, create=True)
+            assert fd is not None
+            for index, (view, _) in new.items():
+                self._files.write(fd, index * seg.record.block_size, view)
+            if self._sync:
+                self._files.sync(fd)  # data durable before the row that vouches for it
+            self._clock += 1
+            rows = [(index, view.nbytes, digest) for index, (view, digest) in new.items()]
+            with self._index.transaction():
+                self._index.insert_blocks(seg.rowid, rows, self._clock)
+                self._touched.pop(seg.rowid, None)
+                self._flush_touches()
+            seg.lengths.update((index, length) for index, length, _ in rows)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def has_block(self, segment_id: bytes, index: int) -> bool:
+        check_segment_id(segment_id)
+        with self._lock, db_errors("has_block"):
+            seg = self._load(segment_id)
+            return seg is not None and index in seg.lengths
+
+    def held_blocks(self, segment_id: bytes) -> list[int]:
+        check_segment_id(segment_id)
+        with self._lock, db_errors("held_blocks"):
+            seg = self._load(segment_id)
+            return [] if seg is None else sorted(seg.lengths)
+
+    def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """Held block count of each held segment among ``segment_ids``."""
+        for segment_id in segment_ids:
+            check_segment_id(segment_id)
+        with self._lock, db_errors("block_counts"):
+            return self._index.counts(list(segment_ids))
+
+    def read_block(
+        self, segment_id: bytes, index: int, start: int = 0, length: int | None = None
+    ) -> bytes | None:
+        """Bytes ``[start, start+length)`` of a held block, or None if not held."""
+        with self._lock:
+            located = self.block_file(segment_id, index)
+            if located is None:
+                return None
+            fd, offset, size = located
+            if not 0 <= start <= size or (length is not None and length < 0):
+                raise InvalidParameter(f"range start {start} length {length} outside the block")
+            count = size - start if length is None else min(length, size - start)
+            data = SegmentFiles.read(fd, offset + start, count)
+            if len(data) == count:
+                return data
+            seg = self._segs.get(segment_id)
+            if seg is not None:
+                with db_errors("read_block"):
+                    self._drop_truncated(seg)
+            return None
+
+    def block_file(self, segment_id: bytes, index: int) -> tuple[int, int, int] | None:
+        """(fd, offset, length) of a held block for sendfile; pin the segment while using it."""
+        check_segment_id(segment_id)
+        with self._lock, db_errors("block_file"):
+            seg = self._load(segment_id)
+            if seg is None or (size := seg.lengths.get(index)) is None:
+                return None
+            offset = index * seg.record.block_size
+            fd = self._fd(seg)
+            if fd is None or os.fstat(fd).st_size < offset + size:
+                self._drop_truncated(seg)
+                return None
+            self._touch(seg)
+            return fd, offset, size
+
+    # -- LRU, pins, limits --------------------------------------------------------------------
+
+    @contextmanager
+    def pin(self, segment_id: bytes) -> Iterator[None]:
+        """Keep the segment (and its descriptor) from eviction while the block is used."""
+        check_segment_id(segment_id)
+        with self._lock:
+            self._pins[segment_id] = self._pins.get(segment_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._pins.pop(segment_id) - 1
+                if left:
+                    self._pins[segment_id] = left
+
+    def touch(self, segment_id: bytes) -> None:
+        check_segment_id(segment_id)
+        with self._lock, db_errors("touch"):
+            seg = self._load(segment_id)
+            if seg is not None:
+                self._touch(seg)
+
+    def usage(self) -> CacheUsage:
+        with self._lock, db_errors("usage"):
+            t = self._index.totals()
+            return CacheUsage(t.bytes, self._limit, t.segments, t.blocks, t.evictions)
+
+    def flush(self) -> int:
+        """Drop every segment that is not pinned; returns the bytes freed."""
+        with self._lock, db_errors("flush"):
+            with self._index.transaction():
+                self._flush_touches()
+            victims = [(r, s) for r, s, _ in self._index.lru() if s not in self._pins]
+            return self._drop_segments(victims, evicted=False)
+
+    def verify(self, hasher: Callable[[int, bytes], bytes] | None = None) -> VerifyReport:
+        """Re-hash every held block, drop those that fail, remove stray files."""
+        return verify_cache(self, hasher or block_digest)
+
+    # -- internals (also used by cache_verify) --------------------------------------------------
+
+    def _load(self, segment_id: bytes) -> _Seg | None:
+        seg = self._segs.get(segment_id)
+        if seg is not None:
+            self._segs.move_to_end(segment_id)
+            return seg
+        found = self._index.segment(segment_id)
+        if found is None:
+            return None
+        rowid, record = found
+        return self._remember(_Seg(rowid, record, self._index.block_lengths(rowid)))
+
+    def _remember(self, seg: _Seg) -> _Seg:
+        self._segs[seg.record.segment_id] = seg
+        if len(self._segs) > _MAX_LOADED:
+            for segment_id in list(self._segs)[: len(self._segs) - _MAX_LOADED]:
+                if segment_id not in self._pins:
+                    self._forget(segment_id)
+        return seg
+
+    def _forget(self, segment_id: bytes) -> None:
+        seg = self._segs.pop(segment_id, None)
+        if seg is not None and seg.fd is not None:
+            os.close(seg.fd)
+
+    def _fd(self, seg: _Seg, *, create: bool = False) -> int | None:
+        if seg.fd is None:
+            seg.fd = self._files.open(seg.rowid, create=create)
+        return seg.fd
+
+    def _touch(self, seg: _Seg) -> None:
+        self._clock += 1
+        self._touched[seg.rowid] = self._clock
+        if len(self._touched) >= _TOUCH_BATCH:
+            with self._index.transaction():
+                self._flush_touches()
+
+    def _flush_touches(self) -> None:
+        if self._touched:
+            self._index.touch(self._touched.items())
+            self._touched.clear()
+
+    def _drop_truncated(self, seg: _Seg) -> None:
+        """Forget the blocks the segment file no longer holds in full."""
+        fd = self._fd(seg)
+        size = -1 if fd is None else os.fstat(fd).st_size
+        gone = [(i, n) for i, n in seg.lengths.items() if i * seg.record.block_size + n > size]
+        log.warning("segment file %s lost %d blocks", self._files.path(seg.rowid), len(gone))
+        self._drop_blocks(seg, gone)
+
+    def _drop_blocks(self, seg: _Seg, gone: list[tuple[int, int]]) -> None:
+        if gone:
+            with self._index.transaction():
+                self._index.delete_blocks(seg.rowid, gone)
+            for i, _ in gone:
+                seg.lengths.pop(i, None)
+
+    def _make_room(self, needed: int, *, keep: int | None) -> None:
+        excess = self._index.totals().bytes + needed - self._limit
+        if excess <= 0:
+            return
+        with self._index.transaction():
+            self._flush_touches()
+        victims: list[tuple[int, bytes]] = []
+        for rowid, segment_id, size in self._index.lru():
+            if rowid != keep and segment_id not in self._pins:
+                victims.append((rowid, segment_id))
+                excess -= size
+                if excess <= 0:
+                    break
+        if excess > 0:
+            raise ServiceUnavailable("block cache full: the rest is pinned or being written")
+        self._drop_segments(victims, evicted=True)
+
+    def _drop_segments(self, victims: list[tuple[int, bytes]], *, evicted: bool) -> int:
+        with self._index.transaction():
+            freed = self._index.delete_segments([r for r, _ in victims], evicted=evicted)
+        for rowid, segment_id in victims:
+            self._forget(segment_id)
+            self._touched.pop(rowid, None)
+        self._empty_trash()
+        if self.on_evict is not None:
+            for _, segment_id in victims:
+                try:
+                    self.on_evict(segment_id)
+                except Exception:
+                    log.exception("on_evict callback failed")
+        return freed
+
+    def _empty_trash(self) -> None:
+        trash = self._index.trash()
+        for rowid in trash:
+            self._files.remove(rowid)
+        if trash:
+            with self._index.transaction():
+                self._index.clear_trash(trash)

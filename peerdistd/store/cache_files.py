@@ -1,0 +1,112 @@
+"""Segment data files: one sparse file per segment, block ``i`` at ``i * block_size``.
+
+One file per segment keeps a block at a fixed offset, so a read is one ``pread`` (or the
+caller's ``sendfile``) and eviction is one ``unlink``. Files are named by the index row id in a
+256-way fan-out (``data/<id & 0xff>/<id>.seg``): no byte of a segment id ever reaches a path.
+They are opened with O_NOFOLLOW and must be regular files, so a symlink or device planted in
+the tree is treated as a missing file and its blocks are never served.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from peerdistd.errors import LocalError
+
+_OPEN_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+_SUFFIX = ".seg"
+
+
+class SegmentFiles:
+    """Paths and raw I/O of the segment files under ``root/data``."""
+
+    def __init__(self, root: Path) -> None:
+        self.data = root / "data"
+
+    def path(self, rowid: int) -> Path:
+        return self.data / f"{rowid & 0xFF:02x}" / f"{rowid:x}{_SUFFIX}"
+
+    def open(self, rowid: int, *, create: bool = False) -> int | None:
+        """A new descriptor of the segment file; None if it is missing or no regular file."""
+        path = self.path(rowid)
+        try:
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, _OPEN_FLAGS | os.O_CREAT, 0o600)
+            else:
+                fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if create:
+                raise LocalError(f"cannot open segment file {path}: {exc}") from exc
+            return None  # ELOOP (a symlink), EACCES...: not ours to serve
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            if create:
+                raise LocalError(f"segment file {path} is not a regular file")
+            return None
+        return fd
+
+    def write(self, fd: int, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            raise LocalError(f"cannot write the block cache: {exc}") from exc
+
+    @staticmethod
+    def read(fd: int, offset: int, length: int) -> bytes:
+        """pread; short only if the file was truncated (the caller drops the block)."""
+        try:
+            data = os.pread(fd, length, offset)
+        except OSError:
+            return b""
+        while 0 < len(data) < length:  # regular files return short only at EOF
+            more = os.pread(fd, length - len(data), offset + len(data))
+            if not more:
+                break
+            data += more
+        return data
+
+    @staticmethod
+    def sync(fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise LocalError(f"cannot sync the block cache: {exc}") from exc
+
+    def remove(self, rowid: int) -> None:
+        try:
+            self.path(rowid).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise LocalError(f"cannot remove {self.path(rowid)}: {exc}") from exc
+
+    def wipe(self) -> None:
+        """Remove every data file (the index that described them is gone)."""
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def rowids_on_disk(self) -> Iterator[tuple[int, Path]]:
+        """(rowid, path) of every entry in the fan-out; unparsable names get rowid -1."""
+        if not self.data.is_dir():
+            return
+        for bucket in self.data.iterdir():
+            if not bucket.is_dir() or bucket.is_symlink():
+                yield -1, bucket
+                continue
+            for entry in bucket.iterdir():
+                name = entry.name
+                try:
+                    rowid = int(name.removesuffix(_SUFFIX), 16) if name.endswith(_SUFFIX) else -1
+                except ValueError:
+                    rowid = -1
+                yield (rowid if entry == self.path(rowid) else -1), entry

@@ -1,0 +1,263 @@
+"""The block cache's SQLite index: segments, verified blocks and running totals.
+
+WAL mode with ``synchronous=NORMAL``: a commit survives kill -9 at once (it is in the WAL,
+written before COMMIT returns) and a power loss may roll back the last commits, which only
+forgets blocks, never invents one. A block row is inserted only after its data was written
+(and fdatasync'ed, see blockcache), so every row describes bytes that are on disk. Totals live
+in a one-row table updated in the same transactions, so opening never scans the index.
+Segment files are named by the AUTOINCREMENT row id (never reused, never derived from peer
+bytes); dropped segments go through ``trash`` so a crash between commit and unlink leaves a
+list of files to remove, not orphans.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from peerdistd.errors import LocalError
+from peerdistd.store.cache_types import SegmentRecord
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    segment_id BLOB NOT NULL UNIQUE,
+    version INTEGER NOT NULL, algorithm INTEGER NOT NULL,
+    hod BLOB NOT NULL, secret BLOB NOT NULL,
+    length INTEGER NOT NULL, block_size INTEGER NOT NULL,
+    blocks INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
+    last_used INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS segments_lru ON segments(last_used);
+CREATE TABLE IF NOT EXISTS blocks(
+    seg INTEGER NOT NULL, idx INTEGER NOT NULL, length INTEGER NOT NULL, hash BLOB NOT NULL,
+    PRIMARY KEY (seg, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals(
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    bytes INTEGER NOT NULL, blocks INTEGER NOT NULL, segments INTEGER NOT NULL,
+    evictions INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals VALUES (1, 0, 0, 0, 0);
+CREATE TABLE IF NOT EXISTS trash(seg INTEGER PRIMARY KEY);
+"""
+
+_SELECT_SEGMENTS = (
+    "SELECT id, segment_id, version, algorithm, hod, secret, length, block_size FROM segments"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    bytes: int
+    blocks: int
+    segments: int
+    evictions: int
+
+
+@contextmanager
+def db_errors(what: str) -> Iterator[None]:
+    """Translate sqlite3 errors into LocalError at the store boundary."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise LocalError(f"cache index: {what}: {exc}") from exc
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    # OperationalError (locked, cannot open, disk I/O) is environmental, not a bad file.
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+
+
+class CacheIndex:
+    """SQLite access for one BlockCache; the caller serialises calls with its own lock."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    def open(cls, path: Path) -> CacheIndex | None:
+        """Open or create the index; None if the file is corrupt or of another schema."""
+        db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                db.close()
+                return None
+            db.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+            )
+            db.execute("SELECT bytes FROM totals").fetchone()
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            if _is_corruption(exc):
+                return None
+            raise LocalError(f"cache index {path}: {exc}") from exc
+        return cls(db)
+
+    def close(self) -> None:
+        with db_errors("close"):
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        with db_errors("transaction"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def totals(self) -> Totals:
+        row = self._db.execute("SELECT bytes, blocks, segments, evictions FROM totals").fetchone()
+        return Totals(*row)
+
+    def max_clock(self) -> int:
+        row = self._db.execute("SELECT max(last_used) FROM segments").fetchone()
+        return int(row[0] or 0)
+
+    def segment(self, segment_id: bytes) -> tuple[int, SegmentRecord] | None:
+        row = self._db.execute(_SELECT_SEGMENTS + " WHERE segment_id = ?", (segment_id,)).fetchone()
+        return None if row is None else (row[0], SegmentRecord(*row[1:]))
+
+    def insert_segment(self, record: SegmentRecord, clock: int) -> int:
+        cur = self._db.execute(
+            "INSERT INTO segments(segment_id, version, algorithm, hod, secret, length,"
+            " block_size, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.segment_id, record.version, record.algorithm, record.hod, record.secret,
+             record.length, record.block_size, clock),
+        )  # fmt: skip
+        self._db.execute("UPDATE totals SET segments = segments + 1")
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def blocks(self, rowid: int) -> list[tuple[int, int, bytes]]:
+        """(index, length, hash) of every held block of a segment."""
+        return self._db.execute(
+            "SELECT idx, length, hash FROM blocks WHERE seg = ? ORDER BY idx", (rowid,)
+        ).fetchall()
+
+    def block_lengths(self, rowid: int) -> dict[int, int]:
+        rows = self._db.execute("SELECT idx, length FROM blocks WHERE seg = ?", (rowid,))
+        return dict(rows.fetchall())
+
+    def block_hash(self, rowid: int, index: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT hash FROM blocks WHERE seg = ? AND idx = ?", (rowid, index)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def insert_blocks(self, rowid: int, rows: Sequence[tuple[int, int, bytes]], clock: int) -> None:
+        """Add (index, length, hash) rows of one segment; the caller knows they are new."""
+        self._db.executemany(
+            "INSERT INTO blocks(seg, idx, length, hash) VALUES (?, ?, ?, ?)",
+            [(rowid, idx, length, digest) for idx, length, digest in rows],
+        )
+        added = sum(length for _, length, _ in rows)
+        self._db.execute(
+            "UPDATE segments SET blocks = blocks + ?, bytes = bytes + ?, last_used = ?"
+            " WHERE id = ?",
+            (len(rows), added, clock, rowid),
+        )
+        self._db.execute(
+            "UPDATE totals SET blocks = blocks + ?, bytes = bytes + ?", (len(rows), added)
+        )
+
+    def delete_blocks(self, rowid: int, rows: Sequence[tuple[int, int]]) -> None:
+        """Forget (index, length) blocks of one segment (failed verification, truncation)."""
+        self._db.executemany(
+            "DELETE FROM blocks WHERE seg = ? AND idx = ?", [(rowid, idx) for idx, _ in rows]
+        )
+        dropped = sum(length for _, length in rows)
+        self._db.execute(
+            "UPDATE segments SET blocks = blocks - ?, bytes = bytes - ? WHERE id = ?",
+            (len(rows), dropped, rowid),
+        )
+        self._db.execute(
+            "UPDATE totals SET blocks = blocks - ?, bytes = bytes - ?", (len(rows), dropped)
+        )
+
+    def delete_segments(self, rowids: Sequence[int], *, evicted: bool) -> int:
+        """Drop segments with their blocks, queue their files in trash; returns bytes freed."""
+        freed = blocks = 0
+        for rowid in rowids:
+            row = self._db.execute(
+                "DELETE FROM segments WHERE id = ? RETURNING blocks, bytes", (rowid,)
+            ).fetchone()
+            if row is None:
+                continue
+            blocks += row[0]
+            freed += row[1]
+            self._db.execute("DELETE FROM blocks WHERE seg = ?", (rowid,))
+            self._db.execute("INSERT OR IGNORE INTO trash(seg) VALUES (?)", (rowid,))
+        self._db.execute(
+            "UPDATE totals SET bytes = bytes - ?, blocks = blocks - ?, segments = segments - ?,"
+            " evictions = evictions + ?",
+            (freed, blocks, len(rowids), len(rowids) if evicted else 0),
+        )
+        return freed
+
+    def lru(self) -> Iterator[tuple[int, bytes, int]]:
+        """(rowid, segment id, bytes) from the least recently used on, a page at a time."""
+        offset = 0
+        while True:
+            page = self._db.execute(
+                "SELECT id, segment_id, bytes FROM segments ORDER BY last_used, id"
+                " LIMIT 256 OFFSET ?",
+                (offset,),
+            ).fetchall()
+            for rowid, segment_id, size in page:
+                yield rowid, bytes(segment_id), size
+            if len(page) < 256:
+                return
+            offset += len(page)
+
+    def touch(self, clocks: Iterable[tuple[int, int]]) -> None:
+        self._db.executemany(
+            "UPDATE segments SET last_used = ? WHERE id = ?",
+            [(clock, rowid) for rowid, clock in clocks],
+        )
+
+    def counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
+        found: dict[bytes, int] = {}
+        for start in range(0, len(segment_ids), 500):  # under SQLite's variable limit
+            chunk = segment_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT segment_id, blocks FROM segments WHERE blocks > 0"  # noqa: S608
+                f" AND segment_id IN ({marks})",
+                chunk,
+            )
+            found.update((bytes(sid), n) for sid, n in rows)
+        return found
+
+    def all_segments(self) -> list[tuple[int, SegmentRecord]]:
+        rows = self._db.execute(_SELECT_SEGMENTS + " ORDER BY id")
+        return [(row[0], SegmentRecord(*row[1:])) for row in rows]
+
+    def trash(self) -> list[int]:
+        return [row[0] for row in self._db.execute("SELECT seg FROM trash")]
+
+    def clear_trash(self, rowids: Sequence[int]) -> None:
+        self._db.executemany("DELETE FROM trash WHERE seg = ?", [(r,) for r in rowids])
+
+    def recount(self) -> None:
+        """Recompute every running total from the rows (after verify)."""
+        self._db.execute(
+            "UPDATE segments SET blocks = (SELECT count(*) FROM blocks WHERE seg = id),"
+            " bytes = (SELECT coalesce(sum(length), 0) FROM blocks WHERE seg = id)"
+        )
+        self._db.execute(
+            "UPDATE totals SET blocks = (SELECT count(*) FROM blocks),"
+            " bytes = (SELECT coalesce(sum(length), 0) FROM blocks),"
+            " segments = (SELECT count(*) FROM segments)"
+        )
