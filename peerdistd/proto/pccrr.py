@@ -1,0 +1,414 @@
+"""MS-PCCRR peer retrieval messages: sans-IO parse/serialize pairs (PROTOCOLS.md section 2).
+
+All integers are big-endian; variable fields are padded to 4 bytes relative to the message
+start (2.2). Sizes are capped before anything is parsed; only :class:`DecodeError` escapes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar, Final, TypeAlias
+
+from peerdistd.errors import DecodeError
+
+# 2.1: exact case and trailing slash; iPXE builds the URL the same way.
+MAGIC_PATH: Final = "/116B50EB-ECE2-41ac-8429-9F9E963361B7/"
+HEADER_SIZE: Final = 16
+TRANSPORT_HEADER_SIZE: Final = 4
+MAX_REQUEST_SIZE: Final = 98304  # 2.2: request messages are 16..98304 bytes
+MAX_RESPONSE_SIZE: Final = 393216  # 2.2 / pitfall 7: a 64 KiB block needs more than 96 KiB
+MAX_BLOCK_RANGES: Final = 256  # 2.2.4.2/2.2.4.3: effective range count 1..256
+REQUEST_ID_SIZE: Final = 16  # 2.2.4.4
+
+_U32 = struct.Struct(">I")
+_U32X2 = struct.Struct(">II")
+_HEADER = struct.Struct(">IIII")
+_BLOB_HEAD = struct.Struct(">HBB")  # 2.2.6.1: version u16, units u8, count u8
+_AGE = struct.Struct(">BBBB")  # 2.2.1.5: index, low, mid, high
+
+
+class MsgType(IntEnum):
+    """MESSAGE_HEADER.MsgType (2.2.3)."""
+
+    NEGO_REQ = 0
+    NEGO_RESP = 1
+    GETBLKLIST = 2
+    GETBLKS = 3
+    BLKLIST = 4
+    BLK = 5
+    GETSEGLIST = 6
+    SEGLIST = 7
+
+
+class CryptoAlgo(IntEnum):
+    """MESSAGE_HEADER.CryptoAlgoId (2.2.3)."""
+
+    NONE = 0
+    AES_128 = 1
+    AES_192 = 2
+    AES_256 = 3
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ProtocolVersion:
+    """ProtVer: bytes 0-1 are the minor version, bytes 2-3 the major (2.2.3)."""
+
+    major: int
+    minor: int = 0
+
+    @classmethod
+    def from_wire(cls, value: int) -> ProtocolVersion:
+        return cls(value & 0xFFFF, value >> 16)
+
+    def to_wire(self) -> int:
+        return (self.minor << 16) | self.major
+
+
+V1_0: Final = ProtocolVersion(1, 0)
+V2_0: Final = ProtocolVersion(2, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The 16-byte MESSAGE_HEADER; ``msg_type`` stays an int so unknown types can be judged."""
+
+    version: ProtocolVersion
+    msg_type: int
+    size: int
+    crypto: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRange:
+    """BLOCK_RANGE / SEGMENT_RANGE (2.2.1.2): ``count`` items from ``index``."""
+
+    index: int
+    count: int
+
+    @property
+    def end(self) -> int:
+        return self.index + self.count
+
+
+@dataclass(frozen=True, slots=True)
+class NegoReq:
+    min_version: ProtocolVersion = V1_0
+    max_version: ProtocolVersion = V1_0
+    crypto: int = CryptoAlgo.NONE
+    version: ProtocolVersion = V1_0
+    MSG_TYPE: ClassVar[MsgType] = MsgType.NEGO_REQ
+
+
+@dataclass(frozen=True, slots=True)
+class NegoResp:
+    min_version: ProtocolVersion = V1_0
+    max_version: ProtocolVersion = V1_0
+    crypto: int = CryptoAlgo.NONE
+    version: ProtocolVersion = V1_0
+    MSG_TYPE: ClassVar[MsgType] = MsgType.NEGO_RESP
+
+
+@dataclass(frozen=True, slots=True)
+class GetBlkList:
+    segment_id: bytes
+    ranges: tuple[BlockRange, ...]
+    crypto: int = CryptoAlgo.NONE
+    version: ProtocolVersion = V1_0
+    MSG_TYPE: ClassVar[MsgType] = MsgType.GETBLKLIST
+
+
+@dataclass(frozen=True, slots=True)
+class GetBlks:
+    segment_id: bytes
+    ranges: tuple[BlockRange, ...]
+    vrf: bytes = b""
+    crypto: int = CryptoAlgo.AES_128  # 2.2.3: a client SHOULD ask for AES-128
+    version: ProtocolVersion = V1_0
+    MSG_TYPE: ClassVar[MsgType] = MsgType.GETBLKS
+
+
+@dataclass(frozen=True, slots=True)
+class BlkList:
+    segment_id: bytes
+    ranges: tuple[BlockRange, ...]
+    next_block_index: int = 0
+    crypto: int = CryptoAlgo.NONE
+    version: ProtocolVersion = V1_0
+    MSG_TYPE: ClassVar[MsgType] = MsgType.BLKLIST
+
+
+@dataclass(frozen=True, slots=True)
+class Blk:
+    """MSG_BLK (2.2.5.3); an empty ``block`` means "not held" (or busy, 3.2.5.3)."""
+
+    segment_id: bytes
+    block_index: int
+    next_block_index: int = 0
+    block: bytes = b""
+    vrf: bytes = b""
+    iv: bytes = b""
+    crypto: int = CryptoAlgo.NONE
+    version: ProtocolVersion = V1_0
+    MSG_TYPE: ClassVar[MsgType] = MsgType.BLK
+
+
+@dataclass(frozen=True, slots=True)
+class GetSegList:
+    request_id: bytes
+    segment_ids: tuple[bytes, ...]
+    blob: bytes = b""
+    crypto: int = CryptoAlgo.NONE
+    version: ProtocolVersion = V2_0
+    MSG_TYPE: ClassVar[MsgType] = MsgType.GETSEGLIST
+
+
+@dataclass(frozen=True, slots=True)
+class SegList:
+    request_id: bytes
+    ranges: tuple[BlockRange, ...]
+    blob: bytes = b""
+    crypto: int = CryptoAlgo.NONE
+    version: ProtocolVersion = V2_0
+    MSG_TYPE: ClassVar[MsgType] = MsgType.SEGLIST
+
+
+Request: TypeAlias = NegoReq | GetBlkList | GetBlks | GetSegList
+Response: TypeAlias = NegoResp | BlkList | Blk | SegList
+Message: TypeAlias = Request | Response
+
+REQUEST_TYPES: Final = frozenset(
+    {MsgType.NEGO_REQ, MsgType.GETBLKLIST, MsgType.GETBLKS, MsgType.GETSEGLIST}
+)
+
+
+class _Reader:
+    """A cursor over one message; alignment is relative to ``base`` (2.2.4.2 ZeroPad)."""
+
+    __slots__ = ("base", "data", "end", "pos")
+
+    def __init__(self, data: memoryview, base: int, start: int) -> None:
+        self.data = data
+        self.base = base
+        self.pos = start
+        self.end = len(data)
+
+    def u32(self) -> int:
+        if self.pos + 4 > self.end:
+            raise DecodeError("truncated u32", self.pos)
+        (value,) = _U32.unpack_from(self.data, self.pos)
+        self.pos += 4
+        return int(value)
+
+    def raw(self, size: int) -> bytes:
+        if size > self.end - self.pos:
+            raise DecodeError(f"field of {size} bytes overruns the message", self.pos)
+        value = bytes(self.data[self.pos : self.pos + size])
+        self.pos += size
+        return value
+
+    def sized(self) -> bytes:
+        """A u32 length, that many bytes, then 0-3 pad bytes (optional at the very end)."""
+        value = self.raw(self.u32())
+        pad = -(self.pos - self.base) % 4
+        if pad and self.pos != self.end:
+            if self.pos + pad > self.end:
+                raise DecodeError("truncated padding", self.pos)
+            self.pos += pad
+        return value
+
+    def ranges(self, limit: int | None) -> tuple[BlockRange, ...]:
+        count = self.u32()
+        # Cap the count before allocating: by the spec limit and by the bytes actually left.
+        if limit is not None and not 1 <= count <= limit:
+            raise DecodeError(f"range count {count} outside 1..{limit}", self.pos - 4)
+        if count * 8 > self.end - self.pos:
+            raise DecodeError(f"{count} ranges overrun the message", self.pos - 4)
+        start, self.pos = self.pos, self.pos + count * 8
+        return tuple(BlockRange(i, n) for i, n in _U32X2.iter_unpack(self.data[start : self.pos]))
+
+    def finish(self) -> None:
+        if self.pos != self.end:
+            raise DecodeError(f"{self.end - self.pos} trailing bytes", self.pos)
+
+
+class _Writer:
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray(HEADER_SIZE)
+
+    def u32(self, *values: int) -> None:
+        for value in values:
+            self.buf += _U32.pack(value)
+
+    def sized(self, value: bytes) -> None:
+        self.buf += _U32.pack(len(value))
+        self.buf += value
+        self.buf += bytes(-len(self.buf) % 4)
+
+    def ranges(self, ranges: tuple[BlockRange, ...]) -> None:
+        self.buf += _U32.pack(len(ranges))
+        for r in ranges:
+            self.buf += _U32X2.pack(r.index, r.count)
+
+
+def parse_header(data: bytes | bytearray | memoryview, offset: int = 0) -> Header:
+    """The MESSAGE_HEADER at ``offset``; MsgSize must cover exactly the rest of ``data``."""
+    if len(data) - offset < HEADER_SIZE:
+        raise DecodeError("shorter than the 16-byte message header", offset)
+    version, msg_type, size, crypto = _HEADER.unpack_from(data, offset)
+    if size != len(data) - offset:
+        raise DecodeError(f"MsgSize {size} but {len(data) - offset} bytes", offset + 8)
+    return Header(ProtocolVersion.from_wire(version), msg_type, size, crypto)
+
+
+def parse_request(data: bytes | bytearray | memoryview) -> Request:
+    """An HTTP POST body (one message, no transport header, 2.1)."""
+    if not HEADER_SIZE <= len(data) <= MAX_REQUEST_SIZE:
+        raise DecodeError(f"request of {len(data)} bytes outside 16..{MAX_REQUEST_SIZE}")
+    msg = _parse(memoryview(data), 0, requests=True)
+    assert isinstance(msg, NegoReq | GetBlkList | GetBlks | GetSegList)
+    return msg
+
+
+def parse_response(data: bytes | bytearray | memoryview) -> Response:
+    """An HTTP response body: TRANSPORT_RESPONSE_HEADER then one message (2.1)."""
+    limit = TRANSPORT_HEADER_SIZE + MAX_RESPONSE_SIZE
+    if not TRANSPORT_HEADER_SIZE + HEADER_SIZE <= len(data) <= limit:
+        raise DecodeError(f"response of {len(data)} bytes outside 20..{limit}")
+    (size,) = _U32.unpack_from(data, 0)
+    if size != len(data) - TRANSPORT_HEADER_SIZE:
+        raise DecodeError(f"transport Size {size} but {len(data) - 4} bytes follow", 0)
+    msg = _parse(memoryview(data), TRANSPORT_HEADER_SIZE, requests=False)
+    assert isinstance(msg, NegoResp | BlkList | Blk | SegList)
+    return msg
+
+
+def _parse(data: memoryview, base: int, *, requests: bool) -> Message:
+    head = parse_header(data, base)
+    if head.msg_type <= MsgType.SEGLIST and (head.msg_type in REQUEST_TYPES) != requests:
+        kind = "request" if requests else "response"
+        raise DecodeError(f"{MsgType(head.msg_type).name} is not a {kind}", base + 4)
+    r = _Reader(data, base, base + HEADER_SIZE)
+    v, c = head.version, head.crypto
+    msg: Message
+    match head.msg_type:
+        case MsgType.NEGO_REQ | MsgType.NEGO_RESP:
+            lo, hi = ProtocolVersion.from_wire(r.u32()), ProtocolVersion.from_wire(r.u32())
+            cls = NegoReq if head.msg_type == MsgType.NEGO_REQ else NegoResp
+            msg = cls(lo, hi, crypto=c, version=v)
+        case MsgType.GETBLKLIST:
+            msg = GetBlkList(r.sized(), r.ranges(MAX_BLOCK_RANGES), crypto=c, version=v)
+        case MsgType.GETBLKS:
+            seg, ranges = r.sized(), r.ranges(MAX_BLOCK_RANGES)
+            msg = GetBlks(seg, ranges, r.sized(), crypto=c, version=v)
+        case MsgType.BLKLIST:
+            seg, ranges = r.sized(), r.ranges(None)
+            msg = BlkList(seg, ranges, r.u32(), crypto=c, version=v)
+        case MsgType.BLK:
+            seg, index, next_index = r.sized(), r.u32(), r.u32()
+            block, vrf, iv = r.sized(), r.sized(), r.sized()
+            msg = Blk(seg, index, next_index, block, vrf, iv, crypto=c, version=v)
+        case MsgType.GETSEGLIST:
+            request_id, count = r.raw(REQUEST_ID_SIZE), r.u32()
+            if count * 4 > r.end - r.pos:  # every id costs at least its 4-byte size
+                raise DecodeError(f"{count} segment ids overrun the message", r.pos - 4)
+            ids = tuple(r.sized() for _ in range(count))
+            msg = GetSegList(request_id, ids, r.sized(), crypto=c, version=v)
+        case MsgType.SEGLIST:
+            request_id, ranges = r.raw(REQUEST_ID_SIZE), r.ranges(None)
+            msg = SegList(request_id, ranges, r.sized(), crypto=c, version=v)
+        case other:
+            raise DecodeError(f"unknown MsgType {other}", base + 4)
+    r.finish()
+    return msg
+
+
+def serialize(msg: Message) -> bytes:
+    """One message as sent in a request body (no transport header)."""
+    return bytes(_serialize(msg))
+
+
+def serialize_response(msg: Response) -> bytes:
+    """A response body: 4-byte TRANSPORT_RESPONSE_HEADER plus the message (2.1)."""
+    body = _serialize(msg)
+    return _U32.pack(len(body)) + body
+
+
+def _serialize(msg: Message) -> bytearray:
+    w = _Writer()
+    match msg:
+        case NegoReq() | NegoResp():
+            w.u32(msg.min_version.to_wire(), msg.max_version.to_wire())
+        case GetBlkList():
+            w.sized(msg.segment_id)
+            w.ranges(msg.ranges)
+        case GetBlks():
+            w.sized(msg.segment_id)
+            w.ranges(msg.ranges)
+            w.sized(msg.vrf)
+        case BlkList():
+            w.sized(msg.segment_id)
+            w.ranges(msg.ranges)
+            w.u32(msg.next_block_index)
+        case Blk():
+            w.sized(msg.segment_id)
+            w.u32(msg.block_index, msg.next_block_index)
+            w.sized(msg.block)
+            w.sized(msg.vrf)
+            w.sized(msg.iv)
+        case GetSegList():
+            w.buf += msg.request_id
+            w.u32(len(msg.segment_ids))
+            for segment_id in msg.segment_ids:
+                w.sized(segment_id)
+            w.sized(msg.blob)
+        case SegList():
+            w.buf += msg.request_id
+            w.ranges(msg.ranges)
+            w.sized(msg.blob)
+    _HEADER.pack_into(w.buf, 0, msg.version.to_wire(), msg.MSG_TYPE, len(w.buf), msg.crypto)
+    return w.buf
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentAge:
+    """ENCODED_SEGMENT_AGE (2.2.1.5): a 24-bit age of the segment at a relative index."""
+
+    index: int
+    age: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensibleBlob:
+    """Extensible blob version 1 (2.2.6.1); units 3 (hundredths of a second) is the default."""
+
+    units: int = 3
+    ages: tuple[SegmentAge, ...] = ()
+    version: int = 1
+
+
+def parse_extensible_blob(data: bytes) -> ExtensibleBlob:
+    if len(data) < _BLOB_HEAD.size:
+        raise DecodeError("extensible blob shorter than its 4-byte head", 0)
+    version, units, count = _BLOB_HEAD.unpack_from(data, 0)
+    if version != 1:
+        raise DecodeError(f"extensible blob version {version} is not 1", 0)
+    if not 1 <= units <= 4:
+        raise DecodeError(f"SegmentAgeUnits {units} outside 1..4", 2)
+    if len(data) != 4 + 4 * count:
+        raise DecodeError(f"{count} segment ages need {4 + 4 * count} bytes", 3)
+    ages = tuple(
+        SegmentAge(i, lo | mid << 8 | hi << 16)
+        for i, lo, mid, hi in _AGE.iter_unpack(memoryview(data)[4:])
+    )
+    return ExtensibleBlob(units, ages, version)
+
+
+def serialize_extensible_blob(blob: ExtensibleBlob) -> bytes:
+    out = bytearray(_BLOB_HEAD.pack(blob.version, blob.units, len(blob.ages)))
+    for a in blob.ages:
+        out += _AGE.pack(a.index, a.age & 0xFF, (a.age >> 8) & 0xFF, a.age >> 16)
+    return bytes(out)

@@ -1,0 +1,250 @@
+"""Sans-IO MS-PCCRR server: one request body in, one response body out (PROTOCOLS.md 2.5).
+
+The driver passes whether it is busy (active uploads at the limit, [MS-PCCRR] 3.2.5.2-3) and
+moves the bytes; every protocol decision is made here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, Protocol
+
+from peerdistd.errors import DecodeError
+from peerdistd.proto import blockcrypto
+from peerdistd.proto.pccrr import (
+    HEADER_SIZE,
+    MAX_BLOCK_RANGES,
+    MAX_REQUEST_SIZE,
+    MAX_RESPONSE_SIZE,
+    TRANSPORT_HEADER_SIZE,
+    V1_0,
+    V2_0,
+    Blk,
+    BlkList,
+    BlockRange,
+    CryptoAlgo,
+    GetBlkList,
+    GetBlks,
+    GetSegList,
+    MsgType,
+    NegoReq,
+    NegoResp,
+    SegList,
+    parse_header,
+    parse_request,
+    serialize_response,
+)
+
+SUPPORTED: Final = (V1_0, V2_0)  # what NEGO_RESP announces (2.2.5.1)
+
+_BLK_HEAD = struct.Struct(">IIIII")  # transport Size, ProtVer, MsgType, MsgSize, CryptoAlgoId
+_U32 = struct.Struct(">I")
+_U32X2 = struct.Struct(">II")
+_U32X3 = struct.Struct(">III")
+_AES: Final = (CryptoAlgo.AES_128, CryptoAlgo.AES_192, CryptoAlgo.AES_256)
+
+
+class BlockSource(Protocol):
+    """What the server needs from the block store (met structurally by the cache)."""
+
+    def segment_secret(self, segment_id: bytes) -> bytes | None:
+        """Kp of the segment, or None if unknown."""
+        ...
+
+    def held_blocks(self, segment_id: bytes) -> Sequence[int]:
+        """Sorted indexes of the blocks held for the segment."""
+        ...
+
+    def read_block(self, segment_id: bytes, index: int) -> bytes | None:
+        """The plaintext block, or None if not held."""
+        ...
+
+
+class ReplyKind(Enum):
+    NEGOTIATE = "negotiate"
+    BLOCK = "block"
+    MISSING = "missing"
+    BUSY = "busy"
+    BLOCK_LIST = "block-list"
+    SEGMENT_LIST = "segment-list"
+    DROP = "drop"  # malformed request: answer with an HTTP error, no PCCRR message
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """``body`` is the whole HTTP response body (transport header + message), empty on DROP."""
+
+    kind: ReplyKind
+    body: bytes | bytearray = b""
+    block_bytes: int = 0  # plaintext bytes of the block carried, for "served to peers"
+    reason: str = ""
+
+
+class RetrievalResponder:
+    """Answers PCCRR requests from a :class:`BlockSource`."""
+
+    def __init__(
+        self,
+        source: BlockSource,
+        *,
+        allow_plaintext: bool = False,
+        iv_factory: Callable[[], bytes] = blockcrypto.new_iv,
+    ) -> None:
+        self._source = source
+        # DESIGN.md flow 3: knowing a segment id must not be enough to read it, so a request
+        # for CryptoAlgoId 0 is answered with AES-128 unless plaintext is explicitly allowed.
+        self._allow_plaintext = allow_plaintext
+        self._iv_factory = iv_factory
+
+    def respond(self, request: bytes | bytearray | memoryview, *, busy: bool = False) -> Reply:
+        """Answer one request body; never raises on any input."""
+        if len(request) > MAX_REQUEST_SIZE:
+            return Reply(ReplyKind.DROP, reason=f"request of {len(request)} bytes")
+        try:
+            header = parse_header(request)
+            # 3.2.5.2-3: a major version we do not speak gets NEGO_RESP, whatever the body.
+            if not SUPPORTED[0].major <= header.version.major <= SUPPORTED[-1].major:
+                return self._negotiate()
+            msg = parse_request(request)
+        except DecodeError as exc:
+            return Reply(ReplyKind.DROP, reason=str(exc))
+        match msg:
+            case NegoReq():
+                return self._negotiate()
+            case GetBlks():
+                return self._block(msg, busy)
+            case GetBlkList():
+                return self._block_list(msg, busy)
+            case GetSegList():
+                return self._segment_list(msg)
+
+    @staticmethod
+    def _negotiate() -> Reply:
+        answer = NegoResp(SUPPORTED[0], SUPPORTED[-1])
+        return Reply(ReplyKind.NEGOTIATE, serialize_response(answer))
+
+    def _choose_algo(self, requested: int, secret: bytes) -> int | None:
+        """The algorithm to answer with (2.2.3: the server may override the request)."""
+        if requested == CryptoAlgo.NONE and self._allow_plaintext:
+            return CryptoAlgo.NONE
+        for algo in (requested, CryptoAlgo.AES_128):
+            if algo in _AES and blockcrypto.KEY_SIZES[CryptoAlgo(algo)] <= len(secret):
+                return algo
+        return None  # a secret too short for any key: nothing we can serve
+
+    def _block(self, msg: GetBlks, busy: bool) -> Reply:
+        wanted = [r.index for r in msg.ranges if r.count > 0]
+        if not wanted:
+            return Reply(ReplyKind.DROP, reason="GETBLKS names no block")
+        index = min(wanted)  # 3.2.5.3: several blocks asked for -> the lowest one
+        segment_id = msg.segment_id
+        if busy:
+            return Reply(ReplyKind.BUSY, serialize_response(_empty_blk(segment_id, index)))
+        secret = self._source.segment_secret(segment_id)
+        data = None if secret is None else self._source.read_block(segment_id, index)
+        if secret is None or data is None:
+            return Reply(ReplyKind.MISSING, serialize_response(_empty_blk(segment_id, index)))
+        algo = self._choose_algo(msg.crypto, secret)
+        size = blockcrypto.ciphertext_size(algo or 0, len(data))
+        if algo is None or _blk_offsets(segment_id, size)[2] + 24 > MAX_RESPONSE_SIZE:
+            empty = serialize_response(_empty_blk(segment_id, index))
+            return Reply(ReplyKind.MISSING, empty, reason=f"cannot serve block of {len(data)} B")
+        held = self._source.held_blocks(segment_id)
+        after = bisect.bisect_right(held, index)
+        next_index = held[after] if after < len(held) else 0
+        iv = b"" if algo == CryptoAlgo.NONE else self._iv_factory()
+        frame, hole = _blk_frame(
+            segment_id, index, next_index=next_index, size=size, iv=iv, algo=algo
+        )
+        blockcrypto.encrypt_into(algo, secret, iv, data, memoryview(frame)[hole : hole + size])
+        return Reply(ReplyKind.BLOCK, frame, block_bytes=len(data))
+
+    def _block_list(self, msg: GetBlkList, busy: bool) -> Reply:
+        if busy:  # 3.2.5.2: busy -> an empty block range list
+            return Reply(ReplyKind.BUSY, serialize_response(BlkList(msg.segment_id, ())))
+        known = self._source.segment_secret(msg.segment_id) is not None
+        held = sorted(set(self._source.held_blocks(msg.segment_id))) if known else []
+        ranges, next_index = intersect_ranges(msg.ranges, held)
+        answer = BlkList(msg.segment_id, ranges, next_index)
+        return Reply(ReplyKind.BLOCK_LIST, serialize_response(answer))
+
+    def _segment_list(self, msg: GetSegList) -> Reply:
+        held = [i for i, s in enumerate(msg.segment_ids) if self._source.held_blocks(s)]
+        # 2.2.5.4: SegmentRanges index into the request's list of segment ids.
+        answer = SegList(msg.request_id, tuple(_runs(held)))
+        return Reply(ReplyKind.SEGMENT_LIST, serialize_response(answer))
+
+
+def intersect_ranges(
+    requested: Iterable[BlockRange], held: Sequence[int], limit: int = MAX_BLOCK_RANGES
+) -> tuple[tuple[BlockRange, ...], int]:
+    """Held blocks inside ``requested`` as normalised ranges, and the NextBlockIndex.
+
+    ``requested`` may be unsorted and overlapping ([MS-PCCRR] Appendix A <4>, <7>); ``held``
+    is sorted. At most ``limit`` ranges are listed; NextBlockIndex is the first held block
+    after the last one listed (or after the request), 0 if none (2.2.5.2).
+    """
+    merged: list[list[int]] = []
+    for r in sorted((r.index, r.end) for r in requested if r.count > 0):
+        if merged and r[0] <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], r[1])
+        else:
+            merged.append([r[0], r[1]])
+    found: list[int] = []
+    for start, end in merged:
+        found.extend(held[bisect.bisect_left(held, start) : bisect.bisect_left(held, end)])
+    ranges = list(_runs(found))
+    if len(ranges) > limit:
+        ranges = ranges[:limit]
+        anchor = ranges[-1].end - 1
+    else:
+        anchor = merged[-1][1] - 1 if merged else -1
+    after = bisect.bisect_right(held, anchor)
+    return tuple(ranges), held[after] if after < len(held) else 0
+
+
+def _runs(indexes: Iterable[int]) -> Iterable[BlockRange]:
+    """Sorted distinct indexes -> consecutive runs."""
+    start = prev = -2
+    for i in indexes:
+        if i != prev + 1:
+            if prev >= 0:
+                yield BlockRange(start, prev - start + 1)
+            start = i
+        prev = i
+    if prev >= 0:
+        yield BlockRange(start, prev - start + 1)
+
+
+def _empty_blk(segment_id: bytes, index: int) -> Blk:
+    return Blk(segment_id, index)
+
+
+def _blk_offsets(segment_id: bytes, size: int) -> tuple[int, int, int]:
+    """End of the segment id, start of the Block field, start of SizeOfVrfBlock (2.2.5.3)."""
+    seg_end = TRANSPORT_HEADER_SIZE + HEADER_SIZE + 4 + len(segment_id)
+    hole = seg_end + (-seg_end % 4) + 12
+    return seg_end, hole, hole + size + (-size % 4)
+
+
+def _blk_frame(
+    segment_id: bytes, index: int, *, next_index: int, size: int, iv: bytes, algo: int
+) -> tuple[bytearray, int]:
+    """A whole MSG_BLK response body with a ``size``-byte hole for the Block field.
+
+    Returns the buffer and the hole's offset so the block is encrypted straight into it.
+    """
+    seg_end, hole, tail = _blk_offsets(segment_id, size)
+    buf = bytearray(tail + 8 + len(iv))
+    msg_size = len(buf) - TRANSPORT_HEADER_SIZE
+    _BLK_HEAD.pack_into(buf, 0, msg_size, V1_0.to_wire(), MsgType.BLK, msg_size, algo)
+    _U32.pack_into(buf, TRANSPORT_HEADER_SIZE + HEADER_SIZE, len(segment_id))
+    buf[seg_end - len(segment_id) : seg_end] = segment_id
+    _U32X3.pack_into(buf, hole - 12, index, next_index, size)
+    _U32X2.pack_into(buf, tail, 0, len(iv))  # SizeOfVrfBlock 0, then the IV (2.4)
+    buf[tail + 8 :] = iv
+    return buf, hole
