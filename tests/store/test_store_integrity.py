@@ -1,0 +1,252 @@
+"""Crash safety and bad files on disk: nothing unverified or damaged is ever served."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from peerdistd.store.blockcache import BlockCache, SegmentRecord
+from peerdistd.store.cache_types import ALG_SHA256, block_digest, derive_segment_id
+from peerdistd.store.index import CacheIndex
+
+BS = 65536
+
+
+def v1_segment(seed: int, blocks: int = 3) -> tuple[SegmentRecord, list[tuple[int, bytes, bytes]]]:
+    rows = []
+    for i in range(blocks):
+        data = hashlib.sha256(b"%d/%d" % (seed, i)).digest() * (BS // 32)
+        rows.append((i, data, hashlib.sha256(data).digest()))
+    hod = hashlib.sha256(b"".join(h for _, _, h in rows)).digest()
+    secret = hashlib.sha256(b"kp%d" % seed).digest()
+    sid = derive_segment_id(ALG_SHA256, hod, secret)
+    return SegmentRecord(sid, 1, ALG_SHA256, hod, secret, blocks * BS, BS), rows
+
+
+def filled(path: Path, seed: int = 1) -> tuple[SegmentRecord, list[tuple[int, bytes, bytes]]]:
+    record, rows = v1_segment(seed)
+    with BlockCache.open(path, limit_bytes=1 << 30) as c:
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, rows)
+    return record, rows
+
+
+def segment_file(path: Path) -> Path:
+    (found,) = (path / "data").rglob("*.seg")
+    return found
+
+
+def assert_all_verified(c: BlockCache) -> None:
+    """Every row reads back in full and hashes to its stored hash."""
+    report = c.verify()
+    assert report.bad_blocks == 0 and report.orphan_files == 0
+    usage = c.usage()
+    seen = 0
+    for rowid, record in c._index.all_segments():
+        for index, length, digest in c._index.blocks(rowid):
+            data = c.read_block(record.segment_id, index)
+            assert data is not None and len(data) == length
+            assert block_digest(record.algorithm, data) == digest
+            seen += 1
+    assert seen == usage.blocks == report.blocks
+
+
+def test_truncated_file_is_never_served(tmp_path: Path) -> None:
+    record, rows = filled(tmp_path)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        sid = record.segment_id
+        assert c.read_block(sid, 2) == rows[2][1]  # descriptor now open
+        os.truncate(segment_file(tmp_path), BS + 10)
+        assert c.read_block(sid, 1) is None
+        assert c.block_file(sid, 2) is None
+        assert c.held_blocks(sid) == [0]
+        assert c.read_block(sid, 0) == rows[0][1]
+        assert c.usage().bytes_used == BS
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.held_blocks(sid) == [0]
+        assert_all_verified(c)
+
+
+def test_verify_drops_corrupted_and_truncated_blocks(tmp_path: Path) -> None:
+    record, rows = filled(tmp_path)
+    path = segment_file(tmp_path)
+    with path.open("r+b") as f:
+        f.seek(BS + 100)
+        f.write(b"\xff")
+        f.truncate(2 * BS + 1)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        report = c.verify()
+        assert (report.segments, report.blocks, report.bad_blocks) == (1, 3, 2)
+        assert report.bytes_dropped == 2 * BS
+        assert c.held_blocks(record.segment_id) == [0]
+        assert c.read_block(record.segment_id, 1) is None
+        assert c.usage().bytes_used == BS
+        c.put_block(record.segment_id, 1, rows[1][1], rows[1][2])  # refetched: served again
+        assert c.read_block(record.segment_id, 1) == rows[1][1]
+        assert_all_verified(c)
+
+
+def test_symlinked_data_file_is_not_followed(tmp_path: Path) -> None:
+    record, _ = filled(tmp_path)
+    path = segment_file(tmp_path)
+    target = tmp_path / "elsewhere"
+    path.rename(target)
+    path.symlink_to(target)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.read_block(record.segment_id, 0) is None
+        assert c.held_blocks(record.segment_id) == []
+        c.verify()
+        assert not path.is_symlink()
+        assert target.exists()
+
+
+def test_verify_removes_files_no_row_names(tmp_path: Path) -> None:
+    filled(tmp_path)
+    (tmp_path / "data" / "05").mkdir()
+    (tmp_path / "data" / "05" / "905.seg").write_bytes(b"stale")
+    (tmp_path / "data" / "01" / "junk").write_bytes(b"x")
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        report = c.verify()
+        assert report.orphan_files == 2 and report.bad_blocks == 0
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*") if p.is_file()) == ["1.seg"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "schema"])
+def test_corrupt_index_starts_an_empty_cache(tmp_path: Path, damage: str) -> None:
+    record, rows = filled(tmp_path)
+    index = tmp_path / "index.sqlite"
+    if damage == "garbage":
+        index.write_bytes(b"this is not an SQLite database" * 100)
+    else:
+        with sqlite3.connect(index) as db:
+            db.execute("PRAGMA user_version = 99")
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.segment(record.segment_id) is None
+        assert c.read_block(record.segment_id, 0) is None
+        assert c.usage().bytes_used == 0
+        assert not (tmp_path / "data").exists()
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, rows)
+        assert_all_verified(c)
+
+
+def test_crash_between_data_and_row_leaves_nothing_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record, rows = v1_segment(2)
+    c = BlockCache.open(tmp_path, limit_bytes=1 << 30)
+    c.add_segment(record)
+
+    def crash(*args: object) -> None:
+        raise KeyboardInterrupt  # the process dies after pwrite, before COMMIT
+
+    monkeypatch.setattr(CacheIndex, "insert_blocks", crash)
+    with pytest.raises(KeyboardInterrupt):
+        c.put_blocks(record.segment_id, rows)
+    monkeypatch.undo()
+    c.close()
+    assert segment_file(tmp_path).stat().st_size == 3 * BS  # the data did land
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.held_blocks(record.segment_id) == []
+        assert c.read_block(record.segment_id, 0) is None
+        assert c.usage().bytes_used == 0
+        assert_all_verified(c)
+
+
+CHILD = textwrap.dedent(
+    """
+    import hashlib, os, sys
+    from pathlib import Path
+    from peerdistd.store.blockcache import BlockCache, SegmentRecord
+    from peerdistd.store.cache_types import derive_segment_id
+    BS = 65536
+    directory, round_ = Path(sys.argv[1]), int(sys.argv[2])
+    cache = BlockCache.open(directory, limit_bytes=6 * 8 * BS)
+    n = 0
+    while True:
+        n += 1
+        blocks = []
+        for i in range(8):
+            data = os.urandom(BS)
+            blocks.append((i, data, hashlib.sha256(data).digest()))
+        hod = hashlib.sha256(b"".join(h for _, _, h in blocks)).digest()
+        kp = hashlib.sha256(b"%d/%d" % (round_, n)).digest()
+        sid = derive_segment_id(0x800C, hod, kp)
+        cache.add_segment(SegmentRecord(sid, 1, 0x800C, hod, kp, 8 * BS, BS))
+        cache.put_blocks(sid, blocks[:3])
+        for i, data, digest in blocks[3:]:
+            cache.put_block(sid, i, data, digest)
+        print(n, flush=True)
+    """
+)
+
+
+def test_kill_9_while_writing_never_leaves_unverified_blocks(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    for round_, lines in enumerate((1, 4, 9, 2, 13, 6, 3, 20)):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(tmp_path), str(round_)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert child.stdout is not None
+        for _ in range(lines):
+            assert child.stdout.readline()
+        child.send_signal(signal.SIGKILL)  # lands wherever the writer is by now
+        child.wait()
+        child.stdout.close()
+        with BlockCache.open(tmp_path, limit_bytes=6 * 8 * BS) as c:
+            before = c.usage()
+            assert_all_verified(c)
+            after = c.usage()
+            assert (before.bytes_used, before.blocks) == (after.bytes_used, after.blocks)
+            assert after.blocks >= 8 * min(lines, 6) - 8
+            assert after.bytes_used <= after.limit_bytes
+
+
+def test_two_threads_write_and_read_concurrently(tmp_path: Path) -> None:
+    segments = [v1_segment(seed, blocks=4) for seed in range(12)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as c:
+
+        def writer() -> None:
+            try:
+                start.wait()
+                for record, rows in segments:
+                    c.add_segment(record)
+                    for row in rows:
+                        c.put_block(record.segment_id, *row)
+            except BaseException as exc:
+                errors.append(exc)
+
+        def reader() -> None:
+            try:
+                start.wait()
+                for _ in range(30):
+                    for record, rows in segments:
+                        for index, data, _ in rows:
+                            got = c.read_block(record.segment_id, index)
+                            assert got is None or got == data
+                        c.block_counts([record.segment_id])
+                        c.touch(record.segment_id)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert c.usage().blocks == 48
+        assert_all_verified(c)
