@@ -1,0 +1,231 @@
+"""The fetch loop: stream-read from a fake daemon, missing ranges from a real loopback origin."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from peerdistd.api.client import PeerDistClient
+from peerdistd.cli import remote
+from peerdistd.cli.remote import FetchSummary, fetch
+from peerdistd.errors import RemoteError
+
+BLOCK = 4096
+CONTENT = bytes((i * 7 + i // 251) % 256 for i in range(12 * BLOCK - 100))
+
+
+class ContentDaemon:
+    """Just enough of the v1 read semantics (DESIGN.md, "Read semantics") to drive fetch()."""
+
+    def __init__(self, content: bytes, local: set[int], peers: set[int]) -> None:
+        self.content = content
+        self.local = set(local)
+        self.peers = set(peers)
+        self.offset = 0
+        self.have = bytearray(len(content))  # 1 where added data was verified
+        self.calls: list[tuple[str, dict[str, str]]] = []
+
+    def _run(self, blocks: set[int], start: int) -> int:
+        """End offset of the run of ``blocks`` starting at ``start``'s block."""
+        b = start // BLOCK
+        while b in blocks and b * BLOCK < len(self.content):
+            b += 1
+        return min(b * BLOCK, len(self.content))
+
+    def _missing_end(self, start: int) -> int:
+        b = start // BLOCK
+        while b * BLOCK < len(self.content) and b not in self.local | self.peers:
+            b += 1
+        return min(b * BLOCK, len(self.content))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        tail = request.path.removeprefix("/v1/contents").removeprefix("/h")
+        self.calls.append((f"{request.method} {tail or '/'}", dict(request.query)))
+        size = len(self.content)
+        if request.method == "POST" and tail == "":
+            assert await request.read() == b"CI"
+            state = {"handle": "h", "complete": True, "version": 1, "size": size}
+            return web.json_response({**state, "range": {"offset": 0, "length": size}}, status=201)
+        if tail == "/stream-read":
+            want = int(request.query["max"])
+            start = self.offset
+            if want == 0:
+                available = self._run(self.local, start) - start
+                return web.Response(headers={"PeerDist-Available": str(available)})
+            if start >= size:
+                return web.json_response({"error": "NO_MORE", "message": ""}, status=416)
+            source = self.local if start // BLOCK in self.local else self.peers
+            end = min(start + want, self._run(source, start))
+            if end == start:
+                end = self._missing_end(start)
+                self.offset = end
+                body = {"error": "MISSING_DATA", "message": "", "offset": start}
+                return web.json_response({**body, "length": end - start}, status=424)
+            self.offset = end
+            self.local |= {b for b in range(start // BLOCK, (end - 1) // BLOCK + 1)}
+            headers = {"PeerDist-Offset": str(start), "PeerDist-Read-Id": "r"}
+            return web.Response(body=self.content[start:end], headers=headers)
+        if tail == "/data":
+            start = int(request.query["offset"])
+            body = await request.read()
+            if self.content[start : start + len(body)] != body:
+                return web.json_response({"error": "INVALID_DATA", "message": ""}, status=422)
+            self.have[start : start + len(body)] = b"\x01" * len(body)
+            result = {"offset": start, "length": len(body), "verified": len(body), "held": 0}
+            return web.json_response(result)
+        return web.Response(status=204)  # flush, close
+
+
+@dataclass
+class Origin:
+    """An origin server: answers Range requests, or misbehaves as ``mode`` says."""
+
+    content: bytes
+    mode: str = "ok"
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(dict(request.headers))
+        first, last = (int(x) for x in request.headers["Range"].removeprefix("bytes=").split("-"))
+        body = self.content[first : last + 1]
+        if self.mode == "ignore-range":
+            return web.Response(body=self.content)
+        if self.mode == "short":
+            body = body[:-1]
+            last -= 1
+        if self.mode == "bad-range":
+            first += 1
+        headers = {"Content-Range": f"bytes {first}-{last}/{len(self.content)}"}
+        return web.Response(status=206, body=body, headers=headers)
+
+
+@contextlib.asynccontextmanager
+async def servers(
+    daemon: ContentDaemon, origin: Origin
+) -> AsyncIterator[tuple[PeerDistClient, str]]:
+    api = web.Application()
+    api.router.add_route("*", "/{tail:.*}", daemon.handle)
+    web_origin = web.Application()
+    web_origin.router.add_get("/file.bin", origin.handle)
+    runners = [web.AppRunner(api), web.AppRunner(web_origin)]
+    for runner in runners:
+        await runner.setup()
+    folder = tempfile.mkdtemp(prefix="pdf", dir="/tmp")
+    try:
+        await web.UnixSite(runners[0], f"{folder}/api.sock").start()
+        await web.TCPSite(runners[1], "127.0.0.1", 0).start()
+        port = runners[1].addresses[0][1]
+        async with PeerDistClient(f"{folder}/api.sock") as client:
+            yield client, f"http://127.0.0.1:{port}/file.bin"
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        shutil.rmtree(folder)
+
+
+async def test_fetch_takes_cache_then_peers_then_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Chunks that do not fall on block boundaries: the daemon holds partial blocks.
+    monkeypatch.setattr(remote, "ORIGIN_CHUNK", 5000)
+    daemon = ContentDaemon(CONTENT, local={0, 1, 8}, peers={2, 3, 4})
+    origin = Origin(CONTENT)
+    out = io.BytesIO()
+    seen: list[tuple[int, int | None]] = []
+    async with servers(daemon, origin) as (client, url):
+        summary = await fetch(
+            client, b"CI", url, out, timeout_ms=250, progress=lambda d, t: seen.append((d, t))
+        )
+    assert out.getvalue() == CONTENT
+    assert summary == FetchSummary(
+        size=len(CONTENT),
+        from_cache=3 * BLOCK,
+        from_peers=3 * BLOCK,
+        from_origin=len(CONTENT) - 6 * BLOCK,
+        origin_requests=2,
+        seconds=summary.seconds,
+    )
+    assert [r["Range"] for r in origin.requests] == [
+        f"bytes={5 * BLOCK}-{8 * BLOCK - 1}",
+        f"bytes={9 * BLOCK}-{len(CONTENT) - 1}",
+    ]
+    for headers in origin.requests:
+        # [MS-PCCRTP] 2.2: a missing-data request, never with Accept-Encoding: peerdist.
+        assert headers["X-P2P-PeerDist"] == "Version=1.1, MissingDataRequest=true"
+        assert headers["Accept-Encoding"] == "identity"
+    assert bytes(daemon.have[5 * BLOCK : 8 * BLOCK]) == b"\x01" * 3 * BLOCK
+    assert bytes(daemon.have[9 * BLOCK :]) == b"\x01" * (len(CONTENT) - 9 * BLOCK)
+    assert seen[-1] == (len(CONTENT), len(CONTENT))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    reads = [q for call, q in daemon.calls if call == "POST /stream-read" and q["max"] != "0"]
+    assert all(q["timeout_ms"] == "250" for q in reads)
+    assert [call for call, _ in daemon.calls[-2:]] == ["POST /flush", "DELETE /"]
+
+
+async def test_fetch_from_cache_only_asks_no_origin() -> None:
+    daemon = ContentDaemon(CONTENT, local=set(range(12)), peers=set())
+    origin = Origin(CONTENT)
+    out = io.BytesIO()
+    async with servers(daemon, origin) as (client, url):
+        summary = await fetch(client, b"CI", url, out, read_max=10000)
+    assert out.getvalue() == CONTENT
+    assert (summary.from_cache, summary.from_peers, summary.from_origin) == (len(CONTENT), 0, 0)
+    assert origin.requests == []
+    assert "POST /flush" not in [call for call, _ in daemon.calls]
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("ignore-range", "HTTP 200 OK, expected 206"),
+        ("bad-range", "answered Content-Range 'bytes 1-"),
+        ("short", "answered Content-Range"),
+    ],
+)
+async def test_origin_that_breaks_range_rules_fails_the_fetch(mode: str, message: str) -> None:
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set())
+    async with servers(daemon, Origin(CONTENT, mode)) as (client, url):
+        with pytest.raises(RemoteError, match=message):
+            await fetch(client, b"CI", url, io.BytesIO())
+    assert daemon.calls[-1][0] == "DELETE /"  # the handle is closed on the way out
+    assert not any(daemon.have)
+
+
+async def test_origin_body_shorter_than_its_range_is_refused() -> None:
+    async def liar(request: web.Request) -> web.StreamResponse:
+        # Claims the whole range but sends one byte less: caught by the length check.
+        first, last = (int(x) for x in request.headers["Range"].removeprefix("bytes=").split("-"))
+        resp = web.StreamResponse(status=206)
+        resp.headers["Content-Range"] = f"bytes {first}-{last}/{len(CONTENT)}"
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(CONTENT[first:last])
+        await resp.write_eof()
+        return resp
+
+    daemon = ContentDaemon(CONTENT, local=set(range(11)), peers=set())
+    origin = Origin(CONTENT)
+    origin.handle = liar  # type: ignore[method-assign]
+    out = io.BytesIO()
+    async with servers(daemon, origin) as (client, url):
+        with pytest.raises(RemoteError, match="wrong length"):
+            await fetch(client, b"CI", url, out)
+    assert out.getvalue() == CONTENT[: 11 * BLOCK] + CONTENT[11 * BLOCK : -1]
+
+
+async def test_unreachable_origin_is_a_remote_error() -> None:
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set())
+    async with servers(daemon, Origin(CONTENT)) as (client, _):
+        with pytest.raises(RemoteError, match=r"origin http://127\.0\.0\.1:1/x \(bytes 0-"):
+            await fetch(client, b"CI", "http://127.0.0.1:1/x", io.BytesIO())
+
+
+def test_fetch_summary_is_frozen() -> None:
+    summary = FetchSummary(1, 1, 0, 0, 0, 0.1)
+    with pytest.raises(AttributeError):
+        summary.size = 2  # type: ignore[misc]
