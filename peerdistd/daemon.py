@@ -1,11 +1,355 @@
-"""Composition root of the daemon (placeholder until the daemon lands)."""
+"""``peerdistd``: the composition root. Builds every part from the configuration, serves the
+local API and the peer protocols, and shuts everything down within a bounded time.
+
+Lifecycle (after hypercorn): signal -> event -> bounded graceful shutdown. READY=1 is sent to
+systemd only once every socket is bound; STOPPING=1 as soon as shutdown begins.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import signal
+import socket
 import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from peerdistd import __version__, errors
+from peerdistd.api.app import make_app
+from peerdistd.config import Config, diff_for_reload, ensure_private_dir, load_config
+from peerdistd.engine.core import Engine, EngineSettings
+from peerdistd.logs import setup_logging
+from peerdistd.store.blockcache import BlockCache
+from peerdistd.store.publications import PublicationStore
+from peerdistd.store.secret import load_or_create_secret
+from peerdistd.systemd import Notifier, listen_fds, watchdog_interval
+
+log = logging.getLogger("peerdistd")
+
+HOUSEKEEPING_INTERVAL = 5.0
+
+
+def engine_settings(config: Config) -> EngineSettings:
+    return EngineSettings(
+        enabled=config.daemon.enabled,
+        max_inflight=config.peers.max_inflight,
+        handle_idle_timeout=config.daemon.handle_idle_timeout,
+    )
+
+
+def bind_unix_socket(path: Path, mode: int, group: str) -> socket.socket:
+    """Bind the API socket; a stale socket file of a dead daemon is replaced, a live one not."""
+    ensure_private_dir(path.parent, 0o755)
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise errors.ConfigError("daemon.socket", f"another daemon is listening on {path}")
+        finally:
+            probe.close()
+    elif path.exists():
+        raise errors.ConfigError("daemon.socket", f"{path} exists and is not a socket")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise errors.ConfigError("daemon.socket_group", f"no group {group!r}") from None
+        os.chown(path, -1, gid)
+    path.chmod(mode)
+    sock.listen(128)
+    return sock
+
+
+class Daemon:
+    """Every long-lived part of one node; ``run()`` serves until told to stop."""
+
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self.stopping = asyncio.Event()
+        self.started = time.time()
+        self.node_id = ""
+        self.listening: dict[str, Any] = {}
+        self.engine: Engine | None = None
+        self.store: BlockCache | None = None
+
+    def info(self) -> Mapping[str, Any]:
+        return {
+            "version": __version__,
+            "node_id": self.node_id,
+            "uptime": round(time.time() - self.started, 3),
+            "listen": self.listening,
+        }
+
+    async def run(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            await self._start(stack)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            stack.callback(self._remove_signal_handlers, loop)
+            housekeeping = asyncio.ensure_future(self._housekeeping())
+            self.notifier.ready(f"serving on {self.listening.get('socket')}")
+            await self.stopping.wait()
+            self.notifier.stopping()
+            log.info("shutting down")
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+        log.info("stopped")
+
+    @staticmethod
+    def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        cfg = self.config
+        paths = cfg.paths
+        ensure_private_dir(paths.state_dir)
+        ensure_private_dir(paths.cache_dir)
+        passphrase = load_or_create_secret(paths.secret_file)
+        self.node_id = _node_id(paths.state_dir)
+        store = BlockCache.open(
+            paths.cache_dir / "blocks",
+            limit_bytes=cfg.cache.limit_bytes or None,
+            limit_percent=cfg.cache.limit_percent,
+        )
+        stack.callback(store.close)
+        self.store = store
+        publications = PublicationStore.open(paths.state_dir / "publications.db")
+        stack.callback(publications.close)
+        peers = await self._start_peers(stack, store)
+        engine = Engine(store, publications, passphrase, peers=peers, settings=engine_settings(cfg))
+        self.engine = engine
+        stack.push_async_callback(engine.aclose)
+        app = make_app(engine, info=self.info, peers=self._peer_list)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(self._cleanup_runner, runner)
+        await self._serve_api(runner)
+        await self._start_metrics(stack, engine)
+
+    async def _cleanup_runner(self, runner: web.AppRunner) -> None:
+        assert self.engine is not None
+        self.engine.events.close()  # end event streams so the server can close them
+        try:
+            await asyncio.wait_for(runner.cleanup(), self.config.daemon.shutdown_timeout)
+        except TimeoutError:
+            log.warning("API connections did not close within the shutdown timeout")
+
+    async def _serve_api(self, runner: web.AppRunner) -> None:
+        cfg = self.config
+        inherited = listen_fds()
+        if inherited:
+            sock = inherited[0]
+            where = f"fd {sock.fileno()} (socket activation)"
+            with contextlib.suppress(OSError):
+                where = str(sock.getsockname()) or where
+        else:
+            sock = bind_unix_socket(
+                cfg.paths.socket, int(cfg.daemon.socket_mode, 8), cfg.daemon.socket_group
+            )
+            where = str(cfg.paths.socket)
+        await web.SockSite(runner, sock).start()
+        self.listening["socket"] = where
+        log.info("API listening on %s", where)
+        if cfg.daemon.api_tcp:
+            host, _, port = cfg.daemon.api_tcp.rpartition(":")
+            site = web.TCPSite(runner, host.strip("[]"), int(port))
+            await site.start()
+            self.listening["tcp"] = site.name
+            log.info("API also listening on %s", site.name)
+
+    async def _start_peers(self, stack: contextlib.AsyncExitStack, store: BlockCache) -> Any:
+        self.listening["peers"] = None
+        if not self.config.peers.enabled:
+            return None
+        try:
+            from peerdistd.net.node import start_peer_network  # noqa: PLC0415
+        except ImportError:
+            log.warning("peer network not available in this build; serving locally only")
+            return None
+        network = await stack.enter_async_context(
+            start_peer_network(self.config, store, self.node_id)
+        )
+        self.listening["peers"] = network.advertise
+        return network
+
+    async def _start_metrics(self, stack: contextlib.AsyncExitStack, engine: Engine) -> None:
+        listen = self.config.metrics.listen
+        if not listen:
+            return
+        from peerdistd.metrics import make_registry, start_metrics_server  # noqa: PLC0415
+
+        host, _, port = listen.rpartition(":")
+        server = await stack.enter_async_context(
+            start_metrics_server(make_registry(engine), host.strip("[]"), int(port))
+        )
+        self.listening["metrics"] = getattr(server, "url", listen)
+        log.info("metrics on %s", self.listening["metrics"])
+
+    def _peer_list(self) -> list[Mapping[str, Any]]:
+        return []
+
+    async def _housekeeping(self) -> None:
+        interval = watchdog_interval()
+        period = min(HOUSEKEEPING_INTERVAL, interval) if interval else HOUSEKEEPING_INTERVAL
+        while True:
+            self.notifier.watchdog()
+            if self.engine is not None:
+                self.engine.reclaim_idle()
+                self._check_cache_writable()
+            await asyncio.sleep(period)
+
+    def _check_cache_writable(self) -> None:
+        assert self.engine is not None
+        if self.engine.status == "DISABLED":
+            return
+        ok = os.access(self.config.paths.cache_dir, os.W_OK)
+        self.engine.set_status("AVAILABLE" if ok else "UNAVAILABLE")
+
+    def reload(self) -> None:
+        """SIGHUP: apply what can change at run time; say what needs a restart."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except errors.ConfigError as exc:
+            log.error("reload refused, configuration invalid: %s", exc)
+            self.notifier.ready()
+            return
+        applied, restart = diff_for_reload(self.config, new)
+        if self.engine is not None:
+            self.engine.set_enabled(new.daemon.enabled)
+            self.engine.settings.handle_idle_timeout = new.daemon.handle_idle_timeout
+            self.engine.slots.resize(new.peers.max_inflight)
+        logging.getLogger().setLevel(new.daemon.log_level.upper())
+        self.config = new
+        log.info(
+            "reloaded: applied %s; needing a restart: %s",
+            ", ".join(applied) or "nothing",
+            ", ".join(restart) or "nothing",
+        )
+        self.notifier.ready()
+
+
+def _node_id(state_dir: Path) -> str:
+    """A stable id of this node, kept in the state directory."""
+    path = state_dir / "node-id"
+    try:
+        value = path.read_text().strip()
+        if len(value) == 32:
+            return value
+    except OSError:
+        pass
+    value = os.urandom(16).hex()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(value + "\n")
+    tmp.replace(path)
+    return value
+
+
+def _cli_overrides(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in (
+        ("DAEMON_STATE_DIR", args.state_dir),
+        ("DAEMON_CACHE_DIR", args.cache_dir),
+        ("DAEMON_SOCKET", args.socket),
+        ("DAEMON_LOG_FORMAT", args.log_format),
+        ("DAEMON_LOG_LEVEL", args.log_level),
+        ("DAEMON_API_TCP", args.api_tcp),
+        ("PEERS_LISTEN", args.listen),
+        ("METRICS_LISTEN", args.metrics),
+    ):
+        if value is not None:
+            env[f"PEERDISTD_{key}"] = value
+    if args.no_peers:
+        env["PEERDISTD_PEERS_ENABLED"] = "false"
+    return env
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peerdistd", description="BranchCache for Linux.")
+    parser.add_argument("--version", action="version", version=f"peerdistd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument("--state-dir", help="state directory (publications, secret)")
+    serve.add_argument("--cache-dir", help="block cache directory")
+    serve.add_argument("--socket", help="path of the API Unix socket")
+    serve.add_argument("--api-tcp", help="also serve the API on loopback HOST:PORT")
+    serve.add_argument("--listen", help="peer retrieval listener ADDR:PORT (peers.listen)")
+    serve.add_argument("--metrics", help="Prometheus endpoint HOST:PORT ('' = off)")
+    serve.add_argument("--no-peers", action="store_true", help="local cache only, no LAN traffic")
+    serve.add_argument("--log-format", choices=("text", "json"))
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    check = sub.add_parser("check-config", help="validate the configuration and exit")
+    check.add_argument("--config", type=Path, help="TOML configuration file")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``peerdistd``."""
-    print("usage: peerdistd serve", file=sys.stderr)
-    return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        from peerdistd.config import check_config  # noqa: PLC0415
+
+        problems = check_config(args.config)
+        for problem in problems:
+            print(f"peerdistd: {problem}", file=sys.stderr)
+        if not problems:
+            print("configuration OK")
+        return 1 if problems else 0
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(args.config, _cli_overrides(args))
+    except errors.ConfigError as exc:
+        print(f"peerdistd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.daemon.log_level, config.daemon.log_format)
+    daemon = Daemon(config, args.config)
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(daemon.run())
+    except errors.ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    except errors.PeerDistError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+if __name__ == "__main__":
+    sys.exit(main())

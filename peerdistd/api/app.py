@@ -1,0 +1,384 @@
+"""The local PeerDist API (DESIGN.md, "The local API (v1)") as an aiohttp application.
+
+Handlers only translate HTTP to engine calls: query parsing, the caller's uid, bodies streamed
+in, bytes or JSON out. Every :class:`~peerdistd.errors.ApiError` becomes its JSON error with
+its one HTTP status; nothing else of the engine's or aiohttp's internals reaches the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from peerdistd import errors
+from peerdistd.api.peercred import peer_uid
+from peerdistd.engine.core import Engine, ReadResult
+from peerdistd.engine.events import Event
+from peerdistd.proto.pccrc import HashAlgorithm
+from peerdistd.store.publications import Publication
+
+log = logging.getLogger(__name__)
+
+ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+INFO: web.AppKey[Callable[[], Mapping[str, Any]]] = web.AppKey("info")
+PEERS: web.AppKey[Callable[[], list[Mapping[str, Any]]]] = web.AppKey("peers")
+
+DEFAULT_MAX = 1 << 20
+DEFAULT_TIMEOUT_MS = 5000
+MAX_TIMEOUT_MS = 3_600_000
+MAX_CONTENT_INFORMATION = 64 * 1024 * 1024  # covers a V1 description of ~128 GiB of content
+BODY_CHUNK = 256 * 1024
+U64 = (1 << 64) - 1
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: errors.ApiError) -> web.Response:
+    return web.json_response(exc.to_json(), status=exc.status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.ApiError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status == 413:
+            return error_response(errors.InvalidParameter(f"request body too large: {exc.text}"))
+        if exc.status in (404, 405):
+            return web.json_response(
+                {
+                    "error": "INVALID_PARAMETER",
+                    "message": f"{request.method} {request.path}: {exc.reason}",
+                },
+                status=exc.status,
+            )
+        raise
+    except errors.PeerDistError as exc:
+        log.exception("internal error in %s %s", request.method, request.path)
+        return error_response(errors.ServiceUnavailable(f"internal error: {exc}"))
+
+
+def caller(request: web.Request) -> int:
+    uid = request.get("uid")
+    if uid is None:
+        uid = peer_uid(request.transport.get_extra_info("socket") if request.transport else None)
+        if uid is None:
+            raise errors.AccessDenied("cannot tell who is calling (no peer credentials)")
+        request["uid"] = uid
+    return int(uid)
+
+
+def q_int(
+    request: web.Request, name: str, default: int | None, lo: int = 0, hi: int = U64
+) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise errors.InvalidParameter(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise errors.InvalidParameter(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def q_flags(request: web.Request) -> list[str]:
+    return [f.strip() for f in request.query.get("flags", "").split(",") if f.strip()]
+
+
+def q_timeout(request: web.Request) -> float:
+    ms = q_int(request, "timeout_ms", DEFAULT_TIMEOUT_MS, 0, MAX_TIMEOUT_MS)
+    assert ms is not None
+    return ms / 1000.0
+
+
+async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(BODY_CHUNK):
+        yield chunk
+
+
+async def read_ci_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_CONTENT_INFORMATION:
+        raise errors.InvalidParameter(
+            f"content information larger than {MAX_CONTENT_INFORMATION} bytes"
+        )
+    return await request.read()
+
+
+def pub_json(pub: Publication) -> dict[str, Any]:
+    algorithm = HashAlgorithm(pub.algorithm)
+    return {
+        "id": pub.id,
+        "size": pub.size,
+        "version": pub.version,
+        "algorithm": algorithm.name.lower(),
+        "segments": len(pub.segment_ids),
+        "created": pub.created,
+    }
+
+
+def data_response(result: ReadResult) -> web.Response:
+    return web.Response(
+        body=result.data,
+        content_type="application/octet-stream",
+        headers={"PeerDist-Offset": str(result.offset), "PeerDist-Read-Id": result.read_id},
+    )
+
+
+# -- status and events -------------------------------------------------------------------
+
+
+async def get_status(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    usage = engine.store.usage()
+    body: dict[str, Any] = {
+        "status": engine.status,
+        "cache": {
+            "bytes_used": usage.bytes_used,
+            "limit_bytes": usage.limit_bytes,
+            "segments": usage.segments,
+            "blocks": usage.blocks,
+            "evictions": usage.evictions,
+        },
+        "counters": dict(engine.stats_snapshot()),
+        "peers": request.app[PEERS](),
+    }
+    body.update(request.app[INFO]())
+    return web.json_response(body)
+
+
+async def get_events(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    caller(request)
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    first = Event("STATUS_CHANGED", {"status": engine.status})
+    async for event in engine.events.subscribe(first):
+        line = f"event: {event.name}\ndata: {json.dumps(event.data)}\n\n"
+        await resp.write(line.encode())
+    return resp
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    text = resources.files("peerdistd.api").joinpath("openapi.json").read_text("utf-8")
+    return web.Response(text=text, content_type="application/json")
+
+
+# -- publications ------------------------------------------------------------------------
+
+
+async def post_publication(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    uid = caller(request)
+    version = q_int(request, "version", 1, 1, 2)
+    name = request.query.get("hash", "sha256")
+    pub_id = request.query.get("id") or None
+    if pub_id is not None and (len(pub_id) > 256 or not pub_id.isprintable() or "/" in pub_id):
+        raise errors.InvalidParameter("id must be 1..256 printable characters without '/'")
+    if version == 2:
+        algorithm = HashAlgorithm.TRUNCATED_SHA512
+    else:
+        try:
+            algorithm = HashAlgorithm.from_name(name)
+        except (ValueError, KeyError):
+            raise errors.InvalidParameter(
+                f"hash must be sha256, sha384 or sha512, got {name!r}"
+            ) from None
+    assert version is not None
+    pub = await engine.publish(
+        uid, body_chunks(request), pub_id=pub_id, version=version, algorithm=algorithm
+    )
+    return web.json_response(
+        pub_json(pub), status=201, headers={"Location": f"/v1/publications/{pub.id}"}
+    )
+
+
+async def list_publications(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    pubs = engine.list_publications(caller(request))
+    return web.json_response({"publications": [pub_json(p) for p in pubs]})
+
+
+async def get_publication(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    pub = engine.publication(caller(request), request.match_info["id"])
+    return web.json_response(pub_json(pub))
+
+
+async def get_content_information(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    data = engine.content_information(
+        caller(request),
+        request.match_info["id"],
+        q_int(request, "offset", None),
+        q_int(request, "length", None, 1),
+        q_int(request, "version", None, 1, 2),
+    )
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def delete_publication(request: web.Request) -> web.Response:
+    request.app[ENGINE].unpublish(caller(request), request.match_info["id"])
+    return web.Response(status=204)
+
+
+# -- contents (client side) --------------------------------------------------------------
+
+
+async def post_content(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    uid = caller(request)
+    engine.check_enabled()
+    handle = engine.open_content(uid, await read_ci_body(request), q_flags(request))
+    return web.json_response(
+        handle.info(), status=201, headers={"Location": f"/v1/contents/{handle.id}"}
+    )
+
+
+async def post_content_information(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    uid = caller(request)
+    part = await read_ci_body(request)
+    return web.json_response(
+        engine.add_content_information(uid, request.match_info["h"], part).info()
+    )
+
+
+async def post_complete(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    h = engine.complete_content_information(caller(request), request.match_info["h"])
+    return web.json_response(h.info())
+
+
+async def _read(request: web.Request, block: bool) -> web.Response:
+    engine = request.app[ENGINE]
+    uid = caller(request)
+    handle_id = request.match_info["h"]
+    max_bytes = q_int(request, "max", DEFAULT_MAX, 0, engine.settings.max_read)
+    timeout = q_timeout(request)
+    flags = q_flags(request)
+    try:
+        if block:
+            offset = q_int(request, "offset", None)
+            if offset is None:
+                raise errors.InvalidParameter("offset is required for a block read")
+            if max_bytes == 0:
+                raise errors.InvalidParameter("max must be at least 1 for a block read")
+            assert max_bytes is not None
+            result = await engine.block_read(uid, handle_id, offset, max_bytes, timeout, flags)
+        elif max_bytes == 0:
+            offset, available = engine.available(uid, handle_id)
+            return web.Response(
+                status=200,
+                headers={"PeerDist-Offset": str(offset), "PeerDist-Available": str(available)},
+            )
+        else:
+            assert max_bytes is not None
+            result = await engine.stream_read(uid, handle_id, max_bytes, timeout, flags)
+    except asyncio.CancelledError:
+        engine.reclaim(uid, handle_id)  # the client went away with this read pending
+        raise
+    return data_response(result)
+
+
+async def post_stream_read(request: web.Request) -> web.Response:
+    return await _read(request, block=False)
+
+
+async def post_block_read(request: web.Request) -> web.Response:
+    return await _read(request, block=True)
+
+
+async def put_data(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    uid = caller(request)
+    offset = q_int(request, "offset", None)
+    if offset is None:
+        raise errors.InvalidParameter("offset is required")
+    out = await engine.add_data(uid, request.match_info["h"], offset, body_chunks(request))
+    return web.json_response(
+        {"offset": offset, "length": out.verified, "verified": out.verified, "held": out.held}
+    )
+
+
+async def post_flush(request: web.Request) -> web.Response:
+    request.app[ENGINE].flush(caller(request), request.match_info["h"])
+    return web.Response(status=204)
+
+
+async def delete_content(request: web.Request) -> web.Response:
+    request.app[ENGINE].close(caller(request), request.match_info["h"])
+    return web.Response(status=204)
+
+
+# -- cache and peers ---------------------------------------------------------------------
+
+
+async def get_cache(request: web.Request) -> web.Response:
+    caller(request)
+    usage = request.app[ENGINE].store.usage()
+    return web.json_response(
+        {
+            "bytes_used": usage.bytes_used,
+            "limit_bytes": usage.limit_bytes,
+            "segments": usage.segments,
+            "blocks": usage.blocks,
+            "evictions": usage.evictions,
+        }
+    )
+
+
+async def delete_cache(request: web.Request) -> web.Response:
+    if caller(request) != 0:
+        raise errors.AccessDenied("only root may flush the cache")
+    freed = await asyncio.to_thread(request.app[ENGINE].store.flush)
+    return web.json_response({"freed": freed})
+
+
+async def get_peers(request: web.Request) -> web.Response:
+    caller(request)
+    return web.json_response({"peers": request.app[PEERS]()})
+
+
+def make_app(
+    engine: Engine,
+    *,
+    info: Callable[[], Mapping[str, Any]] | None = None,
+    peers: Callable[[], list[Mapping[str, Any]]] | None = None,
+) -> web.Application:
+    """The API application; the daemon serves it on the Unix socket (and loopback TCP)."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_CONTENT_INFORMATION)
+    app[ENGINE] = engine
+    app[INFO] = info or dict
+    app[PEERS] = peers or list
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/v1/events", get_events)
+    app.router.add_get("/v1/openapi.json", get_openapi)
+    app.router.add_post("/v1/publications", post_publication)
+    app.router.add_get("/v1/publications", list_publications)
+    app.router.add_get("/v1/publications/{id}", get_publication)
+    app.router.add_get("/v1/publications/{id}/content-information", get_content_information)
+    app.router.add_delete("/v1/publications/{id}", delete_publication)
+    app.router.add_post("/v1/contents", post_content)
+    app.router.add_post("/v1/contents/{h}/content-information", post_content_information)
+    app.router.add_post("/v1/contents/{h}/content-information/complete", post_complete)
+    app.router.add_post("/v1/contents/{h}/stream-read", post_stream_read)
+    app.router.add_post("/v1/contents/{h}/block-read", post_block_read)
+    app.router.add_put("/v1/contents/{h}/data", put_data)
+    app.router.add_post("/v1/contents/{h}/flush", post_flush)
+    app.router.add_delete("/v1/contents/{h}", delete_content)
+    app.router.add_get("/v1/cache", get_cache)
+    app.router.add_delete("/v1/cache", delete_cache)
+    app.router.add_get("/v1/peers", get_peers)
+    return app

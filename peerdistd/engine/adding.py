@@ -1,0 +1,133 @@
+"""ClientAddData: bytes the application got from the origin, verified before they are cached.
+
+Every block (V1) or segment (V2) that the added bytes cover in full is hashed and compared
+with its content information ([MS-PCCRC] 2.2, 4.1.2); only matching blocks are cached. Bytes
+that cover part of a block, or that no content information describes yet, are held (never
+served) until the rest arrives (DESIGN.md, "Read semantics").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peerdistd import errors
+from peerdistd.engine.handle import ContentHandle
+from peerdistd.engine.ports import BlockStore
+from peerdistd.engine.reading import segment_record
+from peerdistd.engine.stats import Counters
+from peerdistd.engine.view import ContentView
+from peerdistd.proto.pccrc import BlockRef
+
+
+@dataclass(slots=True)
+class AddOutcome:
+    verified: int = 0  # bytes verified and cached by this call
+    held: int = 0  # bytes the handle holds for later verification, after this call
+    bad: list[tuple[int, int]] = field(default_factory=list)  # blocks that failed: [start, end)
+
+
+class DataAdder:
+    def __init__(self, store: BlockStore, stats: Counters) -> None:
+        self.store = store
+        self.stats = stats
+
+    def consume(
+        self, h: ContentHandle, start: int, buf: memoryview, final: bool, out: AddOutcome
+    ) -> int:
+        """Verify and cache the blocks ``buf`` (at absolute ``start``) covers; hold the rest.
+
+        Returns how many leading bytes of ``buf`` are dealt with; unless ``final``, a trailing
+        partial block is left for the caller to extend with the next chunk of the body.
+        """
+        view = h.view
+        end = start + len(buf)
+        pos = start
+        good: dict[bytes, list[tuple[BlockRef, bytes | memoryview]]] = {}
+        while pos < end:
+            ref = view.block_at(pos) if view else None
+            if ref is None:
+                nxt = min(end, _next_described(view, pos))
+                self._hold(h, pos, buf[pos - start : nxt - start])
+                pos = nxt
+                continue
+            if ref.end > end and not final and ref.start >= start:
+                break  # wait for the rest of this block in the next chunk
+            if ref.start >= start and ref.end <= end:
+                data: bytes | memoryview = buf[ref.start - start : ref.end - start]
+            else:
+                piece_end = min(ref.end, end)
+                self._hold(h, pos, buf[pos - start : piece_end - start])
+                assembled = h.held.take(ref.start, ref.end)
+                pos = piece_end
+                if assembled is None:
+                    continue
+                h.held.discard(ref.start, ref.end)
+                data = assembled
+            self._check(view, ref, data, good, out)
+            pos = ref.end
+        self._store(view, good)
+        return pos - start
+
+    def verify_held(self, h: ContentHandle) -> AddOutcome:
+        """After more content information arrived: verify what was held and now can be."""
+        out = AddOutcome()
+        view = h.view
+        if view is None or not h.held:
+            return out
+        good: dict[bytes, list[tuple[BlockRef, bytes | memoryview]]] = {}
+        for span_start, span_end in h.held.spans():
+            for ref in list(view.blocks_in(span_start, span_end)):
+                data = h.held.take(ref.start, ref.end)
+                if data is None:
+                    continue
+                h.held.discard(ref.start, ref.end)
+                self._check(view, ref, data, good, out)
+        self._store(view, good)
+        return out
+
+    def _check(
+        self,
+        view: ContentView | None,
+        ref: BlockRef,
+        data: bytes | memoryview,
+        good: dict[bytes, list[tuple[BlockRef, bytes | memoryview]]],
+        out: AddOutcome,
+    ) -> None:
+        assert view is not None
+        if view.algorithm.digest(data) == ref.hash:
+            good.setdefault(ref.segment.segment_id, []).append((ref, data))
+            out.verified += len(data)
+        else:
+            self.stats.invalid_data += 1
+            out.bad.append((ref.start, ref.end))
+
+    def _store(
+        self,
+        view: ContentView | None,
+        good: dict[bytes, list[tuple[BlockRef, bytes | memoryview]]],
+    ) -> None:
+        for seg_id, blocks in good.items():
+            assert view is not None
+            self.store.add_segment(segment_record(view, blocks[0][0]))
+            self.store.put_blocks(seg_id, [(ref.index, data, ref.hash) for ref, data in blocks])
+
+    def _hold(self, h: ContentHandle, pos: int, data: memoryview) -> None:
+        if not h.held.add(pos, data):
+            raise errors.InvalidParameter(
+                f"more than {h.held.limit} bytes would be held unverified on this handle; "
+                "add the content information that covers them first"
+            )
+
+
+def _next_described(view: ContentView | None, pos: int) -> int:
+    """The first offset after ``pos`` where a described block starts (or a huge number)."""
+    if view is None:
+        return 1 << 62
+    for seg in view.segments:
+        if seg.offset > pos:
+            return seg.offset
+        if seg.offset <= pos < seg.offset + seg.length:
+            listed_end = seg.block_span(len(seg.block_hashes) - 1)[1] if seg.block_hashes else 0
+            if pos >= listed_end:
+                return seg.offset + seg.length
+    return 1 << 62

@@ -1,0 +1,482 @@
+"""The PeerDist engine: publications, content handles, reads and add-data for every caller.
+
+The API layer calls these methods with the caller's uid (from SO_PEERCRED); everything the
+PeerDist API promises about ownership, ordering and verification is decided here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from peerdistd import errors
+from peerdistd.engine.adding import AddOutcome, DataAdder
+from peerdistd.engine.events import EventBus
+from peerdistd.engine.handle import ContentHandle
+from peerdistd.engine.held import HeldData
+from peerdistd.engine.ports import BlockStore, NoPeers, PeerNetwork
+from peerdistd.engine.publishing import publish_stream
+from peerdistd.engine.reading import BlockReader, ReadRequest
+from peerdistd.engine.slots import SlotPool
+from peerdistd.engine.stats import Counters
+from peerdistd.engine.view import ContentView
+from peerdistd.proto import pccrc
+from peerdistd.proto.pccrc import ContentInformation, HashAlgorithm
+from peerdistd.store.publications import Publication, PublicationStore
+
+log = logging.getLogger(__name__)
+
+ROOT_UID = 0
+READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
+OPEN_FLAGS = frozenset({"immediate"})
+
+
+@dataclass(slots=True)
+class EngineSettings:
+    enabled: bool = True
+    max_inflight: int = 32
+    handle_idle_timeout: float = 600.0
+    max_handles_per_uid: int = 4096
+    held_limit: int = 64 * 1024 * 1024  # unverified bytes one handle may hold
+    max_read: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    offset: int
+    data: bytes
+    read_id: str
+
+
+class Engine:
+    """Owns handles and publications; composes the reader, the adder and the publisher."""
+
+    def __init__(
+        self,
+        store: BlockStore,
+        publications: PublicationStore,
+        passphrase: bytes,
+        *,
+        peers: PeerNetwork | None = None,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.publications = publications
+        self.passphrase = passphrase
+        self.settings = settings or EngineSettings()
+        self.stats = Counters()
+        self.events = EventBus()
+        self.peers: PeerNetwork = peers or NoPeers()
+        self.slots = SlotPool(self.settings.max_inflight)
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.reader = BlockReader(
+            store, self.peers, self.slots, self.stats, self.events, self._track
+        )
+        self.adder = DataAdder(store, self.stats)
+        self.handles: dict[str, ContentHandle] = {}
+        self._status = "AVAILABLE" if self.settings.enabled else "DISABLED"
+
+    # -- status --------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def set_status(self, status: str) -> None:
+        if status != self._status:
+            self._status = status
+            log.info("status changed to %s", status)
+            self.events.publish("STATUS_CHANGED", status=status)
+
+    def set_enabled(self, enabled: bool) -> None:
+        self.settings.enabled = enabled
+        self.set_status("AVAILABLE" if enabled else "DISABLED")
+
+    def check_enabled(self) -> None:
+        if not self.settings.enabled:
+            raise errors.NotSupported("PeerDist is disabled by policy (daemon.enabled = false)")
+        if self._status == "UNAVAILABLE":
+            raise errors.ServiceUnavailable("the cache is not usable right now")
+
+    # -- publications (server side) ------------------------------------------------------
+
+    async def publish(
+        self,
+        uid: int,
+        body: AsyncIterator[bytes],
+        *,
+        pub_id: str | None,
+        version: int,
+        algorithm: HashAlgorithm,
+    ) -> Publication:
+        self.check_enabled()
+        pub_id = pub_id or secrets.token_hex(16)
+        existing = self.publications.get(pub_id)
+        if existing is not None and uid not in (existing.owner_uid, ROOT_UID):
+            raise errors.AccessDenied(f"publication {pub_id!r} belongs to another user")
+        pub = await publish_stream(
+            self.store,
+            body,
+            pub_id=pub_id,
+            owner_uid=uid,
+            version=version,
+            algorithm=algorithm,
+            passphrase=self.passphrase,
+        )
+        self.publications.add(pub)
+        return pub
+
+    def publication(self, uid: int, pub_id: str) -> Publication:
+        self.check_enabled()
+        pub = self.publications.get(pub_id)
+        if pub is None:
+            raise errors.InvalidParameter(f"no publication {pub_id!r}")
+        if uid not in (pub.owner_uid, ROOT_UID):
+            raise errors.AccessDenied(f"publication {pub_id!r} belongs to another user")
+        return pub
+
+    def list_publications(self, uid: int) -> list[Publication]:
+        self.check_enabled()
+        return self.publications.list(None if uid == ROOT_UID else uid)
+
+    def content_information(
+        self, uid: int, pub_id: str, offset: int | None, length: int | None, version: int | None
+    ) -> bytes:
+        pub = self.publication(uid, pub_id)
+        if version is not None and version != pub.version:
+            raise errors.InvalidParameter(
+                f"publication {pub_id!r} was published as version {pub.version}; "
+                f"publish it again with version={version}"
+            )
+        if offset is None and length is None:
+            return pub.content_information
+        start = offset or 0
+        size = pub.size - start if length is None else length
+        if start < 0 or size <= 0 or start + size > pub.size:
+            raise errors.InvalidParameter(
+                f"range offset={start} length={size} is outside the content (size {pub.size})"
+            )
+        ci = ContentInformation.parse(pub.content_information)
+        return ci.sub_range(start, size).to_bytes()
+
+    def unpublish(self, uid: int, pub_id: str) -> None:
+        self.publication(uid, pub_id)
+        self.publications.remove(pub_id)
+
+    # -- content handles (client side) ---------------------------------------------------
+
+    def open_content(self, uid: int, ci_part: bytes, flags: Iterable[str] = ()) -> ContentHandle:
+        self.check_enabled()
+        flag_set = _flags(flags, OPEN_FLAGS)
+        owned = sum(1 for h in self.handles.values() if h.owner_uid == uid)
+        if owned >= self.settings.max_handles_per_uid:
+            raise errors.StreamLimitReached(f"uid {uid} has {owned} open handles")
+        view = _view_of(ci_part)
+        handle = ContentHandle(
+            id=secrets.token_urlsafe(12),
+            owner_uid=uid,
+            ci_bytes=bytearray(ci_part),
+            view=view,
+            stream_offset=view.start,
+            held=HeldData(self.settings.held_limit),
+            last_used=time.monotonic(),
+            flags=flag_set,
+        )
+        self.handles[handle.id] = handle
+        if "immediate" in flag_set:
+            self.peers.prefetch_hint(view.segment_ids())
+        return handle
+
+    def handle(self, uid: int, handle_id: str) -> ContentHandle:
+        self.check_enabled()
+        h = self.handles.get(handle_id)
+        if h is None or (uid not in (h.owner_uid, ROOT_UID)):
+            raise errors.InvalidHandle(f"no open content handle {handle_id!r}")
+        h.last_used = time.monotonic()
+        return h
+
+    def add_content_information(self, uid: int, handle_id: str, part: bytes) -> ContentHandle:
+        h = self.handle(uid, handle_id)
+        if h.view is not None and h.view.complete:
+            raise errors.InvalidParameter("the content information is already complete")
+        buf = h.ci_bytes + part
+        view = _view_of(bytes(buf))
+        if h.view is not None and view.start != h.view.start:
+            raise errors.InvalidData("the new part changes the content range")
+        h.ci_bytes = buf
+        h.view = view
+        self.adder.verify_held(h)
+        return h
+
+    def complete_content_information(self, uid: int, handle_id: str) -> ContentHandle:
+        h = self.handle(uid, handle_id)
+        if h.view is None or not h.view.complete:
+            try:
+                ContentInformation.parse(bytes(h.ci_bytes))
+            except errors.DecodeError as exc:
+                raise errors.InvalidData(f"content information is incomplete: {exc}") from exc
+            raise errors.InvalidData("content information is incomplete")
+        return h
+
+    def close(self, uid: int, handle_id: str) -> None:
+        h = self.handle(uid, handle_id)
+        self._close(h)
+
+    def _close(self, h: ContentHandle) -> None:
+        h.closed = True
+        self.handles.pop(h.id, None)
+        current = asyncio.current_task() if _loop_running() else None
+        for task in list(h.pending):
+            if task is not current:
+                task.cancel()
+        h.held.clear()
+
+    def flush(self, uid: int, handle_id: str) -> None:
+        """ClientFlushContent: forget unverified held bytes of the handle."""
+        h = self.handle(uid, handle_id)
+        h.held.clear()
+
+    def reclaim_idle(self, now: float | None = None) -> int:
+        """Close handles idle past ``handle_idle_timeout`` with no read running."""
+        now = time.monotonic() if now is None else now
+        idle = [
+            h
+            for h in self.handles.values()
+            if not h.active_reads and now - h.last_used > self.settings.handle_idle_timeout
+        ]
+        for h in idle:
+            log.info("reclaiming idle handle %s of uid %d", h.id, h.owner_uid)
+            self._close(h)
+        return len(idle)
+
+    def reclaim(self, uid: int, handle_id: str) -> None:
+        """The caller went away with a read pending: give the handle back."""
+        h = self.handles.get(handle_id)
+        if h is not None and h.owner_uid == uid:
+            log.info("reclaiming handle %s: its client went away", handle_id)
+            self._close(h)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def available(self, uid: int, handle_id: str) -> tuple[int, int]:
+        h = self.handle(uid, handle_id)
+        view = _ready(h)
+        return h.stream_offset, self.reader.available(view, h.stream_offset)
+
+    async def stream_read(
+        self, uid: int, handle_id: str, max_bytes: int, timeout: float, flags: Iterable[str]
+    ) -> ReadResult:
+        h = self.handle(uid, handle_id)
+        flag_set = _flags(flags, READ_FLAGS)
+        return await self._guard(h, self._stream_read(h, max_bytes, timeout, flag_set))
+
+    async def _stream_read(
+        self, h: ContentHandle, max_bytes: int, timeout: float, flags: frozenset[str]
+    ) -> ReadResult:
+        async with h.stream_lock:  # FIFO: each queued read takes the next range
+            view = _ready(h)
+            offset = h.stream_offset
+            try:
+                result = await self._read(h, view, offset, max_bytes, timeout, flags)
+            except (errors.MissingData, errors.Timeout) as exc:
+                h.stream_offset = offset + exc.length
+                raise
+            h.stream_offset = offset + len(result.data)
+            return result
+
+    async def block_read(
+        self,
+        uid: int,
+        handle_id: str,
+        offset: int,
+        max_bytes: int,
+        timeout: float,
+        flags: Iterable[str],
+    ) -> ReadResult:
+        h = self.handle(uid, handle_id)
+        flag_set = _flags(flags, READ_FLAGS)
+        return await self._guard(h, self._read(h, _ready(h), offset, max_bytes, timeout, flag_set))
+
+    async def _guard(self, h: ContentHandle, coro: Coroutine[Any, Any, ReadResult]) -> ReadResult:
+        """Run a read as a task of the handle, so that closing the handle aborts it."""
+        task: asyncio.Task[ReadResult] = asyncio.ensure_future(coro)
+        h.pending.add(task)
+        h.active_reads += 1
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if h.closed and task.cancelled():
+                self.stats.reads_aborted += 1
+                raise errors.OperationAborted("the content handle was closed") from None
+            raise
+        finally:
+            h.pending.discard(task)
+            h.active_reads -= 1
+            h.last_used = time.monotonic()
+
+    async def _read(
+        self,
+        h: ContentHandle,
+        view: ContentView,
+        offset: int,
+        max_bytes: int,
+        timeout: float,
+        flags: frozenset[str],
+    ) -> ReadResult:
+        if max_bytes <= 0 or max_bytes > self.settings.max_read:
+            raise errors.InvalidParameter(f"max must be 1..{self.settings.max_read}")
+        if offset >= view.end and not view.complete:
+            raise errors.InvalidParameter(
+                f"the content information added so far does not reach offset {offset}; "
+                "add the rest of it first"
+            )
+        if offset < view.start or offset >= view.end:
+            self.stats.reads_no_more += 1
+            raise errors.NoMore(f"offset {offset} is outside the range [{view.start}, {view.end})")
+        read_id = secrets.token_hex(8)
+        req = ReadRequest(h.id, read_id, offset, max_bytes, timeout, flags)
+        status = "OPERATION_ABORTED"
+        try:
+            data = await self.reader.read(view, req)
+            status = "OK"
+        except errors.ApiError as exc:
+            status = exc.name
+            self._count_failure(exc)
+            if "shutdown_on_fail" in flags:
+                self._close(h)
+            raise
+        finally:
+            self.events.publish("SHUTDOWN_COMPLETE", handle=h.id, read_id=read_id, status=status)
+        self.stats.reads_ok += 1
+        return ReadResult(offset, data, read_id)
+
+    def _count_failure(self, exc: errors.ApiError) -> None:
+        field = {
+            "MISSING_DATA": "reads_missing_data",
+            "TIMEOUT": "reads_timeout",
+            "NO_MORE": "reads_no_more",
+            "STREAM_LIMIT_REACHED": "reads_stream_limit",
+            "OPERATION_ABORTED": "reads_aborted",
+        }.get(exc.name)
+        if field:
+            setattr(self.stats, field, getattr(self.stats, field) + 1)
+
+    # -- add data ------------------------------------------------------------------------
+
+    async def add_data(
+        self, uid: int, handle_id: str, offset: int, body: AsyncIterator[bytes]
+    ) -> AddOutcome:
+        h = self.handle(uid, handle_id)
+        if offset < 0:
+            raise errors.InvalidParameter("offset must be >= 0")
+        out = AddOutcome()
+        pending = bytearray()
+        start = offset
+        total = 0
+        async for chunk in body:
+            if h.closed:
+                raise errors.OperationAborted("the content handle was closed")
+            total += len(chunk)
+            pending += chunk
+            done = self.adder.consume(h, start, memoryview(pending), False, out)
+            del pending[:done]
+            start += done
+        if pending:
+            self.adder.consume(h, start, memoryview(pending), True, out)
+        self.stats.bytes_from_origin += total
+        out.held = h.held.size
+        if out.bad:
+            bad_start, bad_end = out.bad[0]
+            raise errors.InvalidData(
+                f"{len(out.bad)} block(s) failed verification, the first at "
+                f"[{bad_start}, {bad_end}); nothing of them was stored"
+            )
+        return out
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def stats_snapshot(self) -> Mapping[str, float]:
+        usage = self.store.usage()
+        snap: dict[str, float] = dict(self.stats.as_dict())
+        snap.update(
+            cache_bytes=usage.bytes_used,
+            cache_limit_bytes=usage.limit_bytes,
+            cache_evictions=usage.evictions,
+            open_handles=len(self.handles),
+            publications=len(self.publications.list(None)),
+        )
+        return snap
+
+    def _track(self, fut: asyncio.Future[bool]) -> None:
+        self._tasks.add(fut)
+        fut.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for h in list(self.handles.values()):
+            self._close(h)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.events.close()
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _flags(flags: Iterable[str], allowed: frozenset[str]) -> frozenset[str]:
+    flag_set = frozenset(f for f in flags if f)
+    unknown = flag_set - allowed
+    if unknown:
+        raise errors.InvalidParameter(
+            f"unknown flag(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return flag_set
+
+
+def _ready(h: ContentHandle) -> ContentView:
+    if h.view is None:
+        raise errors.InvalidParameter("no content information header on this handle yet")
+    return h.view
+
+
+def _view_of(data: bytes) -> ContentView:
+    """Parse complete or partial content information into a view; INVALID_DATA if bad."""
+    try:
+        partial = pccrc.parse_partial(data)
+    except errors.DecodeError as exc:
+        raise errors.InvalidData(f"malformed content information: {exc}") from exc
+    if partial.start is None or partial.version is None or partial.algorithm is None:
+        raise errors.InvalidData("the first part must hold the whole content information header")
+    end = partial.end
+    if end is None:  # V2 with ullLengthOfRange 0: the end is known once all chunks are in
+        end = max([partial.start, *(s.offset + s.length for s in partial.segments)])
+    for seg in partial.segments:
+        _check_segment(partial.algorithm, seg)
+    return ContentView(
+        partial.version,
+        partial.algorithm,
+        partial.start,
+        end,
+        tuple(partial.segments),
+        partial.complete,
+    )
+
+
+def _check_segment(algorithm: HashAlgorithm, seg: pccrc.Segment) -> None:
+    """[MS-PCCRC] 2.2: with the full V1 hash list, the list must hash to HoD."""
+    if algorithm is HashAlgorithm.TRUNCATED_SHA512:
+        return
+    full_list = len(seg.block_hashes) == seg.block_count
+    if full_list and algorithm.digest(b"".join(seg.block_hashes)) != seg.hod:
+        raise errors.InvalidData(f"segment {seg.index}: the block hashes do not hash to its HoD")

@@ -1,0 +1,40 @@
+"""A content handle: one application's open content (PeerDist ClientOpenContent)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from peerdistd.engine.held import HeldData
+from peerdistd.engine.view import ContentView
+
+
+@dataclass(eq=False, slots=True)
+class ContentHandle:
+    """Mutable state of one open content; owned by the engine, keyed by ``id``."""
+
+    id: str
+    owner_uid: int
+    ci_bytes: bytearray
+    view: ContentView | None
+    stream_offset: int
+    held: HeldData
+    last_used: float
+    flags: frozenset[str] = frozenset()
+    closed: bool = False
+    # Stream reads are served first-in first-out: asyncio.Lock wakes waiters in order.
+    stream_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: set[asyncio.Task[Any]] = field(default_factory=set)
+    active_reads: int = 0
+
+    def info(self) -> dict[str, object]:
+        """The JSON the API answers for open / add content information."""
+        view = self.view
+        return {
+            "handle": self.id,
+            "complete": bool(view and view.complete),
+            "version": view.version if view else None,
+            "range": {"offset": view.start, "length": view.size} if view else None,
+            "size": view.size if view else None,
+        }

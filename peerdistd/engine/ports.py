@@ -1,0 +1,66 @@
+"""The seams of the engine: what it needs from the block cache and from the peer network.
+
+The daemon plugs the real :class:`~peerdistd.store.blockcache.BlockCache` and the peer swarm
+of ``peerdistd.net`` in here; tests may plug in the same real parts with peers switched off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from peerdistd.proto.pccrc import BlockRef
+from peerdistd.store.blockcache import CacheUsage, SegmentRecord
+
+
+class BlockStore(Protocol):
+    """The part of the block cache the engine uses."""
+
+    def add_segment(self, record: SegmentRecord) -> None: ...
+    def put_blocks(
+        self, segment_id: bytes, blocks: Iterable[tuple[int, bytes | memoryview, bytes]]
+    ) -> None: ...
+    def has_block(self, segment_id: bytes, index: int) -> bool: ...
+    def held_blocks(self, segment_id: bytes) -> list[int]: ...
+    def read_block(
+        self, segment_id: bytes, index: int, start: int = 0, length: int | None = None
+    ) -> bytes | None: ...
+    def pin(self, segment_id: bytes) -> AbstractContextManager[None]: ...
+    def touch(self, segment_id: bytes) -> None: ...
+    def usage(self) -> CacheUsage: ...
+    def flush(self) -> int: ...
+
+
+class PeerUnavailable(Exception):
+    """Raised by a :class:`PeerNetwork` when its deadline passed with peers still trying."""
+
+
+class PeerNetwork(Protocol):
+    """Finding and fetching blocks from peers (``peerdistd.net``)."""
+
+    async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
+        """Which of ``segment_ids`` some peer holds: id -> most blocks any one peer has."""
+        ...
+
+    async def fetch(self, ref: BlockRef, *, timeout: float) -> bytes | None:
+        """The block's plaintext, already verified against ``ref.hash``; ``None`` if no peer
+        has it. Raises :class:`PeerUnavailable` if the timeout ran out while peers were tried."""
+        ...
+
+    def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
+        """Start discovery for these segments now (the ``immediate`` open flag)."""
+        ...
+
+
+class NoPeers:
+    """The peer network when peers are switched off: nobody ever has anything."""
+
+    async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
+        return {}
+
+    async def fetch(self, ref: BlockRef, *, timeout: float) -> bytes | None:
+        return None
+
+    def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
+        return None

@@ -1,0 +1,255 @@
+"""Reading content: from the local cache, else from peers within the timeout, else the
+MISSING_DATA / TIMEOUT range the application must get from the origin (DESIGN.md,
+"Read semantics" and "Reads are streams")."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from peerdistd import errors
+from peerdistd.engine.events import EventBus
+from peerdistd.engine.ports import BlockStore, PeerNetwork, PeerUnavailable
+from peerdistd.engine.slots import SlotPool
+from peerdistd.engine.stats import Counters
+from peerdistd.engine.view import ContentView
+from peerdistd.proto.pccrc import BlockRef
+from peerdistd.store.blockcache import SegmentRecord
+
+log = logging.getLogger(__name__)
+
+# How many segments one discovery round asks about, and how many blocks a missed read
+# fetches ahead (bounded again by the slot pool): enough to keep a peer link busy.
+LOCATE_SEGMENTS = 32
+READ_AHEAD_BLOCKS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    handle: str
+    read_id: str
+    offset: int
+    max_bytes: int
+    timeout: float  # seconds; 0 = local cache only
+    flags: frozenset[str]
+
+
+def segment_record(view: ContentView, ref: BlockRef) -> SegmentRecord:
+    seg = ref.segment
+    return SegmentRecord(
+        segment_id=seg.segment_id,
+        version=view.version,
+        algorithm=view.algorithm.value,
+        hod=seg.hod,
+        secret=seg.secret,
+        length=seg.length,
+        block_size=seg.block_size,
+    )
+
+
+class BlockReader:
+    """Serves reads for every handle; shares peer fetches between concurrent readers."""
+
+    def __init__(
+        self,
+        store: BlockStore,
+        peers: PeerNetwork,
+        slots: SlotPool,
+        stats: Counters,
+        events: EventBus,
+        spawn: Callable[[asyncio.Future[bool]], None],
+    ) -> None:
+        self.store = store
+        self.peers = peers
+        self.slots = slots
+        self.stats = stats
+        self.events = events
+        self._spawn = spawn
+        self._inflight: dict[tuple[bytes, int], asyncio.Task[bool]] = {}
+
+    # -- local cache ---------------------------------------------------------------------
+
+    def local(self, view: ContentView, offset: int, max_bytes: int) -> bytes:
+        """Consecutive cached bytes from ``offset``, at most ``max_bytes``, within the range."""
+        limit = min(view.end, offset + max_bytes)
+        parts: list[bytes] = []
+        pos = offset
+        touched: set[bytes] = set()
+        for ref in view.blocks_from(offset, limit):
+            seg_id = ref.segment.segment_id
+            chunk = self.store.read_block(
+                seg_id, ref.index, pos - ref.start, min(ref.end, limit) - pos
+            )
+            if chunk is None:
+                break
+            parts.append(chunk)
+            pos += len(chunk)
+            touched.add(seg_id)
+        for seg_id in touched:
+            self.store.touch(seg_id)
+        return b"".join(parts)
+
+    def _runs(
+        self, view: ContentView, offset: int, stop_if_local: bool, located: Mapping[bytes, int]
+    ) -> int:
+        """Length from ``offset`` over blocks that are local (``stop_if_local`` False) or over
+        blocks neither local nor held by a located peer (True), clipped to the range end."""
+        pos = offset
+        for seg in view.segments:
+            seg_end = seg.offset + seg.length
+            if seg_end <= pos:
+                continue
+            if seg.offset > pos:  # a stretch no content information describes yet
+                if not stop_if_local:
+                    return pos - offset
+                pos = seg.offset
+            if pos >= view.end:
+                break
+            if stop_if_local and seg.segment_id in located:
+                return pos - offset
+            held = set(self.store.held_blocks(seg.segment_id))
+            first = (pos - seg.offset) // seg.block_size
+            for index in range(first, seg.block_count):
+                b_start, b_end = seg.block_span(index)
+                if b_start >= view.end:
+                    return view.end - offset
+                if (index in held) == stop_if_local:
+                    return max(b_start, offset) - offset
+                pos = b_end
+        if not stop_if_local and pos < view.end:
+            return min(pos, view.end) - offset
+        return max(0, view.end - offset)
+
+    def available(self, view: ContentView, offset: int) -> int:
+        """Consecutive bytes in the local cache at ``offset`` (the ``max=0`` query)."""
+        if offset >= view.end:
+            return 0
+        return min(self._runs(view, offset, False, {}), view.end - offset)
+
+    def missing(self, view: ContentView, offset: int, located: Mapping[bytes, int]) -> int:
+        """Length of the range at ``offset`` that is neither local nor found on peers."""
+        return max(1, min(self._runs(view, offset, True, located), view.end - offset))
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def read(self, view: ContentView, req: ReadRequest) -> bytes:
+        """Bytes at ``req.offset`` (at least one), or MissingData / Timeout / StreamLimit."""
+        data = self.local(view, req.offset, req.max_bytes)
+        if data:
+            self.stats.cache_hits += 1
+            self.stats.bytes_from_cache += len(data)
+            self._start_complete(req, peer_accepted=False)
+            return data
+        self.stats.cache_misses += 1
+        if req.timeout <= 0:
+            raise errors.MissingData(req.offset, self.missing(view, req.offset, {}))
+        first = view.block_at(req.offset)
+        if first is None:  # not described yet: only the origin can help now
+            raise errors.MissingData(req.offset, self.missing(view, req.offset, {}))
+        return await self._read_from_peers(view, req, first)
+
+    async def _read_from_peers(self, view: ContentView, req: ReadRequest, first: BlockRef) -> bytes:
+        deadline = time.monotonic() + req.timeout
+        key = (first.segment.segment_id, first.index)
+        task = self._inflight.get(key)
+        if task is None:
+            if "fail_blocked" in req.flags:
+                if not self.slots.try_acquire():
+                    raise errors.StreamLimitReached("no transfer slot is free")
+                queued = False
+            else:
+                try:
+                    queued = await self.slots.acquire(req.timeout)
+                except TimeoutError:
+                    raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
+            if queued and "indicate_peer_accept" in req.flags:
+                self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
+            self._start_complete(req, peer_accepted=True)
+            remaining = deadline - time.monotonic()
+            try:
+                located = await self._locate(view, req.offset, remaining)
+            except BaseException:
+                self.slots.release()
+                raise
+            if first.segment.segment_id not in located:
+                self.slots.release()
+                raise errors.MissingData(req.offset, self.missing(view, req.offset, located))
+            task = self._start_fetch(view, first, deadline, holds_slot=True)
+            self._read_ahead(view, first.end, req.offset + req.max_bytes, located, deadline)
+        else:
+            self._start_complete(req, peer_accepted=True)
+            located = {first.segment.segment_id: 1}
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            got = await asyncio.wait_for(asyncio.shield(task), remaining)
+        except (TimeoutError, PeerUnavailable):
+            raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
+        if not got:
+            others = {k: v for k, v in located.items() if k != first.segment.segment_id}
+            raise errors.MissingData(req.offset, self.missing(view, req.offset, others))
+        data = self.local(view, req.offset, req.max_bytes)
+        if not data:  # evicted in between: practically impossible, but never lie
+            raise errors.Timeout(req.offset, self.missing(view, req.offset, {}))
+        return data
+
+    async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
+        wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
+        self.stats.discovery_attempts += 1
+        located = await self.peers.locate(wanted, timeout=max(0.0, timeout))
+        if located:
+            self.stats.discovery_successes += 1
+        return located
+
+    def _read_ahead(
+        self, view: ContentView, start: int, end: int, located: Mapping[bytes, int], deadline: float
+    ) -> None:
+        count = 0
+        for ref in view.blocks_from(start, min(end, view.end)):
+            if count >= READ_AHEAD_BLOCKS:
+                break
+            count += 1
+            key = (ref.segment.segment_id, ref.index)
+            if key in self._inflight or ref.segment.segment_id not in located:
+                continue
+            if self.store.has_block(*key):
+                continue
+            if not self.slots.try_acquire():
+                break
+            self._start_fetch(view, ref, deadline, holds_slot=True)
+
+    def _start_fetch(
+        self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
+    ) -> asyncio.Task[bool]:
+        key = (ref.segment.segment_id, ref.index)
+        task = asyncio.ensure_future(self._fetch(view, ref, deadline, holds_slot))
+        self._inflight[key] = task
+        task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        self._spawn(task)
+        return task
+
+    async def _fetch(
+        self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
+    ) -> bool:
+        try:
+            data = await self.peers.fetch(ref, timeout=max(0.0, deadline - time.monotonic()))
+            if data is None:
+                return False
+            self.store.add_segment(segment_record(view, ref))
+            self.store.put_blocks(ref.segment.segment_id, [(ref.index, data, ref.hash)])
+            self.stats.bytes_from_peers += len(data)
+            return True
+        finally:
+            if holds_slot:
+                self.slots.release()
+
+    def _start_complete(self, req: ReadRequest, peer_accepted: bool) -> None:
+        self.events.publish(
+            "START_COMPLETE",
+            handle=req.handle,
+            read_id=req.read_id,
+            status="OK",
+            peer_accepted=peer_accepted,
+        )

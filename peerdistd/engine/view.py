@@ -1,0 +1,85 @@
+"""What a content handle knows of its content: the range and the blocks described so far.
+
+Content information may arrive in pieces (PeerDist AddContentInformation); a view is built from
+whatever segments are fully described, and rebuilt as more arrives. Blocks are V1 blocks or,
+for V2, whole segments (PROTOCOLS.md 1.4: one block per segment, as iPXE models it).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from peerdistd.proto.pccrc import BlockRef, HashAlgorithm, Segment
+
+
+@dataclass(frozen=True, slots=True)
+class ContentView:
+    version: int
+    algorithm: HashAlgorithm
+    start: int  # absolute start of the handle's range
+    end: int  # absolute end (exclusive)
+    segments: tuple[Segment, ...]  # described so far, in content order
+    complete: bool
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    def _segment_at(self, offset: int) -> Segment | None:
+        starts = [s.offset for s in self.segments]
+        pos = bisect.bisect_right(starts, offset) - 1
+        if pos < 0:
+            return None
+        seg = self.segments[pos]
+        return seg if offset < seg.offset + seg.length else None
+
+    def block_at(self, offset: int) -> BlockRef | None:
+        """The described block holding absolute ``offset`` (in or outside the range)."""
+        seg = self._segment_at(offset)
+        if seg is None:
+            return None
+        index = (offset - seg.offset) // seg.block_size
+        if index >= len(seg.block_hashes):
+            return None  # V1 lists may stop after the last block meeting the range (1.3)
+        start, end = seg.block_span(index)
+        return BlockRef(seg, index, start, end, seg.block_hashes[index])
+
+    def blocks_from(self, offset: int, limit: int | None = None) -> Iterator[BlockRef]:
+        """Consecutive described blocks from the one holding ``offset`` up to ``limit``."""
+        limit = self.end if limit is None else min(limit, self.end)
+        while offset < limit:
+            ref = self.block_at(offset)
+            if ref is None:
+                return
+            yield ref
+            offset = ref.end
+
+    def blocks_in(self, start: int, end: int) -> Iterator[BlockRef]:
+        """Every described block meeting ``[start, end)``, wherever the handle's range is."""
+        for seg in self.segments:
+            if seg.offset + seg.length <= start or seg.offset >= end:
+                continue
+            first = max(0, (start - seg.offset) // seg.block_size)
+            for index in range(first, len(seg.block_hashes)):
+                b_start, b_end = seg.block_span(index)
+                if b_start >= end:
+                    break
+                yield BlockRef(seg, index, b_start, b_end, seg.block_hashes[index])
+
+    def segment_ids(self, start: int | None = None, end: int | None = None) -> list[bytes]:
+        lo = self.start if start is None else start
+        hi = self.end if end is None else end
+        return [s.segment_id for s in self.segments if s.offset < hi and s.offset + s.length > lo]
+
+
+def view_of(
+    version: int,
+    algorithm: HashAlgorithm,
+    start: int,
+    end: int,
+    segments: Sequence[Segment],
+    complete: bool,
+) -> ContentView:
+    return ContentView(version, algorithm, start, end, tuple(segments), complete)
