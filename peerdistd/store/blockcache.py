@@ -230,34 +230,36 @@ class BlockCache:
         self, segment_id: bytes, index: int, start: int = 0, length: int | None = None
     ) -> bytes | None:
         """Bytes ``[start, start+length)`` of a held block, or None if not held."""
-        with self._lock:
-            located = self.block_file(segment_id, index)
-            if located is None:
+        check_segment_id(segment_id)
+        with self._lock:  # the hot path: dict lookups and one pread, no SQL
+            seg = self._get(segment_id)
+            if seg is None or (size := seg.lengths.get(index)) is None:
                 return None
-            fd, offset, size = located
             if not 0 <= start <= size or (length is not None and length < 0):
                 raise InvalidParameter(f"range start {start} length {length} outside the block")
             count = size - start if length is None else min(length, size - start)
-            data = SegmentFiles.read(fd, offset + start, count)
-            if len(data) == count:
-                return data
-            seg = self._segs.get(segment_id)
-            if seg is not None:
+            fd = seg.fd if seg.fd is not None else self._fd(seg)
+            offset = index * seg.record.block_size + start
+            data = b"" if fd is None else SegmentFiles.read(fd, offset, count)
+            if len(data) != count:  # truncated under us: never serve a short block
                 with db_errors("read_block"):
                     self._drop_truncated(seg)
-            return None
+                return None
+            self._touch(seg)
+            return data
 
     def block_file(self, segment_id: bytes, index: int) -> tuple[int, int, int] | None:
         """(fd, offset, length) of a held block for sendfile; pin the segment while using it."""
         check_segment_id(segment_id)
-        with self._lock, db_errors("block_file"):
-            seg = self._load(segment_id)
+        with self._lock:
+            seg = self._get(segment_id)
             if seg is None or (size := seg.lengths.get(index)) is None:
                 return None
             offset = index * seg.record.block_size
             fd = self._fd(seg)
             if fd is None or os.fstat(fd).st_size < offset + size:
-                self._drop_truncated(seg)
+                with db_errors("block_file"):
+                    self._drop_truncated(seg)
                 return None
             self._touch(seg)
             return fd, offset, size
@@ -304,6 +306,14 @@ class BlockCache:
 
     # -- internals (also used by cache_verify) --------------------------------------------------
 
+    def _get(self, segment_id: bytes) -> _Seg | None:
+        seg = self._segs.get(segment_id)
+        if seg is not None:
+            self._segs.move_to_end(segment_id)
+            return seg
+        with db_errors("lookup"):
+            return self._load(segment_id)
+
     def _load(self, segment_id: bytes) -> _Seg | None:
         seg = self._segs.get(segment_id)
         if seg is not None:
@@ -337,7 +347,7 @@ class BlockCache:
         self._clock += 1
         self._touched[seg.rowid] = self._clock
         if len(self._touched) >= _TOUCH_BATCH:
-            with self._index.transaction():
+            with db_errors("touch"), self._index.transaction():
                 self._flush_touches()
 
     def _flush_touches(self) -> None:
