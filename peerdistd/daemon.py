@@ -81,9 +81,12 @@ def bind_unix_socket(path: Path, mode: int, group: str) -> socket.socket:
 class Daemon:
     """Every long-lived part of one node; ``run()`` serves until told to stop."""
 
-    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.env = env  # the environment plus command-line overrides, re-applied on reload
         self.notifier = Notifier()
         self.stopping = asyncio.Event()
         self.started = time.time()
@@ -233,7 +236,7 @@ class Daemon:
         """SIGHUP: apply what can change at run time; say what needs a restart."""
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, self.env)
         except errors.ConfigError as exc:
             log.error("reload refused, configuration invalid: %s", exc)
             self.notifier.ready()
@@ -324,13 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         parser.print_help()
         return 2
+    env = _cli_overrides(args)
     try:
-        config = load_config(args.config, _cli_overrides(args))
+        config = load_config(args.config, env)
     except errors.ConfigError as exc:
         print(f"peerdistd: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.daemon.log_level, config.daemon.log_format)
-    daemon = Daemon(config, args.config)
+    daemon = Daemon(config, args.config, env)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(daemon.run())

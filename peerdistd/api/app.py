@@ -43,9 +43,14 @@ def error_response(exc: errors.ApiError) -> web.Response:
     return web.json_response(exc.to_json(), status=exc.status)
 
 
+ALWAYS_ALLOWED = frozenset({"/v1/status", "/v1/openapi.json"})
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if not request.app[ENGINE].settings.enabled and request.path not in ALWAYS_ALLOWED:
+            raise errors.NotSupported("PeerDist is disabled by policy (daemon.enabled = false)")
         return await handler(request)
     except errors.ApiError as exc:
         return error_response(exc)
