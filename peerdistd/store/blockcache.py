@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from peerdistd.errors import (
 )
 from peerdistd.store.cache_files import SegmentFiles
 from peerdistd.store.cache_open import cache_limit, lock_directory, open_index
+from peerdistd.store.cache_segments import Seg, SegmentTable
 from peerdistd.store.cache_types import (
     CacheUsage,
     SegmentRecord,
@@ -47,20 +47,7 @@ __all__ = ["BlockCache", "CacheUsage", "SegmentRecord", "VerifyReport"]
 
 log = logging.getLogger(__name__)
 
-_MAX_LOADED = 1024  # segments whose block map and descriptor stay in memory
 _TOUCH_BATCH = 1024  # pending LRU touches written in one go
-
-
-class _Seg:
-    """A segment loaded in memory: its row, record, held block lengths and open file."""
-
-    __slots__ = ("fd", "lengths", "record", "rowid")
-
-    def __init__(self, rowid: int, record: SegmentRecord, lengths: dict[int, int]) -> None:
-        self.rowid = rowid
-        self.record = record
-        self.lengths = lengths
-        self.fd: int | None = None
 
 
 class BlockCache:
@@ -77,8 +64,8 @@ class BlockCache:
         self._limit = limit
         self._sync = sync
         self._lock = threading.RLock()
-        self._segs: OrderedDict[bytes, _Seg] = OrderedDict()
         self._pins: dict[bytes, int] = {}
+        self._table = SegmentTable(index, self._files, self._pins)
         self._touched: dict[int, int] = {}
         self._clock = index.max_clock()
         self._closed = False
@@ -119,10 +106,7 @@ class BlockCache:
                 with db_errors("close"), self._index.transaction():
                     self._flush_touches()
             finally:
-                for seg in self._segs.values():
-                    if seg.fd is not None:
-                        os.close(seg.fd)
-                self._segs.clear()
+                self._table.close()
                 self._index.close()
                 os.close(self._lock_fd)
 
@@ -140,7 +124,7 @@ class BlockCache:
         """Record a segment (idempotent); its id must be HMAC(secret, HoD || magic)."""
         check_record(record)
         with self._lock, db_errors("add_segment"):
-            seg = self._load(record.segment_id)
+            seg = self._table.load(record.segment_id)
             if seg is not None:
                 if seg.record != record:
                     raise VerificationError("segment record conflicts with the one held")
@@ -150,12 +134,12 @@ class BlockCache:
             with self._index.transaction():
                 rowid = self._index.insert_segment(record, self._clock)
                 self._flush_touches()
-            self._remember(_Seg(rowid, record, {}))
+            self._table.add(Seg(rowid, record, {}))
 
     def segment(self, segment_id: bytes) -> SegmentRecord | None:
         check_segment_id(segment_id)
         with self._lock, db_errors("segment"):
-            seg = self._load(segment_id)
+            seg = self._table.load(segment_id)
             return None if seg is None else seg.record
 
     # -- writes -------------------------------------------------------------------------------
@@ -172,7 +156,7 @@ class BlockCache:
         """Store verified blocks of one segment: data, one fdatasync, then one commit."""
         check_segment_id(segment_id)
         with self._lock, db_errors("put_blocks"):
-            seg = self._load(segment_id)
+            seg = self._table.load(segment_id)
             if seg is None:
                 raise LocalError(f"segment {segment_id.hex()} is not in the cache; add it first")
             new: dict[int, tuple[memoryview, bytes]] = {}
@@ -191,7 +175,7 @@ class BlockCache:
                 self._touch(seg)
                 return
             self._make_room(sum(v.nbytes for v, _ in new.values()), keep=seg.rowid)
-            fd = self._fd(seg, create=True)
+            fd = self._table.fd(seg, create=True)
             assert fd is not None
             for index, (view, _) in new.items():
                 self._files.write(fd, index * seg.record.block_size, view)
@@ -210,13 +194,13 @@ class BlockCache:
     def has_block(self, segment_id: bytes, index: int) -> bool:
         check_segment_id(segment_id)
         with self._lock, db_errors("has_block"):
-            seg = self._load(segment_id)
+            seg = self._table.load(segment_id)
             return seg is not None and index in seg.lengths
 
     def held_blocks(self, segment_id: bytes) -> list[int]:
         check_segment_id(segment_id)
         with self._lock, db_errors("held_blocks"):
-            seg = self._load(segment_id)
+            seg = self._table.load(segment_id)
             return [] if seg is None else sorted(seg.lengths)
 
     def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
@@ -232,13 +216,13 @@ class BlockCache:
         """Bytes ``[start, start+length)`` of a held block, or None if not held."""
         check_segment_id(segment_id)
         with self._lock:  # the hot path: dict lookups and one pread, no SQL
-            seg = self._get(segment_id)
+            seg = self._table.get(segment_id)
             if seg is None or (size := seg.lengths.get(index)) is None:
                 return None
             if not 0 <= start <= size or (length is not None and length < 0):
                 raise InvalidParameter(f"range start {start} length {length} outside the block")
             count = size - start if length is None else min(length, size - start)
-            fd = seg.fd if seg.fd is not None else self._fd(seg)
+            fd = seg.fd if seg.fd is not None else self._table.fd(seg)
             offset = index * seg.record.block_size + start
             data = b"" if fd is None else SegmentFiles.read(fd, offset, count)
             if len(data) != count:  # truncated under us: never serve a short block
@@ -252,11 +236,11 @@ class BlockCache:
         """(fd, offset, length) of a held block for sendfile; pin the segment while using it."""
         check_segment_id(segment_id)
         with self._lock:
-            seg = self._get(segment_id)
+            seg = self._table.get(segment_id)
             if seg is None or (size := seg.lengths.get(index)) is None:
                 return None
             offset = index * seg.record.block_size
-            fd = self._fd(seg)
+            fd = self._table.fd(seg)
             if fd is None or os.fstat(fd).st_size < offset + size:
                 with db_errors("block_file"):
                     self._drop_truncated(seg)
@@ -283,7 +267,7 @@ class BlockCache:
     def touch(self, segment_id: bytes) -> None:
         check_segment_id(segment_id)
         with self._lock, db_errors("touch"):
-            seg = self._load(segment_id)
+            seg = self._table.load(segment_id)
             if seg is not None:
                 self._touch(seg)
 
@@ -306,44 +290,7 @@ class BlockCache:
 
     # -- internals (also used by cache_verify) --------------------------------------------------
 
-    def _get(self, segment_id: bytes) -> _Seg | None:
-        seg = self._segs.get(segment_id)
-        if seg is not None:
-            self._segs.move_to_end(segment_id)
-            return seg
-        with db_errors("lookup"):
-            return self._load(segment_id)
-
-    def _load(self, segment_id: bytes) -> _Seg | None:
-        seg = self._segs.get(segment_id)
-        if seg is not None:
-            self._segs.move_to_end(segment_id)
-            return seg
-        found = self._index.segment(segment_id)
-        if found is None:
-            return None
-        rowid, record = found
-        return self._remember(_Seg(rowid, record, self._index.block_lengths(rowid)))
-
-    def _remember(self, seg: _Seg) -> _Seg:
-        self._segs[seg.record.segment_id] = seg
-        if len(self._segs) > _MAX_LOADED:
-            for segment_id in list(self._segs)[: len(self._segs) - _MAX_LOADED]:
-                if segment_id not in self._pins:
-                    self._forget(segment_id)
-        return seg
-
-    def _forget(self, segment_id: bytes) -> None:
-        seg = self._segs.pop(segment_id, None)
-        if seg is not None and seg.fd is not None:
-            os.close(seg.fd)
-
-    def _fd(self, seg: _Seg, *, create: bool = False) -> int | None:
-        if seg.fd is None:
-            seg.fd = self._files.open(seg.rowid, create=create)
-        return seg.fd
-
-    def _touch(self, seg: _Seg) -> None:
+    def _touch(self, seg: Seg) -> None:
         self._clock += 1
         self._touched[seg.rowid] = self._clock
         if len(self._touched) >= _TOUCH_BATCH:
@@ -355,15 +302,15 @@ class BlockCache:
             self._index.touch(self._touched.items())
             self._touched.clear()
 
-    def _drop_truncated(self, seg: _Seg) -> None:
+    def _drop_truncated(self, seg: Seg) -> None:
         """Forget the blocks the segment file no longer holds in full."""
-        fd = self._fd(seg)
+        fd = self._table.fd(seg)
         size = -1 if fd is None else os.fstat(fd).st_size
         gone = [(i, n) for i, n in seg.lengths.items() if i * seg.record.block_size + n > size]
         log.warning("segment file %s lost %d blocks", self._files.path(seg.rowid), len(gone))
         self._drop_blocks(seg, gone)
 
-    def _drop_blocks(self, seg: _Seg, gone: list[tuple[int, int]]) -> None:
+    def _drop_blocks(self, seg: Seg, gone: list[tuple[int, int]]) -> None:
         if gone:
             with self._index.transaction():
                 self._index.delete_blocks(seg.rowid, gone)
@@ -391,7 +338,7 @@ class BlockCache:
         with self._index.transaction():
             freed = self._index.delete_segments([r for r, _ in victims], evicted=evicted)
         for rowid, segment_id in victims:
-            self._forget(segment_id)
+            self._table.forget(segment_id)
             self._touched.pop(rowid, None)
         self._empty_trash()
         if self.on_evict is not None:

@@ -36,10 +36,10 @@ def verify_cache(cache: BlockCache, hasher: Hasher) -> VerifyReport:
     blocks = bad = dropped = 0
     for rowid, record in segments:
         with cache._lock, db_errors("verify"):
-            seg = cache._load(record.segment_id)
+            seg = cache._table.load(record.segment_id)
             if seg is None or seg.rowid != rowid:
                 continue  # evicted or flushed meanwhile
-            fd = cache._fd(seg)
+            fd = cache._table.fd(seg)
             if fd is None:
                 cache._files.remove(rowid)  # a symlink or other non-file planted there
             gone: list[tuple[int, int]] = []

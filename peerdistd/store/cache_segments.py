@@ -1,0 +1,85 @@
+"""The block cache's in-memory table of loaded segments (bounded, least recently used out).
+
+A loaded segment holds its record, the lengths of its held blocks (at most 512 rows, read once)
+and its open file, so the read path needs no SQL. Pinned segments are never unloaded, so
+their descriptors stay valid for a caller's sendfile.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+from peerdistd.store.cache_files import SegmentFiles
+from peerdistd.store.cache_types import SegmentRecord
+from peerdistd.store.index import CacheIndex, db_errors
+
+
+class Seg:
+    """A segment loaded in memory: its row, record, held block lengths and open file."""
+
+    __slots__ = ("fd", "lengths", "record", "rowid")
+
+    def __init__(self, rowid: int, record: SegmentRecord, lengths: dict[int, int]) -> None:
+        self.rowid = rowid
+        self.record = record
+        self.lengths = lengths
+        self.fd: int | None = None
+
+
+class SegmentTable:
+    """Loaded segments by id; the cache's lock serialises every call."""
+
+    def __init__(
+        self, index: CacheIndex, files: SegmentFiles, pins: dict[bytes, int], limit: int = 1024
+    ) -> None:
+        self._index = index
+        self._files = files
+        self._pins = pins
+        self._limit = limit
+        self._segs: OrderedDict[bytes, Seg] = OrderedDict()
+
+    def loaded(self, segment_id: bytes) -> Seg | None:
+        return self._segs.get(segment_id)
+
+    def get(self, segment_id: bytes) -> Seg | None:
+        """The segment, loading it from the index on a miss (errors translated)."""
+        seg = self._segs.get(segment_id)
+        if seg is not None:
+            self._segs.move_to_end(segment_id)
+            return seg
+        with db_errors("lookup"):
+            return self.load(segment_id)
+
+    def load(self, segment_id: bytes) -> Seg | None:
+        seg = self._segs.get(segment_id)
+        if seg is not None:
+            self._segs.move_to_end(segment_id)
+            return seg
+        found = self._index.segment(segment_id)
+        if found is None:
+            return None
+        rowid, record = found
+        return self.add(Seg(rowid, record, self._index.block_lengths(rowid)))
+
+    def add(self, seg: Seg) -> Seg:
+        self._segs[seg.record.segment_id] = seg
+        if len(self._segs) > self._limit:
+            for segment_id in list(self._segs)[: len(self._segs) - self._limit]:
+                if segment_id not in self._pins:
+                    self.forget(segment_id)
+        return seg
+
+    def forget(self, segment_id: bytes) -> None:
+        seg = self._segs.pop(segment_id, None)
+        if seg is not None and seg.fd is not None:
+            os.close(seg.fd)
+
+    def fd(self, seg: Seg, *, create: bool = False) -> int | None:
+        if seg.fd is None:
+            seg.fd = self._files.open(seg.rowid, create=create)
+        return seg.fd
+
+    def close(self) -> None:
+        for segment_id in list(self._segs):
+            self.forget(segment_id)
