@@ -125,16 +125,19 @@ def _systemd_dir(env: Mapping[str, str], name: str) -> Path | None:
 
 
 def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
-    """Create ``path`` with ``mode`` if missing; refuse a symlink or another user's directory."""
+    """Create ``path`` with ``mode`` if missing; refuse another user's directory (or symlink)."""
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
-        info = path.lstat()
+        link, info = path.lstat(), path.stat()
     except OSError as exc:
         raise ConfigError("daemon.socket", f"cannot create {path}: {exc.strerror}") from exc
+    # A symlink is followed only if root or we made it: DynamicUser= makes $STATE_DIRECTORY a
+    # root-owned link into /var/lib/private; one in /tmp made by someone else is an attack.
+    owner = link.st_uid if link.st_uid != 0 or not stat.S_ISLNK(link.st_mode) else info.st_uid
     if not stat.S_ISDIR(info.st_mode):
         raise ConfigError("daemon.socket", f"{path} is not a directory")
-    if info.st_uid != os.geteuid():
-        raise ConfigError("daemon.socket", f"{path} belongs to uid {info.st_uid}, not to us")
+    if owner != os.geteuid() or info.st_uid != os.geteuid():
+        raise ConfigError("daemon.socket", f"{path} belongs to uid {owner}, not to us")
     if stat.S_IMODE(info.st_mode) & ~mode:
         path.chmod(mode)
 
@@ -349,7 +352,9 @@ def _gather(raw: Mapping[str, Any], env: Mapping[str, str], problems: list[Confi
     for name, text in env.items():
         if name.startswith(ENV_PREFIX) and name != ENV_CONFIG:
             section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
-            if key not in values.get(section, {}):
+            if section not in values:
+                continue  # not a key override (e.g. PEERDISTD_SOCKET, read by the client)
+            if key not in values[section]:
                 problems.append(ConfigError(name, "unknown configuration key in the environment"))
                 continue
             given.append((section, key, _parse_env(type(values[section][key]), text)))

@@ -195,6 +195,8 @@ def test_bad_environment_values_name_their_key() -> None:
         load_config(None, env={"PEERDISTD_PEERS_UPLOAD_LIMIT": "1e3"}, uid=0)
     with pytest.raises(ConfigError, match=r"^PEERDISTD_PEERS_UPLOAD: unknown configuration key"):
         load_config(None, env={"PEERDISTD_PEERS_UPLOAD": "1"}, uid=0)
+    # A variable that names no section is not a key override (the client reads this one).
+    assert load_config(None, env={"PEERDISTD_SOCKET": "/x"}, uid=0) == load_config(None, {}, uid=0)
 
 
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
@@ -275,16 +277,27 @@ def test_ensure_private_dir(tmp_path: Path) -> None:
     target.chmod(0o755)
     ensure_private_dir(target)
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    # Our own symlink to our own directory is followed (DynamicUser's StateDirectory is one).
     link = tmp_path / "link"
     link.symlink_to(target)
-    with pytest.raises(ConfigError, match="is not a directory"):
-        ensure_private_dir(link)
+    ensure_private_dir(link)
+    plain = tmp_path / "file"
+    plain.write_text("")
+    with pytest.raises(ConfigError, match=r"^daemon\.socket: cannot create .*/file: File exists$"):
+        ensure_private_dir(plain)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create another user's directory")
-def test_ensure_private_dir_refuses_another_users_dir(tmp_path: Path) -> None:
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create another user's files")
+def test_ensure_private_dir_refuses_another_users_dir_or_link(tmp_path: Path) -> None:
     squatted = tmp_path / "squat"
     squatted.mkdir(mode=0o700)
     os.chown(squatted, 4242, 4242)
     with pytest.raises(ConfigError, match="belongs to uid 4242"):
         ensure_private_dir(squatted)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    trap = tmp_path / "trap"
+    trap.symlink_to(mine)
+    os.lchown(trap, 4242, 4242)
+    with pytest.raises(ConfigError, match="belongs to uid 4242"):
+        ensure_private_dir(trap)
