@@ -144,10 +144,10 @@ class BlockReader:
             self._start_complete(req, peer_accepted=False)
             return data
         self.stats.cache_misses += 1
-        if req.timeout <= 0:
-            raise errors.MissingData(req.offset, self.missing(view, req.offset, {}))
         first = view.block_at(req.offset)
-        if first is None:  # not described yet: only the origin can help now
+        if req.timeout <= 0 or first is None:
+            # Local only, or not described yet: no peer traffic, only the origin can help.
+            self._start_complete(req, peer_accepted=False)
             raise errors.MissingData(req.offset, self.missing(view, req.offset, {}))
         return await self._read_from_peers(view, req, first)
 
@@ -158,6 +158,7 @@ class BlockReader:
         if task is None:
             if "fail_blocked" in req.flags:
                 if not self.slots.try_acquire():
+                    self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
                     raise errors.StreamLimitReached("no transfer slot is free")
                 queued = False
             else:
@@ -245,11 +246,11 @@ class BlockReader:
             if holds_slot:
                 self.slots.release()
 
-    def _start_complete(self, req: ReadRequest, peer_accepted: bool) -> None:
+    def _start_complete(self, req: ReadRequest, peer_accepted: bool, status: str = "OK") -> None:
         self.events.publish(
             "START_COMPLETE",
             handle=req.handle,
             read_id=req.read_id,
-            status="OK",
+            status=status,
             peer_accepted=peer_accepted,
         )

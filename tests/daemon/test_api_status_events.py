@@ -51,12 +51,21 @@ async def test_read_events_follow_each_read(api: aiohttp.ClientSession) -> None:
         # ... a read that did gives START_COMPLETE then SHUTDOWN_COMPLETE with its id.
         async with api.post(f"/v1/contents/{h}/stream-read", params={"timeout_ms": "0"}) as r:
             assert r.status == 424
-        name, first = await anext(stream)
-        assert name == "START_COMPLETE" or name == "SHUTDOWN_COMPLETE"
-        if name == "START_COMPLETE":  # a local miss with timeout 0 starts no peer stream
-            name, first = await anext(stream)
-        assert name == "SHUTDOWN_COMPLETE"
-        assert first["handle"] == h and first["status"] == "MISSING_DATA"
+            missed_id = r.headers.get("PeerDist-Read-Id")
+        name, started = await anext(stream)
+        assert (name, started["handle"], started["status"], started["peer_accepted"]) == (
+            "START_COMPLETE",
+            h,
+            "OK",
+            False,
+        )
+        name, ended = await anext(stream)
+        assert (name, ended["read_id"], ended["status"]) == (
+            "SHUTDOWN_COMPLETE",
+            started["read_id"],
+            "MISSING_DATA",
+        )
+        assert missed_id is None  # errors carry no read id header; the events do
         async with api.put(f"/v1/contents/{h}/data", params={"offset": "0"}, data=data) as r:
             assert r.status == 200
         async with api.post(f"/v1/contents/{h}/block-read", params={"offset": "0"}) as r:
