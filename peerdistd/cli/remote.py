@@ -234,7 +234,7 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
         if not to_stdout:
             out.close()
             part.unlink(missing_ok=True)
-    (err if to_stdout else Console()).print(_fetch_report(summary))
+    print(_fetch_report(summary), file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 
@@ -243,7 +243,8 @@ def _fetch_report(s: FetchSummary) -> str:
     return (
         f"fetched {human_bytes(s.size)} in {s.seconds:.2f} s ({rate}): "
         f"{human_bytes(s.from_cache)} from cache, {human_bytes(s.from_peers)} from peers, "
-        f"{human_bytes(s.from_origin)} from origin ({s.origin_requests} requests)"
+        f"{human_bytes(s.from_origin)} from origin "
+        f"({s.origin_requests} range request{'' if s.origin_requests == 1 else 's'})"
     )
 
 
