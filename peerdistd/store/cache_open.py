@@ -19,6 +19,8 @@ from peerdistd.store.index import CacheIndex
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite"
+# Left by verify when SQLite finds the index damaged: the next open starts the cache empty.
+RESET_MARKER = "index.corrupt"
 
 
 def cache_limit(directory: Path, limit_bytes: int | None, limit_percent: float) -> int:
@@ -44,12 +46,14 @@ def lock_directory(directory: Path) -> int:
 
 def open_index(directory: Path) -> CacheIndex:
     """Open the directory's index; a corrupt one is replaced by an empty cache."""
-    index = CacheIndex.open(directory / INDEX_FILE)
+    marker = directory / RESET_MARKER
+    index = None if marker.exists() else CacheIndex.open(directory / INDEX_FILE)
     if index is None:
         log.warning("cache index in %s is corrupt; starting an empty cache", directory)
         for suffix in ("", "-wal", "-shm"):
             (directory / (INDEX_FILE + suffix)).unlink(missing_ok=True)
         SegmentFiles(directory).wipe()
+        marker.unlink(missing_ok=True)
         index = CacheIndex.open(directory / INDEX_FILE)
         if index is None:
             raise LocalError(f"cannot create a cache index in {directory}")

@@ -117,6 +117,16 @@ class CacheIndex:
                 raise
             self._db.execute("COMMIT")
 
+    def quick_check(self) -> bool:
+        """SQLite's own consistency check of every page (O(size): for verify, not open)."""
+        try:
+            rows = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                raise LocalError(f"cache index: quick_check: {exc}") from exc
+            return False
+        return rows == [("ok",)]
+
     def totals(self) -> Totals:
         row = self._db.execute("SELECT bytes, blocks, segments, evictions FROM totals").fetchone()
         return Totals(*row)

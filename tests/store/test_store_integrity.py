@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from peerdistd.errors import LocalError
 from peerdistd.store.blockcache import BlockCache, SegmentRecord
 from peerdistd.store.cache_types import ALG_SHA256, block_digest, derive_segment_id
 from peerdistd.store.index import CacheIndex
@@ -249,4 +250,27 @@ def test_two_threads_write_and_read_concurrently(tmp_path: Path) -> None:
             t.join()
         assert errors == []
         assert c.usage().blocks == 48
+        assert_all_verified(c)
+
+
+def test_damaged_index_pages_found_by_verify_reset_the_cache(tmp_path: Path) -> None:
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as c:
+        for seed in range(40):
+            record, rows = v1_segment(seed, blocks=2)
+            c.add_segment(record)
+            c.put_blocks(record.segment_id, rows)
+        c._index._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    index = tmp_path / "index.sqlite"
+    size = index.stat().st_size
+    with index.open("r+b") as f:  # smash the last pages: rows, not the schema page
+        f.seek(size - 2 * 4096)
+        f.write(bytes(range(256)) * 32)
+    with (
+        BlockCache.open(tmp_path, limit_bytes=1 << 30) as c,
+        pytest.raises(LocalError, match="damaged"),
+    ):
+        c.verify()
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.usage().blocks == 0 and c.usage().segments == 0
+        assert not (tmp_path / "data").exists()
         assert_all_verified(c)
