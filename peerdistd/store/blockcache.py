@@ -5,7 +5,9 @@ Layout: ``index.sqlite`` (see :mod:`peerdistd.store.index`) plus one sparse file
 pwrite, then fdatasync, then the index row in a transaction: kill -9 at any point leaves at
 worst data without a row (never served, overwritten later), and the fdatasync before COMMIT
 keeps that true across a power loss too, at one fdatasync per ``put_blocks`` call (batch
-blocks to amortise it; ``sync=False`` trades that for speed when the disk is trusted).
+blocks to amortise it). ``sync=False`` skips it: still safe against kill -9, but after a power
+loss a row could outlive its data (a hole reads as zeros), so keep it for tests and benches.
+A new file's directory entry is not synced: if it is lost, its rows find no file and drop.
 Reads look the block up in an in-memory map of the segment (loaded once, at most 512 rows),
 check the file is long enough and pread it: a truncated file loses its blocks, never serves
 them. Eviction is LRU by segment with a logical clock; touches are batched into the next
@@ -233,7 +235,11 @@ class BlockCache:
             return data
 
     def block_file(self, segment_id: bytes, index: int) -> tuple[int, int, int] | None:
-        """(fd, offset, length) of a held block for sendfile; pin the segment while using it."""
+        """(fd, offset, length) of a held block for ``os.sendfile``/``os.preadv``.
+
+        The fd stays valid until close() unless the segment leaves the cache (or, unpinned, the
+        table of 1024 loaded segments): hold :meth:`pin` across any await while using it.
+        """
         check_segment_id(segment_id)
         with self._lock:
             seg = self._table.get(segment_id)
@@ -325,7 +331,8 @@ class BlockCache:
             self._flush_touches()
         victims: list[tuple[int, bytes]] = []
         for rowid, segment_id, size in self._index.lru():
-            if rowid != keep and segment_id not in self._pins:
+            # Empty segments free nothing: keep the records the engine is about to fill.
+            if size and rowid != keep and segment_id not in self._pins:
                 victims.append((rowid, segment_id))
                 excess -= size
                 if excess <= 0:

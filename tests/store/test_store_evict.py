@@ -131,3 +131,15 @@ def test_failing_on_evict_callback_does_not_break_the_cache(tmp_path: Path) -> N
         store(c, 1)
         b = store(c, 2)
         assert c.usage().evictions == 1 and c.has_block(b, 0)
+
+
+def test_empty_segments_are_not_evicted_for_space(tmp_path: Path) -> None:
+    with BlockCache.open(tmp_path, limit_bytes=2 * SIZE, sync=False) as c:
+        empty, _ = v2_segment(10)
+        c.add_segment(empty)  # recorded first, so the least recently used
+        a = store(c, 1)
+        store(c, 2)
+        store(c, 3)
+        assert c.segment(empty.segment_id) == empty
+        assert c.segment(a) is None
+        assert c.usage().evictions == 1
