@@ -65,6 +65,9 @@ class ProtocolVersion:
     def to_wire(self) -> int:
         return (self.minor << 16) | self.major
 
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
 
 V1_0: Final = ProtocolVersion(1, 0)
 V2_0: Final = ProtocolVersion(2, 0)

@@ -188,23 +188,30 @@ def intersect_ranges(
     is sorted. At most ``limit`` ranges are listed; NextBlockIndex is the first held block
     after the last one listed (or after the request), 0 if none (2.2.5.2).
     """
-    merged: list[list[int]] = []
-    for r in sorted((r.index, r.end) for r in requested if r.count > 0):
-        if merged and r[0] <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], r[1])
-        else:
-            merged.append([r[0], r[1]])
+    merged = normalise_ranges(requested)
     found: list[int] = []
-    for start, end in merged:
-        found.extend(held[bisect.bisect_left(held, start) : bisect.bisect_left(held, end)])
+    for r in merged:
+        found.extend(held[bisect.bisect_left(held, r.index) : bisect.bisect_left(held, r.end)])
     ranges = list(_runs(found))
     if len(ranges) > limit:
         ranges = ranges[:limit]
         anchor = ranges[-1].end - 1
     else:
-        anchor = merged[-1][1] - 1 if merged else -1
+        anchor = merged[-1].end - 1 if merged else -1
     after = bisect.bisect_right(held, anchor)
     return tuple(ranges), held[after] if after < len(held) else 0
+
+
+def normalise_ranges(ranges: Iterable[BlockRange]) -> list[BlockRange]:
+    """Sorted, merged, non-empty ranges (how Windows sends them, Appendix A <4>)."""
+    merged: list[BlockRange] = []
+    for r in sorted((r for r in ranges if r.count > 0), key=lambda r: r.index):
+        if merged and r.index <= merged[-1].end:
+            last = merged[-1]
+            merged[-1] = BlockRange(last.index, max(last.end, r.end) - last.index)
+        else:
+            merged.append(r)
+    return merged
 
 
 def _runs(indexes: Iterable[int]) -> Iterable[BlockRange]:

@@ -1,0 +1,147 @@
+"""The MS-PCCRR retrieval server: aiohttp moving bytes to and from the sans-IO responder.
+
+POST ``/116B50EB-ECE2-41ac-8429-9F9E963361B7/``, one message per request, keep-alive, no
+Content-Type needed (PROTOCOLS.md 2.1). The response body is built once, with the block
+encrypted straight into it, and written as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final
+
+from aiohttp import web
+
+from peerdistd.net.types import BUSY_HEADER, BlockSource
+from peerdistd.proto.pccrr import MAGIC_PATH, MAX_REQUEST_SIZE
+from peerdistd.proto.pccrr_server import ReplyKind, RetrievalResponder
+
+log = logging.getLogger(__name__)
+
+UPLOAD_TIMEOUT: Final = 15.0  # [MS-PCCRR] 3.2.2 server upload timer (<14>)
+DEFAULT_UPLOAD_LIMIT: Final = 64  # 2.5: 64 on a peer, 1024 on a hosted cache
+_MAX_LOGGED_PEERS: Final = 1024
+
+
+class RetrievalServer:
+    """Serves blocks of ``source`` to peers; an async context manager."""
+
+    def __init__(
+        self,
+        source: BlockSource,
+        host: str,
+        port: int = 0,
+        *,
+        upload_limit: int = DEFAULT_UPLOAD_LIMIT,
+        on_served: Callable[[int], object] | None = None,
+        upload_timeout: float = UPLOAD_TIMEOUT,
+        allow_plaintext: bool = False,
+    ) -> None:
+        self._responder = RetrievalResponder(source, allow_plaintext=allow_plaintext)
+        self._host, self._port = host, port
+        self._upload_limit = upload_limit
+        self._on_served = on_served
+        self._upload_timeout = upload_timeout
+        self._active = 0
+        self._active_changed = asyncio.Event()
+        self._logged: set[str] = set()
+        app = web.Application(client_max_size=MAX_REQUEST_SIZE)
+        app.router.add_post(MAGIC_PATH, self._handle)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+
+    async def __aenter__(self) -> RetrievalServer:
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self._host, self._port).start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        self._port = int(self._runner.addresses[0][1])
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._runner.cleanup()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def active_uploads(self) -> int:
+        """Requests being served now (the Active Client Count of [MS-PCCRR] 3.2.1)."""
+        return self._active
+
+    async def wait_uploads(self, count: int) -> None:
+        """Return once exactly ``count`` uploads are active (for draining and for tests)."""
+        while self._active != count:
+            await self._active_changed.wait()
+
+    def _count_upload(self, delta: int) -> None:
+        self._active += delta
+        self._active_changed.set()  # wake every waiter, then arm a fresh event
+        self._active_changed = asyncio.Event()
+
+    @property
+    def open_connections(self) -> int:
+        server = self._runner.server
+        return 0 if server is None else len(server.connections)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        # Cap before reading a byte of the body (2.2: requests are at most 98304 bytes).
+        if (request.content_length or 0) > MAX_REQUEST_SIZE:
+            self._log_remote(request, f"{request.content_length}-byte request refused")
+            return web.Response(status=413)
+        busy = self._active >= self._upload_limit
+        if not busy:
+            self._count_upload(1)
+        response: web.StreamResponse | None = None
+        try:
+            async with asyncio.timeout(self._upload_timeout):
+                body = await request.read()  # client_max_size caps chunked bodies too
+                reply = self._responder.respond(body, busy=busy)
+                if reply.kind is ReplyKind.DROP:
+                    self._log_remote(request, reply.reason)
+                    return web.Response(status=400)
+                response = web.StreamResponse()
+                response.content_length = len(reply.body)
+                if reply.kind is ReplyKind.BUSY:
+                    response.headers[BUSY_HEADER] = "1"
+                await response.prepare(request)
+                await response.write(reply.body)
+                await response.write_eof()
+        except TimeoutError:
+            self._log_remote(request, "upload timer expired")
+            if response is None:
+                return web.Response(status=408)
+            if request.transport is not None:  # a half-sent answer: the connection is spent
+                request.transport.abort()
+            return response
+        finally:
+            if not busy:
+                self._count_upload(-1)
+        if reply.block_bytes and self._on_served is not None:
+            self._on_served(reply.block_bytes)
+        return response
+
+    def _log_remote(self, request: web.Request, reason: str) -> None:
+        """Log a peer's bad request once per peer, then quietly (STYLE.md principle 5)."""
+        peer = request.remote or "?"
+        if peer in self._logged:
+            log.debug("PCCRR request from %s refused: %s", peer, reason)
+            return
+        if len(self._logged) >= _MAX_LOGGED_PEERS:
+            self._logged.clear()
+        self._logged.add(peer)
+        log.warning(
+            "PCCRR request from %s refused: %s (further ones logged at debug)", peer, reason
+        )
