@@ -102,12 +102,13 @@ def decode_into(data: memoryview, progress: Progress) -> None:
     """Dispatch on the two version bytes (``00 01`` V1, ``00 02`` V2, PROTOCOLS 1.3/1.4)."""
     if len(data) < 2:
         raise Truncated("version", 0)
-    if data[0] == 0 and data[1] == 1:
-        pccrc_v1.decode(data, progress)
-    elif data[0] == 0 and data[1] == 2:
-        pccrc_v2.decode(data, progress)
-    else:
+    if data[0] != 0 or data[1] not in (1, 2):
         raise DecodeError(f"unknown content information version {data[1]}.{data[0]}", 0)
+    progress.version = data[1]
+    if progress.version == 1:
+        pccrc_v1.decode(data, progress)
+    else:
+        pccrc_v2.decode(data, progress)
 
 
 def _from_progress(p: Progress) -> ContentInformation:

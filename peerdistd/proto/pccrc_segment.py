@@ -74,7 +74,7 @@ class BlockRef:
     hash: bytes
 
 
-def segment_v1(  # noqa: PLR0917 - positional signature shared with the other layers
+def segment_v1(
     algorithm: HashAlgorithm,
     index: int,
     offset: int,

@@ -85,8 +85,8 @@ def _read(path: Path) -> bytes:
         raise
     except OSError as exc:
         raise ConfigError(_KEY, f"cannot read {path}: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
+    try:
+        mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise ConfigError(_KEY, f"{path} is not a regular file")
         if mode & 0o077:
@@ -94,7 +94,9 @@ def _read(path: Path) -> bytes:
                 _KEY,
                 f"{path} is accessible by group or others (mode {mode & 0o777:o}); chmod 600 it",
             )
-        data = f.read(SECRET_SIZE + 1)
+        data = os.read(fd, SECRET_SIZE + 1)
+    finally:
+        os.close(fd)
     if len(data) != SECRET_SIZE:
         raise ConfigError(_KEY, f"{path} holds {len(data)} bytes, not {SECRET_SIZE}")
     return data
