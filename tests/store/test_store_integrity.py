@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -165,12 +167,36 @@ def test_crash_between_data_and_row_leaves_nothing_served(
 
 CHILD = textwrap.dedent(
     """
-    import hashlib, os, sys
+    import hashlib, os, signal, sys
     from pathlib import Path
     from peerdistd.store.blockcache import BlockCache, SegmentRecord
+    from peerdistd.store.cache_files import SegmentFiles
     from peerdistd.store.cache_types import derive_segment_id
+    from peerdistd.store.index import CacheIndex
     BS = 65536
-    directory, round_ = Path(sys.argv[1]), int(sys.argv[2])
+    directory, round_, hook = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    nth = int(sys.argv[4])
+    calls = 0
+
+    def die_at(cls, name, half_write=False):
+        original = getattr(cls, name)
+        def hooked(*args):
+            global calls
+            calls += 1
+            if calls == nth:
+                if half_write:  # a torn block: half of it reaches the file
+                    fd, offset, data = args[1:]
+                    os.pwrite(fd, bytes(data)[: len(data) // 2], offset)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(*args)
+        setattr(cls, name, hooked)
+
+    if hook == "before_commit":
+        die_at(CacheIndex, "insert_blocks")
+    elif hook == "mid_write":
+        die_at(SegmentFiles, "write", half_write=True)
+    elif hook == "before_unlink":
+        die_at(SegmentFiles, "remove")
     cache = BlockCache.open(directory, limit_bytes=6 * 8 * BS)
     n = 0
     while True:
@@ -191,26 +217,50 @@ CHILD = textwrap.dedent(
 )
 
 
+def newest_is_unvouched(c: BlockCache) -> bool:
+    """Whether the newest segment's file holds bytes past its indexed blocks (a lost row)."""
+    rowid, _ = c._index.all_segments()[-1]
+    extent = max((i * BS + n for i, n, _ in c._index.blocks(rowid)), default=0)
+    return c._files.path(rowid).stat().st_size > extent
+
+
+# (hook, nth call): a real SIGKILL at the moment the hook names, whatever else was under way.
+CRASHES = [
+    ("before_commit", 1),  # data written and fdatasync'ed, row not committed
+    ("before_commit", 5),
+    ("mid_write", 2),  # a torn block in the file
+    ("mid_write", 9),
+    ("before_unlink", 1),  # an eviction committed, its file not yet removed
+    ("before_unlink", 3),
+]
+
+
 def test_kill_9_while_writing_never_leaves_unverified_blocks(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    for round_, lines in enumerate((1, 4, 9, 2, 13, 6, 3, 20)):
+    rng = random.Random(7)
+    plan = [(hook, nth) for hook, nth in CRASHES] + [("random", n) for n in (1, 3, 8, 12)]
+    for round_, (hook, nth) in enumerate(plan):
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(tmp_path), str(round_)],
+            [sys.executable, "-c", CHILD, str(tmp_path), str(round_), hook, str(nth)],
             stdout=subprocess.PIPE,
             env=env,
         )
         assert child.stdout is not None
-        for _ in range(lines):
-            assert child.stdout.readline()
-        child.send_signal(signal.SIGKILL)  # lands wherever the writer is by now
-        child.wait()
+        if hook == "random":
+            for _ in range(nth):
+                assert child.stdout.readline()
+            # Not synchronisation: a varying delay so the kill lands in different phases.
+            time.sleep(rng.uniform(0, 0.004))
+            child.send_signal(signal.SIGKILL)
+        assert child.wait() == -signal.SIGKILL
         child.stdout.close()
         with BlockCache.open(tmp_path, limit_bytes=6 * 8 * BS) as c:
+            if hook in ("before_commit", "mid_write"):
+                assert newest_is_unvouched(c)  # the crash did hit the window
             before = c.usage()
-            assert_all_verified(c)
+            assert_all_verified(c)  # and no orphan file: the trash was emptied at open
             after = c.usage()
             assert (before.bytes_used, before.blocks) == (after.bytes_used, after.blocks)
-            assert after.blocks >= 8 * min(lines, 6) - 8
             assert after.bytes_used <= after.limit_bytes
 
 
