@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
@@ -111,6 +112,8 @@ class PeerDistClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One request; a non-2xx answer raises its ApiError, transport errors raise 503."""
         headers = _OCTETS if data is not None else None
+        if isinstance(data, bytes) and len(data) > _UPLOAD_CHUNK:
+            data = io.BytesIO(data)  # aiohttp streams a file-like body instead of one write
         try:
             session = self._open_session()
             async with session.request(

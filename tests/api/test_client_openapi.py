@@ -75,6 +75,15 @@ def test_has_every_route_and_no_other(doc: dict[str, Any]) -> None:
     assert found == ROUTES
 
 
+def test_every_route_but_status_can_be_disabled_by_policy(doc: dict[str, Any]) -> None:
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method in METHODS:
+                assert {"403", "503"} <= set(op["responses"])
+                always = path in ("/v1/status", "/v1/openapi.json")
+                assert ("501" in op["responses"]) is not always, path
+
+
 def test_error_names_and_statuses_match_errors_module(doc: dict[str, Any]) -> None:
     enum = doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
     assert sorted(enum) == sorted(errors.API_ERRORS)
@@ -106,9 +115,11 @@ def test_reads_document_their_headers_and_errors(doc: dict[str, Any]) -> None:
     for path in ("/v1/contents/{h}/stream-read", "/v1/contents/{h}/block-read"):
         op = doc["paths"][path]["post"]
         ok = resolve(doc, op["responses"]["200"])
-        assert set(ok["headers"]) == {"PeerDist-Offset", "PeerDist-Read-Id", "PeerDist-Available"}
+        assert {"PeerDist-Offset", "PeerDist-Read-Id"} <= set(ok["headers"])
         assert {"416", "424", "429", "410", "504"} <= set(op["responses"])
         params = {resolve(doc, p)["name"]: resolve(doc, p) for p in op["parameters"]}
+        assert ("PeerDist-Available" in ok["headers"]) == path.endswith("stream-read")
+        assert params["max"]["schema"]["minimum"] == (0 if path.endswith("stream-read") else 1)
         assert params["max"]["schema"]["default"] == 1 << 20
         assert params["max"]["schema"]["maximum"] == 16 << 20
         assert params["timeout_ms"]["schema"]["default"] == 5000
