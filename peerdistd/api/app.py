@@ -168,10 +168,13 @@ async def get_events(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await resp.prepare(request)
-    first = Event("STATUS_CHANGED", {"status": engine.status})
-    async for event in engine.events.subscribe(first):
-        line = f"event: {event.name}\ndata: {json.dumps(event.data)}\n\n"
-        await resp.write(line.encode())
+    subscription = engine.events.subscribe(Event("STATUS_CHANGED", {"status": engine.status}))
+    try:
+        async for event in subscription:
+            line = f"event: {event.name}\ndata: {json.dumps(event.data)}\n\n"
+            await resp.write(line.encode())
+    finally:
+        subscription.close()
     return resp
 
 

@@ -7,7 +7,6 @@ rather than slowing the daemon down.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,30 @@ QUEUE_LIMIT = 1024
 class Event:
     name: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+class Subscription:
+    """One subscriber's queue, registered at once so no event after subscribing is missed."""
+
+    def __init__(self, bus: EventBus, first: Event | None) -> None:
+        self._bus = bus
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE_LIMIT)
+        if first is not None:
+            self._queue.put_nowait(first)
+        bus._queues.add(self._queue)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._queue.get()
+        if event is None:
+            self.close()
+            raise StopAsyncIteration
+        return event
+
+    def close(self) -> None:
+        self._bus._queues.discard(self._queue)
 
 
 class EventBus:
@@ -39,17 +62,9 @@ class EventBus:
                 queue.get_nowait()
             queue.put_nowait(event)
 
-    async def subscribe(self, first: Event | None = None) -> AsyncIterator[Event]:
-        """Yield events until :meth:`close`; ``first`` is delivered before anything else."""
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE_LIMIT)
-        if first is not None:
-            queue.put_nowait(first)
-        self._queues.add(queue)
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            self._queues.discard(queue)
+    def subscribe(self, first: Event | None = None) -> Subscription:
+        """Events from now on until :meth:`close`; ``first`` is delivered before anything."""
+        return Subscription(self, first)
 
     def close(self) -> None:
         """End every subscription (on shutdown)."""

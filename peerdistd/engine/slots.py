@@ -15,6 +15,7 @@ class SlotPool:
         self.limit = limit
         self.in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.queued = asyncio.Event()  # set whenever a read waits for a slot (observability)
 
     @property
     def free(self) -> int:
@@ -32,6 +33,7 @@ class SlotPool:
             return False
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self.queued.set()
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except BaseException:
