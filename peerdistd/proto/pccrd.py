@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 from xml.sax.saxutils import escape
@@ -149,14 +149,18 @@ def parse_probe(data: bytes) -> Probe:
     return Probe(envelope.message_id, ids, version)
 
 
-def parse_probe_match(data: bytes, requested: Sequence[bytes] = ()) -> ProbeMatch:
+def parse_probe_match(
+    data: bytes, requested: Sequence[bytes] | Mapping[str, Sequence[bytes]] = ()
+) -> ProbeMatch:
     """Parse a ProbeMatch (ours, Windows', or anything iPXE would accept).
 
     A V2 answer only says which of the requested ids it has, so ``requested`` must be the
-    Probe's ids in order.
+    Probe's ids in order, or a table of them by the Probe's MessageID.
     """
     envelope = x.Envelope.parse(data, MATCH_ACTION)
     relates_to = x.uri(envelope.header.find(f"{{{x.WSA}}}RelatesTo"), "RelatesTo")
+    if isinstance(requested, Mapping):
+        requested = requested.get(relates_to, ())
     instance_id, number = x.app_sequence(envelope.header.find(f"{{{x.WSD}}}AppSequence"))
     matches = x.child(envelope.body, x.WSD, "ProbeMatches").findall(f"{{{x.WSD}}}ProbeMatch")
     if not matches:

@@ -1,0 +1,392 @@
+"""MS-PCCRD discovery over asyncio: answer probes for held segments, find peers for ours.
+
+Protocol decisions are made in :mod:`peerdistd.proto.pccrd_responder`; this driver moves
+datagrams, arms the back-off timers, gathers answers for a window and caches them briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol
+
+from peerdistd.errors import ConfigError, DecodeError
+from peerdistd.logs import RateLimitedLogger
+from peerdistd.net.discovery_sockets import (
+    NetInterface,
+    join_group,
+    listener_socket,
+    resolve_interfaces,
+    unicast_socket,
+)
+from peerdistd.proto.pccrd import (
+    APP_MAX_DELAY_MS,
+    GROUP_V4,
+    GROUP_V6,
+    MAX_MESSAGE_SIZE,
+    PORT,
+    Probe,
+    new_message_id,
+    parse_probe_match,
+    split_for_probes,
+)
+from peerdistd.proto.pccrd_responder import (
+    Address,
+    Ignore,
+    PlannedReply,
+    Responder,
+    local_interface_for,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SegmentDirectory(Protocol):
+    """What discovery needs from the block cache (implemented by the daemon)."""
+
+    def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
+        """Blocks held of each of ``segment_ids``; held segments only."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHit:
+    """A peer's PCCRR address (``ip:port``, from XAddrs) and how many blocks it has."""
+
+    xaddr: str
+    block_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryEvent:
+    """``kind``: probe_sent, probe_received, probe_answered, match_received or dropped.
+
+    ``detail`` says why a datagram was dropped or a probe not answered (``no_match``).
+    """
+
+    kind: str
+    peer: str
+    segment_ids: tuple[bytes, ...] = ()
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class DiscoveryStats:
+    """Datagram counters; ``dropped`` is keyed by reason."""
+
+    probes_sent: int = 0
+    probes_received: int = 0
+    matches_sent: int = 0
+    matches_received: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, owner: Discovery, via: NetInterface | None) -> None:
+        self._owner, self._via = owner, via
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._owner._datagram(data, addr, self._via)
+
+    def error_received(self, exc: Exception) -> None:
+        self._owner._remote_log.warning(("send", type(exc)), "discovery send failed: %s", exc)
+        self._owner.stats.dropped["send_error"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+@dataclass(slots=True)
+class _Pending:
+    ids: tuple[bytes, ...]
+    hits: dict[bytes, dict[str, int]] = field(default_factory=dict)
+
+
+class _HitCache:
+    """Recent answers by segment id, for ``ttl`` seconds, at most ``size`` ids (oldest go)."""
+
+    def __init__(self, ttl: float, size: int, clock: Callable[[], float]) -> None:
+        self._ttl, self._size, self._clock = ttl, size, clock
+        self._table: OrderedDict[bytes, tuple[float, tuple[PeerHit, ...]]] = OrderedDict()
+
+    def get(self, segment_id: bytes) -> tuple[PeerHit, ...] | None:
+        entry = self._table.get(segment_id)
+        if entry is None or entry[0] <= self._clock():
+            self._table.pop(segment_id, None)
+            return None
+        return entry[1]
+
+    def put(self, segment_id: bytes, hits: tuple[PeerHit, ...]) -> None:
+        self._table.pop(segment_id, None)
+        self._table[segment_id] = (self._clock() + self._ttl, hits)
+        while len(self._table) > self._size:
+            self._table.popitem(last=False)
+
+    def forget(self, segment_ids: Sequence[bytes]) -> None:
+        for sid in segment_ids:
+            self._table.pop(sid, None)
+
+
+class Discovery:
+    """PCCRD on the interfaces of ``interface_addresses`` (None: every interface)."""
+
+    def __init__(
+        self,
+        directory: SegmentDirectory,
+        *,
+        interface_addresses: Sequence[str] | None,
+        advertise: str,
+        port: int = PORT,
+        group_v4: str = GROUP_V4,
+        group_v6: str = GROUP_V6,
+        rate_limit: float = 500.0,
+        on_event: Callable[[DiscoveryEvent], None] | None = None,
+        cache_ttl: float = 3.0,
+        cache_size: int = 4096,
+        max_delay_ms: int = APP_MAX_DELAY_MS,
+        instance_id: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < port < 65536:
+            raise ConfigError("discovery_port", f"{port} is not a UDP port")
+        self.directory = directory
+        self.interface_addresses = interface_addresses
+        self.advertise = advertise
+        self.port = port
+        self.groups = {socket.AF_INET: group_v4, socket.AF_INET6: group_v6}
+        self.stats = DiscoveryStats()
+        self._on_event = on_event
+        self._max_delay_ms = max_delay_ms
+        # 3.4: InstanceId goes up with each service start.
+        self._instance_id = instance_id if instance_id is not None else int(time.time())
+        self._cache = _HitCache(cache_ttl, cache_size, clock)
+        self._remote_log = RateLimitedLogger(log)
+        self._pending: dict[str, _Pending] = {}
+        self._unicast: dict[str, tuple[NetInterface, asyncio.DatagramTransport]] = {}
+        self._senders: list[tuple[NetInterface, asyncio.DatagramTransport]] = []
+        self._endpoints: list[tuple[asyncio.DatagramTransport, _Endpoint]] = []
+        self._listeners: dict[socket.AddressFamily, asyncio.DatagramTransport] = {}
+        self._joined: set[tuple[socket.AddressFamily, int]] = set()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._timer_ids = itertools.count()
+        # Built here so a bad ``advertise`` fails at once; interfaces are set on entry.
+        self._responder = Responder(
+            advertise,
+            (),
+            instance_id=self._instance_id,
+            max_delay_ms=max_delay_ms,
+            rate_limit=rate_limit,
+            clock=clock,
+        )
+
+    @property
+    def interfaces(self) -> list[NetInterface]:
+        return [iface for iface, _ in self._unicast.values()]
+
+    @property
+    def unicast_addresses(self) -> list[Address]:
+        """Where our probes come from and our answers go out (one per interface address)."""
+        return [t.get_extra_info("sockname") for _, t in self._unicast.values()]
+
+    async def __aenter__(self) -> Discovery:
+        interfaces = resolve_interfaces(self.interface_addresses)
+        # Probes may arrive while later sockets open: answer on the subnets asked for so far.
+        self._responder.interfaces = tuple(i.local for i in interfaces)
+        try:
+            for iface in interfaces:
+                await self._open_interface(iface)
+            if not self._unicast:
+                raise ConfigError("interfaces", "no interface could run discovery")
+            self._responder.interfaces = tuple(i.local for i in self.interfaces)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel planned answers and close every socket."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for transport, _ in self._endpoints:
+            transport.close()
+        await asyncio.gather(*(ep.closed for _, ep in self._endpoints))
+        self._endpoints.clear()
+        self._unicast.clear()
+        self._senders.clear()
+        self._listeners.clear()
+        self._joined.clear()
+
+    async def find(
+        self, segment_ids: Sequence[bytes], *, window: float = 0.3, version: int = 1
+    ) -> dict[bytes, list[PeerHit]]:
+        """Who holds each of ``segment_ids`` (every id is a key), from answers within ``window``."""
+        result: dict[bytes, list[PeerHit]] = {}
+        missing = []
+        for sid in dict.fromkeys(segment_ids):
+            cached = self._cache.get(sid)
+            if cached is None:
+                missing.append(sid)
+            else:
+                result[sid] = list(cached)
+        if missing:
+            found = await self._probe(missing, window, version)
+            for sid in missing:
+                hits = tuple(PeerHit(x, n) for x, n in found.get(sid, {}).items())
+                self._cache.put(sid, hits)
+                result[sid] = list(hits)
+        return result
+
+    def forget(self, segment_ids: Sequence[bytes]) -> None:
+        """Drop cached answers, so the next :meth:`find` asks the network again."""
+        self._cache.forget(segment_ids)
+
+    async def _open_interface(self, iface: NetInterface) -> None:
+        group = self.groups[iface.family]
+        try:
+            transport = await self._endpoint(unicast_socket(iface, group), iface)
+            self._unicast[iface.local.address] = (iface, transport)
+            if (iface.family, iface.index) in self._joined:
+                return  # one membership and one copy of each probe per interface and family
+            listener = self._listeners.get(iface.family)
+            if listener is None:
+                lsock = listener_socket(iface.family, group, self.port)
+                listener = self._listeners[iface.family] = await self._endpoint(lsock, None)
+            join_group(listener.get_extra_info("socket"), iface, group)
+            self._joined.add((iface.family, iface.index))
+            self._senders.append((iface, transport))
+        except OSError as exc:
+            self._unicast.pop(iface.local.address, None)
+            if self.interface_addresses is not None:
+                raise ConfigError("interfaces", f"{iface.local.address}: {exc}") from exc
+            log.warning("discovery skips %s (%s): %s", iface.name, iface.local.address, exc)
+
+    async def _endpoint(
+        self, sock: socket.socket, via: NetInterface | None
+    ) -> asyncio.DatagramTransport:
+        try:
+            transport, endpoint = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _Endpoint(self, via), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
+        self._endpoints.append((transport, endpoint))
+        return transport
+
+    async def _probe(
+        self, segment_ids: list[bytes], window: float, version: int
+    ) -> dict[bytes, dict[str, int]]:
+        mine: list[_Pending] = []
+        try:
+            for group_ids in split_for_probes(segment_ids, version):
+                message_id = new_message_id()
+                pending = self._pending[message_id] = _Pending(group_ids)
+                mine.append(pending)
+                payload = Probe(message_id, group_ids, version).to_bytes()
+                for iface, transport in self._senders:
+                    transport.sendto(payload, (self.groups[iface.family], self.port))
+                    self.stats.probes_sent += 1
+                    self._emit("probe_sent", self.groups[iface.family], group_ids)
+            # 3.4: never wait less than the longest back-off a responder may take.
+            await asyncio.sleep(max(window, self._max_delay_ms / 1000))
+        finally:
+            for message_id in [m for m, p in self._pending.items() if p in mine]:
+                del self._pending[message_id]
+        found: dict[bytes, dict[str, int]] = {}
+        for pending in mine:
+            for sid, peers in pending.hits.items():
+                found.setdefault(sid, {}).update(peers)
+        return found
+
+    def _datagram(self, data: bytes, addr: Address, via: NetInterface | None) -> None:
+        try:
+            if len(data) > MAX_MESSAGE_SIZE:
+                self._drop("oversized", addr, f"{len(data)} bytes")
+            elif via is None:
+                self._on_probe(data, addr)
+            else:
+                self._on_match(data, addr)
+        except DecodeError as exc:
+            self._drop("malformed", addr, str(exc))
+        except Exception:  # a failing directory must not close the socket
+            log.exception("discovery could not handle a datagram from %s", addr[0])
+            self.stats.dropped["internal_error"] += 1
+
+    def _on_probe(self, data: bytes, addr: Address) -> None:
+        decision = self._responder.decide(
+            data, addr, self.directory.block_counts, own=self._pending.keys()
+        )
+        if decision is Ignore.OFF_SUBNET or decision is Ignore.RATE_LIMITED:
+            self._drop(decision.value, addr)
+            return
+        if decision is Ignore.OWN_PROBE:
+            return
+        self.stats.probes_received += 1
+        if not isinstance(decision, PlannedReply):
+            self._emit("probe_received", _peer(addr), (), decision.value)
+        else:
+            self._emit("probe_received", _peer(addr), decision.segment_ids, "answering")
+            loop = asyncio.get_running_loop()
+            key = next(self._timer_ids)
+            delay = decision.delay_ms / 1000
+            self._timers[key] = loop.call_later(delay, self._send_reply, decision, key)
+
+    def _send_reply(self, planned: PlannedReply, key: int) -> None:
+        del self._timers[key]
+        entry = self._unicast.get(planned.via)
+        if entry is None:
+            return
+        entry[1].sendto(planned.payload, planned.destination)
+        self.stats.matches_sent += 1
+        self._emit("probe_answered", _peer(planned.destination), planned.segment_ids)
+
+    def _on_match(self, data: bytes, addr: Address) -> None:
+        if local_interface_for(str(addr[0]), self._responder.interfaces) is None:
+            self._drop(Ignore.OFF_SUBNET.value, addr)  # 3.1: replies from off-subnet are dropped
+            return
+        requested = {m: p.ids for m, p in self._pending.items()}
+        match = parse_probe_match(data, requested)
+        pending = self._pending.get(match.relates_to)
+        if pending is None:
+            self._drop("unsolicited", addr, match.relates_to)
+            return
+        if match.endpoint == self._responder.endpoint:
+            return  # our own answer
+        self.stats.matches_received += 1
+        counts = {sid: n for sid, n in match.counts.items() if sid in pending.ids}
+        for sid, n in counts.items():
+            peers = pending.hits.setdefault(sid, {})
+            for xaddr in match.xaddrs:
+                peers[xaddr] = max(n, peers.get(xaddr, 0))
+        self._emit("match_received", _peer(addr), tuple(counts))
+
+    def _drop(self, reason: str, addr: Address, detail: str = "") -> None:
+        self.stats.dropped[reason] += 1
+        self._remote_log.warning(
+            reason, "discovery dropped a datagram from %s: %s %s", addr[0], reason, detail
+        )
+        self._emit("dropped", _peer(addr), (), reason)
+
+    def _emit(self, kind: str, peer: str, ids: tuple[bytes, ...], detail: str = "") -> None:
+        if self._on_event is not None:
+            self._on_event(DiscoveryEvent(kind, peer, ids, detail))
+
+
+def _peer(addr: Address) -> str:
+    host, port = str(addr[0]), addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
