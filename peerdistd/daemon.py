@@ -27,7 +27,10 @@ from peerdistd import __version__, errors
 from peerdistd.api.app import make_app
 from peerdistd.config import Config, diff_for_reload, ensure_private_dir, load_config
 from peerdistd.engine.core import Engine, EngineSettings
+from peerdistd.engine.ports import PeerNetwork
+from peerdistd.engine.stats import Counters
 from peerdistd.logs import setup_logging
+from peerdistd.peering import PeerNode, start_peer_node
 from peerdistd.store.blockcache import BlockCache
 from peerdistd.store.publications import PublicationStore
 from peerdistd.store.secret import load_or_create_secret
@@ -94,6 +97,7 @@ class Daemon:
         self.listening: dict[str, Any] = {}
         self.engine: Engine | None = None
         self.store: BlockCache | None = None
+        self.peer_node: PeerNode | None = None
 
     def info(self) -> Mapping[str, Any]:
         return {
@@ -142,8 +146,25 @@ class Daemon:
         self.store = store
         publications = PublicationStore.open(paths.state_dir / "publications.db")
         stack.callback(publications.close)
-        peers = await self._start_peers(stack, store)
-        engine = Engine(store, publications, passphrase, peers=peers, settings=engine_settings(cfg))
+        counters = Counters()
+        peers = await self._start_peers(stack, store, counters)
+        engine = Engine(
+            store,
+            publications,
+            passphrase,
+            peers=peers,
+            settings=engine_settings(cfg),
+            stats=counters,
+        )
+        if self.peer_node is not None:
+            swarm = self.peer_node.swarm
+            engine.extra_stats.append(
+                lambda: {
+                    "bad_blocks": float(swarm.stats.bad_blocks),
+                    "banned_peers": float(swarm.active_bans()),
+                    "peers_known": float(len(self._peer_list())),
+                }
+            )
         self.engine = engine
         stack.push_async_callback(engine.aclose)
         app = make_app(engine, info=self.info, peers=self._peer_list)
@@ -184,20 +205,18 @@ class Daemon:
             self.listening["tcp"] = site.name
             log.info("API also listening on %s", site.name)
 
-    async def _start_peers(self, stack: contextlib.AsyncExitStack, store: BlockCache) -> Any:
+    async def _start_peers(
+        self, stack: contextlib.AsyncExitStack, store: BlockCache, counters: Counters
+    ) -> PeerNetwork | None:
         self.listening["peers"] = None
         if not self.config.peers.enabled:
             return None
-        try:
-            from peerdistd.net.node import start_peer_network  # noqa: PLC0415
-        except ImportError:
-            log.warning("peer network not available in this build; serving locally only")
-            return None
-        network = await stack.enter_async_context(
-            start_peer_network(self.config, store, self.node_id)
+        node = await stack.enter_async_context(
+            start_peer_node(self.config, store, counters, self.node_id)
         )
-        self.listening["peers"] = network.advertise
-        return network
+        self.peer_node = node
+        self.listening["peers"] = node.advertise
+        return node.swarm
 
     async def _start_metrics(self, stack: contextlib.AsyncExitStack, engine: Engine) -> None:
         listen = self.config.metrics.listen
@@ -213,7 +232,7 @@ class Daemon:
         log.info("metrics on %s", self.listening["metrics"])
 
     def _peer_list(self) -> list[Mapping[str, Any]]:
-        return []
+        return [] if self.peer_node is None else self.peer_node.peers()
 
     async def _housekeeping(self) -> None:
         interval = watchdog_interval()

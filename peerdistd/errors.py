@@ -36,6 +36,10 @@ class VerificationError(RemoteError):
     """Data whose hash does not match its content information."""
 
 
+class PeerUnavailable(RemoteError):
+    """Peers hold the data but none delivered it before the deadline."""
+
+
 class ConfigError(LocalError):
     """An invalid configuration value; ``key`` names it."""
 

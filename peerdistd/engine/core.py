@@ -10,7 +10,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +64,13 @@ class Engine:
         *,
         peers: PeerNetwork | None = None,
         settings: EngineSettings | None = None,
+        stats: Counters | None = None,
     ) -> None:
         self.store = store
         self.publications = publications
         self.passphrase = passphrase
         self.settings = settings or EngineSettings()
-        self.stats = Counters()
+        self.stats = stats or Counters()
         self.events = EventBus()
         self.peers: PeerNetwork = peers or NoPeers()
         self.slots = SlotPool(self.settings.max_inflight)
@@ -79,6 +80,8 @@ class Engine:
         )
         self.adder = DataAdder(store, self.stats)
         self.handles: dict[str, ContentHandle] = {}
+        # Gauges and counters of other parts (the peer network) merged into the snapshot.
+        self.extra_stats: list[Callable[[], Mapping[str, float]]] = []
         self._status = "AVAILABLE" if self.settings.enabled else "DISABLED"
 
     # -- status --------------------------------------------------------------------------
@@ -408,8 +411,10 @@ class Engine:
             cache_limit_bytes=usage.limit_bytes,
             cache_evictions=usage.evictions,
             open_handles=len(self.handles),
-            publications=len(self.publications.list(None)),
+            publications=self.publications.count(),
         )
+        for extra in self.extra_stats:
+            snap.update(extra())
         return snap
 
     def _track(self, fut: asyncio.Future[bool]) -> None:

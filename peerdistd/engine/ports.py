@@ -10,7 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from peerdistd.proto.pccrc import BlockRef
+from peerdistd.errors import PeerUnavailable
+from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
 from peerdistd.store.blockcache import CacheUsage, SegmentRecord
 
 
@@ -32,10 +33,6 @@ class BlockStore(Protocol):
     def flush(self) -> int: ...
 
 
-class PeerUnavailable(Exception):
-    """Raised by a :class:`PeerNetwork` when its deadline passed with peers still trying."""
-
-
 class PeerNetwork(Protocol):
     """Finding and fetching blocks from peers (``peerdistd.net``)."""
 
@@ -43,9 +40,12 @@ class PeerNetwork(Protocol):
         """Which of ``segment_ids`` some peer holds: id -> most blocks any one peer has."""
         ...
 
-    async def fetch(self, ref: BlockRef, *, timeout: float) -> bytes | None:
-        """The block's plaintext, already verified against ``ref.hash``; ``None`` if no peer
-        has it. Raises :class:`PeerUnavailable` if the timeout ran out while peers were tried."""
+    async def fetch(
+        self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
+    ) -> bytes | None:
+        """The block's plaintext, already verified against ``ref.hash`` with ``algorithm``;
+        ``None`` if no peer has it. Raises :class:`PeerUnavailable` if the timeout ran out
+        while peers were still being tried."""
         ...
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
@@ -59,7 +59,9 @@ class NoPeers:
     async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
         return {}
 
-    async def fetch(self, ref: BlockRef, *, timeout: float) -> bytes | None:
+    async def fetch(
+        self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
+    ) -> bytes | None:
         return None
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:

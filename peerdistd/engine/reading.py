@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from peerdistd import errors
 from peerdistd.engine.events import EventBus
-from peerdistd.engine.ports import BlockStore, PeerNetwork, PeerUnavailable
+from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
+from peerdistd.errors import PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
 from peerdistd.store.blockcache import SegmentRecord
 
@@ -235,7 +236,9 @@ class BlockReader:
         self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
     ) -> bool:
         try:
-            data = await self.peers.fetch(ref, timeout=max(0.0, deadline - time.monotonic()))
+            data = await self.peers.fetch(
+                ref, view.algorithm, timeout=max(0.0, deadline - time.monotonic())
+            )
             if data is None:
                 return False
             self.store.add_segment(segment_record(view, ref))

@@ -24,6 +24,7 @@ class Counters:
     reads_aborted: int = 0
     reads_stream_limit: int = 0
     bad_blocks: int = 0
+    banned_peers: int = 0
     invalid_data: int = 0
 
     def as_dict(self) -> dict[str, int]:

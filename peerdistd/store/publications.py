@@ -156,6 +156,12 @@ class PublicationStore:
                 ).fetchall()
         return [_row_to_publication(row) for row in rows]
 
+    def count(self) -> int:
+        """How many publications there are (cheap: no content information is read)."""
+        with self._lock, db_errors("count"):
+            (n,) = self._db.execute("SELECT count(*) FROM publications").fetchone()
+        return int(n)
+
     def remove(self, pub_id: str) -> bool:
         with self._lock, db_errors("remove"):
             cur = self._db.execute("DELETE FROM publications WHERE id = ?", (pub_id,))

@@ -12,7 +12,7 @@ import pytest
 from peerdistd import errors
 from peerdistd.engine.core import Engine, EngineSettings
 from peerdistd.engine.ports import PeerUnavailable
-from peerdistd.proto.pccrc import BlockRef, ContentInformation
+from peerdistd.proto.pccrc import BlockRef, ContentInformation, HashAlgorithm
 from peerdistd.store.blockcache import BlockCache
 from peerdistd.store.publications import PublicationStore
 from tests.daemon.helpers import BLOCK, PASSPHRASE, content, content_information
@@ -41,7 +41,9 @@ class ScriptedPeers:
         self.locates += 1
         return {s: n for s, n in self.held.items() if s in segment_ids}
 
-    async def fetch(self, ref: BlockRef, *, timeout: float) -> bytes | None:
+    async def fetch(
+        self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
+    ) -> bytes | None:
         self.fetches.append(ref.start)
         self.started.set()
         try:

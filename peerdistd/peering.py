@@ -1,0 +1,152 @@
+"""Composition of the peer side of a node: retrieval server, discovery, swarm, zeroconf.
+
+Part of the composition root (beside ``daemon.py``): it adapts the block cache to the
+``typing.Protocol`` seams of ``peerdistd.net`` and wires the parts from the configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from peerdistd import errors
+from peerdistd.config import Config
+from peerdistd.engine.stats import Counters
+from peerdistd.net.discovery import Discovery
+from peerdistd.net.discovery_sockets import resolve_interfaces
+from peerdistd.net.retrieval_client import RetrievalClient
+from peerdistd.net.retrieval_server import RetrievalServer
+from peerdistd.net.swarm import Swarm
+from peerdistd.store.blockcache import BlockCache
+
+log = logging.getLogger(__name__)
+
+
+class CacheSource:
+    """The block cache seen by the retrieval server and the discovery responder.
+
+    Peer input reaches the cache through here, so hostile ids (wrong sizes) that the cache
+    rejects with DecodeError simply mean "not held".
+    """
+
+    def __init__(self, cache: BlockCache) -> None:
+        self.cache = cache
+
+    def segment_secret(self, segment_id: bytes) -> bytes | None:
+        try:
+            record = self.cache.segment(segment_id)
+        except errors.PeerDistError:
+            return None
+        return None if record is None else record.secret
+
+    def held_blocks(self, segment_id: bytes) -> Sequence[int]:
+        try:
+            return self.cache.held_blocks(segment_id)
+        except errors.PeerDistError:
+            return []
+
+    def read_block(self, segment_id: bytes, index: int) -> bytes | None:
+        try:
+            return self.cache.read_block(segment_id, index)
+        except errors.PeerDistError:
+            return None
+
+    def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
+        try:
+            return self.cache.block_counts(segment_ids)
+        except errors.PeerDistError:
+            return {}
+
+
+@dataclass
+class PeerNode:
+    """The running peer side: the swarm (the engine's peer network) and what it advertises."""
+
+    swarm: Swarm
+    advertise: str
+    server: RetrievalServer
+    discovery: Discovery
+    mdns: Any = None
+
+    def peers(self) -> list[Mapping[str, Any]]:
+        if self.mdns is None:
+            return []
+        return [dict(p) for p in self.mdns.peers_json()]
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _primary_address() -> str:
+    """The address discovery answers carry when the listener is on every address: the first
+    non-loopback IPv4 address (peers.advertise overrides it)."""
+    for iface in resolve_interfaces(None):
+        addr = ipaddress.ip_address(iface.host)
+        if addr.version == 4 and not addr.is_loopback:
+            return iface.host
+    raise errors.ConfigError(
+        "peers.advertise", "no IPv4 address found to advertise; set peers.advertise"
+    )
+
+
+def _unspecified(host: str) -> bool:
+    return ipaddress.ip_address(host).is_unspecified
+
+
+@contextlib.asynccontextmanager
+async def start_peer_node(
+    config: Config, cache: BlockCache, counters: Counters, node_id: str
+) -> AsyncIterator[PeerNode]:
+    """Start serving and finding peers as ``config.peers`` says; stop them on exit."""
+    peers = config.peers
+    host, port = _split(peers.listen)
+    source = CacheSource(cache)
+
+    def served(count: int) -> None:
+        counters.bytes_served_to_peers += count
+
+    async with contextlib.AsyncExitStack() as stack:
+        server = await stack.enter_async_context(
+            RetrievalServer(source, host, port, upload_limit=peers.upload_limit, on_served=served)
+        )
+        if peers.advertise:
+            advertise = peers.advertise
+        elif not _unspecified(host):
+            advertise = f"{host}:{server.port}" if ":" not in host else f"[{host}]:{server.port}"
+        else:
+            advertise = f"{_primary_address()}:{server.port}"
+        if peers.interfaces:
+            interfaces: list[str] | None = list(peers.interfaces)
+        elif not _unspecified(host):
+            interfaces = [host]  # the interface of the listener (loopback included)
+        else:
+            interfaces = None  # every interface that has an address
+        discovery = await stack.enter_async_context(
+            Discovery(
+                source,
+                interface_addresses=interfaces,
+                advertise=advertise,
+                port=peers.discovery_port,
+            )
+        )
+        client = await stack.enter_async_context(
+            RetrievalClient(connections_per_peer=peers.max_inflight_per_peer)
+        )
+        swarm = Swarm(
+            discovery,
+            client,
+            window=peers.discovery_window_ms / 1000.0,
+            request_timeout=peers.request_timeout_ms / 1000.0,
+            ban_seconds=peers.ban_seconds,
+            own_addresses=[advertise],
+        )
+        stack.push_async_callback(swarm.aclose)
+        node = PeerNode(swarm, advertise, server, discovery)
+        log.info("serving peers on %s, discovery on port %d", advertise, peers.discovery_port)
+        yield node
