@@ -201,12 +201,9 @@ def _between(lo: float, hi: float | None = None) -> Check:
     bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
 
     def check(_: str, value: Any) -> str | None:
-        if lo <= value and (hi is None or value <= hi):
-            return None
+        got = f"{value:g}" if isinstance(value, float) else value  # 150, not 150.0
         return (
-            f"must be {bound}, got {value:g}"
-            if isinstance(value, float)
-            else f"must be {bound}, got {value}"
+            None if lo <= value and (hi is None or value <= hi) else f"must be {bound}, got {got}"
         )
 
     return check
