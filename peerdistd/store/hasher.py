@@ -146,15 +146,18 @@ def _file_v2(
     reader: _Reader, pool: ThreadPoolExecutor, workers: int, ks: bytes, *, start: int, end: int
 ) -> list[Segment]:
     # Cuts depend on every byte before them, so a range is cut from the start of the file
-    # (cheap) and only the segments that meet the range are hashed.
+    # (cheap) and only the segments that meet the range are hashed. Window buffers are
+    # reused once their batch is hashed: fresh ones would cost a page fault per 4 KiB.
     segments: list[Segment] = []
-    pending: deque[Future[list[Segment]]] = deque()
-    carry = b""
+    pending: deque[tuple[Future[list[Segment]], bytearray]] = deque()
+    free: list[bytearray] = []
+    carry = b""  # the unsettled tail of the last window (< MAX_SEGMENT bytes)
     pos = index = 0  # file offset of carry[0]; index of the next segment
     while pos < end:
+        buf = free.pop() if free else bytearray(V2_WINDOW + chunking.MAX_SEGMENT)
         read_at = pos + len(carry)
         take = min(V2_WINDOW, reader.size - read_at)
-        window = memoryview(bytearray(len(carry) + take))
+        window = memoryview(buf)[: len(carry) + take]
         window[: len(carry)] = carry
         reader.read_into(window[len(carry) :], read_at)
         cuts = []
@@ -164,12 +167,16 @@ def _file_v2(
                 cuts.append((index, pos + at, at, length))
             index += 1
             at += length
-        if cuts:
-            pending.append(pool.submit(_hash_cuts, window, cuts, ks))
         carry = bytes(window[at:])
         pos += at
+        if cuts:
+            pending.append((pool.submit(_hash_cuts, window, cuts, ks), buf))
+        else:
+            free.append(buf)
         while len(pending) > 2 * workers or (pending and pos >= end):
-            segments += pending.popleft().result()
+            done, buf = pending.popleft()
+            segments += done.result()
+            free.append(buf)
     return segments
 
 
