@@ -157,14 +157,7 @@ class Daemon:
             stats=counters,
         )
         if self.peer_node is not None:
-            swarm = self.peer_node.swarm
-            engine.extra_stats.append(
-                lambda: {
-                    "bad_blocks": float(swarm.stats.bad_blocks),
-                    "banned_peers": float(swarm.active_bans()),
-                    "peers_known": float(len(self._peer_list())),
-                }
-            )
+            engine.extra_stats.append(self._peer_stats)
         self.engine = engine
         stack.push_async_callback(engine.aclose)
         app = make_app(engine, info=self.info, peers=self._peer_list)
@@ -230,6 +223,20 @@ class Daemon:
         )
         self.listening["metrics"] = getattr(server, "url", listen)
         log.info("metrics on %s", self.listening["metrics"])
+
+    def _peer_stats(self) -> Mapping[str, float]:
+        assert self.peer_node is not None
+        swarm, discovery = self.peer_node.swarm, self.peer_node.discovery.stats
+        return {
+            "bad_blocks": float(swarm.stats.bad_blocks),
+            "banned_peers": float(swarm.active_bans()),
+            "peers_known": float(len(self._peer_list())),
+            "probes_sent": float(discovery.probes_sent),
+            "probes_received": float(discovery.probes_received),
+            "matches_sent": float(discovery.matches_sent),
+            "matches_received": float(discovery.matches_received),
+            "datagrams_dropped": float(sum(discovery.dropped.values())),
+        }
 
     def _peer_list(self) -> list[Mapping[str, Any]]:
         return [] if self.peer_node is None else self.peer_node.peers()

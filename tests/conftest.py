@@ -13,3 +13,7 @@ VECTORS = REPO / "tests" / "vectors"
 @pytest.fixture
 def vectors_dir() -> Path:
     return VECTORS
+
+
+# Real daemons, network namespaces: fixtures any test folder may use.
+pytest_plugins = ["tests.harness"]

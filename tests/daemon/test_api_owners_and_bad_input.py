@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.conftest import DaemonProcess, start_daemon
-from tests.daemon.helpers import BLOCK, content, content_information
+from tests.content import BLOCK, content, content_information
+from tests.harness import DaemonProcess, start_daemon
 
 NOBODY = 65534
 

@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from tests.daemon.helpers import BLOCK, content, content_information
+from tests.content import BLOCK, content, content_information
 
 
 async def open_handle(api: aiohttp.ClientSession, ci: bytes, flags: str = "") -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.daemon.conftest import DaemonProcess, start_daemon
-from tests.daemon.helpers import BLOCK, content, content_information
+from tests.content import BLOCK, content, content_information
+from tests.harness import DaemonProcess, start_daemon
 
 
 async def sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict]]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 
 from peerdistd.store.blockcache import BlockCache
-from tests.daemon.conftest import start_daemon
-from tests.daemon.helpers import BLOCK, content, content_information
+from tests.content import BLOCK, content, content_information
+from tests.harness import start_daemon
 
 ROUNDS = 4
 

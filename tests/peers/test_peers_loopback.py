@@ -1,0 +1,125 @@
+"""Three real daemons on 127.0.0.1-3 in a network namespace of the test's own: publish on A,
+B reads from A, C reads from A and B, bad peers are banned, timeout 0 sends nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.content import BLOCK
+from tests.harness import DaemonProcess, start_daemon
+
+SIZE = 48 * BLOCK + 1234
+
+
+@contextlib.contextmanager
+def nodes(tmp_path: Path, netns: str, count: int, **env: str) -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    try:
+        for i in range(count):
+            started.append(
+                start_daemon(
+                    tmp_path,
+                    "--listen",
+                    f"127.0.0.{i + 1}:8080",
+                    name=f"node{i + 1}",
+                    netns=netns,
+                    env={"PEERDISTD_PEERS_ZEROCONF": "false", **env},
+                )
+            )
+        yield started
+    finally:
+        for d in started:
+            d.stop()
+            d.notify.close()
+
+
+async def counters(d: DaemonProcess) -> dict[str, float]:
+    async with d.session() as api, api.get("/v1/status") as r:
+        return dict((await r.json())["counters"])
+
+
+async def publish(d: DaemonProcess, data: bytes) -> bytes:
+    async with d.session() as api:
+        async with api.post("/v1/publications", params={"id": "c"}, data=io.BytesIO(data)) as r:
+            assert r.status == 201, await r.text()
+        async with api.get("/v1/publications/c/content-information") as r:
+            return await r.read()
+
+
+async def read_all(d: DaemonProcess, ci: bytes, timeout_ms: int = 5000) -> bytes:
+    out = b""
+    async with d.session() as api:
+        async with api.post("/v1/contents", data=ci) as r:
+            h = (await r.json())["handle"]
+        while True:
+            async with api.post(
+                f"/v1/contents/{h}/stream-read",
+                params={"max": str(1 << 20), "timeout_ms": str(timeout_ms)},
+            ) as r:
+                if r.status == 416:
+                    return out
+                assert r.status == 200, await r.text()
+                assert int(r.headers["PeerDist-Offset"]) == len(out)
+                out += await r.read()
+
+
+async def test_three_nodes_share_content(tmp_path: Path, netns: str) -> None:
+    import random
+
+    data = random.Random(41).randbytes(SIZE)
+    with nodes(tmp_path, netns, 3) as (a, b, c):
+        ci = await publish(a, data)
+        assert await read_all(b, ci) == data
+        got_b = await counters(b)
+        assert got_b["bytes_from_peers"] == SIZE and got_b["bytes_from_origin"] == 0
+        served_a = (await counters(a))["bytes_served_to_peers"]
+        assert served_a >= SIZE
+        assert await read_all(c, ci) == data
+        got_c = await counters(c)
+        assert got_c["bytes_from_peers"] == SIZE
+        served_a2 = (await counters(a))["bytes_served_to_peers"] - served_a
+        served_b = (await counters(b))["bytes_served_to_peers"]
+        # C took blocks from both A and B: B serves on what it got from A.
+        assert served_a2 > 0 and served_b > 0
+        assert served_a2 + served_b >= SIZE
+
+
+async def test_timeout_zero_sends_no_packet(tmp_path: Path, netns: str) -> None:
+    data = bytes(range(256)) * 1024
+    with nodes(tmp_path, netns, 2) as (a, b):
+        ci = await publish(a, data)
+        before = await counters(b)
+        async with b.session() as api:
+            async with api.post("/v1/contents", data=ci) as r:
+                h = (await r.json())["handle"]
+            async with api.post(f"/v1/contents/{h}/stream-read", params={"timeout_ms": "0"}) as r:
+                err = await r.json()
+        assert (r.status, err["error"], err["offset"], err["length"]) == (
+            424,
+            "MISSING_DATA",
+            0,
+            len(data),
+        )
+        after = await counters(b)
+        assert after["probes_sent"] == before["probes_sent"]
+        assert after["discovery_attempts"] == before["discovery_attempts"]
+        assert (await counters(a))["probes_received"] == 0
+
+
+async def test_missing_data_when_no_peer_has_it(tmp_path: Path, netns: str) -> None:
+    data = bytes(200) + bytes(range(100)) * 3000
+    with nodes(tmp_path, netns, 2) as (a, b):
+        ci = await publish(a, data)
+        async with a.session() as api, api.delete("/v1/cache") as r:
+            assert r.status == 200
+        async with b.session() as api:
+            async with api.post("/v1/contents", data=ci) as r:
+                h = (await r.json())["handle"]
+            async with api.post(f"/v1/contents/{h}/stream-read") as r:
+                err = await r.json()
+        assert (err["error"], err["offset"], err["length"]) == ("MISSING_DATA", 0, len(data))
+        stats = await counters(b)
+        assert stats["probes_sent"] >= 1 and stats["discovery_successes"] == 0
