@@ -97,7 +97,5 @@ def decrypt(algo: int, secret: bytes, iv: bytes, block: Buffer, block_length: in
     # CBC decrypts any whole-block prefix on its own: skip the padding block(s) we would cut.
     needed = -(-block_length // AES_BLOCK) * AES_BLOCK
     decryptor = Cipher(algorithms.AES(_key(algo, secret)), modes.CBC(iv)).decryptor()
-    out = bytearray(needed + AES_BLOCK - 1)
-    decryptor.update_into(memoryview(block)[:needed], out)
-    decryptor.finalize()
-    return bytes(memoryview(out)[:block_length])
+    plain = decryptor.update(memoryview(block)[:needed])
+    return plain if needed == block_length else plain[:block_length]

@@ -236,27 +236,6 @@ class _Reader:
             raise DecodeError(f"{self.end - self.pos} trailing bytes", self.pos)
 
 
-class _Writer:
-    __slots__ = ("buf",)
-
-    def __init__(self) -> None:
-        self.buf = bytearray(HEADER_SIZE)
-
-    def u32(self, *values: int) -> None:
-        for value in values:
-            self.buf += _U32.pack(value)
-
-    def sized(self, value: bytes) -> None:
-        self.buf += _U32.pack(len(value))
-        self.buf += value
-        self.buf += bytes(-len(self.buf) % 4)
-
-    def ranges(self, ranges: tuple[BlockRange, ...]) -> None:
-        self.buf += _U32.pack(len(ranges))
-        for r in ranges:
-            self.buf += _U32X2.pack(r.index, r.count)
-
-
 def parse_header(data: bytes | bytearray | memoryview, offset: int = 0) -> Header:
     """The MESSAGE_HEADER at ``offset``; MsgSize must cover exactly the rest of ``data``."""
     if len(data) - offset < HEADER_SIZE:
@@ -331,49 +310,42 @@ def _parse(data: memoryview, base: int, *, requests: bool) -> Message:
 
 def serialize(msg: Message) -> bytes:
     """One message as sent in a request body (no transport header)."""
-    return bytes(_serialize(msg))
+    match msg:
+        case NegoReq() | NegoResp():
+            body = _U32X2.pack(msg.min_version.to_wire(), msg.max_version.to_wire())
+        case GetBlkList():
+            body = _sized(msg.segment_id) + _ranges(msg.ranges)
+        case GetBlks():
+            body = _sized(msg.segment_id) + _ranges(msg.ranges) + _sized(msg.vrf)
+        case BlkList():
+            body = _sized(msg.segment_id) + _ranges(msg.ranges) + _U32.pack(msg.next_block_index)
+        case Blk():
+            indexes = _U32X2.pack(msg.block_index, msg.next_block_index)
+            parts = (_sized(msg.segment_id), indexes, _sized(msg.block), _sized(msg.vrf))
+            body = b"".join((*parts, _sized(msg.iv)))
+        case GetSegList():
+            ids = (_sized(segment_id) for segment_id in msg.segment_ids)
+            count = _U32.pack(len(msg.segment_ids))
+            body = b"".join((msg.request_id, count, *ids, _sized(msg.blob)))
+        case SegList():
+            body = msg.request_id + _ranges(msg.ranges) + _sized(msg.blob)
+    header = _HEADER.pack(msg.version.to_wire(), msg.MSG_TYPE, HEADER_SIZE + len(body), msg.crypto)
+    return header + body
 
 
 def serialize_response(msg: Response) -> bytes:
     """A response body: 4-byte TRANSPORT_RESPONSE_HEADER plus the message (2.1)."""
-    body = _serialize(msg)
+    body = serialize(msg)
     return _U32.pack(len(body)) + body
 
 
-def _serialize(msg: Message) -> bytearray:
-    w = _Writer()
-    match msg:
-        case NegoReq() | NegoResp():
-            w.u32(msg.min_version.to_wire(), msg.max_version.to_wire())
-        case GetBlkList():
-            w.sized(msg.segment_id)
-            w.ranges(msg.ranges)
-        case GetBlks():
-            w.sized(msg.segment_id)
-            w.ranges(msg.ranges)
-            w.sized(msg.vrf)
-        case BlkList():
-            w.sized(msg.segment_id)
-            w.ranges(msg.ranges)
-            w.u32(msg.next_block_index)
-        case Blk():
-            w.sized(msg.segment_id)
-            w.u32(msg.block_index, msg.next_block_index)
-            w.sized(msg.block)
-            w.sized(msg.vrf)
-            w.sized(msg.iv)
-        case GetSegList():
-            w.buf += msg.request_id
-            w.u32(len(msg.segment_ids))
-            for segment_id in msg.segment_ids:
-                w.sized(segment_id)
-            w.sized(msg.blob)
-        case SegList():
-            w.buf += msg.request_id
-            w.ranges(msg.ranges)
-            w.sized(msg.blob)
-    _HEADER.pack_into(w.buf, 0, msg.version.to_wire(), msg.MSG_TYPE, len(w.buf), msg.crypto)
-    return w.buf
+def _sized(value: bytes) -> bytes:
+    # Every field before a variable one is 4-aligned, so padding the value aligns the message.
+    return _U32.pack(len(value)) + value + bytes(-len(value) % 4)
+
+
+def _ranges(ranges: tuple[BlockRange, ...]) -> bytes:
+    return _U32.pack(len(ranges)) + b"".join(_U32X2.pack(r.index, r.count) for r in ranges)
 
 
 @dataclass(frozen=True, slots=True)
