@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +124,66 @@ async def test_missing_data_when_no_peer_has_it(tmp_path: Path, netns: str) -> N
         assert (err["error"], err["offset"], err["length"]) == ("MISSING_DATA", 0, len(data))
         stats = await counters(b)
         assert stats["probes_sent"] >= 1 and stats["discovery_successes"] == 0
+
+
+def corrupt_cache_files(d: DaemonProcess) -> int:
+    """Flip a byte in every block of every segment file of node ``d``'s cache."""
+    flipped = 0
+    for path in (d.root / f"{d.log.stem}-cache").rglob("*.seg"):  # type: ignore[union-attr]
+        with path.open("r+b") as f:
+            size = path.stat().st_size
+            for pos in range(100, size, BLOCK):
+                f.seek(pos)
+                byte = f.read(1)
+                f.seek(pos)
+                f.write(bytes([byte[0] ^ 0xFF]))
+                flipped += 1
+    return flipped
+
+
+async def test_corrupt_peer_is_banned_and_data_arrives_intact(tmp_path: Path, netns: str) -> None:
+    import random
+
+    data = random.Random(43).randbytes(SIZE)
+    with nodes(tmp_path, netns, 3) as (a, b, c):
+        ci = await publish(a, data)
+        assert await read_all(b, ci) == data
+        assert corrupt_cache_files(a) > 0  # A now serves bad bytes for every block
+        assert await read_all(c, ci) == data
+        stats = await counters(c)
+        assert stats["bad_blocks"] >= 1
+        assert stats["banned_peers"] == 1
+        assert stats["bytes_from_peers"] == SIZE
+
+
+async def test_peer_killed_mid_transfer_costs_a_retry(tmp_path: Path, netns: str) -> None:
+    import random
+
+    data = random.Random(44).randbytes(SIZE)
+    with nodes(tmp_path, netns, 3) as (a, b, c):
+        ci = await publish(a, data)
+        assert await read_all(b, ci) == data
+        served_to_b = (await counters(a))["bytes_served_to_peers"]
+        out = b""
+        async with c.session() as api:
+            async with api.post("/v1/contents", data=ci) as r:
+                h = (await r.json())["handle"]
+            while len(out) < 4 * BLOCK:  # blocks 0-3 alternate between A and B
+                async with api.post(
+                    f"/v1/contents/{h}/stream-read", params={"max": str(8 * BLOCK)}
+                ) as r:
+                    assert r.status == 200
+                    out += await r.read()
+            # C was taking blocks from A (blocks are spread over both holders) ...
+            assert (await counters(a))["bytes_served_to_peers"] > served_to_b
+            a.stop(signal.SIGKILL)  # ... when A dies in the middle of the content
+            while True:
+                async with api.post(
+                    f"/v1/contents/{h}/stream-read", params={"max": str(1 << 20)}
+                ) as r:
+                    if r.status == 416:
+                        break
+                    assert r.status == 200, await r.text()
+                    out += await r.read()
+        assert out == data
+        assert (await counters(c))["bytes_from_origin"] == 0
