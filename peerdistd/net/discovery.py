@@ -157,7 +157,7 @@ class Discovery:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < port < 65536:
-            raise ConfigError("discovery_port", f"{port} is not a UDP port")
+            raise ConfigError("peers.discovery_port", f"{port} is not a UDP port")
         self.directory = directory
         self.interface_addresses = interface_addresses
         self.advertise = advertise
@@ -205,7 +205,7 @@ class Discovery:
             for iface in interfaces:
                 await self._open_interface(iface)
             if not self._unicast:
-                raise ConfigError("interfaces", "no interface could run discovery")
+                raise ConfigError("peers.interfaces", "no interface could run discovery")
             self._responder.interfaces = tuple(i.local for i in self.interfaces)
         except BaseException:
             await self.aclose()
@@ -272,7 +272,7 @@ class Discovery:
         except OSError as exc:
             self._unicast.pop(iface.local.address, None)
             if self.interface_addresses is not None:
-                raise ConfigError("interfaces", f"{iface.local.address}: {exc}") from exc
+                raise ConfigError("peers.interfaces", f"{iface.local.address}: {exc}") from exc
             log.warning("discovery skips %s (%s): %s", iface.name, iface.local.address, exc)
 
     async def _endpoint(

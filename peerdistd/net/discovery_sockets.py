@@ -63,14 +63,14 @@ def _interface_of(address: str, known: list[NetInterface]) -> NetInterface:
     try:
         addr = ipaddress.ip_address(host)
     except ValueError as exc:
-        raise ConfigError("interfaces", f"{address!r} is not an IP address") from exc
+        raise ConfigError("peers.interfaces", f"{address!r} is not an IP address") from exc
     candidates = [k for k in known if addr in k.local.network and scope in ("", k.name)]
     exact = [k for k in candidates if ipaddress.ip_address(k.host) == addr]
     # An address of a local route (127.0.0.2 on lo's 127.0.0.0/8) uses that interface.
     for k in exact or candidates:
         name = f"{host}%{k.name}" if "%" in k.local.address else host
         return NetInterface(LocalInterface(name, k.local.network), k.index, k.name)
-    raise ConfigError("interfaces", f"{address} is on no local interface")
+    raise ConfigError("peers.interfaces", f"{address} is on no local interface")
 
 
 def unicast_socket(iface: NetInterface, group: str) -> socket.socket:

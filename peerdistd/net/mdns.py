@@ -170,7 +170,7 @@ class Mdns:
             )
         except (Error, OSError, ValueError) as exc:
             await self.aclose()
-            raise ConfigError("zeroconf", f"cannot announce on {choice}: {exc}") from exc
+            raise ConfigError("peers.zeroconf", f"cannot announce on {choice}: {exc}") from exc
         except BaseException:
             await self.aclose()
             raise
@@ -234,7 +234,7 @@ def _ip_version(interfaces: Sequence[str] | None) -> IPVersion:
     try:
         families = {ipaddress.ip_address(a.partition("%")[0]).version for a in interfaces}
     except ValueError as exc:
-        raise ConfigError("interfaces", f"{list(interfaces)} are not IP addresses") from exc
+        raise ConfigError("peers.interfaces", f"{list(interfaces)} are not IP addresses") from exc
     if families == {6}:
         return IPVersion.V6Only
     return IPVersion.V4Only if families == {4} else IPVersion.All

@@ -127,7 +127,7 @@ class Responder:
         try:
             host, self._port = check_xaddr(advertise)
         except DecodeError as exc:
-            raise ConfigError("advertise", f"{advertise!r} is not ip:port") from exc
+            raise ConfigError("peers.advertise", f"{advertise!r} is not ip:port") from exc
         # A wildcard host means "the address of the interface the probe came in on".
         self._host = None if _is_unspecified(host) else host
         self.advertise = advertise

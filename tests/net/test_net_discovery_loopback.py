@@ -271,7 +271,7 @@ def test_an_address_on_no_interface_is_a_config_error() -> None:
         with pytest.raises(ConfigError) as err:
             async with node("192.0.2.123", {}, free_udp_port()):
                 pass
-        assert err.value.key == "interfaces"
+        assert err.value.key == "peers.interfaces"
 
     run(scenario)
 
@@ -279,7 +279,7 @@ def test_an_address_on_no_interface_is_a_config_error() -> None:
 def test_bad_advertise_fails_at_construction() -> None:
     with pytest.raises(ConfigError) as err:
         Discovery(Directory({}), interface_addresses=["127.0.0.1"], advertise="nope")
-    assert err.value.key == "advertise"
+    assert err.value.key == "peers.advertise"
 
 
 def test_exit_cancels_planned_answers() -> None:

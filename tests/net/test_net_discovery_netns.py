@@ -6,7 +6,8 @@ made in that thread belong to it; the rest of the process is untouched), brings 
 with MULTICAST set, and runs its event loop there. Without root, a host ``lo`` that already
 has MULTICAST is used. Otherwise the tests skip and say why.
 
-Other test modules load this file by path (see ``load_netns``): test modules are not a package.
+Other test modules load this file by path (test modules are not a package) and call
+:func:`run_isolated`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ import asyncio
 import ctypes
 import errno
 import fcntl
-import importlib.util
 import os
 import socket
 import struct
 import threading
 from collections.abc import Callable, Coroutine
-from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
@@ -35,15 +33,6 @@ SIOCSIFADDR, SIOCSIFNETMASK = 0x8916, 0x891C
 IFF_UP, IFF_MULTICAST = 0x1, 0x1000
 _IFREQ_FLAGS = struct.Struct("16sH14x")
 _IFREQ_ADDR = struct.Struct("16sH2s4s8x")  # ifreq with a sockaddr_in
-
-
-def load_netns() -> ModuleType:
-    """This module, for other test modules."""
-    spec = importlib.util.spec_from_file_location("_peerdist_netns", Path(__file__))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _ifreq_flags(sock: socket.socket, name: str) -> int:

@@ -139,7 +139,7 @@ def test_fixed_advertise_is_used_as_is() -> None:
 def test_bad_advertise_is_a_config_error(bad: str) -> None:
     with pytest.raises(ConfigError) as err:
         Responder(bad, [LAN], instance_id=1)
-    assert err.value.key == "advertise"
+    assert err.value.key == "peers.advertise"
 
 
 def test_rate_limit_refills_with_the_clock() -> None:
