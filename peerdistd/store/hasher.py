@@ -61,7 +61,10 @@ def hash_file(
     length: int | None = None,
     workers: int | None = None,
 ) -> ContentInformation:
-    """Content information for the file, or for its range [offset, offset + length)."""
+    """Content information for the file, or for its range [offset, offset + length).
+
+    Version 2 always uses truncated SHA-512 (leave ``algorithm`` at its default).
+    """
     algorithm = check_algorithm(version, algorithm)
     workers = max(1, workers or os.cpu_count() or 1)
     try:
