@@ -166,7 +166,7 @@ RELOADABLE: frozenset[str] = frozenset(
     {
         *("daemon.enabled", "daemon.log_level", "daemon.handle_idle_timeout"),
         *("cache.limit_bytes", "cache.limit_percent"),
-        *("peers.upload_limit", "peers.max_inflight", "peers.max_inflight_per_peer"),
+        *("peers.upload_limit", "peers.max_inflight"),
         *("peers.ban_seconds", "peers.discovery_window_ms"),
     }
 )

@@ -29,7 +29,7 @@ from peerdistd.config import Config, diff_for_reload, ensure_private_dir, load_c
 from peerdistd.engine.core import Engine, EngineSettings
 from peerdistd.engine.ports import PeerNetwork
 from peerdistd.engine.stats import Counters
-from peerdistd.logs import setup_logging
+from peerdistd.logs import LEVELS, setup_logging
 from peerdistd.peering import PeerNode, start_peer_node
 from peerdistd.store.blockcache import BlockCache
 from peerdistd.store.publications import PublicationStore
@@ -258,6 +258,24 @@ class Daemon:
         ok = os.access(self.config.paths.cache_dir, os.W_OK)
         self.engine.set_status("AVAILABLE" if ok else "UNAVAILABLE")
 
+    def _apply(self, new: Config) -> None:
+        """Put the run-time changeable keys (config.RELOADABLE) into effect."""
+        logging.getLogger().setLevel(LEVELS[new.daemon.log_level])
+        if self.engine is not None:
+            self.engine.set_enabled(new.daemon.enabled)
+            self.engine.settings.handle_idle_timeout = new.daemon.handle_idle_timeout
+            self.engine.slots.resize(new.peers.max_inflight)
+        if self.store is not None and new.cache != self.config.cache:
+            limit = self.store.set_limit(
+                limit_bytes=new.cache.limit_bytes or None,
+                limit_percent=new.cache.limit_percent,
+            )
+            log.info("cache limit is now %d bytes", limit)
+        if self.peer_node is not None:
+            self.peer_node.swarm.ban_seconds = new.peers.ban_seconds
+            self.peer_node.swarm.window = new.peers.discovery_window_ms / 1000.0
+            self.peer_node.server.upload_limit = new.peers.upload_limit
+
     def reload(self) -> None:
         """SIGHUP: apply what can change at run time; say what needs a restart."""
         self.notifier.reloading()
@@ -268,11 +286,7 @@ class Daemon:
             self.notifier.ready()
             return
         applied, restart = diff_for_reload(self.config, new)
-        if self.engine is not None:
-            self.engine.set_enabled(new.daemon.enabled)
-            self.engine.settings.handle_idle_timeout = new.daemon.handle_idle_timeout
-            self.engine.slots.resize(new.peers.max_inflight)
-        logging.getLogger().setLevel(new.daemon.log_level.upper())
+        self._apply(new)
         self.config = new
         log.info(
             "reloaded: applied %s; needing a restart: %s",

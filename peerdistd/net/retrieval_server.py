@@ -77,6 +77,15 @@ class RetrievalServer:
         return self._port
 
     @property
+    def upload_limit(self) -> int:
+        """Concurrent uploads before peers get the busy answer; changeable at run time."""
+        return self._upload_limit
+
+    @upload_limit.setter
+    def upload_limit(self, value: int) -> None:
+        self._upload_limit = value
+
+    @property
     def active_uploads(self) -> int:
         """Requests being served now (the Active Client Count of [MS-PCCRR] 3.2.1)."""
         return self._active

@@ -16,6 +16,7 @@ write. The store is synchronous: one lock makes it safe from the event loop and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -322,6 +323,19 @@ class BlockCache:
                 self._index.delete_blocks(seg.rowid, gone)
             for i, _ in gone:
                 seg.lengths.pop(i, None)
+
+    def set_limit(self, *, limit_bytes: int | None = None, limit_percent: float = 5.0) -> int:
+        """Change the size limit at run time (SIGHUP) and evict down to it; returns it.
+
+        If pinned segments keep the cache above the new limit, the rest is evicted and the
+        pinned ones go when they are unpinned and more room is needed.
+        """
+        limit = cache_limit(self.directory, limit_bytes, limit_percent)
+        with self._lock, db_errors("set_limit"):
+            self._limit = limit
+            with contextlib.suppress(ServiceUnavailable):
+                self._make_room(0, keep=None)
+        return limit
 
     def _make_room(self, needed: int, *, keep: int | None) -> None:
         excess = self._index.totals().bytes + needed - self._limit

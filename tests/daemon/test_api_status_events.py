@@ -89,14 +89,19 @@ async def test_disabled_by_policy_and_sighup_reload(tmp_path: Path) -> None:
             async with api.get("/v1/events", timeout=aiohttp.ClientTimeout(total=30)) as events:
                 stream = sse(events)
                 assert await anext(stream) == ("STATUS_CHANGED", {"status": "AVAILABLE"})
-                config.write_text("[daemon]\nenabled = false\n[peers]\nlisten = '127.0.0.1:81'\n")
+                config.write_text(
+                    "[daemon]\nenabled = false\n[cache]\nlimit_bytes = 123456789\n"
+                    "[peers]\nlisten = '127.0.0.1:81'\n"
+                )
                 d.messages.clear()
                 d.proc.send_signal(signal.SIGHUP)
                 assert await anext(stream) == ("STATUS_CHANGED", {"status": "DISABLED"})
             d.wait_for("RELOADING=1")
             d.wait_for("READY=1")
             async with api.get("/v1/status") as r:
-                assert (await r.json())["status"] == "DISABLED"
+                status = await r.json()
+                assert status["status"] == "DISABLED"
+                assert status["cache"]["limit_bytes"] == 123456789
             for method, path in (
                 ("POST", "/v1/contents"),
                 ("POST", "/v1/publications"),
