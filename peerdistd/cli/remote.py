@@ -24,7 +24,13 @@ from typing import Any, BinaryIO
 import aiohttp
 from rich.console import Console
 
-from peerdistd.api.client import DEFAULT_READ_MAX, PeerDistClient, default_socket_path
+from peerdistd.api.client import (
+    DEFAULT_READ_MAX,
+    AddDataResult,
+    ContentHandle,
+    PeerDistClient,
+    default_socket_path,
+)
 from peerdistd.cli.progress import (
     ProgressCallback,
     cache_table,
@@ -96,6 +102,36 @@ async def origin_range(
         raise RemoteError(f"{where}: {exc!r}") from exc
 
 
+async def _add_from_origin(
+    handle: ContentHandle, offset: int, chunks: AsyncIterator[bytes], out: BinaryIO
+) -> AsyncIterator[int]:
+    """Add each origin chunk to the daemon, then write it; yields the bytes done.
+
+    The next chunk is read from the origin while the daemon verifies the previous one.
+    """
+    pending: asyncio.Task[AddDataResult] | None = None
+    pending_chunk = b""
+    try:
+        async for chunk in chunks:
+            if pending is not None:
+                await pending
+                out.write(pending_chunk)
+                yield len(pending_chunk)
+            pending = asyncio.create_task(handle.add_data(offset, chunk))
+            pending_chunk = chunk
+            offset += len(chunk)
+        if pending is not None:
+            await pending
+            out.write(pending_chunk)
+            yield len(pending_chunk)
+            pending = None
+    finally:
+        if pending is not None:  # the origin failed: stop (or collect) the add in flight
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, PeerDistError):
+                await pending
+
+
 async def fetch(
     client: PeerDistClient,
     content_information: bytes,
@@ -126,28 +162,29 @@ async def fetch(
                 raise ServiceUnavailable(f"peerdistd returned an empty range at {offset}")
             expected = offset + n
 
+        cached = 0  # bytes known to be in the local cache at the stream offset
         while True:
             try:
-                cached = await handle.available()
+                # One max=0 query per run of cached bytes tells cache from peers (DESIGN.md).
+                cached = cached or await handle.available()
                 want = min(read_max, cached) if cached else read_max
                 read = await handle.stream_read(want, timeout_ms=timeout_ms)
             except NoMore:
                 break
             except (MissingData, Timeout) as gap:
                 advance(gap.offset, gap.length)
-                position = gap.offset
+                cached = 0
                 requests += 1
-                async for chunk in origin_range(origin_session, origin, gap.offset, gap.length):
-                    await handle.add_data(position, chunk)
-                    out.write(chunk)
-                    position += len(chunk)
-                    from_origin += len(chunk)
+                chunks = origin_range(origin_session, origin, gap.offset, gap.length)
+                async for n in _add_from_origin(handle, gap.offset, chunks, out):
+                    from_origin += n
                     if progress:
                         progress(from_cache + from_peers + from_origin, handle.size)
                 continue
             advance(read.offset, len(read.data))
             out.write(read.data)
             local = min(len(read.data), cached)
+            cached -= local
             from_cache += local
             from_peers += len(read.data) - local
             if progress:
