@@ -18,6 +18,7 @@ from peerdistd.config import Config
 from peerdistd.engine.stats import Counters
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.discovery_sockets import resolve_interfaces
+from peerdistd.net.mdns import Mdns
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.net.retrieval_server import RetrievalServer
 from peerdistd.net.swarm import Swarm
@@ -70,7 +71,7 @@ class PeerNode:
     advertise: str
     server: RetrievalServer
     discovery: Discovery
-    mdns: Any = None
+    mdns: Mdns | None = None
 
     def peers(self) -> list[Mapping[str, Any]]:
         if self.mdns is None:
@@ -147,6 +148,12 @@ async def start_peer_node(
             own_addresses=[advertise],
         )
         stack.push_async_callback(swarm.aclose)
-        node = PeerNode(swarm, advertise, server, discovery)
+        mdns = None
+        if peers.zeroconf:
+            adv_host, adv_port = _split(advertise)
+            mdns = await stack.enter_async_context(
+                Mdns(node_id, adv_port, interfaces=interfaces, addresses=[adv_host])
+            )
+        node = PeerNode(swarm, advertise, server, discovery, mdns)
         log.info("serving peers on %s, discovery on port %d", advertise, peers.discovery_port)
         yield node

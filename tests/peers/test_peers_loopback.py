@@ -3,6 +3,7 @@ B reads from A, C reads from A and B, bad peers are banned, timeout 0 sends noth
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import signal
@@ -187,3 +188,23 @@ async def test_peer_killed_mid_transfer_costs_a_retry(tmp_path: Path, netns: str
                     out += await r.read()
         assert out == data
         assert (await counters(c))["bytes_from_origin"] == 0
+
+
+async def test_zeroconf_nodes_see_each_other(tmp_path: Path, netns: str) -> None:
+    with nodes(tmp_path, netns, 2, PEERDISTD_PEERS_ZEROCONF="true") as (a, b):
+        async with a.session() as api:
+            async with b.session() as api_b, api_b.get("/v1/status") as r:
+                b_id = (await r.json())["node_id"]
+            deadline = asyncio.get_running_loop().time() + 15
+            peers: list[dict] = []
+            while asyncio.get_running_loop().time() < deadline:
+                # The announcement travels by multicast; ask until it has been seen.
+                async with api.get("/v1/peers") as r:
+                    peers = (await r.json())["peers"]
+                if peers:
+                    break
+                await asyncio.sleep(0.2)
+        assert [(p["node_id"], p["address"], p["source"]) for p in peers] == [
+            (b_id, "127.0.0.2:8080", "zeroconf")
+        ]
+        assert (await counters(a))["peers_known"] == 1
