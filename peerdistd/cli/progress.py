@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from rich.console import Console, Group, RenderableType
 from rich.progress import (
@@ -18,9 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from peerdistd.api.client import CacheUsage, Peer, Status
-
-ProgressCallback = Callable[[int, int | None], None]
-"""Called with (bytes written so far, total or None) as a fetch goes on."""
+from peerdistd.cli.fetching import ProgressCallback
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 

@@ -1,8 +1,6 @@
 """Subcommands that use a running peerdistd through its local API (status, publish, fetch, ...).
 
-``fetch`` is the whole PeerDist application loop: stream-read from the daemon, and get each
-range it reports missing from the origin with a MissingDataRequest ([MS-PCCRTP] 3.1; what iPXE
-sends), add it back and go on until NO_MORE.
+The fetch loop itself is :func:`peerdistd.cli.fetching.fetch` (re-exported here).
 """
 
 from __future__ import annotations
@@ -15,24 +13,19 @@ import json
 import os
 import re
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import aiohttp
 from rich.console import Console
 
 from peerdistd.api.client import (
-    DEFAULT_READ_MAX,
-    AddDataResult,
-    ContentHandle,
     PeerDistClient,
     default_socket_path,
 )
+from peerdistd.cli.fetching import FetchSummary, fetch, origin_range
 from peerdistd.cli.progress import (
-    ProgressCallback,
     cache_table,
     human_bytes,
     peers_table,
@@ -41,164 +34,12 @@ from peerdistd.cli.progress import (
 )
 from peerdistd.errors import (
     ApiError,
-    MissingData,
-    NoMore,
     PeerDistError,
-    RemoteError,
-    ServiceUnavailable,
-    Timeout,
 )
 
-ORIGIN_CHUNK = 1 << 20
-# [MS-PCCRTP] 2.2.1.2: a missing-data request is an identity request with this header, and
-# never together with Accept-Encoding: peerdist (PROTOCOLS.md, section 5).
-MISSING_DATA_HEADER = "Version=1.1, MissingDataRequest=true"
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+__all__ = ["FetchSummary", "fetch", "origin_range", "register", "run"]
 
 Command = Callable[[PeerDistClient, argparse.Namespace], Awaitable[int]]
-
-
-@dataclass(frozen=True, slots=True)
-class FetchSummary:
-    size: int  # bytes written
-    from_cache: int
-    from_peers: int
-    from_origin: int
-    origin_requests: int
-    seconds: float
-
-
-async def origin_range(
-    session: aiohttp.ClientSession, url: str, offset: int, length: int
-) -> AsyncIterator[bytes]:
-    """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ORIGIN_CHUNK."""
-    last = offset + length - 1
-    headers = {
-        "Range": f"bytes={offset}-{last}",
-        "X-P2P-PeerDist": MISSING_DATA_HEADER,
-        "Accept-Encoding": "identity",
-    }
-    where = f"origin {url} (bytes {offset}-{last})"
-    got = 0
-    try:
-        async with session.get(url, headers=headers) as resp:
-            if resp.status != 206:
-                raise RemoteError(f"{where}: HTTP {resp.status} {resp.reason}, expected 206")
-            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-            if not match or (int(match[1]), int(match[2])) != (offset, last):
-                got_range = resp.headers.get("Content-Range")
-                raise RemoteError(f"{where}: answered Content-Range {got_range!r}")
-            if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
-                raise RemoteError(f"{where}: answered Content-Encoding, expected identity")
-            while got < length:
-                chunk = await resp.content.read(min(ORIGIN_CHUNK, length - got))
-                if not chunk:
-                    break
-                got += len(chunk)
-                yield chunk
-            if got != length or await resp.content.read(1):
-                raise RemoteError(f"{where}: sent a body of the wrong length")
-    except aiohttp.ClientError as exc:
-        raise RemoteError(f"{where}: {exc!r}") from exc
-
-
-async def _add_from_origin(
-    handle: ContentHandle, offset: int, chunks: AsyncIterator[bytes], out: BinaryIO
-) -> AsyncIterator[int]:
-    """Add each origin chunk to the daemon, then write it; yields the bytes done.
-
-    The next chunk is read from the origin while the daemon verifies the previous one.
-    """
-    pending: asyncio.Task[AddDataResult] | None = None
-    pending_chunk = b""
-    try:
-        async for chunk in chunks:
-            if pending is not None:
-                await pending
-                out.write(pending_chunk)
-                yield len(pending_chunk)
-            pending = asyncio.create_task(handle.add_data(offset, chunk))
-            pending_chunk = chunk
-            offset += len(chunk)
-        if pending is not None:
-            await pending
-            out.write(pending_chunk)
-            yield len(pending_chunk)
-            pending = None
-    finally:
-        if pending is not None:  # the origin failed: stop (or collect) the add in flight
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PeerDistError):
-                await pending
-
-
-async def fetch(
-    client: PeerDistClient,
-    content_information: bytes,
-    origin: str,
-    out: BinaryIO,
-    *,
-    timeout_ms: int | None = None,
-    progress: ProgressCallback | None = None,
-    read_max: int = DEFAULT_READ_MAX,
-) -> FetchSummary:
-    """Get the content through peerdistd, filling what it lacks from ``origin``; write to out."""
-    started = time.monotonic()
-    from_cache = from_peers = from_origin = requests = 0
-    expected: int | None = None
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
-    handle = await client.open_content(content_information, immediate=True)
-    async with handle, aiohttp.ClientSession(timeout=timeout) as origin_session:
-        if not handle.complete:
-            await handle.complete_content_information()
-        expected = handle.range_offset
-
-        def advance(offset: int, n: int) -> None:
-            nonlocal expected
-            # Stream reads are served in order, each taking the next range (DESIGN.md).
-            if expected is not None and offset != expected:
-                raise ServiceUnavailable(f"peerdistd read at offset {offset}, expected {expected}")
-            if n <= 0:
-                raise ServiceUnavailable(f"peerdistd returned an empty range at {offset}")
-            expected = offset + n
-
-        cached = 0  # bytes known to be in the local cache at the stream offset
-        while True:
-            try:
-                # One max=0 query per run of cached bytes tells cache from peers (DESIGN.md).
-                cached = cached or await handle.available()
-                want = min(read_max, cached) if cached else read_max
-                read = await handle.stream_read(want, timeout_ms=timeout_ms)
-            except NoMore:
-                break
-            except (MissingData, Timeout) as gap:
-                advance(gap.offset, gap.length)
-                cached = 0
-                requests += 1
-                chunks = origin_range(origin_session, origin, gap.offset, gap.length)
-                async for n in _add_from_origin(handle, gap.offset, chunks, out):
-                    from_origin += n
-                    if progress:
-                        progress(from_cache + from_peers + from_origin, handle.size)
-                continue
-            advance(read.offset, len(read.data))
-            out.write(read.data)
-            local = min(len(read.data), cached)
-            cached -= local
-            from_cache += local
-            from_peers += len(read.data) - local
-            if progress:
-                progress(from_cache + from_peers + from_origin, handle.size)
-        if from_origin:
-            await handle.flush()
-    return FetchSummary(
-        from_cache + from_peers + from_origin,
-        from_cache,
-        from_peers,
-        from_origin,
-        requests,
-        time.monotonic() - started,
-    )
 
 
 # --- the subcommands -------------------------------------------------------------------------

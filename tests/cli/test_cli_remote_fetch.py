@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from peerdistd.api.client import PeerDistClient
-from peerdistd.cli import remote
-from peerdistd.cli.remote import FetchSummary, fetch
+from peerdistd.cli import fetching
+from peerdistd.cli.fetching import FetchSummary, fetch
 from peerdistd.errors import RemoteError
 
 BLOCK = 4096
@@ -132,7 +132,7 @@ async def servers(
 
 async def test_fetch_takes_cache_then_peers_then_origin(monkeypatch: pytest.MonkeyPatch) -> None:
     # Chunks that do not fall on block boundaries: the daemon holds partial blocks.
-    monkeypatch.setattr(remote, "ORIGIN_CHUNK", 5000)
+    monkeypatch.setattr(fetching, "ORIGIN_CHUNK", 5000)
     daemon = ContentDaemon(CONTENT, local={0, 1, 8}, peers={2, 3, 4})
     origin = Origin(CONTENT)
     out = io.BytesIO()
