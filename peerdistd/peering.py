@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peerdistd import errors
-from peerdistd.config import Config
+from peerdistd.config import Config, PeersConfig
 from peerdistd.engine.stats import Counters
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.discovery_sockets import resolve_interfaces
@@ -25,6 +25,9 @@ from peerdistd.net.swarm import Swarm
 from peerdistd.store.blockcache import BlockCache
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = PeersConfig().listen
+UNPRIVILEGED_PORT = 8080
 
 
 class CacheSource:
@@ -91,9 +94,8 @@ def _primary_address() -> str:
         addr = ipaddress.ip_address(iface.host)
         if addr.version == 4 and not addr.is_loopback:
             return iface.host
-    raise errors.ConfigError(
-        "peers.advertise", "no IPv4 address found to advertise; set peers.advertise"
-    )
+    log.warning("no LAN address found: advertising 127.0.0.1 (set peers.advertise)")
+    return "127.0.0.1"
 
 
 def _unspecified(host: str) -> bool:
@@ -113,9 +115,34 @@ async def start_peer_node(
         counters.bytes_served_to_peers += count
 
     async with contextlib.AsyncExitStack() as stack:
-        server = await stack.enter_async_context(
-            RetrievalServer(source, host, port, upload_limit=peers.upload_limit, on_served=served)
-        )
+        try:
+            server = await stack.enter_async_context(
+                RetrievalServer(
+                    source, host, port, upload_limit=peers.upload_limit, on_served=served
+                )
+            )
+        except PermissionError:
+            if port >= 1024 or peers.listen != DEFAULT_LISTEN:
+                raise errors.ConfigError(
+                    "peers.listen", f"not allowed to bind {peers.listen}"
+                ) from None
+            # An unprivileged user on the embedded defaults (make run): still start, say why.
+            log.warning(
+                "cannot bind %s without CAP_NET_BIND_SERVICE; serving peers on port %d "
+                "instead (Windows peers expect port 80: run as a service, or set peers.listen)",
+                peers.listen,
+                UNPRIVILEGED_PORT,
+            )
+            port = UNPRIVILEGED_PORT
+            server = await stack.enter_async_context(
+                RetrievalServer(
+                    source, host, port, upload_limit=peers.upload_limit, on_served=served
+                )
+            )
+        except OSError as exc:
+            raise errors.ConfigError(
+                "peers.listen", f"cannot listen on {peers.listen}: {exc.strerror}"
+            ) from exc
         if peers.advertise:
             advertise = peers.advertise
         elif not _unspecified(host):
