@@ -31,6 +31,7 @@ from peerdistd.api.client_models import (
     error_from,
     malformed,
 )
+from peerdistd.config import default_paths
 from peerdistd.errors import ApiError, InvalidHandle, InvalidParameter, ServiceUnavailable
 
 __all__ = [
@@ -54,16 +55,21 @@ _OCTETS = {"Content-Type": "application/octet-stream"}
 
 
 def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The API socket: $PEERDISTD_SOCKET, $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, /run."""
+    """The API socket to use when none is named.
+
+    ``$PEERDISTD_SOCKET`` (or ``$PEERDISTD_DAEMON_SOCKET``, the daemon's own key) wins; else
+    the socket a daemon of this user would bind (``config.default_paths``) if it exists;
+    else the system service's ``/run/peerdistd/api.sock``.
+    """
     env = os.environ if environ is None else environ
-    if env.get("PEERDISTD_SOCKET"):
-        return Path(env["PEERDISTD_SOCKET"])
-    if env.get("RUNTIME_DIRECTORY"):
-        # systemd may list several directories separated by ':'; ours is the first.
-        return Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / "api.sock"
-    if env.get("XDG_RUNTIME_DIR"):
-        return Path(env["XDG_RUNTIME_DIR"]) / "peerdistd" / "api.sock"
-    return Path("/run/peerdistd/api.sock")
+    for name in ("PEERDISTD_SOCKET", "PEERDISTD_DAEMON_SOCKET"):
+        if env.get(name):
+            return Path(env[name])
+    own = default_paths(env=env).socket
+    return own if own.exists() else SYSTEM_SOCKET
+
+
+SYSTEM_SOCKET = Path("/run/peerdistd/api.sock")
 
 
 class PeerDistClient:

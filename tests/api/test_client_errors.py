@@ -153,17 +153,13 @@ def test_error_from_is_pure() -> None:
     assert error_from(403, b"").message == "ACCESS_DENIED"
 
 
-@pytest.mark.parametrize(
-    ("environ", "expected"),
-    [
-        (
-            {"PEERDISTD_SOCKET": "/a.sock", "RUNTIME_DIRECTORY": "/r", "XDG_RUNTIME_DIR": "/x"},
-            "/a.sock",
-        ),
-        ({"RUNTIME_DIRECTORY": "/r:/other", "XDG_RUNTIME_DIR": "/x"}, "/r/api.sock"),
-        ({"XDG_RUNTIME_DIR": "/x"}, "/x/peerdistd/api.sock"),
-        ({"PEERDISTD_SOCKET": ""}, "/run/peerdistd/api.sock"),
-    ],
-)
-def test_default_socket_path(environ: dict[str, str], expected: str) -> None:
-    assert default_socket_path(environ) == Path(expected)
+def test_default_socket_path(tmp_path: Path) -> None:
+    assert default_socket_path({"PEERDISTD_SOCKET": "/a.sock"}) == Path("/a.sock")
+    assert default_socket_path({"PEERDISTD_DAEMON_SOCKET": "/b.sock"}) == Path("/b.sock")
+    # The socket this user's own daemon would bind, when there is one ...
+    env = {"RUNTIME_DIRECTORY": str(tmp_path), "XDG_RUNTIME_DIR": "/nonexistent"}
+    (tmp_path / "api.sock").touch()
+    assert default_socket_path(env) == tmp_path / "api.sock"
+    # ... else the system service's.
+    (tmp_path / "api.sock").unlink()
+    assert default_socket_path(env) == Path("/run/peerdistd/api.sock")
