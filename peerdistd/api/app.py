@@ -316,7 +316,7 @@ async def put_data(request: web.Request) -> web.Response:
         raise errors.InvalidParameter("offset is required")
     out = await engine.add_data(uid, request.match_info["h"], offset, body_chunks(request))
     return web.json_response(
-        {"offset": offset, "length": out.verified, "verified": out.verified, "held": out.held}
+        {"offset": offset, "length": out.received, "verified": out.verified, "held": out.held}
     )
 
 

@@ -21,6 +21,7 @@ from peerdistd.proto.pccrc import BlockRef
 
 @dataclass(slots=True)
 class AddOutcome:
+    received: int = 0  # bytes of the body
     verified: int = 0  # bytes verified and cached by this call
     held: int = 0  # bytes the handle holds for later verification, after this call
     bad: list[tuple[int, int]] = field(default_factory=list)  # blocks that failed: [start, end)

@@ -392,6 +392,7 @@ class Engine:
         if pending:
             self.adder.consume(h, start, memoryview(pending), True, out)
         self.stats.bytes_from_origin += total
+        out.received = total
         out.held = h.held.size
         if out.bad:
             bad_start, bad_end = out.bad[0]

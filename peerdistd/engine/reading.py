@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 # fetches ahead (bounded again by the slot pool): enough to keep a peer link busy.
 LOCATE_SEGMENTS = 32
 READ_AHEAD_BLOCKS = 16
+FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +72,20 @@ class BlockReader:
         self.events = events
         self._spawn = spawn
         self._inflight: dict[tuple[bytes, int], asyncio.Task[bool]] = {}
+        # Blocks fetched from peers that no application has read yet: their bytes count as
+        # "from peers", not "from cache", when they are read (BranchCache's counters are
+        # about what applications got, and read-ahead must not blur them).
+        self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
 
     # -- local cache ---------------------------------------------------------------------
 
-    def local(self, view: ContentView, offset: int, max_bytes: int) -> bytes:
-        """Consecutive cached bytes from ``offset``, at most ``max_bytes``, within the range."""
+    def local(self, view: ContentView, offset: int, max_bytes: int) -> tuple[bytes, int]:
+        """Consecutive cached bytes from ``offset`` (at most ``max_bytes``, within the range),
+        and how many of them were fetched from peers and not read before."""
         limit = min(view.end, offset + max_bytes)
         parts: list[bytes] = []
         pos = offset
+        peer_bytes = 0
         touched: set[bytes] = set()
         for ref in view.blocks_from(offset, limit):
             seg_id = ref.segment.segment_id
@@ -89,9 +97,22 @@ class BlockReader:
             parts.append(chunk)
             pos += len(chunk)
             touched.add(seg_id)
+            key = (seg_id, ref.index)
+            if key in self._from_peers:
+                peer_bytes += len(chunk)
+                if pos >= ref.end:
+                    del self._from_peers[key]
         for seg_id in touched:
             self.store.touch(seg_id)
-        return b"".join(parts)
+        return b"".join(parts), peer_bytes
+
+    def _account(self, data: bytes, peer_bytes: int) -> None:
+        self.stats.bytes_from_peers += peer_bytes
+        self.stats.bytes_from_cache += len(data) - peer_bytes
+        if peer_bytes:
+            self.stats.cache_misses += 1
+        else:
+            self.stats.cache_hits += 1
 
     def _runs(
         self, view: ContentView, offset: int, stop_if_local: bool, located: Mapping[bytes, int]
@@ -138,13 +159,11 @@ class BlockReader:
 
     async def read(self, view: ContentView, req: ReadRequest) -> bytes:
         """Bytes at ``req.offset`` (at least one), or MissingData / Timeout / StreamLimit."""
-        data = self.local(view, req.offset, req.max_bytes)
+        data, peer_bytes = self.local(view, req.offset, req.max_bytes)
         if data:
-            self.stats.cache_hits += 1
-            self.stats.bytes_from_cache += len(data)
+            self._account(data, peer_bytes)
             self._start_complete(req, peer_accepted=False)
             return data
-        self.stats.cache_misses += 1
         first = view.block_at(req.offset)
         if req.timeout <= 0 or first is None:
             # Local only, or not described yet: no peer traffic, only the origin can help.
@@ -190,11 +209,13 @@ class BlockReader:
         except (TimeoutError, PeerUnavailable):
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
         if not got:
+            self.stats.cache_misses += 1
             others = {k: v for k, v in located.items() if k != first.segment.segment_id}
             raise errors.MissingData(req.offset, self.missing(view, req.offset, others))
-        data = self.local(view, req.offset, req.max_bytes)
+        data, peer_bytes = self.local(view, req.offset, req.max_bytes)
         if not data:  # evicted in between: practically impossible, but never lie
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {}))
+        self._account(data, peer_bytes)
         return data
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
@@ -243,7 +264,10 @@ class BlockReader:
                 return False
             self.store.add_segment(segment_record(view, ref))
             self.store.put_blocks(ref.segment.segment_id, [(ref.index, data, ref.hash)])
-            self.stats.bytes_from_peers += len(data)
+            self.stats.peer_bytes_fetched += len(data)
+            self._from_peers[(ref.segment.segment_id, ref.index)] = None
+            while len(self._from_peers) > FROM_PEERS_LIMIT:
+                self._from_peers.popitem(last=False)
             return True
         finally:
             if holds_slot:

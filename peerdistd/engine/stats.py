@@ -10,7 +10,8 @@ class Counters:
     """Monotonic counters of the engine (names are the metrics snapshot keys)."""
 
     bytes_from_cache: int = 0
-    bytes_from_peers: int = 0
+    bytes_from_peers: int = 0  # bytes applications read that came from peers
+    peer_bytes_fetched: int = 0  # bytes fetched from peers (read-ahead included)
     bytes_from_origin: int = 0
     bytes_served_to_peers: int = 0
     discovery_attempts: int = 0
