@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from peerdistd.errors import PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
 from peerdistd.store.blockcache import CacheUsage, SegmentRecord
 
@@ -44,8 +43,8 @@ class PeerNetwork(Protocol):
         self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
     ) -> bytes | None:
         """The block's plaintext, already verified against ``ref.hash`` with ``algorithm``;
-        ``None`` if no peer has it. Raises :class:`PeerUnavailable` if the timeout ran out
-        while peers were still being tried."""
+        ``None`` if no peer has it. Raises :class:`peerdistd.errors.PeerUnavailable` if the
+        timeout ran out while peers were still being tried."""
         ...
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
