@@ -87,15 +87,18 @@ def _split(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _primary_address() -> str:
+def _primary_address(version: int) -> str:
     """The address discovery answers carry when the listener is on every address: the first
-    non-loopback IPv4 address (peers.advertise overrides it)."""
+    LAN address of the listener's family, IPv6 in brackets (peers.advertise overrides it)."""
+    # asyncio binds "::" with IPV6_V6ONLY, so only the listener's own family reaches it; a
+    # link-local address needs a scope that means nothing on another host.
     for iface in resolve_interfaces(None):
         addr = ipaddress.ip_address(iface.host)
-        if addr.version == 4 and not addr.is_loopback:
-            return iface.host
-    log.warning("no LAN address found: advertising 127.0.0.1 (set peers.advertise)")
-    return "127.0.0.1"
+        if addr.version == version and not (addr.is_loopback or addr.is_link_local):
+            return iface.host if version == 4 else f"[{iface.host}]"
+    fallback = "127.0.0.1" if version == 4 else "[::1]"
+    log.warning("no LAN address found: advertising %s (set peers.advertise)", fallback)
+    return fallback
 
 
 def _unspecified(host: str) -> bool:
@@ -148,7 +151,7 @@ async def start_peer_node(
         elif not _unspecified(host):
             advertise = f"{host}:{server.port}" if ":" not in host else f"[{host}]:{server.port}"
         else:
-            advertise = f"{_primary_address()}:{server.port}"
+            advertise = f"{_primary_address(ipaddress.ip_address(host).version)}:{server.port}"
         if peers.interfaces:
             interfaces: list[str] | None = list(peers.interfaces)
         elif not _unspecified(host):

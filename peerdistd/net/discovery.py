@@ -314,6 +314,7 @@ class Discovery:
         return found
 
     def _datagram(self, data: bytes, addr: Address, via: NetInterface | None) -> None:
+        addr = _scoped(addr, self.interfaces)
         try:
             if len(data) > MAX_MESSAGE_SIZE:
                 self._drop("oversized", addr, f"{len(data)} bytes")
@@ -385,6 +386,20 @@ class Discovery:
     def _emit(self, kind: str, peer: str, ids: tuple[bytes, ...], detail: str = "") -> None:
         if self._on_event is not None:
             self._on_event(DiscoveryEvent(kind, peer, ids, detail))
+
+
+def _scoped(addr: Address, interfaces: Sequence[NetInterface]) -> Address:
+    """A link-local source named as our link-local addresses are (``fe80::3%eth0``).
+
+    Python gives the scope only as an index (sin6_scope_id); the responder picks the interface
+    to answer from by that name, which matters once several interfaces share fe80::/64.
+    """
+    if len(addr) < 4 or not addr[3] or "%" in str(addr[0]):
+        return addr
+    for iface in interfaces:
+        if iface.index == addr[3]:
+            return (f"{addr[0]}%{iface.name}", *addr[1:])
+    return addr
 
 
 def _peer(addr: Address) -> str:
