@@ -48,13 +48,12 @@ class RetrievalServer:
         self._active = 0
         self._active_changed = asyncio.Event()
         self._logged: set[str] = set()
-        app = web.Application(client_max_size=MAX_REQUEST_SIZE)
-        app.router.add_post(MAGIC_PATH, self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
+        self._runner: web.ServerRunner | None = None
 
     async def __aenter__(self) -> RetrievalServer:
+        # aiohttp's low-level server: one path, one method, no router or middleware to pay for.
+        server = web.Server(self._handle, access_log=None)
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, self._host, self._port).start()
@@ -70,7 +69,9 @@ class RetrievalServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     @property
     def port(self) -> int:
@@ -102,10 +103,14 @@ class RetrievalServer:
 
     @property
     def open_connections(self) -> int:
-        server = self._runner.server
+        server = None if self._runner is None else self._runner.server
         return 0 if server is None else len(server.connections)
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != MAGIC_PATH:  # 2.1: exact case, trailing slash
+            return web.Response(status=404)
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"})
         # Cap before reading a byte of the body (2.2: requests are at most 98304 bytes).
         if (request.content_length or 0) > MAX_REQUEST_SIZE:
             self._log_remote(request, f"{request.content_length}-byte request refused")
@@ -116,7 +121,10 @@ class RetrievalServer:
         response: web.StreamResponse | None = None
         try:
             async with asyncio.timeout(self._upload_timeout):
-                body = await request.read()  # client_max_size caps chunked bodies too
+                body = await _read_capped(request)
+                if body is None:
+                    self._log_remote(request, "chunked request over the size cap")
+                    return web.Response(status=413)
                 reply = self._responder.respond(body, busy=busy)
                 if reply.kind is ReplyKind.DROP:
                     self._log_remote(request, reply.reason)
@@ -142,7 +150,7 @@ class RetrievalServer:
             self._on_served(reply.block_bytes)
         return response
 
-    def _log_remote(self, request: web.Request, reason: str) -> None:
+    def _log_remote(self, request: web.BaseRequest, reason: str) -> None:
         """Log a peer's bad request once per peer, then quietly (STYLE.md principle 5)."""
         peer = request.remote or "?"
         if peer in self._logged:
@@ -154,3 +162,18 @@ class RetrievalServer:
         log.warning(
             "PCCRR request from %s refused: %s (further ones logged at debug)", peer, reason
         )
+
+
+async def _read_capped(request: web.BaseRequest) -> bytes | None:
+    """The request body, or None if it grows past MAX_REQUEST_SIZE (chunked uploads)."""
+    if request.content_length is not None:
+        try:
+            return await request.content.readexactly(request.content_length)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial  # the peer went away mid-body; the parser will refuse it
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > MAX_REQUEST_SIZE:
+            return None
+    return bytes(body)
