@@ -57,8 +57,16 @@ class BridgedLan:
     hosts: tuple[Host, ...]
 
 
+# ip-route(8) types that come before the prefix on a line of ``ip route show``.
+ROUTE_TYPES = frozenset(
+    "unicast local broadcast multicast anycast unreachable blackhole prohibit throw nat".split()
+)
+
+
 def _ip(*args: str) -> str:
-    done = subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
 
 
@@ -70,10 +78,11 @@ def used_ipv6_networks() -> list[ipaddress.IPv6Network]:
         if "inet6" in fields:
             found.append(ipaddress.IPv6Network(fields[fields.index("inet6") + 1], strict=False))
     for line in _ip("-6", "route", "show", "table", "all").splitlines():
-        dest = line.split()[0] if line.split() else ""
-        if dest.startswith("unreachable") or dest in ("default", "multicast", "local", "anycast"):
-            continue
-        with contextlib.suppress(ValueError):
+        words = line.split()
+        if words and words[0] in ROUTE_TYPES:  # "unreachable fd12::/64 ...": a typed route
+            words = words[1:]
+        dest = words[0] if words else "default"
+        with contextlib.suppress(ValueError):  # "default" and other non-prefixes
             found.append(ipaddress.IPv6Network(dest, strict=False))
     return found
 
