@@ -59,7 +59,18 @@ class BridgedLan:
 
 # ip-route(8) types that come before the prefix on a line of ``ip route show``.
 ROUTE_TYPES = frozenset(
-    "unicast local broadcast multicast anycast unreachable blackhole prohibit throw nat".split()
+    [
+        "unicast",
+        "local",
+        "broadcast",
+        "multicast",
+        "anycast",
+        "unreachable",
+        "blackhole",
+        "prohibit",
+        "throw",
+        "nat",
+    ]
 )
 
 
