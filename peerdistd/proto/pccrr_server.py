@@ -149,14 +149,15 @@ class RetrievalResponder:
         if secret is None or data is None:
             return Reply(ReplyKind.MISSING, serialize_response(_empty_blk(segment_id, index)))
         algo = self._choose_algo(msg.crypto, secret)
+        iv = b"" if algo in (None, CryptoAlgo.NONE) else self._iv_factory()
         size = blockcrypto.ciphertext_size(algo or 0, len(data))
-        if algo is None or _blk_offsets(segment_id, size)[2] + 24 > MAX_RESPONSE_SIZE:
+        msg_size = _blk_offsets(segment_id, size)[2] + 8 + len(iv) - TRANSPORT_HEADER_SIZE
+        if algo is None or msg_size > MAX_RESPONSE_SIZE:
             empty = serialize_response(_empty_blk(segment_id, index))
             return Reply(ReplyKind.MISSING, empty, reason=f"cannot serve block of {len(data)} B")
         held = self._source.held_blocks(segment_id)
         after = bisect.bisect_right(held, index)
         next_index = held[after] if after < len(held) else 0
-        iv = b"" if algo == CryptoAlgo.NONE else self._iv_factory()
         frame, hole = _blk_frame(
             segment_id, index, next_index=next_index, size=size, iv=iv, algo=algo
         )

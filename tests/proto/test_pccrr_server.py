@@ -204,3 +204,16 @@ def test_a_secret_too_short_for_any_key_is_not_served() -> None:
     source = MemorySource({SEG: {0: b"data"}}, {SEG: b"short"})
     reply = RetrievalResponder(source).respond(pccrr.serialize(GetBlks(SEG, (BlockRange(0, 1),))))
     assert reply.kind is ReplyKind.MISSING
+
+
+def test_the_biggest_servable_block_fills_at_most_a_maximal_response() -> None:
+    # 88 bytes of fields around the ciphertext for a 32-byte id and a 16-byte IV (2.2.5.3).
+    largest = (pccrr.MAX_RESPONSE_SIZE - 88) // 16 * 16 - 1
+    source = MemorySource({SEG: {0: bytes(largest), 1: bytes(largest + 1)}}, {SEG: KP})
+    responder = RetrievalResponder(source)
+    served = responder.respond(pccrr.serialize(GetBlks(SEG, (BlockRange(0, 1),))))
+    assert served.kind is ReplyKind.BLOCK
+    assert len(served.body) - 4 <= pccrr.MAX_RESPONSE_SIZE
+    assert isinstance(pccrr.parse_response(served.body), Blk)
+    refused = responder.respond(pccrr.serialize(GetBlks(SEG, (BlockRange(1, 1),))))
+    assert refused.kind is ReplyKind.MISSING
