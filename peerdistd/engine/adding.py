@@ -8,6 +8,7 @@ served) until the rest arrives (DESIGN.md, "Read semantics").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from peerdistd import errors
@@ -28,9 +29,12 @@ class AddOutcome:
 
 
 class DataAdder:
-    def __init__(self, store: BlockStore, stats: Counters) -> None:
+    def __init__(
+        self, store: BlockStore, stats: Counters, staged: Callable[[], None] = lambda: None
+    ) -> None:
         self.store = store
         self.stats = stats
+        self._staged = staged
 
     def consume(
         self, h: ContentHandle, start: int, buf: memoryview, final: bool, out: AddOutcome
@@ -110,7 +114,10 @@ class DataAdder:
         for seg_id, blocks in good.items():
             assert view is not None
             self.store.add_segment(segment_record(view, blocks[0][0]))
-            self.store.put_blocks(seg_id, [(ref.index, data, ref.hash) for ref, data in blocks])
+            self.store.put_blocks(
+                seg_id, [(ref.index, data, ref.hash) for ref, data in blocks], durable=False
+            )
+            self._staged()
 
     def _hold(self, h: ContentHandle, pos: int, data: memoryview) -> None:
         if not h.held.add(pos, data):

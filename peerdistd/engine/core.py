@@ -16,6 +16,7 @@ from typing import Any
 
 from peerdistd import errors
 from peerdistd.engine.adding import AddOutcome, DataAdder
+from peerdistd.engine.commit import GroupCommit
 from peerdistd.engine.events import EventBus
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.held import HeldData
@@ -75,10 +76,11 @@ class Engine:
         self.peers: PeerNetwork = peers or NoPeers()
         self.slots = SlotPool(self.settings.max_inflight)
         self._tasks: set[asyncio.Future[Any]] = set()
+        self.commits = GroupCommit(store)
         self.reader = BlockReader(
-            store, self.peers, self.slots, self.stats, self.events, self._track
+            store, self.peers, self.slots, self.stats, self.events, self._track, self.commits.kick
         )
-        self.adder = DataAdder(store, self.stats)
+        self.adder = DataAdder(store, self.stats, self.commits.kick)
         self.handles: dict[str, ContentHandle] = {}
         # Gauges and counters of other parts (the peer network) merged into the snapshot.
         self.extra_stats: list[Callable[[], Mapping[str, float]]] = []
@@ -429,6 +431,7 @@ class Engine:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.commits.aclose()
         self.events.close()
 
 

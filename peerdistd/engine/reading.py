@@ -64,6 +64,7 @@ class BlockReader:
         stats: Counters,
         events: EventBus,
         spawn: Callable[[asyncio.Future[bool]], None],
+        staged: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.peers = peers
@@ -71,6 +72,7 @@ class BlockReader:
         self.stats = stats
         self.events = events
         self._spawn = spawn
+        self._staged = staged
         self._inflight: dict[tuple[bytes, int], asyncio.Task[bool]] = {}
         # Blocks fetched from peers that no application has read yet: their bytes count as
         # "from peers", not "from cache", when they are read (BranchCache's counters are
@@ -263,7 +265,10 @@ class BlockReader:
             if data is None:
                 return False
             self.store.add_segment(segment_record(view, ref))
-            self.store.put_blocks(ref.segment.segment_id, [(ref.index, data, ref.hash)])
+            self.store.put_blocks(
+                ref.segment.segment_id, [(ref.index, data, ref.hash)], durable=False
+            )
+            self._staged()
             self.stats.peer_bytes_fetched += len(data)
             self._from_peers[(ref.segment.segment_id, ref.index)] = None
             while len(self._from_peers) > FROM_PEERS_LIMIT:

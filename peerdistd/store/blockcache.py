@@ -72,6 +72,10 @@ class BlockCache:
         self._touched: dict[int, int] = {}
         self._clock = index.max_clock()
         self._closed = False
+        # Staged blocks: written (visible to reads), not yet synced nor in the index.
+        # rowid -> index -> (length, hash); committed by commit_staged().
+        self._staged: dict[int, dict[int, tuple[int, bytes]]] = {}
+        self._staged_bytes = 0
 
     @classmethod
     def open(
@@ -104,7 +108,10 @@ class BlockCache:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            try:
+                self._commit_staged_locked()
+            finally:
+                self._closed = True
             try:
                 with db_errors("close"), self._index.transaction():
                     self._flush_touches()
@@ -154,9 +161,19 @@ class BlockCache:
         self.put_blocks(segment_id, ((index, data, block_hash),))
 
     def put_blocks(
-        self, segment_id: bytes, blocks: Iterable[tuple[int, bytes | memoryview, bytes]]
+        self,
+        segment_id: bytes,
+        blocks: Iterable[tuple[int, bytes | memoryview, bytes]],
+        *,
+        durable: bool = True,
     ) -> None:
-        """Store verified blocks of one segment: data, one fdatasync, then one commit."""
+        """Store verified blocks of one segment: data, one fdatasync, then one commit.
+
+        ``durable=False`` stages them instead: written and readable at once, made durable
+        with many others by the next :meth:`commit_staged` (group commit: one fdatasync and
+        one transaction for a whole batch). A crash before that loses them, never more: an
+        index row only ever exists for synced data.
+        """
         check_segment_id(segment_id)
         with self._lock, db_errors("put_blocks"):
             seg = self._table.load(segment_id)
@@ -167,7 +184,10 @@ class BlockCache:
                 view = memoryview(data).cast("B")
                 check_block(seg.record, index, view.nbytes, digest)
                 known = new[index][1] if index in new else None
-                if index in seg.lengths:
+                staged = self._staged.get(seg.rowid, {}).get(index)
+                if staged is not None:
+                    known = staged[1]
+                elif index in seg.lengths:
                     known = self._index.block_hash(seg.rowid, index)
                 if known is not None:
                     if known != digest:
@@ -182,6 +202,14 @@ class BlockCache:
             assert fd is not None
             for index, (view, _) in new.items():
                 self._files.write(fd, index * seg.record.block_size, view)
+            if not durable:
+                staged_rows = self._staged.setdefault(seg.rowid, {})
+                for index, (view, digest) in new.items():
+                    staged_rows[index] = (view.nbytes, digest)
+                    seg.lengths[index] = view.nbytes
+                    self._staged_bytes += view.nbytes
+                self._touch(seg)
+                return
             if self._sync:
                 self._files.sync(fd)  # data durable before the row that vouches for it
             self._clock += 1
@@ -191,6 +219,41 @@ class BlockCache:
                 self._touched.pop(seg.rowid, None)
                 self._flush_touches()
             seg.lengths.update((index, length) for index, length, _ in rows)
+
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes written by ``put_blocks(durable=False)`` not committed yet."""
+        return self._staged_bytes
+
+    def commit_staged(self) -> int:
+        """Make every staged block durable and indexed; returns the bytes committed."""
+        with self._lock:
+            if self._closed:
+                return 0
+            return self._commit_staged_locked()
+
+    def _commit_staged_locked(self) -> int:
+        if not self._staged:
+            return 0
+        staged, self._staged = self._staged, {}
+        committed, self._staged_bytes = self._staged_bytes, 0
+        with db_errors("commit_staged"):
+            if self._sync:
+                for rowid in staged:  # data durable before the rows that vouch for it
+                    fd = self._files.open(rowid)
+                    if fd is not None:
+                        try:
+                            self._files.sync(fd)
+                        finally:
+                            os.close(fd)
+            self._clock += 1
+            with self._index.transaction():
+                for rowid, rows in staged.items():
+                    self._index.insert_blocks(
+                        rowid, [(i, n, h) for i, (n, h) in rows.items()], self._clock
+                    )
+                self._flush_touches()
+        return committed
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -318,11 +381,15 @@ class BlockCache:
         self._drop_blocks(seg, gone)
 
     def _drop_blocks(self, seg: Seg, gone: list[tuple[int, int]]) -> None:
-        if gone:
+        staged = self._staged.get(seg.rowid, {})
+        indexed = [(i, n) for i, n in gone if i not in staged]
+        for i, _ in gone:
+            if i in staged:
+                self._staged_bytes -= staged.pop(i)[0]
+            seg.lengths.pop(i, None)
+        if indexed:
             with self._index.transaction():
-                self._index.delete_blocks(seg.rowid, gone)
-            for i, _ in gone:
-                seg.lengths.pop(i, None)
+                self._index.delete_blocks(seg.rowid, indexed)
 
     def set_limit(self, *, limit_bytes: int | None = None, limit_percent: float = 5.0) -> int:
         """Change the size limit at run time (SIGHUP) and evict down to it; returns it.
@@ -338,7 +405,7 @@ class BlockCache:
         return limit
 
     def _make_room(self, needed: int, *, keep: int | None) -> None:
-        excess = self._index.totals().bytes + needed - self._limit
+        excess = self._index.totals().bytes + self._staged_bytes + needed - self._limit
         if excess <= 0:
             return
         with self._index.transaction():
@@ -361,6 +428,8 @@ class BlockCache:
         for rowid, segment_id in victims:
             self._table.forget(segment_id)
             self._touched.pop(rowid, None)
+            for length, _ in self._staged.pop(rowid, {}).values():
+                self._staged_bytes -= length
         self._empty_trash()
         if self.on_evict is not None:
             for _, segment_id in victims:
