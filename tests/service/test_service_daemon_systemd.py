@@ -248,6 +248,24 @@ def test_sighup_sends_reloading_with_monotonic_usec_then_ready(tmp_path: Path) -
         assert "reloaded: applied cache.limit_bytes; needing a restart: peers.listen" in d.output()
 
 
+def test_sighup_applies_the_log_level(tmp_path: Path) -> None:
+    config = tmp_path / "peerdistd.toml"
+    config.write_text("[daemon]\nlog_level = 'warning'\n")
+    with running(tmp_path, "--config", str(config)) as d:
+        assert "INFO" not in d.output()  # "API listening on ..." was not logged
+        config.write_text("[daemon]\nlog_level = 'info'\n")
+        d.messages.clear()
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("READY=1")
+        assert stop(d)[0] == 0
+        info = [line.split(" INFO ", 1)[1] for line in d.output().splitlines() if " INFO " in line]
+        assert info == [
+            "peerdistd: reloaded: applied daemon.log_level; needing a restart: nothing",
+            "peerdistd: shutting down",
+            "peerdistd: stopped",
+        ]
+
+
 def test_sighup_with_a_broken_file_keeps_the_running_config(tmp_path: Path) -> None:
     config = tmp_path / "peerdistd.toml"
     config.write_text("[cache]\nlimit_bytes = 50000000\n")
