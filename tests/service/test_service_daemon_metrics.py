@@ -19,6 +19,7 @@ from tests.harness import DaemonProcess, start_daemon
 
 PEER_DATA = 3 * BLOCK + 1000  # four blocks of one segment ([MS-PCCRC] 2.2: 64 KiB blocks)
 ORIGIN_DATA = 2 * BLOCK + 500
+CACHE_LIMIT = 64 << 20
 
 # Runs inside the namespace, where the endpoints are; no proxy from the environment applies.
 SCRAPE = (
@@ -39,7 +40,10 @@ def two_nodes(tmp_path: Path, netns: str) -> Iterator[tuple[DaemonProcess, Daemo
                     *("--listen", f"127.0.0.{i}:8080", "--metrics", f"127.0.0.{i}:9595"),
                     name=f"node{i}",
                     netns=netns,
-                    env={"PEERDISTD_PEERS_ZEROCONF": "false"},
+                    env={
+                        "PEERDISTD_PEERS_ZEROCONF": "false",
+                        "PEERDISTD_CACHE_LIMIT_BYTES": str(CACHE_LIMIT),
+                    },
                 )
             )
         yield started[0], started[1]
@@ -97,10 +101,11 @@ async def test_counters_after_publish_peer_read_and_add_data(tmp_path: Path, net
                 "http://127.0.0.2:9595/metrics",
             )
             start_a, start_b = scrape(netns, url_a), scrape(netns, url_b)
-            assert start_a == start_b  # two fresh nodes look alike ...
+            # Two fresh nodes: everything but the cache limit is zero.
+            assert start_a == start_b
             assert {k: v for k, v in start_b.items() if v} == {
-                "peerdist_cache_limit_bytes": start_b["peerdist_cache_limit_bytes"]
-            }  # ... and everything but the cache limit is zero
+                "peerdist_cache_limit_bytes": CACHE_LIMIT
+            }
 
             # 1. Publish on A.
             async with api_a.post("/v1/publications", params={"id": "c"}, data=peer_data) as r:
