@@ -270,11 +270,17 @@ class BlockCache:
             return [] if seg is None else sorted(seg.lengths)
 
     def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
-        """Held block count of each held segment among ``segment_ids``."""
+        """Held block count of each held segment among ``segment_ids`` (staged ones too)."""
         for segment_id in segment_ids:
             check_segment_id(segment_id)
         with self._lock, db_errors("block_counts"):
-            return self._index.counts(list(segment_ids))
+            counts = self._index.counts(list(segment_ids))
+            for segment_id in segment_ids:
+                seg = self._table.loaded(segment_id)
+                staged = self._staged.get(seg.rowid) if seg is not None else None
+                if staged:
+                    counts[segment_id] = counts.get(segment_id, 0) + len(staged)
+            return counts
 
     def read_block(
         self, segment_id: bytes, index: int, start: int = 0, length: int | None = None

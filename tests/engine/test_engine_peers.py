@@ -11,11 +11,11 @@ import pytest
 
 from peerdistd import errors
 from peerdistd.engine.core import Engine, EngineSettings
-from peerdistd.engine.ports import PeerUnavailable
+from peerdistd.errors import PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef, ContentInformation, HashAlgorithm
 from peerdistd.store.blockcache import BlockCache
 from peerdistd.store.publications import PublicationStore
-from tests.daemon.helpers import BLOCK, PASSPHRASE, content, content_information
+from tests.content import BLOCK, PASSPHRASE, content, content_information
 
 UID = 1000
 PEER_ACCEPTED = ("PEER_ACCEPTED", None, None)

@@ -1,0 +1,76 @@
+"""Staged writes and group commit: readable at once, durable only once committed."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from peerdistd.store.blockcache import BlockCache
+from tests.store.test_store_cache import make_segment
+
+
+def test_staged_blocks_are_readable_counted_and_committed(tmp_path: Path) -> None:
+    record, blocks = make_segment(7)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, blocks[:2], durable=False)
+        assert c.staged_bytes == sum(len(d) for _, d, _ in blocks[:2])
+        assert c.read_block(record.segment_id, 1) == blocks[1][1]
+        assert c.held_blocks(record.segment_id) == [0, 1]
+        assert c.block_counts([record.segment_id]) == {record.segment_id: 2}
+        assert c.usage().blocks == 0  # not in the index yet
+        assert c.commit_staged() == c.usage().bytes_used
+        assert (c.staged_bytes, c.usage().blocks) == (0, 2)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.read_block(record.segment_id, 0) == blocks[0][1]
+
+
+def test_close_commits_what_is_staged(tmp_path: Path) -> None:
+    record, blocks = make_segment(8)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, blocks, durable=False)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.held_blocks(record.segment_id) == [i for i, _, _ in blocks]
+        assert c.verify().bad_blocks == 0
+
+
+def test_kill_before_commit_loses_only_the_staged_blocks(tmp_path: Path) -> None:
+    record, blocks = make_segment(9)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, blocks[:1])  # durable
+    child = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path.cwd())!r})
+        from peerdistd.store.blockcache import BlockCache
+        from tests.store.test_store_cache import make_segment
+        record, blocks = make_segment(9)
+        c = BlockCache.open(__import__("pathlib").Path({str(tmp_path)!r}), limit_bytes=1 << 30)
+        c.put_blocks(record.segment_id, blocks[1:], durable=False)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", child], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.held_blocks(record.segment_id) == [0]
+        assert c.read_block(record.segment_id, 1) is None
+        report = c.verify()
+        assert (report.bad_blocks, report.blocks) == (0, 1)
+
+
+def test_flush_drops_staged_blocks(tmp_path: Path) -> None:
+    record, blocks = make_segment(10)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, blocks[:1])
+        c.put_blocks(record.segment_id, blocks[1:], durable=False)
+        c.flush()
+        assert c.staged_bytes == 0
+        assert c.read_block(record.segment_id, 1) is None
+        assert c.commit_staged() == 0
