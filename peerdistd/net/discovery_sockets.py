@@ -54,7 +54,10 @@ def resolve_interfaces(addresses: Sequence[str] | None) -> list[NetInterface]:
             local = LocalInterface.of(scoped, ip.network_prefix)
             known.append(NetInterface(local, adapter.index or 0, adapter.name))
     if addresses is None:
-        return known
+        # Every interface: loopback only if there is nothing else (it rarely carries
+        # multicast, and no peer is ever there on a real LAN).
+        lan = [k for k in known if not ipaddress.ip_address(k.host).is_loopback]
+        return lan or known
     return [_interface_of(a, known) for a in dict.fromkeys(addresses)]
 
 
