@@ -134,7 +134,7 @@ class RetrievalServer:
                 if reply.kind is ReplyKind.BUSY:
                     response.headers[BUSY_HEADER] = "1"
                 await response.prepare(request)
-                await response.write(reply.body)
+                await response.write(reply.body)  # aiohttp sends the headers along with it
                 await response.write_eof()
         except TimeoutError:
             self._log_remote(request, "upload timer expired")
