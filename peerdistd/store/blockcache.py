@@ -350,7 +350,14 @@ class BlockCache:
     def usage(self) -> CacheUsage:
         with self._lock, db_errors("usage"):
             t = self._index.totals()
-            return CacheUsage(t.bytes, self._limit, t.segments, t.blocks, t.evictions)
+            staged_blocks = sum(len(rows) for rows in self._staged.values())
+            return CacheUsage(
+                t.bytes + self._staged_bytes,
+                self._limit,
+                t.segments,
+                t.blocks + staged_blocks,
+                t.evictions,
+            )
 
     def flush(self) -> int:
         """Drop every segment that is not pinned; returns the bytes freed."""

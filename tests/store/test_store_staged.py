@@ -21,9 +21,10 @@ def test_staged_blocks_are_readable_counted_and_committed(tmp_path: Path) -> Non
         assert c.read_block(record.segment_id, 1) == blocks[1][1]
         assert c.held_blocks(record.segment_id) == [0, 1]
         assert c.block_counts([record.segment_id]) == {record.segment_id: 2}
-        assert c.usage().blocks == 0  # not in the index yet
-        assert c.commit_staged() == c.usage().bytes_used
-        assert (c.staged_bytes, c.usage().blocks) == (0, 2)
+        staged = c.staged_bytes
+        assert (c.usage().bytes_used, c.usage().blocks) == (staged, 2)  # counted while staged
+        assert c.commit_staged() == staged
+        assert (c.staged_bytes, c.usage().bytes_used, c.usage().blocks) == (0, staged, 2)
     with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
         assert c.read_block(record.segment_id, 0) == blocks[0][1]
 
