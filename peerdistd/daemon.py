@@ -245,7 +245,8 @@ class Daemon:
         interval = watchdog_interval()
         period = min(HOUSEKEEPING_INTERVAL, interval) if interval else HOUSEKEEPING_INTERVAL
         while True:
-            self.notifier.watchdog()
+            if interval:  # sd_watchdog_enabled(3): ping only when this process is watched
+                self.notifier.watchdog()
             if self.engine is not None:
                 self.engine.reclaim_idle()
                 self._check_cache_writable()

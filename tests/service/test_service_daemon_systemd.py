@@ -223,6 +223,23 @@ def test_watchdog_pings_at_half_of_watchdog_usec(tmp_path: Path, watchdog_pid: s
         assert stamps[-1] - started < 4.0
 
 
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}],
+    ids=["no-watchdog", "another-process-watchdog"],
+)
+def test_no_watchdog_pings_unless_this_process_is_watched(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    with running(tmp_path, env=env) as d:
+        # The housekeeping task (which pings) ran its first round before READY=1 was even
+        # sent ... and the API answering proves the event loop has turned since.
+        assert http_status(d.socket)[0] == 200
+        d.proc.send_signal(signal.SIGTERM)
+        d.wait_for("STOPPING=1")
+        assert d.messages == ["READY=1", f"STATUS=serving on {d.socket}", "STOPPING=1"]
+
+
 def test_sighup_sends_reloading_with_monotonic_usec_then_ready(tmp_path: Path) -> None:
     config = tmp_path / "peerdistd.toml"
     config.write_text("[cache]\nlimit_bytes = 50000000\n")
