@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 # How many segments one discovery round asks about, and how many blocks a missed read
 # fetches ahead (bounded again by the slot pool): enough to keep a peer link busy.
 LOCATE_SEGMENTS = 32
-READ_AHEAD_BLOCKS = 16
+READ_AHEAD_BLOCKS = 64
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
+READ_AHEAD_BYTES = 4 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
+LOCATED_TTL = 10.0  # seconds a discovery answer is trusted for read-ahead
+LOCATED_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class BlockReader:
         # "from peers", not "from cache", when they are read (BranchCache's counters are
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
 
     # -- local cache ---------------------------------------------------------------------
 
@@ -165,6 +169,16 @@ class BlockReader:
         if data:
             self._account(data, peer_bytes)
             self._start_complete(req, peer_accepted=False)
+            if peer_bytes and req.timeout > 0:
+                # A sequential reader is consuming what peers sent: keep the pipe full.
+                end = req.offset + len(data)
+                self._read_ahead(
+                    view,
+                    end,
+                    end + READ_AHEAD_BYTES,
+                    self._located_now(),
+                    time.monotonic() + req.timeout,
+                )
             return data
         first = view.block_at(req.offset)
         if req.timeout <= 0 or first is None:
@@ -201,7 +215,13 @@ class BlockReader:
                 self.slots.release()
                 raise errors.MissingData(req.offset, self.missing(view, req.offset, located))
             task = self._start_fetch(view, first, deadline, holds_slot=True)
-            self._read_ahead(view, first.end, req.offset + req.max_bytes, located, deadline)
+            self._read_ahead(
+                view,
+                first.end,
+                max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES),
+                located,
+                deadline,
+            )
         else:
             self._start_complete(req, peer_accepted=True)
             located = {first.segment.segment_id: 1}
@@ -226,7 +246,18 @@ class BlockReader:
         located = await self.peers.locate(wanted, timeout=max(0.0, timeout))
         if located:
             self.stats.discovery_successes += 1
+            expiry = time.monotonic() + LOCATED_TTL
+            for seg_id in located:
+                self._located[seg_id] = expiry
+                self._located.move_to_end(seg_id)
+            while len(self._located) > LOCATED_LIMIT:
+                self._located.popitem(last=False)
         return located
+
+    def _located_now(self) -> Mapping[bytes, int]:
+        """Segments some peer was recently found to hold (for read-ahead without probing)."""
+        now = time.monotonic()
+        return {seg_id: 1 for seg_id, expiry in self._located.items() if expiry > now}
 
     def _read_ahead(
         self, view: ContentView, start: int, end: int, located: Mapping[bytes, int], deadline: float
