@@ -114,7 +114,8 @@ async def round_of(
         print(
             f"     client {n + 1:2}: {seconds:6.1f} s; from peers {mib(c['peer_bytes_fetched'])},"
             f" from origin {mib(c['bytes_from_origin'])},"
-            f" served to peers {mib(c['bytes_served_to_peers'])}"
+            f" served to peers {mib(c['bytes_served_to_peers'])};"
+            f" reads MISSING_DATA {c['reads_missing_data']:.0f}, TIMEOUT {c['reads_timeout']:.0f}"
         )
     verdict = "" if together else f" (goal <= {GOAL})"
     print(
@@ -142,8 +143,9 @@ async def bench(args: argparse.Namespace, root: Path, netns: str) -> None:
         f" {args.clients} daemons (127.0.0.1-{args.clients}) in a network namespace"
     )
     with PlainServer.start(path, host="127.0.0.1", rate=rate) as origin:
-        for together in (False, True):
-            label = "together" if together else "sequential"
+        # Every round on fresh daemons: empty caches, no discovery answers remembered.
+        for n, together in enumerate([False] + [True] * args.together):
+            label = f"round{n}"
             with nodes(root / label, args.clients, netns=netns) as clients:
                 await round_of(
                     label, clients, ci, origin, root, args.size, expected, together, limit
@@ -154,6 +156,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench_branch", description=__doc__)
     parser.add_argument("--size", type=parse_size, default=128 << 20, help="content (128M)")
     parser.add_argument("--clients", type=int, default=10, help="client daemons (10)")
+    parser.add_argument("--together", type=int, default=1, help="all-at-once rounds (1)")
     parser.add_argument("--mbit", type=float, default=100.0, help="origin link, Mbit/s (100)")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 250:
