@@ -222,7 +222,6 @@ class Daemon:
             start_metrics_server(make_registry(engine), host.strip("[]"), int(port))
         )
         self.listening["metrics"] = getattr(server, "url", listen)
-        log.info("metrics on %s", self.listening["metrics"])
 
     def _peer_stats(self) -> Mapping[str, float]:
         assert self.peer_node is not None

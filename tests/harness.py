@@ -48,8 +48,9 @@ class DaemonProcess:
                 data = self.notify.recv(4096)
             except TimeoutError:
                 continue
-            for line in data.decode().splitlines():
-                self.messages.append(line)
+            lines = data.decode().splitlines()
+            self.messages.extend(lines)  # keep every line of the datagram, not just the match
+            for line in lines:
                 if line.startswith(prefix):
                     return line
         raise TimeoutError(f"no {prefix!r} from the daemon:\n{self.output()}")

@@ -58,6 +58,8 @@ class Peer:
 class Listen:
     socket: str
     peers: str | None
+    tcp: str | None = None
+    metrics: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,9 @@ class Status:
             cache=CacheUsage.from_json(d["cache"]),
             counters={str(k): v for k, v in d["counters"].items() if isinstance(v, int | float)},
             peers=tuple(Peer.from_json(p) for p in d["peers"]),
-            listen=Listen(str(listen["socket"]), listen.get("peers")),
+            listen=Listen(
+                str(listen["socket"]), listen.get("peers"), listen.get("tcp"), listen.get("metrics")
+            ),
         )
 
     def counter(self, name: str) -> float:

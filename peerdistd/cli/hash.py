@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from peerdistd.errors import PeerDistError
+from peerdistd.config import default_paths, load_config
+from peerdistd.errors import ConfigError, PeerDistError
 from peerdistd.proto.pccrc import ContentInformation, HashAlgorithm, server_secret_key
 from peerdistd.store.hasher import StreamHasher, check_algorithm, hash_file
-from peerdistd.store.secret import default_secret_path, load_or_create_secret
+from peerdistd.store.secret import load_or_create_secret
 
 MAX_PASSPHRASE = 1024 * 1024
 MAX_CONTENT_INFORMATION = 1 << 30
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 _HASH_HELP = (
     "Hash FILE into MS-PCCRC content information. Keys derive from the passphrase in "
     "--secret, or else from this node's own server secret "
-    "($PEERDISTD_STATE_DIR/server-secret, created at first use)."
+    "(content.secret_file, by default <state dir>/server-secret, created at first use)."
 )
 
 
@@ -83,9 +84,17 @@ def run_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+def node_secret_path() -> Path:
+    """The secret this user's daemon publishes with (its configuration, else defaults)."""
+    try:
+        return load_config().paths.secret_file
+    except ConfigError:
+        return default_paths().secret_file
+
+
 def _passphrase(path: Path | None) -> bytes:
     if path is None:
-        return load_or_create_secret(default_secret_path())
+        return load_or_create_secret(node_secret_path())
     with path.open("rb") as f:
         data = f.read(MAX_PASSPHRASE + 1)
     if not data or len(data) > MAX_PASSPHRASE:

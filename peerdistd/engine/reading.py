@@ -113,6 +113,7 @@ class BlockReader:
         return b"".join(parts), peer_bytes
 
     def _account(self, data: bytes, peer_bytes: int) -> None:
+        """Bytes by source; a read counts as a hit only if nothing in it came from peers."""
         self.stats.bytes_from_peers += peer_bytes
         self.stats.bytes_from_cache += len(data) - peer_bytes
         if peer_bytes:
@@ -180,6 +181,7 @@ class BlockReader:
                     time.monotonic() + req.timeout,
                 )
             return data
+        self.stats.cache_misses += 1  # nothing local at the offset: a miss, however it ends
         first = view.block_at(req.offset)
         if req.timeout <= 0 or first is None:
             # Local only, or not described yet: no peer traffic, only the origin can help.
@@ -231,13 +233,13 @@ class BlockReader:
         except (TimeoutError, PeerUnavailable):
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
         if not got:
-            self.stats.cache_misses += 1
             others = {k: v for k, v in located.items() if k != first.segment.segment_id}
             raise errors.MissingData(req.offset, self.missing(view, req.offset, others))
         data, peer_bytes = self.local(view, req.offset, req.max_bytes)
         if not data:  # evicted in between: practically impossible, but never lie
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {}))
-        self._account(data, peer_bytes)
+        self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
+        self.stats.bytes_from_cache += len(data) - peer_bytes
         return data
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:

@@ -10,7 +10,6 @@ import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Mapping
 from pathlib import Path
 
 from peerdistd.errors import ConfigError
@@ -19,18 +18,6 @@ from peerdistd.proto.exportkey import MAX_EXPORT_SIZE, decrypt_exportkey
 SECRET_SIZE = 32
 SECRET_FILE = "server-secret"  # noqa: S105 - a file name, not a secret
 _KEY = "server_secret"
-
-
-def default_secret_path(env: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
-    """``$PEERDISTD_STATE_DIR/server-secret``, else /var/lib/peerdistd for root, else XDG."""
-    env = os.environ if env is None else env
-    uid = os.getuid() if uid is None else uid
-    if state := env.get("PEERDISTD_STATE_DIR"):
-        return Path(state) / SECRET_FILE
-    if uid == 0:
-        return Path("/var/lib/peerdistd") / SECRET_FILE
-    data = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local/share")
-    return Path(data) / "peerdistd" / SECRET_FILE
 
 
 def load_or_create_secret(path: Path) -> bytes:

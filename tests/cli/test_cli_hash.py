@@ -38,7 +38,7 @@ def peerdist(
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "PEERDISTD_STATE_DIR": str(tmp_path / "state")}
+    return {**os.environ, "PEERDISTD_DAEMON_STATE_DIR": str(tmp_path / "state")}
 
 
 @pytest.fixture
@@ -150,3 +150,23 @@ def test_unsafe_node_secret_is_refused(content: Path, env: dict[str, str], tmp_p
     result = peerdist("hash", content, "-o", tmp_path / "x.ci", env=env)
     assert result.returncode == 1 and b"chmod 600" in result.stderr
     assert not (tmp_path / "x.ci").exists()
+
+
+def test_import_key_takes_over_a_windows_secret(tmp_path: Path, env: dict[str, str]) -> None:
+    """A Windows export file, imported, gives this node the IIS server's Ks."""
+    from peerdistd.proto.exportkey import encrypt_exportkey
+
+    common = json.loads((VECTORS / "common.json").read_text())
+    passphrase = bytes.fromhex(common["server_passphrase_hex"])
+    export = tmp_path / "branchcache.key"
+    export.write_bytes(encrypt_exportkey(passphrase, "correct horse"))
+    (tmp_path / "pass").write_text("correct horse\n")
+    out = peerdist("import-key", export, "--passphrase-file", tmp_path / "pass", env=env)
+    assert out.returncode == 0, out.stderr
+    secret = tmp_path / "state" / "server-secret"
+    assert secret.read_bytes() == passphrase
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    v1 = json.loads((VECTORS / "pccrc_v1_iis85.json").read_text())
+    assert server_secret_key(secret.read_bytes(), 1).hex() == v1["expected"]["server_secret_Ks_hex"]
+    wrong = peerdist("import-key", export, "--passphrase-file", export, env=env)
+    assert wrong.returncode == 1 and wrong.stderr.startswith(b"peerdist: error:")

@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from peerdistd.errors import ConfigError, VerificationError
 from peerdistd.store.secret import (
-    default_secret_path,
     import_exportkey,
     load_or_create_secret,
     store_secret,
@@ -68,18 +67,6 @@ def test_store_secret_replaces_atomically(tmp_path: Path) -> None:
         store_secret(path, b"short")
     with pytest.raises(FileExistsError):
         store_secret(path, b"c" * 32, replace=False)
-
-
-def test_default_path() -> None:
-    assert default_secret_path({"PEERDISTD_STATE_DIR": "/s"}, 1000) == Path("/s/server-secret")
-    assert default_secret_path({"PEERDISTD_STATE_DIR": "/s"}, 0) == Path("/s/server-secret")
-    assert default_secret_path({}, 0) == Path("/var/lib/peerdistd/server-secret")
-    assert default_secret_path({"XDG_DATA_HOME": "/x", "HOME": "/h"}, 1000) == Path(
-        "/x/peerdistd/server-secret"
-    )
-    assert default_secret_path({"HOME": "/h"}, 1000) == Path(
-        "/h/.local/share/peerdistd/server-secret"
-    )
 
 
 def _export(secret: bytes, passphrase: str) -> bytes:

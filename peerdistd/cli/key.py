@@ -1,0 +1,51 @@
+"""``peerdist import-key``: take over a Windows server's BranchCache secret.
+
+With the secret of ``netsh branchcache exportkey``, content published here gets the same
+segment ids as on that Windows server ([MS-PCCRC] 2.5), so Linux and Windows publishers of the
+same bytes feed one branch cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
+from peerdistd.cli.hash import node_secret_path
+from peerdistd.errors import PeerDistError
+from peerdistd.store.secret import import_exportkey, store_secret
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add ``import-key``."""
+    p = subparsers.add_parser(
+        "import-key",
+        help="use a Windows server's exported BranchCache key as this node's secret",
+        description=__doc__,
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="file from netsh branchcache exportkey")
+    p.add_argument(
+        "--passphrase-file", type=Path, metavar="P", help="file holding the export passphrase"
+    )
+    p.add_argument(
+        "--secret-file", type=Path, metavar="OUT", help="where to store it (default: the node's)"
+    )
+    p.set_defaults(func=run_import_key)
+
+
+def run_import_key(args: argparse.Namespace) -> int:
+    try:
+        if args.passphrase_file is not None:
+            passphrase = args.passphrase_file.read_text("utf-8").rstrip("\r\n")
+        else:
+            passphrase = getpass.getpass("export passphrase: ")
+        secret = import_exportkey(args.file, passphrase)
+        target = args.secret_file or node_secret_path()
+        store_secret(target, secret)
+    except (PeerDistError, OSError, UnicodeDecodeError) as exc:
+        print(f"peerdist: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"imported the server secret into {target}; restart peerdistd to use it")
+    return 0
