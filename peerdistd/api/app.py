@@ -204,7 +204,7 @@ async def post_publication(request: web.Request) -> web.Response:
                 f"hash must be sha256, sha384 or sha512, got {name!r}"
             ) from None
     assert version is not None
-    pub = await engine.publish(
+    pub = await engine.publisher.publish(
         uid, body_chunks(request), pub_id=pub_id, version=version, algorithm=algorithm
     )
     return web.json_response(
@@ -214,19 +214,19 @@ async def post_publication(request: web.Request) -> web.Response:
 
 async def list_publications(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    pubs = engine.list_publications(caller(request))
+    pubs = engine.publisher.list_publications(caller(request))
     return web.json_response({"publications": [pub_json(p) for p in pubs]})
 
 
 async def get_publication(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    pub = engine.publication(caller(request), request.match_info["id"])
+    pub = engine.publisher.publication(caller(request), request.match_info["id"])
     return web.json_response(pub_json(pub))
 
 
 async def get_content_information(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    data = engine.content_information(
+    data = engine.publisher.content_information(
         caller(request),
         request.match_info["id"],
         q_int(request, "offset", None),
@@ -237,7 +237,7 @@ async def get_content_information(request: web.Request) -> web.Response:
 
 
 async def delete_publication(request: web.Request) -> web.Response:
-    request.app[ENGINE].unpublish(caller(request), request.match_info["id"])
+    request.app[ENGINE].publisher.unpublish(caller(request), request.match_info["id"])
     return web.Response(status=204)
 
 

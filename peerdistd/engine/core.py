@@ -21,14 +21,13 @@ from peerdistd.engine.events import EventBus
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.held import HeldData
 from peerdistd.engine.ports import BlockStore, NoPeers, PeerNetwork
-from peerdistd.engine.publishing import publish_stream
+from peerdistd.engine.publishing import Publisher
 from peerdistd.engine.reading import BlockReader, ReadRequest
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
-from peerdistd.engine.view import ContentView
-from peerdistd.proto import pccrc
-from peerdistd.proto.pccrc import ContentInformation, HashAlgorithm
-from peerdistd.store.publications import Publication, PublicationStore
+from peerdistd.engine.view import ContentView, view_from_bytes
+from peerdistd.proto.pccrc import ContentInformation
+from peerdistd.store.publications import PublicationStore
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,7 @@ class Engine:
             store, self.peers, self.slots, self.stats, self.events, self._track, self.commits.kick
         )
         self.adder = DataAdder(store, self.stats, self.commits.kick)
+        self.publisher = Publisher(store, publications, passphrase, self.check_enabled)
         self.handles: dict[str, ContentHandle] = {}
         # Gauges and counters of other parts (the peer network) merged into the snapshot.
         self.extra_stats: list[Callable[[], Mapping[str, float]]] = []
@@ -108,71 +108,6 @@ class Engine:
         if self._status == "UNAVAILABLE":
             raise errors.ServiceUnavailable("the cache is not usable right now")
 
-    # -- publications (server side) ------------------------------------------------------
-
-    async def publish(
-        self,
-        uid: int,
-        body: AsyncIterator[bytes],
-        *,
-        pub_id: str | None,
-        version: int,
-        algorithm: HashAlgorithm,
-    ) -> Publication:
-        self.check_enabled()
-        pub_id = pub_id or secrets.token_hex(16)
-        existing = self.publications.get(pub_id)
-        if existing is not None and uid not in (existing.owner_uid, ROOT_UID):
-            raise errors.AccessDenied(f"publication {pub_id!r} belongs to another user")
-        pub = await publish_stream(
-            self.store,
-            body,
-            pub_id=pub_id,
-            owner_uid=uid,
-            version=version,
-            algorithm=algorithm,
-            passphrase=self.passphrase,
-        )
-        self.publications.add(pub)
-        return pub
-
-    def publication(self, uid: int, pub_id: str) -> Publication:
-        self.check_enabled()
-        pub = self.publications.get(pub_id)
-        if pub is None:
-            raise errors.InvalidParameter(f"no publication {pub_id!r}")
-        if uid not in (pub.owner_uid, ROOT_UID):
-            raise errors.AccessDenied(f"publication {pub_id!r} belongs to another user")
-        return pub
-
-    def list_publications(self, uid: int) -> list[Publication]:
-        self.check_enabled()
-        return self.publications.list(None if uid == ROOT_UID else uid)
-
-    def content_information(
-        self, uid: int, pub_id: str, offset: int | None, length: int | None, version: int | None
-    ) -> bytes:
-        pub = self.publication(uid, pub_id)
-        if version is not None and version != pub.version:
-            raise errors.InvalidParameter(
-                f"publication {pub_id!r} was published as version {pub.version}; "
-                f"publish it again with version={version}"
-            )
-        if offset is None and length is None:
-            return pub.content_information
-        start = offset or 0
-        size = pub.size - start if length is None else length
-        if start < 0 or size <= 0 or start + size > pub.size:
-            raise errors.InvalidParameter(
-                f"range offset={start} length={size} is outside the content (size {pub.size})"
-            )
-        ci = ContentInformation.parse(pub.content_information)
-        return ci.sub_range(start, size).to_bytes()
-
-    def unpublish(self, uid: int, pub_id: str) -> None:
-        self.publication(uid, pub_id)
-        self.publications.remove(pub_id)
-
     # -- content handles (client side) ---------------------------------------------------
 
     def open_content(self, uid: int, ci_part: bytes, flags: Iterable[str] = ()) -> ContentHandle:
@@ -181,7 +116,7 @@ class Engine:
         owned = sum(1 for h in self.handles.values() if h.owner_uid == uid)
         if owned >= self.settings.max_handles_per_uid:
             raise errors.StreamLimitReached(f"uid {uid} has {owned} open handles")
-        view = _view_of(ci_part)
+        view = view_from_bytes(ci_part)
         handle = ContentHandle(
             id=secrets.token_urlsafe(12),
             owner_uid=uid,
@@ -210,7 +145,7 @@ class Engine:
         if h.view is not None and h.view.complete:
             raise errors.InvalidParameter("the content information is already complete")
         buf = h.ci_bytes + part
-        view = _view_of(bytes(buf))
+        view = view_from_bytes(bytes(buf))
         if h.view is not None and view.start != h.view.start:
             raise errors.InvalidData("the new part changes the content range")
         h.ci_bytes = buf
@@ -457,35 +392,3 @@ def _ready(h: ContentHandle) -> ContentView:
     if h.view is None:
         raise errors.InvalidParameter("no content information header on this handle yet")
     return h.view
-
-
-def _view_of(data: bytes) -> ContentView:
-    """Parse complete or partial content information into a view; INVALID_DATA if bad."""
-    try:
-        partial = pccrc.parse_partial(data)
-    except errors.DecodeError as exc:
-        raise errors.InvalidData(f"malformed content information: {exc}") from exc
-    if partial.start is None or partial.version is None or partial.algorithm is None:
-        raise errors.InvalidData("the first part must hold the whole content information header")
-    end = partial.end
-    if end is None:  # V2 with ullLengthOfRange 0: the end is known once all chunks are in
-        end = max([partial.start, *(s.offset + s.length for s in partial.segments)])
-    for seg in partial.segments:
-        _check_segment(partial.algorithm, seg)
-    return ContentView(
-        partial.version,
-        partial.algorithm,
-        partial.start,
-        end,
-        tuple(partial.segments),
-        partial.complete,
-    )
-
-
-def _check_segment(algorithm: HashAlgorithm, seg: pccrc.Segment) -> None:
-    """[MS-PCCRC] 2.2: with the full V1 hash list, the list must hash to HoD."""
-    if algorithm is HashAlgorithm.TRUNCATED_SHA512:
-        return
-    full_list = len(seg.block_hashes) == seg.block_count
-    if full_list and algorithm.digest(b"".join(seg.block_hashes)) != seg.hod:
-        raise errors.InvalidData(f"segment {seg.index}: the block hashes do not hash to its HoD")

@@ -8,14 +8,18 @@ Hashing and disk writes run in a worker thread, overlapped with receiving the ne
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from peerdistd import errors
 from peerdistd.engine.ports import BlockStore
 from peerdistd.proto.pccrc import ContentInformation, HashAlgorithm, server_secret_key
 from peerdistd.store.blockcache import SegmentRecord
 from peerdistd.store.hasher import HashedSegment, StreamHasher
-from peerdistd.store.publications import Publication
+from peerdistd.store.publications import Publication, PublicationStore
+
+ROOT_UID = 0
 
 # Bytes gathered before one hand-over to the worker thread: large enough that the thread
 # round trip costs nothing, small enough to keep memory flat.
@@ -97,3 +101,85 @@ async def publish_stream(
         created=time.time(),
         segment_ids=tuple(s.segment_id for s in ci.segments),
     )
+
+
+class Publisher:
+    """ServerPublishStream, ServerOpenContentInformation and ServerUnpublish for every uid.
+
+    Publications belong to their owner's uid; root may manage all of them.
+    """
+
+    def __init__(
+        self,
+        store: BlockStore,
+        publications: PublicationStore,
+        passphrase: bytes,
+        check_enabled: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.publications = publications
+        self.passphrase = passphrase
+        self.check_enabled = check_enabled
+
+    async def publish(
+        self,
+        uid: int,
+        body: AsyncIterator[bytes],
+        *,
+        pub_id: str | None,
+        version: int,
+        algorithm: HashAlgorithm,
+    ) -> Publication:
+        self.check_enabled()
+        pub_id = pub_id or secrets.token_hex(16)
+        existing = self.publications.get(pub_id)
+        if existing is not None and uid not in (existing.owner_uid, ROOT_UID):
+            raise errors.AccessDenied(f"publication {pub_id!r} belongs to another user")
+        pub = await publish_stream(
+            self.store,
+            body,
+            pub_id=pub_id,
+            owner_uid=uid,
+            version=version,
+            algorithm=algorithm,
+            passphrase=self.passphrase,
+        )
+        self.publications.add(pub)
+        return pub
+
+    def publication(self, uid: int, pub_id: str) -> Publication:
+        self.check_enabled()
+        pub = self.publications.get(pub_id)
+        if pub is None:
+            raise errors.InvalidParameter(f"no publication {pub_id!r}")
+        if uid not in (pub.owner_uid, ROOT_UID):
+            raise errors.AccessDenied(f"publication {pub_id!r} belongs to another user")
+        return pub
+
+    def list_publications(self, uid: int) -> list[Publication]:
+        self.check_enabled()
+        return self.publications.list(None if uid == ROOT_UID else uid)
+
+    def content_information(
+        self, uid: int, pub_id: str, offset: int | None, length: int | None, version: int | None
+    ) -> bytes:
+        pub = self.publication(uid, pub_id)
+        if version is not None and version != pub.version:
+            raise errors.InvalidParameter(
+                f"publication {pub_id!r} was published as version {pub.version}; "
+                f"publish it again with version={version}"
+            )
+        if offset is None and length is None:
+            return pub.content_information
+        start = offset or 0
+        size = pub.size - start if length is None else length
+        if start < 0 or size <= 0 or start + size > pub.size:
+            raise errors.InvalidParameter(
+                f"range offset={start} length={size} is outside the content (size {pub.size})"
+            )
+        ci = ContentInformation.parse(pub.content_information)
+        return ci.sub_range(start, size).to_bytes()
+
+    def unpublish(self, uid: int, pub_id: str) -> None:
+        self.publication(uid, pub_id)
+        self.publications.remove(pub_id)

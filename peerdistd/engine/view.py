@@ -8,9 +8,11 @@ for V2, whole segments (PROTOCOLS.md 1.4: one block per segment, as iPXE models 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from peerdistd import errors
+from peerdistd.proto import pccrc
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm, Segment
 
 
@@ -74,12 +76,33 @@ class ContentView:
         return [s.segment_id for s in self.segments if s.offset < hi and s.offset + s.length > lo]
 
 
-def view_of(
-    version: int,
-    algorithm: HashAlgorithm,
-    start: int,
-    end: int,
-    segments: Sequence[Segment],
-    complete: bool,
-) -> ContentView:
-    return ContentView(version, algorithm, start, end, tuple(segments), complete)
+def view_from_bytes(data: bytes) -> ContentView:
+    """Parse complete or partial content information into a view; INVALID_DATA if bad."""
+    try:
+        partial = pccrc.parse_partial(data)
+    except errors.DecodeError as exc:
+        raise errors.InvalidData(f"malformed content information: {exc}") from exc
+    if partial.start is None or partial.version is None or partial.algorithm is None:
+        raise errors.InvalidData("the first part must hold the whole content information header")
+    end = partial.end
+    if end is None:  # V2 with ullLengthOfRange 0: the end is known once all chunks are in
+        end = max([partial.start, *(s.offset + s.length for s in partial.segments)])
+    for seg in partial.segments:
+        _check_segment(partial.algorithm, seg)
+    return ContentView(
+        partial.version,
+        partial.algorithm,
+        partial.start,
+        end,
+        tuple(partial.segments),
+        partial.complete,
+    )
+
+
+def _check_segment(algorithm: HashAlgorithm, seg: pccrc.Segment) -> None:
+    """[MS-PCCRC] 2.2: with the full V1 hash list, the list must hash to HoD."""
+    if algorithm is HashAlgorithm.TRUNCATED_SHA512:
+        return
+    full_list = len(seg.block_hashes) == seg.block_count
+    if full_list and algorithm.digest(b"".join(seg.block_hashes)) != seg.hod:
+        raise errors.InvalidData(f"segment {seg.index}: the block hashes do not hash to its HoD")
