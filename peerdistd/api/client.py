@@ -114,10 +114,17 @@ class PeerDistClient:
 
     @contextlib.asynccontextmanager
     async def _request(
-        self, method: str, path: str, *, params: Mapping[str, str] | None = None, data: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One request; a non-2xx answer raises its ApiError, transport errors raise 503."""
-        headers = _OCTETS if data is not None else None
+        if data is not None:
+            headers = {**_OCTETS, **(headers or {})}
         if isinstance(data, bytes) and len(data) > _UPLOAD_CHUNK:
             data = io.BytesIO(data)  # aiohttp streams a file-like body instead of one write
         try:
@@ -187,15 +194,21 @@ class PeerDistClient:
         if id is not None:
             params["id"] = id
         body: bytes | AsyncIterable[bytes]
+        headers: dict[str, str] = {}
         if isinstance(data, Path):
             try:
                 handle = await asyncio.to_thread(data.open, "rb")
+                size = os.fstat(handle.fileno()).st_size
             except OSError as exc:
                 raise InvalidParameter(f"cannot read {data}: {exc.strerror or exc}") from exc
-            body = _file_chunks(handle)
+            body = _file_chunks(handle, 4 << 20)
+            # A known length spares both sides chunked transfer coding.
+            headers["Content-Length"] = str(size)
         else:
             body = data
-        doc = await self._json("POST", "/v1/publications", params=params, data=body)
+        doc = await self._json(
+            "POST", "/v1/publications", params=params, data=body, headers=headers
+        )
         with malformed():
             return Publication.from_json(doc)
 
@@ -380,10 +393,10 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-async def _file_chunks(handle: IO[bytes]) -> AsyncIterator[bytes]:
+async def _file_chunks(handle: IO[bytes], size: int = _UPLOAD_CHUNK) -> AsyncIterator[bytes]:
     """Read a file in chunks off the event loop."""
     try:
-        while chunk := await asyncio.to_thread(handle.read, _UPLOAD_CHUNK):
+        while chunk := await asyncio.to_thread(handle.read, size):
             yield chunk
     finally:
         handle.close()

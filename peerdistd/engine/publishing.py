@@ -11,6 +11,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from peerdistd import errors
 from peerdistd.engine.ports import BlockStore
@@ -65,32 +66,49 @@ async def publish_stream(
         version=version, algorithm=algorithm, ks=server_secret_key(passphrase, version)
     )
 
-    def feed(data: bytes) -> None:
-        store_segments(store, version, algorithm, hasher.feed(data))
-
-    def finish() -> ContentInformation:
-        store_segments(store, version, algorithm, hasher.finish())
-        ci: ContentInformation = hasher.content_information()
-        return ci
-
+    # Two ordered stages on their own threads: hashing the next bytes overlaps with writing
+    # the segments the previous bytes completed, and both overlap with receiving.
+    loop = asyncio.get_running_loop()
     size = 0
     batch: list[bytes] = []
     batched = 0
-    pending: asyncio.Future[None] | None = None
-    async for chunk in body:
-        size += len(chunk)
-        batch.append(chunk)
-        batched += len(chunk)
-        if batched >= FEED_BATCH:
-            if pending is not None:
-                await pending
-            pending = asyncio.ensure_future(asyncio.to_thread(feed, b"".join(batch)))
-            batch, batched = [], 0
-    if pending is not None:
-        await pending
-    if batch:
-        await asyncio.to_thread(feed, b"".join(batch))
-    ci = await asyncio.to_thread(finish)
+    hashing: asyncio.Future[list[HashedSegment]] | None = None
+    storing: asyncio.Future[None] | None = None
+    with (
+        ThreadPoolExecutor(1, "publish-hash") as hash_stage,
+        ThreadPoolExecutor(1, "publish-store") as store_stage,
+    ):
+
+        async def hand_over(next_hash: Callable[[], list[HashedSegment]] | None) -> None:
+            nonlocal hashing, storing
+            if hashing is not None:
+                done = await hashing
+                if storing is not None:
+                    await storing
+                storing = loop.run_in_executor(
+                    store_stage, store_segments, store, version, algorithm, done
+                )
+            hashing = None if next_hash is None else loop.run_in_executor(hash_stage, next_hash)
+
+        try:
+            async for chunk in body:
+                size += len(chunk)
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= FEED_BATCH:
+                    data = b"".join(batch)
+                    batch, batched = [], 0
+                    await hand_over(lambda data=data: hasher.feed(data))  # type: ignore[misc]
+            tail = b"".join(batch)
+            await hand_over(lambda: hasher.feed(tail) + hasher.finish())
+            await hand_over(None)
+            if storing is not None:
+                await storing
+        finally:  # on failure, let the stages finish before their pools shut down
+            for fut in (hashing, storing):
+                if fut is not None:
+                    await asyncio.gather(fut, return_exceptions=True)
+    ci: ContentInformation = hasher.content_information()
     return Publication(
         id=pub_id,
         owner_uid=owner_uid,

@@ -39,7 +39,7 @@ class HashedSegment:
     """A segment just hashed and its bytes, for the block cache."""
 
     segment: Segment
-    data: bytes
+    data: bytes | bytearray
 
 
 def check_algorithm(version: int, algorithm: HashAlgorithm) -> HashAlgorithm:
@@ -246,7 +246,7 @@ class StreamHasher:
         tail = len(self._hashes) * V1_BLOCK_SIZE
         if tail < len(self._buf):
             self._hashes.append(self.algorithm.digest(bytes(self._buf[tail:])))
-        data = bytes(self._buf)
+        data = self._buf  # handed over, not copied: _emitted() starts a new buffer
         index = self._offset // V1_SEGMENT_SIZE
         segment = segment_v1(self.algorithm, index, self._offset, len(data), self._hashes, self._ks)
         return self._emitted(segment, data)
@@ -267,7 +267,7 @@ class StreamHasher:
         self._offset += at
         return out
 
-    def _emitted(self, segment: Segment, data: bytes) -> HashedSegment:
+    def _emitted(self, segment: Segment, data: bytes | bytearray) -> HashedSegment:
         self._segments.append(segment)
         self._offset += len(data)
         self._buf = bytearray()
