@@ -38,7 +38,7 @@ from peerdistd.systemd import Notifier, listen_fds, watchdog_interval
 
 log = logging.getLogger("peerdistd")
 
-HOUSEKEEPING_INTERVAL = 5.0
+HOUSEKEEPING_INTERVAL = 2.0  # watchdog, idle handles, the cache write probe
 
 
 def engine_settings(config: Config) -> EngineSettings:
@@ -255,8 +255,22 @@ class Daemon:
         assert self.engine is not None
         if self.engine.status == "DISABLED":
             return
-        ok = os.access(self.config.paths.cache_dir, os.W_OK)
-        self.engine.set_status("AVAILABLE" if ok else "UNAVAILABLE")
+        # Write a byte for real: permissions say nothing to root, and a file system that went
+        # read-only (I/O errors) or full only shows when written to.
+        probe = self.config.paths.cache_dir / f".probe-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"\0")
+            finally:
+                os.close(fd)
+                probe.unlink()
+        except OSError as exc:
+            if self.engine.status != "UNAVAILABLE":
+                log.error("cache directory not writable, status UNAVAILABLE: %s", exc)
+            self.engine.set_status("UNAVAILABLE")
+        else:
+            self.engine.set_status("AVAILABLE")
 
     def _apply(self, new: Config) -> None:
         """Put the run-time changeable keys (config.RELOADABLE) into effect."""

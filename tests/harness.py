@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +81,7 @@ def start_daemon(
     preexec: object = None,
     name: str = "node",
     netns: str | None = None,
+    prefix: Sequence[str] = (),
 ) -> DaemonProcess:
     root.mkdir(parents=True, exist_ok=True)
     notify_path = root / f"{name}-notify.sock"
@@ -96,6 +97,7 @@ def start_daemon(
     log = root / f"{name}.log"
     cmd = [
         *(["ip", "netns", "exec", netns] if netns else []),
+        *prefix,
         sys.executable,
         "-m",
         "peerdistd.daemon",
