@@ -20,9 +20,11 @@ async def test_api_over_loopback_tcp_knows_the_caller(tmp_path: Path) -> None:
     port = free_port()
     d = start_daemon(tmp_path, "--api-tcp", f"127.0.0.1:{port}")
     try:
-        async with d.session() as api:
-            async with api.post("/v1/publications", params={"id": "unix"}, data=b"x" * 1000) as r:
-                assert r.status == 201
+        async with (
+            d.session() as api,
+            api.post("/v1/publications", params={"id": "unix"}, data=b"x" * 1000) as r,
+        ):
+            assert r.status == 201
         async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as tcp:
             async with tcp.get("/v1/status") as r:
                 status = await r.json()
@@ -37,7 +39,7 @@ async def test_api_over_loopback_tcp_knows_the_caller(tmp_path: Path) -> None:
         d.notify.close()
 
 
-async def test_non_loopback_api_tcp_is_refused(tmp_path: Path) -> None:
+def test_non_loopback_api_tcp_is_refused(tmp_path: Path) -> None:
     import subprocess
     import sys
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 import subprocess
@@ -58,7 +59,8 @@ async def test_garbage_flood_leaves_the_node_serving(tmp_path: Path, netns: str)
                 assert r.status == 201
             async with api.get("/v1/publications/f/content-information") as r:
                 ci = await r.read()
-        out = subprocess.run(
+        out = await asyncio.to_thread(
+            subprocess.run,
             ["ip", "netns", "exec", netns, sys.executable, "-c", FLOOD],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
