@@ -25,14 +25,12 @@ from peerdistd.errors import (
     ServiceUnavailable,
     Timeout,
 )
+from peerdistd.proto.pccrtp import missing_data_headers
 
 ProgressCallback = Callable[[int, int | None], None]
 """Called with (bytes written so far, total or None) as a fetch goes on."""
 
 ORIGIN_CHUNK = 1 << 20
-# [MS-PCCRTP] 2.2.1.2: a missing-data request is an identity request with this header, and
-# never together with Accept-Encoding: peerdist (PROTOCOLS.md, section 5).
-MISSING_DATA_HEADER = "Version=1.1, MissingDataRequest=true"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
@@ -44,6 +42,9 @@ class FetchSummary:
     from_origin: int
     origin_requests: int
     seconds: float
+    peerdist: bool = True  # False: the origin sent plain bytes, nothing went through peerdistd
+    content_info_bytes: int = 0  # content information got from the origin (MS-PCCRTP)
+    note: str = ""  # why it was not PeerDist, when it was not
 
 
 async def origin_range(
@@ -51,11 +52,9 @@ async def origin_range(
 ) -> AsyncIterator[bytes]:
     """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ORIGIN_CHUNK."""
     last = offset + length - 1
-    headers = {
-        "Range": f"bytes={offset}-{last}",
-        "X-P2P-PeerDist": MISSING_DATA_HEADER,
-        "Accept-Encoding": "identity",
-    }
+    # [MS-PCCRTP] 3.1.5.2: an identity request saying MissingDataRequest=true, never together
+    # with Accept-Encoding: peerdist (PROTOCOLS.md, section 5; what iPXE sends per block).
+    headers = {"Range": f"bytes={offset}-{last}", **missing_data_headers()}
     where = f"origin {url} (bytes {offset}-{last})"
     got = 0
     try:

@@ -1,6 +1,8 @@
 """Subcommands that use a running peerdistd through its local API (status, publish, fetch, ...).
 
-The fetch loop itself is :func:`peerdistd.cli.fetching.fetch` (re-exported here).
+The fetch loop itself is :func:`peerdistd.cli.fetching.fetch`; getting its content
+information from the origin over HTTP is :func:`peerdistd.cli.pccrtp_client.fetch_url` (both
+re-exported here).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from peerdistd.api.client import (
     default_socket_path,
 )
 from peerdistd.cli.fetching import FetchSummary, fetch, origin_range
+from peerdistd.cli.pccrtp_client import fetch_url
 from peerdistd.cli.progress import (
     cache_table,
     human_bytes,
@@ -36,8 +39,9 @@ from peerdistd.errors import (
     ApiError,
     PeerDistError,
 )
+from peerdistd.proto.pccrtp import ProtocolVersion
 
-__all__ = ["FetchSummary", "fetch", "origin_range", "register", "run"]
+__all__ = ["FetchSummary", "fetch", "fetch_url", "origin_range", "register", "run"]
 
 Command = Callable[[PeerDistClient, argparse.Namespace], Awaitable[int]]
 
@@ -86,7 +90,10 @@ async def _unpublish(client: PeerDistClient, args: argparse.Namespace) -> int:
 
 
 async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
-    content_information = await asyncio.to_thread(args.content_info.read_bytes)
+    origin = args.url or args.origin
+    content_information = None
+    if args.content_info is not None:
+        content_information = await asyncio.to_thread(args.content_info.read_bytes)
     err = _stderr()
     to_stdout = str(args.output) == "-"
     # Written beside OUT and renamed when complete, so OUT is never a partial file.
@@ -96,14 +103,24 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
         with (
             progress_bar(err, "fetch") if err.is_terminal else contextlib.nullcontext() as progress
         ):
-            summary = await fetch(
-                client,
-                content_information,
-                args.origin,
-                out,
-                timeout_ms=args.timeout_ms,
-                progress=progress,
-            )
+            if content_information is None:  # ask the origin for it (MS-PCCRTP)
+                summary = await fetch_url(
+                    client,
+                    origin,
+                    out,
+                    version={v.text: v for v in ProtocolVersion}[args.peerdist_version],
+                    timeout_ms=args.timeout_ms,
+                    progress=progress,
+                )
+            else:
+                summary = await fetch(
+                    client,
+                    content_information,
+                    origin,
+                    out,
+                    timeout_ms=args.timeout_ms,
+                    progress=progress,
+                )
         out.flush()
         if not to_stdout:
             out.close()
@@ -118,11 +135,18 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
 
 def _fetch_report(s: FetchSummary) -> str:
     rate = human_bytes(s.size / s.seconds) + "/s" if s.seconds > 0 else "-"
-    return (
-        f"fetched {human_bytes(s.size)} in {s.seconds:.2f} s ({rate}): "
+    head = f"fetched {human_bytes(s.size)} in {s.seconds:.2f} s ({rate}): "
+    if not s.peerdist:
+        return head + f"all from origin, plain HTTP: {s.note}; nothing to share with peers"
+    via = (
+        f"; content information ({human_bytes(s.content_info_bytes)}) from the origin"
+        if s.content_info_bytes
+        else ""
+    )
+    return head + (
         f"{human_bytes(s.from_cache)} from cache, {human_bytes(s.from_peers)} from peers, "
         f"{human_bytes(s.from_origin)} from origin "
-        f"({s.origin_requests} range request{'' if s.origin_requests == 1 else 's'})"
+        f"({s.origin_requests} range request{'' if s.origin_requests == 1 else 's'}){via}"
     )
 
 
@@ -212,8 +236,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("id", metavar="ID")
 
     p = _add(subparsers, common, "fetch", _fetch, "get content through peers, else the origin")
-    p.add_argument("--content-info", type=Path, required=True, metavar="F")
-    p.add_argument("--origin", required=True, metavar="URL", type=_http_url)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("url", nargs="?", metavar="URL", type=_http_url, help="the origin's URL")
+    where.add_argument("--origin", metavar="URL", type=_http_url, help="the same, as an option")
+    p.add_argument(
+        "--content-info",
+        type=Path,
+        metavar="F",
+        help="content information to use (default: ask the origin, MS-PCCRTP)",
+    )
+    p.add_argument(
+        "--peerdist-version",
+        choices=("1.0", "1.1"),
+        default="1.1",
+        help="X-P2P-PeerDist version to speak to the origin (1.0: V1 content information only)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="'-': stdout")
     p.add_argument("--timeout-ms", type=_natural, metavar="N", help="peer timeout (default 5000)")
 
