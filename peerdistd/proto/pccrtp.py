@@ -48,7 +48,9 @@ CODING: Final = "peerdist"  # the content coding (2.2.1); compared case-insensit
 MAX_VALUE: Final = 8192  # a header value longer than this is refused before parsing
 _TCHAR = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)  # RFC 9110 5.6.2
 _OWS = " \t"
-_QDTEXT = frozenset(chr(c) for c in (0x09, 0x20, 0x21, *range(0x23, 0x5C), *range(0x5D, 0x7F)))
+_QDTEXT = frozenset(  # qdtext with obs-text (RFC 9110 5.6.4): Latin-1 bytes as characters
+    chr(c) for c in (0x09, 0x20, 0x21, *range(0x23, 0x5C), *range(0x5D, 0x7F), *range(0x80, 0x100))
+)
 
 
 class ProtocolVersion(enum.Enum):
@@ -222,13 +224,14 @@ def _params(
 
 def _version(name: str, value: str) -> tuple[int, int]:
     major, dot, minor = value.partition(".")
-    if not (dot and major.isdigit() and minor.isdigit() and len(major) <= 3 and len(minor) <= 3):
+    digits = value.isascii() and major.isdigit() and minor.isdigit()  # no '²' or fullwidth
+    if not (dot and digits and len(major) <= 3 and len(minor) <= 3):
         raise DecodeError(f"{name}: {value!r} is not a version major.minor")
     return int(major), int(minor)
 
 
 def _length(name: str, value: str) -> int:
-    if not (value.isdigit() and value.isascii() and len(value) <= 20 and int(value) < 1 << 64):
+    if not (value.isascii() and value.isdigit() and len(value) <= 20 and int(value) < 1 << 64):
         raise DecodeError(f"{name}: {value!r} is not a byte count")
     return int(value)
 
