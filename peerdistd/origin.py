@@ -36,16 +36,18 @@ DEFAULT_HASH_WAIT = 10.0  # seconds a request waits for first hashing before get
 
 @dataclass(frozen=True, slots=True)
 class FileKey:
-    """A file as served: its path under the folder, size and mtime (a change means new hashes)."""
+    """A file as served: its absolute path, size and mtime (a change means new hashes)."""
 
-    relpath: str
+    path: str
     size: int
     mtime_ns: int
 
     @property
     def prefix(self) -> str:
-        # Publication ids may not contain '/' (DESIGN.md), so the path goes in as a digest.
-        return "origin-" + hashlib.sha256(self.relpath.encode()).hexdigest()[:24] + "-"
+        # Publication ids may not contain '/' (DESIGN.md), so the path goes in as a digest;
+        # the whole path, so that two origins of one user never take each other's files.
+        digest = hashlib.sha256(self.path.encode("utf-8", "surrogateescape")).hexdigest()
+        return f"origin-{digest[:24]}-"
 
     def publication_id(self, version: int) -> str:
         return f"{self.prefix}{self.size:x}-{self.mtime_ns:x}-v{version}"
@@ -106,8 +108,8 @@ class FilePublisher:
         if (pub.size, now.st_size, now.st_mtime_ns) != (key.size, key.size, key.mtime_ns):
             with contextlib.suppress(PeerDistError):
                 await self.client.unpublish(pub_id)
-            raise InvalidData(f"{key.relpath} changed while it was being hashed")
-        log.info("published %s as %s (V%d)", key.relpath, pub_id, version)
+            raise InvalidData(f"{key.path} changed while it was being hashed")
+        log.info("published %s as %s (V%d)", key.path, pub_id, version)
         await self._drop_stale(key)
 
     async def _drop_stale(self, key: FileKey) -> None:
@@ -146,7 +148,7 @@ class _IdentityFile(web.FileResponse):
         return super()._get_file_path_stat_encoding("")
 
 
-def _lookup(root: Path, relpath: str) -> tuple[Path, str, os.stat_result] | None:
+def _lookup(root: Path, relpath: str) -> tuple[Path, os.stat_result] | None:
     """The regular file under ``root`` that the URL path names (never outside root)."""
     try:
         path = (root / relpath).resolve()
@@ -155,18 +157,18 @@ def _lookup(root: Path, relpath: str) -> tuple[Path, str, os.stat_result] | None
         return None
     if not path.is_relative_to(root) or not stat.S_ISREG(st.st_mode):
         return None
-    return path, path.relative_to(root).as_posix(), st
+    return path, st
 
 
 async def _serve(request: web.Request) -> web.StreamResponse:
     found = await asyncio.to_thread(_lookup, request.app[ROOT], request.match_info["path"])
     if found is None:
         raise web.HTTPNotFound()
-    path, relpath, st = found
+    path, st = found
     offered: tuple[int, ...] = request.app[OFFERED]
     reply = decide(request.method, request.headers, offered)
     if reply.kind is ReplyKind.PEERDIST:
-        key = FileKey(relpath, st.st_size, st.st_mtime_ns)
+        key = FileKey(str(path), st.st_size, st.st_mtime_ns)
         answer = await _content_information(request, path, key, reply)
         if isinstance(answer, web.Response):
             return answer
@@ -195,7 +197,7 @@ async def _content_information(
             path, key, reply.content_version, start, stop - start
         )
     except PeerDistError as exc:
-        log.warning("no content information for %s: %s", key.relpath, exc)
+        log.warning("no content information for %s: %s", key.path, exc)
         return reply.identity_instead(f"peerdistd: {exc}")
     if info is None:  # [MS-PCCRTP] 3.2.5.1: identity now, hashes on the way
         return reply.identity_instead("still hashing", make_hash_request=True)
@@ -207,7 +209,7 @@ async def _content_information(
         # Rounded up, as FileResponse does, so both answers carry the same date.
         "Last-Modified": formatdate(math.ceil(key.mtime_ns / 1e9), usegmt=True),
         "Accept-Ranges": "bytes",
-        "Content-Type": mimetypes.guess_type(key.relpath)[0] or "application/octet-stream",
+        "Content-Type": mimetypes.guess_type(key.path)[0] or "application/octet-stream",
     }
     return web.Response(body=info, headers=headers)
 
