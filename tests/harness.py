@@ -123,7 +123,14 @@ def start_daemon(
             preexec_fn=preexec,  # type: ignore[arg-type]
         )
     daemon = DaemonProcess(root, sock, proc, notify, log=log)
-    daemon.wait_for("READY=1")
+    try:
+        daemon.wait_for("READY=1")
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+        raise
     return daemon
 
 

@@ -16,7 +16,7 @@ import aiohttp
 from tests.content import BLOCK
 from tests.harness import start_daemon
 
-SIZE = 8 * BLOCK
+SIZE = 200 * BLOCK  # more than the read-ahead of the first read (64 blocks)
 
 
 async def _frozen_holder_setup(tmp_path: Path, netns: str):  # type: ignore[no-untyped-def]
@@ -61,7 +61,7 @@ async def test_close_aborts_a_read_pending_on_a_peer(tmp_path: Path, netns: str)
             read = asyncio.ensure_future(
                 session.post(
                     f"/v1/contents/{h}/block-read",
-                    params={"offset": str(4 * BLOCK), "timeout_ms": "60000"},
+                    params={"offset": str(150 * BLOCK), "timeout_ms": "60000"},
                 )
             )
             # The read has started once its START_COMPLETE arrives.
@@ -89,7 +89,7 @@ async def test_client_that_goes_away_gets_its_handle_reclaimed(tmp_path: Path, n
             read = asyncio.ensure_future(
                 other.post(
                     f"/v1/contents/{h}/block-read",
-                    params={"offset": str(4 * BLOCK), "timeout_ms": "60000"},
+                    params={"offset": str(150 * BLOCK), "timeout_ms": "60000"},
                 )
             )
             async for raw in events.content:
