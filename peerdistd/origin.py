@@ -199,7 +199,7 @@ async def _content_information(
     except PeerDistError as exc:
         log.warning("no content information for %s: %s", key.path, exc)
         return reply.identity_instead(f"peerdistd: {exc}")
-    if info is None:  # [MS-PCCRTP] 3.2.5.1: identity now, hashes on the way
+    if info is None:  # [MS-PCCRTP] 3.2: identity now, hashes on the way
         return reply.identity_instead("still hashing", make_hash_request=True)
     request[REPLY] = reply
     etag = f'"{key.mtime_ns:x}-{key.size:x}"'  # aiohttp FileResponse's, so If-Range matches

@@ -52,7 +52,7 @@ async def origin_range(
 ) -> AsyncIterator[bytes]:
     """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ORIGIN_CHUNK."""
     last = offset + length - 1
-    # [MS-PCCRTP] 3.1.5.2: an identity request saying MissingDataRequest=true, never together
+    # [MS-PCCRTP] 3.1: an identity request saying MissingDataRequest=true, never together
     # with Accept-Encoding: peerdist (PROTOCOLS.md, section 5; what iPXE sends per block).
     headers = {"Range": f"bytes={offset}-{last}", **missing_data_headers()}
     where = f"origin {url} (bytes {offset}-{last})"

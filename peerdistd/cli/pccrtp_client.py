@@ -68,7 +68,7 @@ async def fetch_url(
 
 
 def _why_plain(answer: Answer) -> str:
-    if answer.make_hash_request:  # [MS-PCCRTP] 3.2.5.1: hashes are being made, ask again later
+    if answer.make_hash_request:  # [MS-PCCRTP] 3.2: hashes are being made, ask again later
         return "the origin is still hashing this content (MakeHashRequest)"
     return "the origin does not offer PeerDist for it"
 

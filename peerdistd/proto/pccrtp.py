@@ -40,11 +40,11 @@ __all__ = [
     "request_headers",
 ]
 
-PEERDIST: Final = "X-P2P-PeerDist"  # [MS-PCCRTP] 2.2.1.1
-PEERDIST_EX: Final = "X-P2P-PeerDistEx"  # 2.2.1.2
+PEERDIST: Final = "X-P2P-PeerDist"  # [MS-PCCRTP] 2.2; PROTOCOLS.md section 5
+PEERDIST_EX: Final = "X-P2P-PeerDistEx"  # 2.2
 ACCEPT_ENCODING: Final = "Accept-Encoding"
 CONTENT_ENCODING: Final = "Content-Encoding"
-CODING: Final = "peerdist"  # the content coding (2.2.1); compared case-insensitively
+CODING: Final = "peerdist"  # the content coding (2.2); compared case-insensitively
 MAX_VALUE: Final = 8192  # a header value longer than this is refused before parsing
 _TCHAR = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)  # RFC 9110 5.6.2
 _OWS = " \t"
@@ -54,7 +54,7 @@ _QDTEXT = frozenset(  # qdtext with obs-text (RFC 9110 5.6.4): Latin-1 bytes as 
 
 
 class ProtocolVersion(enum.Enum):
-    """The X-P2P-PeerDist Version a client speaks (2.2.1.1)."""
+    """The X-P2P-PeerDist Version a client speaks (2.2)."""
 
     V1_0 = (1, 0)  # Windows Vista/7/2008 R2: V1 content information only, no PeerDistEx
     V1_1 = (1, 1)  # Windows 8+ and iPXE: sends X-P2P-PeerDistEx with Min/MaxContentInformation
@@ -157,7 +157,7 @@ def accepts_peerdist(accept_encoding: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class PeerDistParams:
-    """X-P2P-PeerDist (2.2.1.1); unknown parameters are kept in ``extensions``."""
+    """X-P2P-PeerDist (2.2); unknown parameters are kept in ``extensions``."""
 
     version: tuple[int, int] | None = None
     content_length: int | None = None
@@ -167,7 +167,7 @@ class PeerDistParams:
 
 @dataclass(frozen=True, slots=True)
 class PeerDistExParams:
-    """X-P2P-PeerDistEx (2.2.1.2): content information versions as (major, minor)."""
+    """X-P2P-PeerDistEx (2.2): content information versions as (major, minor)."""
 
     min_content_information: tuple[int, int] | None = None
     max_content_information: tuple[int, int] | None = None
@@ -217,7 +217,7 @@ def _params(
             if element.name in known:
                 raise DecodeError(f"{element.name!r} given twice")
             known[element.name] = (element.name, element.value)
-        else:  # 2.2.1: future parameters are ignored, not refused
+        else:  # ignored, not refused: later protocol versions may add parameters
             extensions.append((element.name, element.value))
     return known, tuple(extensions)
 
@@ -248,9 +248,9 @@ def _bool(name: str, value: str) -> bool:
 def request_headers(
     version: ProtocolVersion = ProtocolVersion.V1_1, max_content_information: int = 2
 ) -> dict[str, str]:
-    """What a PeerDist client sends with its GET (3.1.5.1; iPXE sends the 1.1 form with 2.0)."""
+    """What a PeerDist client sends with its GET (3.1; iPXE sends the 1.1 form with 2.0)."""
     headers = {ACCEPT_ENCODING: CODING, PEERDIST: f"Version={version.text}"}
-    if version is ProtocolVersion.V1_1:  # 2.2.1.2: a 1.1 client MUST send PeerDistEx
+    if version is ProtocolVersion.V1_1:  # 2.2: a 1.1 client MUST send PeerDistEx
         headers[PEERDIST_EX] = (
             f"MinContentInformation=1.0, MaxContentInformation={max_content_information}.0"
         )
@@ -258,7 +258,7 @@ def request_headers(
 
 
 def missing_data_headers(version: ProtocolVersion = ProtocolVersion.V1_1) -> dict[str, str]:
-    """A missing-data request: identity only, never with peerdist in Accept-Encoding (3.1.5.2)."""
+    """A missing-data request: identity only, never with peerdist in Accept-Encoding (3.1)."""
     return {
         ACCEPT_ENCODING: "identity",
         PEERDIST: f"Version={version.text}, MissingDataRequest=true",
@@ -292,7 +292,7 @@ def parse_answer(headers: Mapping[str, str]) -> Answer:
 class ReplyKind(enum.Enum):
     IDENTITY = "identity"  # the plain representation (Range honoured as usual)
     PEERDIST = "peerdist"  # 200, Content-Encoding: peerdist, body = content information
-    MISSING_DATA = "missing-data"  # identity bytes for a client that found no peer (3.1.5.2)
+    MISSING_DATA = "missing-data"  # identity bytes for a client that found no peer (3.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,11 +302,11 @@ class Reply:
     kind: ReplyKind
     reason: str
     content_version: int | None = None  # PEERDIST: 1 or 2
-    version: ProtocolVersion | None = None  # the client's; the answer states it (3.2.5.1)
+    version: ProtocolVersion | None = None  # the client's; the answer states it (3.2)
     make_hash_request: bool = False
 
     def identity_instead(self, reason: str, *, make_hash_request: bool = False) -> Reply:
-        """Fall back to identity: hashes not ready (MakeHashRequest, 3.2.5.1) or not to be had."""
+        """Fall back to identity: hashes not ready (MakeHashRequest, 3.2) or not to be had."""
         return Reply(ReplyKind.IDENTITY, reason, None, self.version, make_hash_request)
 
     def headers(self, content_length: int) -> dict[str, str]:
@@ -322,7 +322,7 @@ class Reply:
 
 
 def decide(method: str, headers: Mapping[str, str], offered: Collection[int] = (1, 2)) -> Reply:
-    """Choose the answer to a request (3.2.5.1); ``offered`` = content versions we can make.
+    """Choose the answer to a request (3.2); ``offered`` = content versions we can make.
 
     ``headers``: any mapping, or a multidict (see :func:`fold_fields`). Malformed PeerDist
     headers get identity, never an error: the download must go on.
@@ -337,18 +337,18 @@ def decide(method: str, headers: Mapping[str, str], offered: Collection[int] = (
         return Reply(ReplyKind.IDENTITY, f"malformed PeerDist headers: {exc}")
     version = _protocol(params.version)
     if params.missing_data_request:
-        # 3.1.5.2: MUST NOT come with peerdist; identity bytes are what the client needs anyway.
+        # 3.1: MUST NOT come with peerdist; identity bytes are what the client needs anyway.
         why = "missing-data request" + (" (ignoring its peerdist)" if peerdist else "")
         return Reply(ReplyKind.MISSING_DATA, why, None, version)
     if not peerdist:
         return Reply(ReplyKind.IDENTITY, "peerdist not accepted")
-    if method != "GET":  # Windows uses PeerDist for GET only (3.1.5.1)
+    if method != "GET":  # Windows uses PeerDist for GET only (3.1)
         return Reply(ReplyKind.IDENTITY, f"peerdist not used for {method}")
     if version is None:
         return Reply(ReplyKind.IDENTITY, f"unsupported X-P2P-PeerDist version {params.version}")
     if version is ProtocolVersion.V1_0:
         ex = None  # a 1.0 client knows V1 only, whatever else it sends
-    # 3.2.5.1: without PeerDistEx the answer is V1; with it, a version inside [Min, Max].
+    # 3.2: without PeerDistEx the answer is V1; with it, a version inside [Min, Max].
     choices = [v for v in offered if v in (1, 2) and _within(v, ex)]
     if not choices:
         return Reply(ReplyKind.IDENTITY, "no content information version in the client's range")

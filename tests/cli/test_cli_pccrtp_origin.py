@@ -146,7 +146,7 @@ async def test_version_1_0_client_gets_v1_and_a_1_0_answer(
     assert headers["X-P2P-PeerDist"] == f"Version=1.0, ContentLength={SIZE}"
     info = ContentInformation.parse(body)
     assert (info.version, info.start, info.end) == (1, 0, SIZE)
-    # Version 1.1 without PeerDistEx: V1 as well (3.2.5.1), answered as 1.1.
+    # Version 1.1 without PeerDistEx: V1 as well ([MS-PCCRTP] 3.2), answered as 1.1.
     headers_11 = {"Accept-Encoding": "peerdist", "X-P2P-PeerDist": "Version=1.1"}
     status, headers, again = await get(http, origin.url + "/f.bin", headers_11)
     assert headers["X-P2P-PeerDist"] == f"Version=1.1, ContentLength={SIZE}"

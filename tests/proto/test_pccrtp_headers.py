@@ -158,7 +158,7 @@ PEERDIST = ReplyKind.PEERDIST
         ("GET", IPXE_GET, ReplyKind.PEERDIST, 2, V1_1),
         ("GET", WIN8_GET, ReplyKind.PEERDIST, 2, V1_1),
         ("GET", WIN7_GET, ReplyKind.PEERDIST, 1, V1_0),
-        # Without PeerDistEx the answer is V1 (3.2.5.1).
+        # Without PeerDistEx the answer is V1 ([MS-PCCRTP] 3.2).
         ("GET", {**IPXE_GET, "X-P2P-PeerDistEx": ""}, ReplyKind.PEERDIST, 1, V1_1),
         ("GET", {k: v for k, v in IPXE_GET.items() if "Ex" not in k}, ReplyKind.PEERDIST, 1, V1_1),
         # A 1.0 client gets V1 even if it sends PeerDistEx.
@@ -190,7 +190,7 @@ PEERDIST = ReplyKind.PEERDIST
         ("GET", {}, ReplyKind.IDENTITY, None, None),
         ("GET", {"Accept-Encoding": "gzip"}, ReplyKind.IDENTITY, None, None),
         ("GET", IPXE_BLOCK, ReplyKind.MISSING_DATA, None, V1_1),
-        # 3.1.5.2: MissingDataRequest MUST NOT come with peerdist; the bytes are still due.
+        # [MS-PCCRTP] 3.1: MissingDataRequest MUST NOT come with peerdist; the bytes are still due.
         ("GET", {**IPXE_BLOCK, "Accept-Encoding": "peerdist"}, ReplyKind.MISSING_DATA, None, V1_1),
         ("GET", {**IPXE_GET, "X-P2P-PeerDist": "Version=1.1,,=x"}, ReplyKind.IDENTITY, None, None),
     ],
