@@ -85,18 +85,24 @@ class FilePublisher:
     ) -> bytes | None:
         """The content information for [offset, offset+length); None while still hashing."""
         pub_id = key.publication_id(version)
-        task = self._tasks.get(pub_id)
-        if task is None or (task.done() and (task.cancelled() or task.exception())):
-            task = asyncio.create_task(self._publish(path, key, version), name=pub_id)
-            self._tasks[pub_id] = task
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self.hash_wait)
-        except TimeoutError:
-            return None
-        whole = offset == 0 and length == key.size
-        if whole:
-            return await self.client.content_information(pub_id)
-        return await self.client.content_information(pub_id, offset=offset, length=length)
+        for attempt in (1, 2):
+            task = self._tasks.get(pub_id)
+            if task is None or (task.done() and (task.cancelled() or task.exception())):
+                task = asyncio.create_task(self._publish(path, key, version), name=pub_id)
+                self._tasks[pub_id] = task
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.hash_wait)
+            except TimeoutError:
+                return None
+            try:
+                if offset == 0 and length == key.size:
+                    return await self.client.content_information(pub_id)
+                return await self.client.content_information(pub_id, offset=offset, length=length)
+            except InvalidParameter:  # withdrawn behind our back: publish it again, once
+                self._tasks.pop(pub_id, None)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _publish(self, path: Path, key: FileKey, version: int) -> None:
         pub_id = key.publication_id(version)
@@ -135,6 +141,7 @@ ROOT = web.AppKey("origin_root", Path)
 PUBLISHER = web.AppKey("origin_publisher", FilePublisher)
 STATS = web.AppKey("origin_stats", OriginStats)
 OFFERED: web.AppKey[tuple[int, ...]] = web.AppKey("origin_offered")
+TROUBLE: web.AppKey[set[str]] = web.AppKey("origin_trouble")
 REPLY = web.RequestKey("pccrtp_reply", Reply)
 
 
@@ -197,7 +204,7 @@ async def _content_information(
             path, key, reply.content_version, start, stop - start
         )
     except PeerDistError as exc:
-        log.warning("no content information for %s: %s", key.path, exc)
+        _warn_once(request.app, exc)
         return reply.identity_instead(f"peerdistd: {exc}")
     if info is None:  # [MS-PCCRTP] 3.2: identity now, hashes on the way
         return reply.identity_instead("still hashing", make_hash_request=True)
@@ -212,6 +219,19 @@ async def _content_information(
         "Content-Type": mimetypes.guess_type(key.path)[0] or "application/octet-stream",
     }
     return web.Response(body=info, headers=headers)
+
+
+def _warn_once(app: web.Application, exc: PeerDistError) -> None:
+    """Each distinct trouble as a warning once, then quietly: a daemon that is down would
+    otherwise put a line in the log for every request."""
+    said = app[TROUBLE]
+    text = str(exc)
+    if text in said:
+        log.debug("no content information: %s", text)
+        return
+    if len(said) < 256:  # bounded: the messages can name files
+        said.add(text)
+    log.warning("no content information (serving plain bytes): %s", text)
 
 
 async def _count(request: web.Request, response: web.StreamResponse) -> None:
@@ -243,6 +263,7 @@ def make_app(
     app[ROOT] = root.resolve()
     app[PUBLISHER] = publisher = FilePublisher(client, hash_wait)
     app[STATS] = OriginStats()
+    app[TROUBLE] = set()
     app[OFFERED] = tuple(offered)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:

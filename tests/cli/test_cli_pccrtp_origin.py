@@ -6,6 +6,7 @@ plain client, iPXE (peerdist GET, then per-block MissingDataRequest ranges), Win
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -192,15 +193,23 @@ async def test_unsatisfiable_range_with_peerdist_is_left_to_plain_http(
 
 
 async def test_no_daemon_means_identity_never_a_failed_download(
-    folder: Path, tmp_path: Path, http: aiohttp.ClientSession
+    folder: Path, tmp_path: Path, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "peerdistd.origin")
     async with (
         PeerDistClient(tmp_path / "nowhere.sock") as nobody,
         running_origin(folder, nobody, port=0) as origin,
     ):
-        status, headers, body = await get(http, origin.url + "/f.bin", IPXE_GET)
-    assert (status, body) == (200, CONTENT)
-    assert "Content-Encoding" not in headers and "X-P2P-PeerDistEx" not in headers
+        for _ in range(3):
+            status, headers, body = await get(http, origin.url + "/f.bin", IPXE_GET)
+            assert (status, body) == (200, CONTENT)
+            assert "Content-Encoding" not in headers and "X-P2P-PeerDistEx" not in headers
+    # Said once, not once per request.
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "no content information (serving plain bytes): cannot reach peerdistd at "
+        f"{tmp_path / 'nowhere.sock'}: No such file or directory — is it running?"
+    ]
 
 
 async def test_still_hashing_gets_identity_with_make_hash_request(
@@ -259,3 +268,12 @@ async def test_malformed_peerdist_headers_get_the_plain_file(
     bad = {**IPXE_GET, "X-P2P-PeerDistEx": "MinContentInformation=one"}
     status, headers, body = await get(http, origin.url + "/f.bin", bad)
     assert (status, body, headers.get("Content-Encoding")) == (200, CONTENT, None)
+
+
+async def test_a_publication_withdrawn_behind_its_back_is_published_again(
+    origin: RunningOrigin, folder: Path, client: PeerDistClient, http: aiohttp.ClientSession
+) -> None:
+    _, _, first = await get(http, origin.url + "/f.bin", IPXE_GET)
+    await client.unpublish(key_of(folder / "f.bin").publication_id(2))
+    status, headers, again = await get(http, origin.url + "/f.bin", IPXE_GET)
+    assert (status, headers["Content-Encoding"], again) == (200, "peerdist", first)
