@@ -32,7 +32,7 @@ from benchmarks._nodes import (
     scratch,
     write_random,
 )
-from tests.harness import DaemonProcess
+from tests.harness import DaemonProcess, netns_unavailable
 
 PEERDIST = str(REPO / ".venv" / "bin" / "peerdist")
 GOAL = 1.05
@@ -161,6 +161,10 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 250:
         parser.error("--clients must be 1..250 (one 127.0.0.x address each)")
+    why = netns_unavailable()
+    if why:
+        print(f"   skipped: it {why}")
+        return
     with scratch("bench-branch") as root, namespace() as netns:
         run(bench(args, root, netns))
 
