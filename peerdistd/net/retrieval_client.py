@@ -1,21 +1,19 @@
-"""The MS-PCCRR retrieval client: one pooled keep-alive aiohttp session for all peers.
+"""The MS-PCCRR retrieval client: pooled keep-alive connections, a bounded number per peer.
 
-Every failure comes out as a :class:`PeerError`; aiohttp's exceptions never escape. Hashes
-are the caller's business: this module only decrypts.
+Each connection is an asyncio Protocol (:mod:`http11_client`) reading answers straight into
+buffers of their exact size; no task per request. Every failure comes out as a
+:class:`PeerError`. Hashes are the caller's business: this module only decrypts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Final
 
-import aiohttp
-from yarl import URL
-
 from peerdistd.errors import DecodeError
+from peerdistd.net.http11_pool import PeerPools
 from peerdistd.net.types import (
     BUSY_HEADER,
     PeerBusy,
@@ -54,7 +52,7 @@ __all__ = [
 
 REQUEST_TIMEOUT: Final = 2.0  # [MS-PCCRR] 3.1.2 client request timer (<9>)
 _MAX_BODY: Final = TRANSPORT_HEADER_SIZE + MAX_RESPONSE_SIZE
-_MAX_CACHED_URLS: Final = 4096
+_BUSY_FIELD: Final = BUSY_HEADER.lower().encode()
 
 
 class RetrievalClient:
@@ -67,22 +65,12 @@ class RetrievalClient:
         max_connections: int = 256,
         keepalive_timeout: float = 30.0,
     ) -> None:
-        self._limits = (connections_per_peer, max_connections, keepalive_timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, URL] = {}
+        self._pool = PeerPools(
+            MAGIC_PATH, connections_per_peer, max_connections, keepalive_timeout, _MAX_BODY
+        )
 
     async def __aenter__(self) -> RetrievalClient:
-        per_peer, total, keepalive = self._limits
-        connector = aiohttp.TCPConnector(
-            limit=total, limit_per_host=per_peer, keepalive_timeout=keepalive
-        )
-        # Timeouts are ours (asyncio.timeout per request); aiohttp's would surface as its own.
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
+        self._pool.open(asyncio.get_running_loop())
         return self
 
     async def __aexit__(
@@ -91,9 +79,7 @@ class RetrievalClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.close()
 
     async def get_block(
         self,
@@ -161,71 +147,12 @@ class RetrievalClient:
         self, peer: str, request: bytes, timeout: float
     ) -> tuple[pccrr.Response, bool]:
         """POST one message; the parsed answer and whether it was marked busy."""
-        if self._session is None:
-            raise RuntimeError("RetrievalClient used outside 'async with'")
-        url = self._url(peer)
+        answer = await self._pool.exchange(peer, request, timeout)
+        busy = answer.fields.get(_BUSY_FIELD) == b"1"
         try:
-            async with asyncio.timeout(timeout):
-                try:
-                    body, busy = await self._post(url, peer, request)
-                except aiohttp.ServerDisconnectedError:
-                    # A pooled keep-alive connection the peer had just closed: one fresh try.
-                    body, busy = await self._post(url, peer, request)
-        except TimeoutError as exc:
-            raise PeerTimeout(peer, f"no answer within {timeout} s") from exc
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise PeerUnreachable(peer, str(exc) or type(exc).__name__) from exc
-        except aiohttp.ClientError as exc:
-            raise PeerProtocolError(peer, str(exc) or type(exc).__name__) from exc
-        try:
-            return pccrr.parse_response(body), busy
+            return pccrr.parse_response(answer.body), busy
         except DecodeError as exc:
             raise PeerProtocolError(peer, f"malformed answer: {exc}") from exc
-
-    async def _post(self, url: URL, peer: str, request: bytes) -> tuple[bytes, bool]:
-        assert self._session is not None
-        async with self._session.post(url, data=request) as resp:
-            if resp.status != 200:
-                raise PeerProtocolError(peer, f"HTTP {resp.status}")
-            busy = resp.headers.get(BUSY_HEADER) == "1"
-            length = resp.content_length
-            if length is not None:
-                if length > _MAX_BODY:
-                    raise PeerProtocolError(peer, f"answer of {length} bytes is too big")
-                try:
-                    return await resp.content.readexactly(length), busy
-                except asyncio.IncompleteReadError as exc:
-                    raise PeerProtocolError(peer, "answer cut short") from exc
-            body = bytearray()
-            async for chunk in resp.content.iter_any():
-                body += chunk
-                if len(body) > _MAX_BODY:
-                    raise PeerProtocolError(peer, "answer too big")
-            return bytes(body), busy
-
-    def _url(self, peer: str) -> URL:
-        url = self._urls.get(peer)
-        if url is None:
-            url = _peer_url(peer)
-            if len(self._urls) >= _MAX_CACHED_URLS:
-                self._urls.clear()
-            self._urls[peer] = url
-        return url
-
-
-def _peer_url(peer: str) -> URL:
-    """``http://ip:port/<magic>/`` for a bare ``ip:port`` (IPv6 in brackets); no DNS names."""
-    host, _, port = peer.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-        number = int(port)
-    except ValueError:
-        raise PeerError(peer, "not an ip:port address") from None
-    if not 0 < number < 65536:
-        raise PeerError(peer, f"port {number} out of range")
-    return URL.build(scheme="http", host=host, port=number, path=MAGIC_PATH)
 
 
 def _unexpected(peer: str, answer: pccrr.Response, asked: str) -> PeerProtocolError:
