@@ -258,9 +258,8 @@ async def post_content_information(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     uid = caller(request)
     part = await read_ci_body(request)
-    return web.json_response(
-        engine.add_content_information(uid, request.match_info["h"], part).info()
-    )
+    handle = await engine.add_content_information(uid, request.match_info["h"], part)
+    return web.json_response(handle.info())
 
 
 async def post_complete(request: web.Request) -> web.Response:
@@ -321,7 +320,7 @@ async def put_data(request: web.Request) -> web.Response:
 
 
 async def post_flush(request: web.Request) -> web.Response:
-    request.app[ENGINE].flush(caller(request), request.match_info["h"])
+    await request.app[ENGINE].flush(caller(request), request.match_info["h"])
     return web.Response(status=204)
 
 

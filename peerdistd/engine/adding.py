@@ -8,7 +8,6 @@ served) until the rest arrives (DESIGN.md, "Read semantics").
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from peerdistd import errors
@@ -29,12 +28,9 @@ class AddOutcome:
 
 
 class DataAdder:
-    def __init__(
-        self, store: BlockStore, stats: Counters, staged: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, store: BlockStore, stats: Counters) -> None:
         self.store = store
         self.stats = stats
-        self._staged = staged
 
     def consume(
         self, h: ContentHandle, start: int, buf: memoryview, final: bool, out: AddOutcome
@@ -117,7 +113,6 @@ class DataAdder:
             self.store.put_blocks(
                 seg_id, [(ref.index, data, ref.hash) for ref, data in blocks], durable=False
             )
-            self._staged()
 
     def _hold(self, h: ContentHandle, pos: int, data: memoryview) -> None:
         if not h.held.add(pos, data):

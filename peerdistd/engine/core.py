@@ -25,13 +25,14 @@ from peerdistd.engine.publishing import Publisher
 from peerdistd.engine.reading import BlockReader, ReadRequest
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
-from peerdistd.engine.view import ContentView, view_from_bytes
+from peerdistd.engine.view import ContentView, ViewCache, view_from_bytes
 from peerdistd.proto.pccrc import ContentInformation
 from peerdistd.store.publications import PublicationStore
 
 log = logging.getLogger(__name__)
 
 ROOT_UID = 0
+ADD_BATCH = 1 << 20  # bytes of an add-data body verified per hand-over to the worker
 READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
 OPEN_FLAGS = frozenset({"immediate"})
 
@@ -79,9 +80,10 @@ class Engine:
         self.reader = BlockReader(
             store, self.peers, self.slots, self.stats, self.events, self._track, self.commits.kick
         )
-        self.adder = DataAdder(store, self.stats, self.commits.kick)
+        self.adder = DataAdder(store, self.stats)
         self.publisher = Publisher(store, publications, passphrase, self.check_enabled)
         self.handles: dict[str, ContentHandle] = {}
+        self._views = ViewCache()
         # Gauges and counters of other parts (the peer network) merged into the snapshot.
         self.extra_stats: list[Callable[[], Mapping[str, float]]] = []
         self._status = "AVAILABLE" if self.settings.enabled else "DISABLED"
@@ -116,11 +118,11 @@ class Engine:
         owned = sum(1 for h in self.handles.values() if h.owner_uid == uid)
         if owned >= self.settings.max_handles_per_uid:
             raise errors.StreamLimitReached(f"uid {uid} has {owned} open handles")
-        view = view_from_bytes(ci_part)
+        view = self._views.view(ci_part)
         handle = ContentHandle(
             id=secrets.token_urlsafe(12),
             owner_uid=uid,
-            ci_bytes=bytearray(ci_part),
+            ci_bytes=bytearray(ci_part) if _may_grow(view) else bytearray(),
             view=view,
             stream_offset=view.start,
             held=HeldData(self.settings.held_limit),
@@ -140,15 +142,19 @@ class Engine:
         h.last_used = time.monotonic()
         return h
 
-    def add_content_information(self, uid: int, handle_id: str, part: bytes) -> ContentHandle:
+    async def add_content_information(self, uid: int, handle_id: str, part: bytes) -> ContentHandle:
         h = self.handle(uid, handle_id)
-        if h.view is not None and h.view.complete:
+        async with h.add_lock:  # held bytes are verified here: no add may run meanwhile
+            return self._add_content_information(h, part)
+
+    def _add_content_information(self, h: ContentHandle, part: bytes) -> ContentHandle:
+        if h.view is not None and not _may_grow(h.view):
             raise errors.InvalidParameter("the content information is already complete")
         buf = h.ci_bytes + part
         view = view_from_bytes(bytes(buf))
         if h.view is not None and view.start != h.view.start:
             raise errors.InvalidData("the new part changes the content range")
-        h.ci_bytes = buf
+        h.ci_bytes = buf if _may_grow(view) else bytearray()
         h.view = view
         self.adder.verify_held(h)
         return h
@@ -174,12 +180,17 @@ class Engine:
         for task in list(h.pending):
             if task is not current:
                 task.cancel()
-        h.held.clear()
+        # Held bytes go with the handle object (an add may still be finishing on them).
 
-    def flush(self, uid: int, handle_id: str) -> None:
-        """ClientFlushContent: forget unverified held bytes of the handle."""
+    async def flush(self, uid: int, handle_id: str) -> int:
+        """ClientFlushContent: drop this content's data from the local cache (and what the
+        handle held unverified); returns the bytes freed."""
         h = self.handle(uid, handle_id)
-        h.held.clear()
+        async with h.add_lock:
+            h.held.clear()
+        if h.view is None:
+            return 0
+        return await asyncio.to_thread(self.store.drop, h.view.segment_ids(0, 1 << 63))
 
     def reclaim_idle(self, now: float | None = None) -> int:
         """Close handles idle past ``handle_idle_timeout`` with no read running."""
@@ -311,23 +322,52 @@ class Engine:
     async def add_data(
         self, uid: int, handle_id: str, offset: int, body: AsyncIterator[bytes]
     ) -> AddOutcome:
+        """ClientAddData: verify the body block by block and cache what matches.
+
+        Verification (hashing) and disk writes run on a worker thread, one batch at a time
+        and in order, while the next batch of the body is being received.
+        """
         h = self.handle(uid, handle_id)
         if offset < 0:
             raise errors.InvalidParameter("offset must be >= 0")
         out = AddOutcome()
-        pending = bytearray()
-        start = offset
-        total = 0
-        async for chunk in body:
-            if h.closed:
-                raise errors.OperationAborted("the content handle was closed")
-            total += len(chunk)
-            pending += chunk
-            done = self.adder.consume(h, start, memoryview(pending), False, out)
-            del pending[:done]
-            start += done
-        if pending:
-            self.adder.consume(h, start, memoryview(pending), True, out)
+        carry = bytearray()  # a block begun in one batch and finished in the next
+        position = offset
+
+        def step(data: bytes, final: bool) -> None:
+            nonlocal position
+            carry.extend(data)
+            done = self.adder.consume(h, position, memoryview(carry), final, out)
+            del carry[:done]
+            position += done
+
+        async with h.add_lock:  # one add at a time per handle: the held bytes are shared
+            total = 0
+            batch: list[bytes] = []
+            batched = 0
+            working: asyncio.Future[None] | None = None
+            try:
+                async for chunk in body:
+                    if h.closed:
+                        raise errors.OperationAborted("the content handle was closed")
+                    total += len(chunk)
+                    batch.append(chunk)
+                    batched += len(chunk)
+                    if batched >= ADD_BATCH:
+                        if working is not None:
+                            await working
+                            self.commits.kick()
+                        working = asyncio.ensure_future(
+                            asyncio.to_thread(step, b"".join(batch), False)
+                        )
+                        batch, batched = [], 0
+                if working is not None:
+                    await working
+                await asyncio.to_thread(step, b"".join(batch), True)
+                self.commits.kick()
+            finally:
+                if working is not None and not working.done():
+                    await asyncio.gather(working, return_exceptions=True)
         self.stats.bytes_from_origin += total
         out.received = total
         out.held = h.held.size
@@ -368,6 +408,15 @@ class Engine:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.commits.aclose()
         self.events.close()
+
+
+def _may_grow(view: ContentView) -> bool:
+    """Whether more content information may still be added to the handle.
+
+    V2 content information has no segment count: one that ends on a chunk boundary is
+    complete as it stands, yet more chunks may follow ([MS-PCCRC] 2.4).
+    """
+    return not view.complete or view.version == 2
 
 
 def _loop_running() -> bool:

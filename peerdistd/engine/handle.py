@@ -16,7 +16,7 @@ class ContentHandle:
 
     id: str
     owner_uid: int
-    ci_bytes: bytearray
+    ci_bytes: bytearray  # kept only while the content information is incomplete
     view: ContentView | None
     stream_offset: int
     held: HeldData
@@ -25,6 +25,8 @@ class ContentHandle:
     closed: bool = False
     # Stream reads are served first-in first-out: asyncio.Lock wakes waiters in order.
     stream_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Add-data and added content information touch the held bytes: one at a time.
+    add_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: set[asyncio.Task[Any]] = field(default_factory=set)
     active_reads: int = 0
 

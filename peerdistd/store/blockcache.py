@@ -367,6 +367,18 @@ class BlockCache:
             victims = [(r, s) for r, s, _ in self._index.lru() if s not in self._pins]
             return self._drop_segments(victims, evicted=False)
 
+    def drop(self, segment_ids: Sequence[bytes]) -> int:
+        """Remove these segments (those not pinned) from the cache; returns the bytes freed."""
+        for segment_id in segment_ids:
+            check_segment_id(segment_id)
+        with self._lock, db_errors("drop"):
+            victims = []
+            for segment_id in dict.fromkeys(segment_ids):
+                seg = self._table.load(segment_id)
+                if seg is not None and segment_id not in self._pins:
+                    victims.append((seg.rowid, segment_id))
+            return self._drop_segments(victims, evicted=False) if victims else 0
+
     def verify(self, hasher: Callable[[int, bytes], bytes] | None = None) -> VerifyReport:
         """Re-hash every held block, drop those that fail, remove stray files."""
         return verify_cache(self, hasher or block_digest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 
@@ -196,11 +197,24 @@ async def test_content_information_in_pieces_and_held_data(api: aiohttp.ClientSe
     assert got == data[: len(got)] and len(got) > described
 
 
+async def test_flush_drops_the_content_from_the_cache(api: aiohttp.ClientSession) -> None:
+    data = content(3 * BLOCK, seed=9)
+    ci = content_information(data).to_bytes()
+    h = await open_handle(api, ci)
+    assert (await add(api, h, 0, data)).status == 200
+    async with api.get("/v1/cache") as r:
+        assert (await r.json())["bytes_used"] == len(data)
+    async with api.post(f"/v1/contents/{h}/flush") as r:
+        assert r.status == 204
+    async with api.get("/v1/cache") as r:
+        assert (await r.json())["bytes_used"] == 0
+    status, _, body = await stream_read(api, h, timeout_ms=0)
+    assert (status, json.loads(body)["length"]) == (424, len(data))
+
+
 async def test_close_and_unknown_handles(api: aiohttp.ClientSession) -> None:
     data = content(BLOCK, seed=8)
     h = await open_handle(api, content_information(data).to_bytes())
-    async with api.post(f"/v1/contents/{h}/flush") as r:
-        assert r.status == 204
     async with api.delete(f"/v1/contents/{h}") as r:
         assert r.status == 204
     for method, path in (

@@ -223,3 +223,14 @@ async def test_idle_handles_are_reclaimed(stores) -> None:  # type: ignore[no-un
     assert engine.reclaim_idle(handle.last_used + engine.settings.handle_idle_timeout + 1) == 1
     assert h not in engine.handles
     await engine.aclose()
+
+
+async def test_handles_on_one_content_share_one_parsed_view(stores) -> None:  # type: ignore[no-untyped-def]
+    _, ci, _, engine, h = setup(stores)
+    others = [engine.open_content(UID, ci.to_bytes()).id for _ in range(100)]
+    views = {id(engine.handles[x].view) for x in [h, *others]}
+    assert len(views) == 1
+    assert all(not engine.handles[x].ci_bytes for x in others)  # no raw copy kept either
+    engine.close(UID, h)
+    assert engine.available(UID, others[0]) == (0, 0)
+    await engine.aclose()
