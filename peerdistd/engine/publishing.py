@@ -48,7 +48,7 @@ def store_segments(
             (i, view[i * seg.block_size : (i + 1) * seg.block_size], seg.block_hashes[i])
             for i in range(len(seg.block_hashes))
         ]
-        store.put_blocks(seg.segment_id, blocks)
+        store.put_blocks(seg.segment_id, blocks, durable=False)  # committed before the 201
 
 
 async def publish_stream(
@@ -108,6 +108,8 @@ async def publish_stream(
             for fut in (hashing, storing):
                 if fut is not None:
                     await asyncio.gather(fut, return_exceptions=True)
+    # Durable before the publication is acknowledged: one sync for the whole content.
+    await asyncio.to_thread(store.commit_staged)
     ci: ContentInformation = hasher.content_information()
     return Publication(
         id=pub_id,

@@ -76,6 +76,7 @@ class BlockCache:
         # rowid -> index -> (length, hash); committed by commit_staged().
         self._staged: dict[int, dict[int, tuple[int, bytes]]] = {}
         self._staged_bytes = 0
+        self._committing: dict[int, dict[int, tuple[int, bytes]]] = {}  # syncing right now
 
     @classmethod
     def open(
@@ -184,7 +185,9 @@ class BlockCache:
                 view = memoryview(data).cast("B")
                 check_block(seg.record, index, view.nbytes, digest)
                 known = new[index][1] if index in new else None
-                staged = self._staged.get(seg.rowid, {}).get(index)
+                staged = self._staged.get(seg.rowid, {}).get(index) or self._committing.get(
+                    seg.rowid, {}
+                ).get(index)
                 if staged is not None:
                     known = staged[1]
                 elif index in seg.lengths:
@@ -226,29 +229,52 @@ class BlockCache:
         return self._staged_bytes
 
     def commit_staged(self) -> int:
-        """Make every staged block durable and indexed; returns the bytes committed."""
+        """Make every staged block durable and indexed; returns the bytes committed.
+
+        The fdatasync runs without the cache's lock, so reads and writes of other blocks go
+        on meanwhile; only the index rows are written under it.
+        """
+        with self._lock:
+            if self._closed or not self._staged:
+                return 0
+            self._committing, self._staged = self._staged, {}
+            committed, self._staged_bytes = self._staged_bytes, 0
+            fds = [fd for rowid in self._committing if (fd := self._files.open(rowid)) is not None]
+        try:
+            if self._sync:
+                for fd in fds:  # data durable before the rows that vouch for it
+                    self._files.sync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
         with self._lock:
             if self._closed:
                 return 0
-            return self._commit_staged_locked()
+            return self._insert_committing(committed)
 
     def _commit_staged_locked(self) -> int:
+        """The same, holding the lock throughout (at close)."""
         if not self._staged:
             return 0
-        staged, self._staged = self._staged, {}
+        self._committing, self._staged = self._staged, {}
         committed, self._staged_bytes = self._staged_bytes, 0
+        if self._sync:
+            for rowid in self._committing:
+                fd = self._files.open(rowid)
+                if fd is not None:
+                    try:
+                        self._files.sync(fd)
+                    finally:
+                        os.close(fd)
+        return self._insert_committing(committed)
+
+    def _insert_committing(self, committed: int) -> int:
+        # Segments dropped while their data was syncing left self._committing already.
+        committing, self._committing = self._committing, {}
         with db_errors("commit_staged"):
-            if self._sync:
-                for rowid in staged:  # data durable before the rows that vouch for it
-                    fd = self._files.open(rowid)
-                    if fd is not None:
-                        try:
-                            self._files.sync(fd)
-                        finally:
-                            os.close(fd)
             self._clock += 1
             with self._index.transaction():
-                for rowid, rows in staged.items():
+                for rowid, rows in committing.items():
                     self._index.insert_blocks(
                         rowid, [(i, n, h) for i, (n, h) in rows.items()], self._clock
                     )
@@ -407,10 +433,12 @@ class BlockCache:
 
     def _drop_blocks(self, seg: Seg, gone: list[tuple[int, int]]) -> None:
         staged = self._staged.get(seg.rowid, {})
-        indexed = [(i, n) for i, n in gone if i not in staged]
+        committing = self._committing.get(seg.rowid, {})
+        indexed = [(i, n) for i, n in gone if i not in staged and i not in committing]
         for i, _ in gone:
             if i in staged:
                 self._staged_bytes -= staged.pop(i)[0]
+            committing.pop(i, None)
             seg.lengths.pop(i, None)
         if indexed:
             with self._index.transaction():
@@ -455,6 +483,7 @@ class BlockCache:
             self._touched.pop(rowid, None)
             for length, _ in self._staged.pop(rowid, {}).values():
                 self._staged_bytes -= length
+            self._committing.pop(rowid, None)
         self._empty_trash()
         if self.on_evict is not None:
             for _, segment_id in victims:
