@@ -7,6 +7,7 @@ datagrams, arms the back-off timers, gathers answers for a window and caches the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import socket
@@ -109,6 +110,8 @@ class _Endpoint(asyncio.DatagramProtocol):
 class _Pending:
     ids: tuple[bytes, ...]
     hits: dict[bytes, dict[str, int]] = field(default_factory=dict)
+    # Set once every id has at least one holder: the prober may then stop early.
+    covered: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _HitCache:
@@ -302,8 +305,16 @@ class Discovery:
                     transport.sendto(payload, (self.groups[iface.family], self.port))
                     self.stats.probes_sent += 1
                     self._emit("probe_sent", self.groups[iface.family], group_ids)
-            # 3.4: never wait less than the longest back-off a responder may take.
-            await asyncio.sleep(max(window, self._max_delay_ms / 1000))
+            # 3.4: never wait less than the longest back-off a responder may take. Once every
+            # id has a holder, wait only that back-off more (every responder that got the
+            # probe has answered by then) instead of the whole window: a read's first block
+            # then comes ~100 ms sooner.
+            settle = self._max_delay_ms / 1000
+            deadline = asyncio.get_running_loop().time() + max(window, settle)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.gather(*(p.covered.wait() for p in mine))
+                    await asyncio.sleep(settle)
         finally:
             for message_id in [m for m, p in self._pending.items() if p in mine]:
                 del self._pending[message_id]
@@ -374,6 +385,8 @@ class Discovery:
             peers = pending.hits.setdefault(sid, {})
             for xaddr in match.xaddrs:
                 peers[xaddr] = max(n, peers.get(xaddr, 0))
+        if len(pending.hits) == len(pending.ids):
+            pending.covered.set()
         self._emit("match_received", _peer(addr), tuple(counts))
 
     def _drop(self, reason: str, addr: Address, detail: str = "") -> None:

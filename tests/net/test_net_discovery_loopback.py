@@ -296,3 +296,22 @@ def test_exit_cancels_planned_answers() -> None:
         assert not a._timers and a.stats.matches_sent == 0
 
     run(scenario)
+
+
+def test_find_returns_once_every_id_has_holders_and_the_back_off_passed() -> None:
+    """With holders for every id, find() does not sit out a long window (3.4: it still waits
+    the longest responder back-off, so every holder that heard the probe is in the answer)."""
+
+    async def scenario() -> None:
+        port = free_udp_port()
+        a = node("127.0.0.1", {S1: 5}, port)
+        b = node("127.0.0.2", {S1: 7}, port)
+        c = node("127.0.0.3", {}, port)
+        async with a, b, c:
+            found = await asyncio.wait_for(c.find([S1], window=60.0), timeout=10.0)
+            assert by_xaddr(found[S1]) == {"127.0.0.1:80": 5, "127.0.0.2:80": 7}
+            # An id nobody holds keeps the whole window: it is no early answer.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(c.find([S4], window=60.0), timeout=1.0)
+
+    run(scenario)
