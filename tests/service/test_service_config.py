@@ -24,8 +24,8 @@ from peerdistd.config import (
     diff_for_reload,
     ensure_private_dir,
     load_config,
-    parse_endpoint,
 )
+from peerdistd.config_checks import parse_endpoint
 from peerdistd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
