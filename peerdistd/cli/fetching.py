@@ -166,8 +166,8 @@ async def fetch(
             from_peers += len(read.data) - local
             if progress:
                 progress(from_cache + from_peers + from_origin, handle.size)
-        if from_origin:
-            await handle.flush()
+        # No ClientFlushContent here: it removes the content from the cache (DESIGN.md), and
+        # what came from the origin is what this node should now serve to the branch.
     return FetchSummary(
         from_cache + from_peers + from_origin,
         from_cache,
