@@ -135,7 +135,11 @@ def data_response(result: ReadResult) -> web.Response:
     return web.Response(
         body=result.data,
         content_type="application/octet-stream",
-        headers={"PeerDist-Offset": str(result.offset), "PeerDist-Read-Id": result.read_id},
+        headers={
+            "PeerDist-Offset": str(result.offset),
+            "PeerDist-Read-Id": result.read_id,
+            "PeerDist-From-Peers": str(result.from_peers),
+        },
     )
 
 

@@ -366,7 +366,8 @@ class ContentHandle:
             data = await resp.read()
             with malformed():
                 offset = int(resp.headers["PeerDist-Offset"])
-            return ReadResult(offset, data, resp.headers.get("PeerDist-Read-Id", ""))
+                from_peers = int(resp.headers.get("PeerDist-From-Peers", "0"))
+            return ReadResult(offset, data, resp.headers.get("PeerDist-Read-Id", ""), from_peers)
 
     async def add_data(self, offset: int, data: bytes) -> AddDataResult:
         """Add bytes got from the origin; a block failing verification raises InvalidData."""

@@ -128,6 +128,7 @@ class ReadResult:
     offset: int  # absolute offset where the read started
     data: bytes
     read_id: str
+    from_peers: int = 0  # bytes of data that came from peers (the rest: the local cache)
 
 
 @dataclass(frozen=True, slots=True)

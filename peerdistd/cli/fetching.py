@@ -1,7 +1,8 @@
 """The PeerDist application loop over the local API, as ``peerdist fetch`` runs it.
 
 Stream-read from the daemon; get each range it reports missing from the origin with a
-MissingDataRequest ([MS-PCCRTP] 3.1; what iPXE sends), add it back, go on until NO_MORE.
+MissingDataRequest ([MS-PCCRTP] 3.1; what iPXE sends), a slice at a time, asking the daemon
+again between slices; add it back, go on until NO_MORE.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ ProgressCallback = Callable[[int, int | None], None]
 """Called with (bytes written so far, total or None) as a fetch goes on."""
 
 ORIGIN_CHUNK = 1 << 20
+# At most this much of a missing range is taken from the origin before the daemon is asked
+# again: nodes that start together then share what each fetched instead of all taking the
+# whole content from the WAN.
+ORIGIN_SLICE = 4 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
@@ -139,33 +144,59 @@ async def fetch(
                 raise ServiceUnavailable(f"peerdistd returned an empty range at {offset}")
             expected = offset + n
 
-        cached = 0  # bytes known to be in the local cache at the stream offset
+        def took(data: bytes, peers: int) -> None:
+            nonlocal from_cache, from_peers
+            out.write(data)
+            from_peers += peers
+            from_cache += len(data) - peers
+            if progress:
+                progress(from_cache + from_peers + from_origin, handle.size)
+
+        async def from_origin_slice(offset: int, length: int) -> None:
+            nonlocal from_origin, requests
+            requests += 1
+            chunks = origin_range(origin_session, origin, offset, length)
+            async for n in _add_from_origin(handle, offset, chunks, out):
+                from_origin += n
+                if progress:
+                    progress(from_cache + from_peers + from_origin, handle.size)
+
+        async def fill_gap(offset: int, length: int) -> None:
+            """A range the daemon reported missing: take a slice of it from the origin, then
+            ask the daemon again for the rest (block reads), since other nodes of the branch
+            may have fetched it meanwhile. Only what is still missing goes to the origin."""
+            end = offset + length
+            pos = offset
+            take = min(ORIGIN_SLICE, end - pos)
+            while pos < end:
+                if take:
+                    await from_origin_slice(pos, take)
+                    pos += take
+                    take = 0
+                    continue
+                try:
+                    read = await handle.block_read(
+                        pos, min(read_max, end - pos), timeout_ms=timeout_ms
+                    )
+                except (MissingData, Timeout) as gap:
+                    take = min(ORIGIN_SLICE, gap.length, end - pos)
+                    continue
+                if read.offset != pos or not read.data:
+                    raise ServiceUnavailable(f"peerdistd block read at {pos} answered badly")
+                took(read.data, read.from_peers)
+                pos += len(read.data)
+
         while True:
             try:
-                # One max=0 query per run of cached bytes tells cache from peers (DESIGN.md).
-                cached = cached or await handle.available()
-                want = min(read_max, cached) if cached else read_max
-                read = await handle.stream_read(want, timeout_ms=timeout_ms)
+                read = await handle.stream_read(read_max, timeout_ms=timeout_ms)
             except NoMore:
                 break
             except (MissingData, Timeout) as gap:
                 advance(gap.offset, gap.length)
-                cached = 0
-                requests += 1
-                chunks = origin_range(origin_session, origin, gap.offset, gap.length)
-                async for n in _add_from_origin(handle, gap.offset, chunks, out):
-                    from_origin += n
-                    if progress:
-                        progress(from_cache + from_peers + from_origin, handle.size)
+                await fill_gap(gap.offset, gap.length)
                 continue
             advance(read.offset, len(read.data))
-            out.write(read.data)
-            local = min(len(read.data), cached)
-            cached -= local
-            from_cache += local
-            from_peers += len(read.data) - local
-            if progress:
-                progress(from_cache + from_peers + from_origin, handle.size)
+            took(read.data, read.from_peers)
         # No ClientFlushContent here: it removes the content from the cache (DESIGN.md), and
         # what came from the origin is what this node should now serve to the branch.
     return FetchSummary(

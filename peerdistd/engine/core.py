@@ -52,6 +52,7 @@ class ReadResult:
     offset: int
     data: bytes
     read_id: str
+    from_peers: int = 0  # bytes of ``data`` that peers supplied for this read
 
 
 class Engine:
@@ -293,7 +294,7 @@ class Engine:
         req = ReadRequest(h.id, read_id, offset, max_bytes, timeout, flags)
         status = "OPERATION_ABORTED"
         try:
-            data = await self.reader.read(view, req)
+            data, from_peers = await self.reader.read(view, req)
             status = "OK"
         except errors.ApiError as exc:
             status = exc.name
@@ -304,7 +305,7 @@ class Engine:
         finally:
             self.events.publish("SHUTDOWN_COMPLETE", handle=h.id, read_id=read_id, status=status)
         self.stats.reads_ok += 1
-        return ReadResult(offset, data, read_id)
+        return ReadResult(offset, data, read_id, from_peers)
 
     def _count_failure(self, exc: errors.ApiError) -> None:
         field = {

@@ -164,8 +164,9 @@ class BlockReader:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def read(self, view: ContentView, req: ReadRequest) -> bytes:
-        """Bytes at ``req.offset`` (at least one), or MissingData / Timeout / StreamLimit."""
+    async def read(self, view: ContentView, req: ReadRequest) -> tuple[bytes, int]:
+        """Bytes at ``req.offset`` (at least one) and how many of them came from peers;
+        or MissingData / Timeout / StreamLimit."""
         data, peer_bytes = self.local(view, req.offset, req.max_bytes)
         if data:
             self._account(data, peer_bytes)
@@ -180,7 +181,7 @@ class BlockReader:
                     self._located_now(),
                     time.monotonic() + req.timeout,
                 )
-            return data
+            return data, peer_bytes
         self.stats.cache_misses += 1  # nothing local at the offset: a miss, however it ends
         first = view.block_at(req.offset)
         if req.timeout <= 0 or first is None:
@@ -189,7 +190,9 @@ class BlockReader:
             raise errors.MissingData(req.offset, self.missing(view, req.offset, {}))
         return await self._read_from_peers(view, req, first)
 
-    async def _read_from_peers(self, view: ContentView, req: ReadRequest, first: BlockRef) -> bytes:
+    async def _read_from_peers(
+        self, view: ContentView, req: ReadRequest, first: BlockRef
+    ) -> tuple[bytes, int]:
         deadline = time.monotonic() + req.timeout
         key = (first.segment.segment_id, first.index)
         task = self._inflight.get(key)
@@ -240,7 +243,7 @@ class BlockReader:
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {}))
         self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
         self.stats.bytes_from_cache += len(data) - peer_bytes
-        return data
+        return data, peer_bytes
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
         wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]

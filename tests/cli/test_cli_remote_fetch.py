@@ -6,7 +6,7 @@ import contextlib
 import io
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -31,6 +31,7 @@ class ContentDaemon:
         self.offset = 0
         self.have = bytearray(len(content))  # 1 where added data was verified
         self.calls: list[tuple[str, dict[str, str]]] = []
+        self.on_add: Callable[[], None] = lambda: None  # e.g. other nodes fetched meanwhile
 
     def _run(self, blocks: set[int], start: int) -> int:
         """End offset of the run of ``blocks`` starting at ``start``'s block."""
@@ -56,9 +57,6 @@ class ContentDaemon:
         if tail == "/stream-read":
             want = int(request.query["max"])
             start = self.offset
-            if want == 0:
-                available = self._run(self.local, start) - start
-                return web.Response(headers={"PeerDist-Available": str(available)})
             if start >= size:
                 return web.json_response({"error": "NO_MORE", "message": ""}, status=416)
             source = self.local if start // BLOCK in self.local else self.peers
@@ -69,8 +67,25 @@ class ContentDaemon:
                 body = {"error": "MISSING_DATA", "message": "", "offset": start}
                 return web.json_response({**body, "length": end - start}, status=424)
             self.offset = end
+            peers = 0 if source is self.local else end - start
             self.local |= {b for b in range(start // BLOCK, (end - 1) // BLOCK + 1)}
-            headers = {"PeerDist-Offset": str(start), "PeerDist-Read-Id": "r"}
+            headers = {
+                "PeerDist-Offset": str(start),
+                "PeerDist-Read-Id": "r",
+                "PeerDist-From-Peers": str(peers),
+            }
+            return web.Response(body=self.content[start:end], headers=headers)
+        if tail == "/block-read":
+            start, want = int(request.query["offset"]), int(request.query["max"])
+            source = self.local if start // BLOCK in self.local else self.peers
+            end = min(start + want, self._run(source, start))
+            if end == start:
+                body = {"error": "MISSING_DATA", "message": "", "offset": start}
+                return web.json_response(
+                    {**body, "length": self._missing_end(start) - start}, status=424
+                )
+            peers = 0 if source is self.local else end - start
+            headers = {"PeerDist-Offset": str(start), "PeerDist-From-Peers": str(peers)}
             return web.Response(body=self.content[start:end], headers=headers)
         if tail == "/data":
             start = int(request.query["offset"])
@@ -78,6 +93,8 @@ class ContentDaemon:
             if self.content[start : start + len(body)] != body:
                 return web.json_response({"error": "INVALID_DATA", "message": ""}, status=422)
             self.have[start : start + len(body)] = b"\x01" * len(body)
+            self.local |= {b for b in range(start // BLOCK, (start + len(body)) // BLOCK)}
+            self.on_add()
             result = {"offset": start, "length": len(body), "verified": len(body), "held": 0}
             return web.json_response(result)
         return web.Response(status=204)  # flush, close
@@ -162,9 +179,31 @@ async def test_fetch_takes_cache_then_peers_then_origin(monkeypatch: pytest.Monk
     assert bytes(daemon.have[9 * BLOCK :]) == b"\x01" * (len(CONTENT) - 9 * BLOCK)
     assert seen[-1] == (len(CONTENT), len(CONTENT))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    reads = [q for call, q in daemon.calls if call == "POST /stream-read" and q["max"] != "0"]
-    assert all(q["timeout_ms"] == "250" for q in reads)
-    assert [call for call, _ in daemon.calls[-2:]] == ["POST /flush", "DELETE /"]
+    reads = [q for call, q in daemon.calls if call == "POST /stream-read"]
+    assert all(q["timeout_ms"] == "250" and q["max"] != "0" for q in reads)
+    # The loop never flushes: ClientFlushContent would drop what it just fetched.
+    assert "POST /flush" not in [call for call, _ in daemon.calls]
+    assert daemon.calls[-1][0] == "DELETE /"
+
+
+async def test_a_long_gap_goes_to_the_origin_a_slice_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nodes that start together: what a neighbour fetched meanwhile comes from peers."""
+    monkeypatch.setattr(fetching, "ORIGIN_SLICE", 2 * BLOCK)
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set())
+    # Once this node has added its first slice, a neighbour holds blocks 4 and up.
+    daemon.on_add = lambda: daemon.peers.update(range(4, 12))
+    origin = Origin(CONTENT)
+    out = io.BytesIO()
+    async with servers(daemon, origin) as (client, url):
+        summary = await fetch(client, b"CI", url, out)
+    assert out.getvalue() == CONTENT
+    assert [r["Range"] for r in origin.requests] == [
+        f"bytes=0-{2 * BLOCK - 1}",
+        f"bytes={2 * BLOCK}-{4 * BLOCK - 1}",
+    ]
+    assert (summary.from_origin, summary.from_peers) == (4 * BLOCK, len(CONTENT) - 4 * BLOCK)
 
 
 async def test_fetch_from_cache_only_asks_no_origin() -> None:
