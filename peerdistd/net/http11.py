@@ -8,9 +8,10 @@ outside that shape raises :class:`DecodeError`; rules cite RFC 9112 / RFC 9110.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Final
+from typing import Final, Generic, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from peerdistd.errors import DecodeError
@@ -18,6 +19,7 @@ from peerdistd.errors import DecodeError
 HEAD_END: Final = b"\r\n\r\n"
 MAX_HEAD: Final = 8192  # start line and fields, HEAD_END included (aiohttp caps a line at 8190)
 _MAX_LENGTH_DIGITS: Final = 12  # far above any body we take; keeps int() cheap and bounded
+_CACHED_HEADS: Final = 64
 _MAX_CHUNK_LINE: Final = 1024  # chunk-size line with extensions, or one trailer line
 _REASONS: Final = {
     100: b"Continue",
@@ -29,6 +31,7 @@ _REASONS: Final = {
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
 }
+_Head = TypeVar("_Head")
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"  # RFC 9110 5.6.2 tchar
 _LINE: Final = re.compile(_TOKEN + rb"{1,32} [!-~]+ [!-~]+")  # visible ASCII, single spaces
@@ -117,6 +120,28 @@ def parse_response_head(head: bytes) -> ResponseHead:
     if length is None and not chunked:
         keep_alive = False  # the body runs to the end of the connection (6.3 (8))
     return ResponseHead(int(code), length, chunked, keep_alive, fields.other)
+
+
+class HeadCache(Generic[_Head]):
+    """Parsed heads by their exact bytes, parsed once: a peer repeats its head byte for byte.
+
+    Bounded (cleared when full), so hostile peers cost at most a parse each, as without it.
+    """
+
+    __slots__ = ("_heads", "_parse")
+
+    def __init__(self, parse: Callable[[bytes], _Head]) -> None:
+        self._parse = parse
+        self._heads: dict[bytes, _Head] = {}
+
+    def __call__(self, raw: bytes) -> _Head:
+        head = self._heads.get(raw)
+        if head is None:
+            head = self._parse(raw)  # a DecodeError is raised, and nothing cached
+            if len(self._heads) >= _CACHED_HEADS:
+                self._heads.clear()
+            self._heads[raw] = head
+        return head
 
 
 def response_head(status: int, length: int, date: bytes, extra: bytes = b"") -> bytes:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Final, cast
 
 from peerdistd.errors import DecodeError
-from peerdistd.net.http11 import HEAD_END, MAX_HEAD, ChunkedDecoder, parse_response_head
+from peerdistd.net.http11 import HEAD_END, MAX_HEAD, ChunkedDecoder, HeadCache, ResponseHead
 from peerdistd.net.types import PeerError, PeerProtocolError, PeerTimeout, PeerUnreachable
 
 _SCRATCH: Final = MAX_HEAD  # a head must fit; a small first read leaves the body to its buffer
@@ -36,8 +36,9 @@ class StaleConnection(PeerUnreachable):
 class ClientConnection(asyncio.BufferedProtocol):
     """Carries one exchange at a time; ``reusable`` once an answer has been read cleanly."""
 
-    def __init__(self, peer: str, max_body: int) -> None:
+    def __init__(self, peer: str, max_body: int, heads: HeadCache[ResponseHead]) -> None:
         self.peer = peer
+        self._parse_head = heads
         self.max_body = max_body
         self.transport: asyncio.Transport | None = None
         self.reusable = False  # idle, open, and the last answer was read to its end
@@ -133,7 +134,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.fail(PeerProtocolError(self.peer, f"answer head over {MAX_HEAD} bytes"))
             return
         try:
-            head = parse_response_head(bytes(self._scratch_view[:stop]))
+            head = self._parse_head(bytes(self._scratch_view[:stop]))
         except DecodeError as exc:
             self.fail(PeerProtocolError(self.peer, f"malformed HTTP answer: {exc}"))
             return

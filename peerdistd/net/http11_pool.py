@@ -8,13 +8,16 @@ connecting and the exchange.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections import deque
 from typing import Final
 
+from peerdistd.net.http11 import HeadCache, parse_response_head
 from peerdistd.net.http11_client import Answer, ClientConnection, StaleConnection
 from peerdistd.net.types import PeerError, PeerTimeout, PeerUnreachable
 
+_CLOSE_TIMEOUT: Final = 1.0
 _MAX_IDLE_POOLS: Final = 4096  # peers remembered with no connection open (bounds the table)
 
 
@@ -42,6 +45,7 @@ class PeerPools:
         self._path = path
         self._per_peer, self._max_total, self._keepalive = per_peer, total, keepalive
         self._max_body = max_body
+        self._heads = HeadCache(parse_response_head)  # answers differ by their Date only
         self._pools: dict[str, _Pool] = {}
         self._owner: dict[ClientConnection, _Pool] = {}  # every connection counted in a pool
         self._total = 0
@@ -69,8 +73,9 @@ class PeerPools:
         self._closed = loop.create_future()
         for conn in list(self._owner):
             conn.fail(PeerUnreachable(conn.peer, "client closed"))
-        if self._closing:
-            await self._closed
+        if self._closing:  # connection_lost follows an abort at once; bounded all the same
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed, _CLOSE_TIMEOUT)
 
     async def exchange(self, peer: str, body: bytes, timeout: float) -> Answer:
         """POST ``body`` to ``peer``; its answer, or a PeerError."""
@@ -132,11 +137,13 @@ class PeerPools:
                     raise PeerTimeout(pool.peer, f"no answer within {timeout} s") from None
                 raise
             if handed is not None:
-                return handed
+                if handed.reusable:
+                    return handed
+                self._drop(handed)  # lost between being handed over and our turn to run
 
     async def _connect(self, pool: _Pool, deadline: float, timeout: float) -> ClientConnection:
         assert self._loop is not None
-        conn = ClientConnection(pool.peer, self._max_body)
+        conn = ClientConnection(pool.peer, self._max_body, self._heads)
         conn.on_lost = self._lost
         self._owner[conn] = pool
         pool.count += 1
