@@ -32,11 +32,12 @@ _REASONS: Final = {
     431: b"Request Header Fields Too Large",
 }
 _Head = TypeVar("_Head")
+_CHUNK_SIZE: Final = re.compile(rb"[0-9A-Fa-f]{1,8}")
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"  # RFC 9110 5.6.2 tchar
 _LINE: Final = re.compile(_TOKEN + rb"{1,32} [!-~]+ [!-~]+")  # visible ASCII, single spaces
 _LINE_START: Final = re.compile(  # what a request line cut short can look like
-    _TOKEN + rb"{0,32}|" + _TOKEN + rb"{1,32} (?:[!-~]+(?: [!-~]*)?)?"
+    _TOKEN + rb"{0,32}|" + _TOKEN + rb"{1,32} (?:[!-~]+(?: [!-~]*\r?)?)?"
 )
 
 
@@ -288,12 +289,9 @@ class ChunkedDecoder:
             self.done = not line  # trailer fields are read and dropped (7.1.2)
         else:
             size = line.partition(b";")[0].strip(b" \t")  # 7.1.1: extensions are ignored
-            try:
-                if not size or len(size) > 8:
-                    raise ValueError
-                self._left = int(size, 16)
-            except ValueError:
-                raise DecodeError(f"bad chunk size {size[:16]!r}") from None
+            if not _CHUNK_SIZE.fullmatch(size):
+                raise DecodeError(f"bad chunk size {size[:16]!r}")
+            self._left = int(size, 16)
             if len(self.body) + self._left > self.limit:
                 self.oversized = True
                 raise DecodeError(f"chunked body over {self.limit} bytes")

@@ -176,6 +176,9 @@ class PeerPools:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
+        if self._global_waiters and any(not w.done() for w in self._global_waiters):
+            self._drop(conn)  # at the total limit, a request to another peer needs the slot
+            return
         conn.idle_since = self._loop.time()
         pool.idle.append(conn)
         if self._sweeper is None:

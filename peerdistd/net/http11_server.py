@@ -141,8 +141,7 @@ class ServerConnection(asyncio.Protocol):
 
     def shut_down(self) -> None:
         """Close once what was written has gone out and the request in progress is answered."""
-        self._buf.clear()  # no request after this one
-        if self._head is not None:
+        if self._head is not None:  # answered with "Connection: close"; nothing after it read
             self._head = dataclasses.replace(self._head, keep_alive=False)
         else:
             self._close()
