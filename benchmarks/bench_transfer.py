@@ -2,9 +2,11 @@
 
 Both move the same bytes block by block with the same concurrency from a server in a child
 process (a peer is another machine; here it gets the other core) to a client in this process,
-in alternating rounds so that load from elsewhere hits both alike. The figure is PCCRR MB/s
-over plain-aiohttp MB/s (median of rounds), goal >= 0.6x; the CPU cost per block of each side
-is shown too, since it does not depend on what else the machine is doing.
+in alternating rounds so that load from elsewhere hits both alike. PCCRR runs our own HTTP/1.1
+(``net/http11*``) and the AES of each block; the reference is aiohttp's server and client
+moving the bare block. The figure is PCCRR MB/s over plain-aiohttp MB/s (median of rounds),
+goal >= 0.6x; the CPU cost per block of each side is shown too, since it depends less on what
+else the machine is doing (the load average is printed with it).
 Usage: ``python -m benchmarks.bench_transfer [--size 1G] [--inflight 16] [--rounds 4]``.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -197,6 +200,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--inflight", type=int, default=16, help="blocks in flight (16)")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (4)")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     check = _blocks()
     share = max(BLOCK, args.size // args.rounds)
     runs: dict[str, list[_Round]] = {"plain": [], "pccrr": []}
@@ -211,6 +215,7 @@ def main(argv: list[str]) -> None:
     mib = share * args.rounds / (1 << 20)
     print(
         f"   {mib:.0f} MiB each way, 64 KiB blocks, {args.inflight} in flight, {args.rounds} rounds"
+        f" ({os.cpu_count()} CPUs, load average {load_before:.2f} -> {os.getloadavg()[0]:.2f})"
     )
     rate, ceiling = {}, {}
     for kind, label in (("plain", "plain aiohttp GET per block"), ("pccrr", "PCCRR AES-128 BLK")):
