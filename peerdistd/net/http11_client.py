@@ -13,7 +13,7 @@ from typing import Final, cast
 
 from peerdistd.errors import DecodeError
 from peerdistd.net.http11 import HEAD_END, MAX_HEAD, ChunkedDecoder, HeadCache, ResponseHead
-from peerdistd.net.types import PeerError, PeerProtocolError, PeerTimeout, PeerUnreachable
+from peerdistd.net.types import PeerError, PeerProtocolError, PeerUnreachable
 
 _SCRATCH: Final = MAX_HEAD  # a head must fit; a small first read leaves the body to its buffer
 
@@ -107,6 +107,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         if self._to_close is not None and self._future is not None:
             self._complete(self._to_close)
+        self.reusable = False  # the peer is done with this connection
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -220,6 +221,3 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._chunks = self._to_close = None
         self._filled = 0
         self._body = self._body_view = None
-
-
-__all__ = ["Answer", "ClientConnection", "PeerTimeout", "StaleConnection"]

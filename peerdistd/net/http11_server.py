@@ -179,19 +179,23 @@ class ServerConnection(asyncio.Protocol):
                     self._refuse(413 if self._chunks.oversized else 400, f"chunked body: {exc}")
                     break
                 if not self._chunks.done:
+                    self._ask_for_body(head)
                     break
                 body: bytes | bytearray = self._chunks.body
             else:
                 length = head.content_length or 0
                 if end - pos < length:
-                    if head.expect_continue and not self._continued:
-                        self._continued = True  # RFC 9110 10.1.1: ask for the body
-                        self._write(CONTINUE)
+                    self._ask_for_body(head)
                     break
                 body = data[pos : pos + length]
                 pos += length
             self._answer(head, body)
         return pos
+
+    def _ask_for_body(self, head: RequestHead) -> None:
+        if head.expect_continue and not self._continued:
+            self._continued = True  # RFC 9110 10.1.1: the peer waits for this to send the body
+            self._write(CONTINUE)
 
     def _check_start(self, start: bytes) -> None:
         try:
