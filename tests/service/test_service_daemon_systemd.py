@@ -41,27 +41,7 @@ os.execv(sys.executable, [sys.executable, "-m", "peerdistd.daemon", *sys.argv[2:
 
 
 class Launched(DaemonProcess):
-    """A daemon whose notify lines are all kept, even those sharing a datagram with a match."""
-
-    def wait_for(self, prefix: str, timeout: float = START_TIMEOUT) -> str:
-        for message in self.messages:
-            if message.startswith(prefix):
-                return message
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.output()}")
-            self.notify.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
-            try:
-                data = self.notify.recv(4096)
-            except TimeoutError:
-                continue
-            lines: list[str] = data.decode().splitlines()
-            self.messages += lines
-            found = [line for line in lines if line.startswith(prefix)]
-            if found:
-                return found[0]
-        raise TimeoutError(f"no {prefix!r} from the daemon:\n{self.output()}")
+    """A harness daemon that can also list what it said, watchdog pings left out."""
 
     def said(self) -> list[str]:
         """The lines received since the last clear, watchdog pings left out."""
