@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from peerdistd import errors
@@ -66,6 +68,25 @@ class CacheSource:
             return {}
 
 
+class ServedTo:
+    """Block bytes served to each peer address (bounded: peers are remote input)."""
+
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self.by_host: OrderedDict[str, int] = OrderedDict()
+        self.last_seen: dict[str, float] = {}
+
+    def __call__(self, peer: str, count: int) -> None:
+        host = _host(peer)
+        self.by_host[host] = self.by_host.get(host, 0) + count
+        self.by_host.move_to_end(host)
+        self.last_seen[host] = time.time()
+        while len(self.by_host) > self.LIMIT:
+            gone, _ = self.by_host.popitem(last=False)
+            self.last_seen.pop(gone, None)
+
+
 @dataclass
 class PeerNode:
     """The running peer side: the swarm (the engine's peer network) and what it advertises."""
@@ -75,11 +96,44 @@ class PeerNode:
     server: RetrievalServer
     discovery: Discovery
     mdns: Mdns | None = None
+    served_to: ServedTo = field(default_factory=ServedTo)
 
     def peers(self) -> list[Mapping[str, Any]]:
-        if self.mdns is None:
-            return []
-        return [dict(p) for p in self.mdns.peers_json()]
+        """Every peer known (zeroconf, discovery answers, clients served) with its counters."""
+        rows: dict[str, dict[str, Any]] = {}
+
+        def row(address: str, source: str) -> dict[str, Any]:
+            if address not in rows:
+                rows[address] = {
+                    "node_id": "", "address": address, "last_seen": 0.0, "source": source,
+                    "bytes_from": 0, "bytes_to": 0, "bad_blocks": 0, "errors": 0,
+                    "banned": self.swarm.banned(address),
+                }  # fmt: skip
+            return rows[address]
+
+        for p in self.mdns.peers_json() if self.mdns is not None else ():
+            entry = row(str(p["address"]), str(p.get("source", "zeroconf")))
+            entry.update(node_id=p["node_id"], last_seen=p["last_seen"])
+        for address, stats in self.swarm.peers.items():
+            entry = row(address, "pccrd")
+            entry["bytes_from"] = stats.bytes_from
+            entry["bad_blocks"] = stats.bad_blocks
+            entry["errors"] = stats.errors
+            entry["last_seen"] = max(float(entry["last_seen"]), stats.last_seen)
+        by_host = {_host(address): entry for address, entry in rows.items()}
+        for host, count in self.served_to.by_host.items():
+            entry = by_host.get(host) or row(host, "client")
+            entry["bytes_to"] = count
+            entry["last_seen"] = max(float(entry["last_seen"]), self.served_to.last_seen[host])
+        return sorted(rows.values(), key=lambda e: str(e["address"]))
+
+
+def _host(endpoint: str) -> str:
+    """The host of ``ip:port`` / ``[v6]:port`` (or of a bare host)."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit():
+        return endpoint
+    return host.strip("[]")
 
 
 def _split(endpoint: str) -> tuple[str, int]:
@@ -117,11 +171,17 @@ async def start_peer_node(
     def served(count: int) -> None:
         counters.bytes_served_to_peers += count
 
+    served_to = ServedTo()
     async with contextlib.AsyncExitStack() as stack:
         try:
             server = await stack.enter_async_context(
                 RetrievalServer(
-                    source, host, port, upload_limit=peers.upload_limit, on_served=served
+                    source,
+                    host,
+                    port,
+                    upload_limit=peers.upload_limit,
+                    on_served=served,
+                    on_served_to=served_to,
                 )
             )
         except PermissionError:
@@ -139,7 +199,12 @@ async def start_peer_node(
             port = UNPRIVILEGED_PORT
             server = await stack.enter_async_context(
                 RetrievalServer(
-                    source, host, port, upload_limit=peers.upload_limit, on_served=served
+                    source,
+                    host,
+                    port,
+                    upload_limit=peers.upload_limit,
+                    on_served=served,
+                    on_served_to=served_to,
                 )
             )
         except OSError as exc:
@@ -167,7 +232,10 @@ async def start_peer_node(
             )
         )
         client = await stack.enter_async_context(
-            RetrievalClient(connections_per_peer=peers.max_inflight_per_peer)
+            RetrievalClient(
+                connections_per_peer=peers.max_inflight_per_peer,
+                local_host=None if _unspecified(host) else host,
+            )
         )
         swarm = Swarm(
             discovery,
@@ -184,6 +252,6 @@ async def start_peer_node(
             mdns = await stack.enter_async_context(
                 Mdns(node_id, adv_port, interfaces=interfaces, addresses=[adv_host])
             )
-        node = PeerNode(swarm, advertise, server, discovery, mdns)
+        node = PeerNode(swarm, advertise, server, discovery, mdns, served_to)
         log.info("serving peers on %s, discovery on port %d", advertise, peers.discovery_port)
         yield node

@@ -42,6 +42,10 @@ class Peer:
     address: str
     last_seen: float
     source: str | None = None  # only in GET /v1/peers
+    bytes_from: int = 0  # verified block bytes this node fetched from the peer
+    bytes_to: int = 0  # block bytes this node served to the peer
+    bad_blocks: int = 0
+    banned: bool = False
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Peer:
@@ -51,6 +55,10 @@ class Peer:
             str(d["address"]),
             _timestamp(d["last_seen"]),
             None if source is None else str(source),
+            int(d.get("bytes_from", 0)),
+            int(d.get("bytes_to", 0)),
+            int(d.get("bad_blocks", 0)),
+            bool(d.get("banned", False)),
         )
 
 

@@ -63,11 +63,23 @@ def cache_table(cache: CacheUsage) -> Table:
 def peers_table(peers: Iterable[Peer], now: float | None = None) -> Table:
     now = time.time() if now is None else now
     table = Table(title="Peers", title_justify="left")
-    for column in ("node id", "address", "last seen", "source"):
-        table.add_column(column)
+    table.add_column("node id", overflow="fold")
+    table.add_column("address", no_wrap=True)
+    table.add_column("last seen")
+    table.add_column("source", no_wrap=True)
+    for column in ("from", "to", "bad"):
+        table.add_column(column, justify="right")
     for peer in peers:
-        ago = f"{max(0.0, now - peer.last_seen):.0f} s ago"
-        table.add_row(peer.node_id, peer.address, ago, peer.source or "")
+        ago = f"{max(0.0, now - peer.last_seen):.0f} s ago" if peer.last_seen else "-"
+        table.add_row(
+            peer.node_id or "-",
+            peer.address + (" (banned)" if peer.banned else ""),
+            ago,
+            peer.source or "",
+            human_bytes(peer.bytes_from),
+            human_bytes(peer.bytes_to),
+            str(peer.bad_blocks),
+        )
     return table
 
 

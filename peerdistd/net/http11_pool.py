@@ -41,8 +41,17 @@ class _Pool:
 class PeerPools:
     """Pooled connections for POSTs of small bodies to ``path`` on many peers."""
 
-    def __init__(self, path: str, per_peer: int, total: int, keepalive: float, max_body: int):
+    def __init__(
+        self,
+        path: str,
+        per_peer: int,
+        total: int,
+        keepalive: float,
+        max_body: int,
+        local_host: str | None = None,
+    ):
         self._path = path
+        self._local_host = local_host  # source address of outgoing connections, if set
         self._per_peer, self._max_total, self._keepalive = per_peer, total, keepalive
         self._max_body = max_body
         self._heads = HeadCache(parse_response_head)  # answers differ by their Date only
@@ -54,6 +63,13 @@ class PeerPools:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closing: set[ClientConnection] = set()
         self._closed: asyncio.Future[None] | None = None
+
+    def _source(self, peer_host: str) -> tuple[str, int] | None:
+        """Connect from our own advertised address when it is of the peer's family, so the
+        peer sees the address discovery told it (and a multi-homed node is recognisable)."""
+        if self._local_host is None or (":" in self._local_host) != (":" in peer_host):
+            return None
+        return (self._local_host, 0)
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -150,7 +166,9 @@ class PeerPools:
         self._total += 1
         try:
             async with asyncio.timeout_at(deadline):
-                await self._loop.create_connection(lambda: conn, pool.host, pool.port)
+                await self._loop.create_connection(
+                    lambda: conn, pool.host, pool.port, local_addr=self._source(pool.host)
+                )
         except TimeoutError:
             self._drop(conn)
             raise PeerTimeout(pool.peer, f"no answer within {timeout} s") from None

@@ -64,9 +64,15 @@ class RetrievalClient:
         connections_per_peer: int = 8,
         max_connections: int = 256,
         keepalive_timeout: float = 30.0,
+        local_host: str | None = None,
     ) -> None:
         self._pool = PeerPools(
-            MAGIC_PATH, connections_per_peer, max_connections, keepalive_timeout, _MAX_BODY
+            MAGIC_PATH,
+            connections_per_peer,
+            max_connections,
+            keepalive_timeout,
+            _MAX_BODY,
+            local_host,
         )
 
     async def __aenter__(self) -> RetrievalClient:

@@ -49,6 +49,7 @@ class RetrievalServer:
         *,
         upload_limit: int = DEFAULT_UPLOAD_LIMIT,
         on_served: Callable[[int], object] | None = None,
+        on_served_to: Callable[[str, int], object] | None = None,
         upload_timeout: float = UPLOAD_TIMEOUT,
         allow_plaintext: bool = False,
     ) -> None:
@@ -56,6 +57,7 @@ class RetrievalServer:
         self._host, self._port = host, port
         self._upload_limit = upload_limit
         self._on_served = on_served
+        self._on_served_to = on_served_to  # (peer "ip:port", block bytes) per block served
         self.upload_timeout = upload_timeout
         self._active = 0
         self._waiters: list[asyncio.Future[None]] = []
@@ -146,6 +148,8 @@ class RetrievalServer:
         reply = self._responder.respond(body, busy=busy)
         if reply.block_bytes and self._on_served is not None:
             self._on_served(reply.block_bytes)
+        if reply.block_bytes and self._on_served_to is not None:
+            self._on_served_to(conn.peer(), reply.block_bytes)
         if reply.kind is ReplyKind.DROP:
             self.log_remote(conn.peer(), reply.reason)
             return 400, b"", b""

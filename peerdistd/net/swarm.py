@@ -26,7 +26,18 @@ log = logging.getLogger(__name__)
 
 MAX_BANS = 4096  # bounded: peers are remote input
 MAX_HOLDER_SEGMENTS = 8192
+MAX_PEER_STATS = 1024
 BUSY_BACKOFF = 0.05  # seconds before asking a busy peer set again
+
+
+@dataclass(slots=True)
+class PeerStats:
+    """What this node saw of one peer (keyed by its XAddr)."""
+
+    bytes_from: int = 0  # verified block bytes fetched from it
+    bad_blocks: int = 0
+    errors: int = 0
+    last_seen: float = 0.0  # wall clock of the last answer (discovery or retrieval)
 
 
 @dataclass(slots=True)
@@ -65,6 +76,7 @@ class Swarm:
         self._bans: OrderedDict[str, float] = OrderedDict()
         self._holders: OrderedDict[bytes, list[str]] = OrderedDict()
         self._hints: set[asyncio.Task[object]] = set()
+        self.peers: OrderedDict[str, PeerStats] = OrderedDict()  # bounded: remote input
 
     # -- bans ----------------------------------------------------------------------------
 
@@ -86,6 +98,15 @@ class Swarm:
         while len(self._bans) > MAX_BANS:
             self._bans.popitem(last=False)
 
+    def peer(self, xaddr: str) -> PeerStats:
+        stats = self.peers.get(xaddr)
+        if stats is None:
+            stats = self.peers[xaddr] = PeerStats()
+            while len(self.peers) > MAX_PEER_STATS:
+                self.peers.popitem(last=False)
+        self.peers.move_to_end(xaddr)
+        return stats
+
     def active_bans(self) -> int:
         return sum(1 for peer in list(self._bans) if self.banned(peer))
 
@@ -95,7 +116,11 @@ class Swarm:
         window = max(0.0, min(self.window, timeout))
         found = await self.discovery.find(segment_ids, window=window)
         result: dict[bytes, int] = {}
+        now = time.time()
         for sid, hits in found.items():
+            for hit in hits:
+                if hit.xaddr not in self.own:
+                    self.peer(hit.xaddr).last_seen = now
             peers = [h.xaddr for h in hits if h.xaddr not in self.own and not self.banned(h.xaddr)]
             if not peers:
                 continue
@@ -157,21 +182,27 @@ class Swarm:
                 continue
             except PeerProtocolError as exc:
                 self.stats.peer_errors += 1
+                self.peer(peer).errors += 1
                 self.ban(peer, str(exc))
                 continue
             except PeerError as exc:  # timeout, unreachable: try the others
                 self.stats.peer_errors += 1
+                self.peer(peer).errors += 1
                 log.debug("peer %s failed: %s", peer, exc)
                 continue
             if data is None:
                 continue  # this peer does not have it after all
             if algorithm.digest(data) != ref.hash:
                 self.stats.bad_blocks += 1
+                self.peer(peer).bad_blocks += 1
                 self.ban(
                     peer,
                     f"block {ref.index} of segment {seg.segment_id.hex()[:16]} failed verification",
                 )
                 continue
+            stats = self.peer(peer)
+            stats.bytes_from += len(data)
+            stats.last_seen = time.time()
             return data
         return None
 

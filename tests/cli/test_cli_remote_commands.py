@@ -153,7 +153,8 @@ def test_status_json(served: Served, capsys: pytest.CaptureFixture[str]) -> None
     assert doc["cache"] == STATUS["cache"]
     assert doc["counters"] == STATUS["counters"]
     assert {k: v for k, v in doc["listen"].items() if v is not None} == STATUS["listen"]
-    assert doc["peers"] == [{**STATUS["peers"][0], "last_seen": 0.0, "source": None}]  # type: ignore[dict-item]
+    counters = {"bytes_from": 0, "bytes_to": 0, "bad_blocks": 0, "banned": False}
+    assert doc["peers"] == [{**STATUS["peers"][0], "last_seen": 0.0, "source": None, **counters}]  # type: ignore[dict-item]
 
 
 def test_publish_writes_content_information(

@@ -87,6 +87,17 @@ async def test_three_nodes_share_content(tmp_path: Path, netns: str) -> None:
         # C took blocks from both A and B: B serves on what it got from A.
         assert served_a2 > 0 and served_b > 0
         assert served_a2 + served_b >= SIZE
+        # Per peer: C knows what it got from each; A knows what it served to each.
+        async with c.session() as api, api.get("/v1/peers") as r:
+            seen_by_c = {p["address"]: p for p in (await r.json())["peers"]}
+        got = {a: seen_by_c[a]["bytes_from"] for a in ("127.0.0.1:8080", "127.0.0.2:8080")}
+        assert all(n > 0 for n in got.values()) and sum(got.values()) == SIZE
+        assert all(seen_by_c[a]["last_seen"] > 0 and not seen_by_c[a]["banned"] for a in got)
+        async with a.session() as api, api.get("/v1/peers") as r:
+            seen_by_a = {p["address"]: p for p in (await r.json())["peers"]}
+        to_b = next(p["bytes_to"] for ad, p in seen_by_a.items() if ad.startswith("127.0.0.2"))
+        to_c = next(p["bytes_to"] for ad, p in seen_by_a.items() if ad.startswith("127.0.0.3"))
+        assert to_b >= SIZE and to_c == got["127.0.0.1:8080"]
 
 
 async def test_timeout_zero_sends_no_packet(tmp_path: Path, netns: str) -> None:
