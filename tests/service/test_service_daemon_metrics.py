@@ -166,7 +166,7 @@ async def test_counters_after_publish_peer_read_and_add_data(tmp_path: Path, net
         "peerdist_cache_limit_bytes": 0,
         "peerdist_open_handles": 3,
         "peerdist_publications": 0,
-        "peerdist_peers_known": 0,  # mDNS (zeroconf) is off here
+        "peerdist_peers_known": 1,  # A, from its discovery answer (zeroconf is off)
         "peerdist_cache_hit_ratio": hit_ratio,
         "peerdist_wan_offload_ratio": offload,
         **reads(ok=6, no_more=1),
@@ -189,7 +189,7 @@ async def test_counters_after_publish_peer_read_and_add_data(tmp_path: Path, net
         "peerdist_cache_limit_bytes": 0,
         "peerdist_open_handles": 0,
         "peerdist_publications": 1,
-        "peerdist_peers_known": 0,  # mDNS (zeroconf) is off here
+        "peerdist_peers_known": 1,  # B, a client it served (zeroconf is off)
         "peerdist_cache_hit_ratio": 0,
         "peerdist_wan_offload_ratio": 0,
         **reads(),
