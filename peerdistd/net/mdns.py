@@ -132,6 +132,7 @@ class Mdns:
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
+        self._registration: asyncio.Future[Any] | None = None
 
     def peers(self) -> dict[str, MdnsPeer]:
         """The other live nodes by node id."""
@@ -164,7 +165,11 @@ class Mdns:
                 server=f"{self.node_id}.local.",
                 parsed_addresses=list(addresses),
             )
-            await (await self._zc.async_register_service(self._info))
+            # Probing for a unique name and announcing take ~1.5 s (RFC 6762 8.1, 8.3): let
+            # it finish in the background so the daemon is ready at once.
+            registration = asyncio.ensure_future(self._register(self._zc, self._info))
+            self._registration = registration
+            registration.add_done_callback(self._registered)
             self._browser = AsyncServiceBrowser(
                 self._zc.zeroconf, self.service_type, handlers=[self._on_change]
             )
@@ -181,8 +186,23 @@ class Mdns:
     ) -> None:
         await self.aclose()
 
+    @staticmethod
+    async def _register(zc: AsyncZeroconf, info: AsyncServiceInfo) -> None:
+        await (await zc.async_register_service(info))
+
+    def _registered(self, registration: asyncio.Future[Any]) -> None:
+        if not registration.cancelled() and (exc := registration.exception()) is not None:
+            log.error("zeroconf could not announce this node: %s", exc)
+
     async def aclose(self) -> None:
         """Stop browsing, send goodbyes for our service, close the sockets."""
+        if self._registration is not None:
+            if not self._registration.done():
+                # Still probing: nobody has heard of us yet, so there is nothing to withdraw.
+                self._registration.cancel()
+                self._info = None
+            await asyncio.gather(self._registration, return_exceptions=True)
+            self._registration = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
