@@ -38,6 +38,8 @@ async def fetch_url(
 ) -> FetchSummary:
     """Ask ``url`` for content information; fetch through peerdistd with it, else plainly."""
     started = time.monotonic()
+    # The daemon first: without it, asking the origin to hash the file is wasted work.
+    await client.status()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
     try:
         async with (
