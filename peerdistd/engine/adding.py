@@ -8,6 +8,8 @@ served) until the rest arrives (DESIGN.md, "Read semantics").
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from peerdistd import errors
@@ -27,10 +29,65 @@ class AddOutcome:
     bad: list[tuple[int, int]] = field(default_factory=list)  # blocks that failed: [start, end)
 
 
+ADD_BATCH = 1 << 20  # bytes of an add-data body verified per hand-over to the worker
+
+
 class DataAdder:
     def __init__(self, store: BlockStore, stats: Counters) -> None:
         self.store = store
         self.stats = stats
+
+    async def add(
+        self,
+        h: ContentHandle,
+        offset: int,
+        body: AsyncIterator[bytes],
+        staged: Callable[[], None],
+    ) -> AddOutcome:
+        """Verify and stage a whole body added at ``offset``; ``staged`` after each batch.
+
+        Verification (hashing) and disk writes run on a worker thread, one batch at a time
+        and in order, while the next batch of the body is being received.
+        """
+        out = AddOutcome()
+        carry = bytearray()  # a block begun in one batch and finished in the next
+        position = offset
+
+        def step(data: bytes, final: bool) -> None:
+            nonlocal position
+            carry.extend(data)
+            done = self.consume(h, position, memoryview(carry), final, out)
+            del carry[:done]
+            position += done
+
+        async with h.add_lock:  # one add at a time per handle: the held bytes are shared
+            batch: list[bytes] = []
+            batched = 0
+            working: asyncio.Future[None] | None = None
+            try:
+                async for chunk in body:
+                    if h.closed:
+                        raise errors.OperationAborted("the content handle was closed")
+                    out.received += len(chunk)
+                    batch.append(chunk)
+                    batched += len(chunk)
+                    if batched >= ADD_BATCH:
+                        if working is not None:
+                            await working
+                            staged()
+                        working = asyncio.ensure_future(
+                            asyncio.to_thread(step, b"".join(batch), False)
+                        )
+                        batch, batched = [], 0
+                if working is not None:
+                    await working
+                await asyncio.to_thread(step, b"".join(batch), True)
+                staged()
+            finally:
+                if working is not None and not working.done():
+                    await asyncio.gather(working, return_exceptions=True)
+        out.held = h.held.size
+        return out
 
     def consume(
         self, h: ContentHandle, start: int, buf: memoryview, final: bool, out: AddOutcome

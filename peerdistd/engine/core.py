@@ -32,7 +32,6 @@ from peerdistd.store.publications import PublicationStore
 log = logging.getLogger(__name__)
 
 ROOT_UID = 0
-ADD_BATCH = 1 << 20  # bytes of an add-data body verified per hand-over to the worker
 READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
 OPEN_FLAGS = frozenset({"immediate"})
 
@@ -323,55 +322,12 @@ class Engine:
     async def add_data(
         self, uid: int, handle_id: str, offset: int, body: AsyncIterator[bytes]
     ) -> AddOutcome:
-        """ClientAddData: verify the body block by block and cache what matches.
-
-        Verification (hashing) and disk writes run on a worker thread, one batch at a time
-        and in order, while the next batch of the body is being received.
-        """
+        """ClientAddData: verify the body block by block and cache what matches."""
         h = self.handle(uid, handle_id)
         if offset < 0:
             raise errors.InvalidParameter("offset must be >= 0")
-        out = AddOutcome()
-        carry = bytearray()  # a block begun in one batch and finished in the next
-        position = offset
-
-        def step(data: bytes, final: bool) -> None:
-            nonlocal position
-            carry.extend(data)
-            done = self.adder.consume(h, position, memoryview(carry), final, out)
-            del carry[:done]
-            position += done
-
-        async with h.add_lock:  # one add at a time per handle: the held bytes are shared
-            total = 0
-            batch: list[bytes] = []
-            batched = 0
-            working: asyncio.Future[None] | None = None
-            try:
-                async for chunk in body:
-                    if h.closed:
-                        raise errors.OperationAborted("the content handle was closed")
-                    total += len(chunk)
-                    batch.append(chunk)
-                    batched += len(chunk)
-                    if batched >= ADD_BATCH:
-                        if working is not None:
-                            await working
-                            self.commits.kick()
-                        working = asyncio.ensure_future(
-                            asyncio.to_thread(step, b"".join(batch), False)
-                        )
-                        batch, batched = [], 0
-                if working is not None:
-                    await working
-                await asyncio.to_thread(step, b"".join(batch), True)
-                self.commits.kick()
-            finally:
-                if working is not None and not working.done():
-                    await asyncio.gather(working, return_exceptions=True)
-        self.stats.bytes_from_origin += total
-        out.received = total
-        out.held = h.held.size
+        out = await self.adder.add(h, offset, body, self.commits.kick)
+        self.stats.bytes_from_origin += out.received
         if out.bad:
             bad_start, bad_end = out.bad[0]
             raise errors.InvalidData(
