@@ -34,6 +34,7 @@ from peerdistd.errors import (
 from peerdistd.store.cache_files import SegmentFiles
 from peerdistd.store.cache_open import cache_limit, lock_directory, open_index
 from peerdistd.store.cache_segments import Seg, SegmentTable
+from peerdistd.store.cache_staging import Staging
 from peerdistd.store.cache_types import (
     CacheUsage,
     SegmentRecord,
@@ -72,11 +73,8 @@ class BlockCache:
         self._touched: dict[int, int] = {}
         self._clock = index.max_clock()
         self._closed = False
-        # Staged blocks: written (visible to reads), not yet synced nor in the index.
-        # rowid -> index -> (length, hash); committed by commit_staged().
-        self._staged: dict[int, dict[int, tuple[int, bytes]]] = {}
-        self._staged_bytes = 0
-        self._committing: dict[int, dict[int, tuple[int, bytes]]] = {}  # syncing right now
+        # Blocks written (visible to reads), not yet synced nor indexed: see cache_staging.
+        self._staging = Staging()
 
     @classmethod
     def open(
@@ -185,9 +183,7 @@ class BlockCache:
                 view = memoryview(data).cast("B")
                 check_block(seg.record, index, view.nbytes, digest)
                 known = new[index][1] if index in new else None
-                staged = self._staged.get(seg.rowid, {}).get(index) or self._committing.get(
-                    seg.rowid, {}
-                ).get(index)
+                staged = self._staging.get(seg.rowid, index)
                 if staged is not None:
                     known = staged[1]
                 elif index in seg.lengths:
@@ -206,11 +202,8 @@ class BlockCache:
             for index, (view, _) in new.items():
                 self._files.write(fd, index * seg.record.block_size, view)
             if not durable:
-                staged_rows = self._staged.setdefault(seg.rowid, {})
-                for index, (view, digest) in new.items():
-                    staged_rows[index] = (view.nbytes, digest)
-                    seg.lengths[index] = view.nbytes
-                    self._staged_bytes += view.nbytes
+                self._staging.add(seg.rowid, ((i, v.nbytes, d) for i, (v, d) in new.items()))
+                seg.lengths.update((i, v.nbytes) for i, (v, _) in new.items())
                 self._touch(seg)
                 return
             if self._sync:
@@ -226,7 +219,7 @@ class BlockCache:
     @property
     def staged_bytes(self) -> int:
         """Bytes written by ``put_blocks(durable=False)`` not committed yet."""
-        return self._staged_bytes
+        return self._staging.bytes
 
     def commit_staged(self) -> int:
         """Make every staged block durable and indexed; returns the bytes committed.
@@ -235,11 +228,11 @@ class BlockCache:
         on meanwhile; only the index rows are written under it.
         """
         with self._lock:
-            if self._closed or not self._staged:
+            if self._closed or not self._staging:
                 return 0
-            self._committing, self._staged = self._staged, {}
-            committed, self._staged_bytes = self._staged_bytes, 0
-            fds = [fd for rowid in self._committing if (fd := self._files.open(rowid)) is not None]
+            committed = self._staging.begin_commit()
+            rowids = list(self._staging.committing)
+            fds = [fd for rowid in rowids if (fd := self._files.open(rowid)) is not None]
         try:
             if self._sync:
                 for fd in fds:  # data durable before the rows that vouch for it
@@ -254,12 +247,11 @@ class BlockCache:
 
     def _commit_staged_locked(self) -> int:
         """The same, holding the lock throughout (at close)."""
-        if not self._staged:
+        if not self._staging:
             return 0
-        self._committing, self._staged = self._staged, {}
-        committed, self._staged_bytes = self._staged_bytes, 0
+        committed = self._staging.begin_commit()
         if self._sync:
-            for rowid in self._committing:
+            for rowid in self._staging.committing:
                 fd = self._files.open(rowid)
                 if fd is not None:
                     try:
@@ -269,8 +261,7 @@ class BlockCache:
         return self._insert_committing(committed)
 
     def _insert_committing(self, committed: int) -> int:
-        # Segments dropped while their data was syncing left self._committing already.
-        committing, self._committing = self._committing, {}
+        committing = self._staging.end_commit()
         with db_errors("commit_staged"):
             self._clock += 1
             with self._index.transaction():
@@ -303,9 +294,9 @@ class BlockCache:
             counts = self._index.counts(list(segment_ids))
             for segment_id in segment_ids:
                 seg = self._table.loaded(segment_id)
-                staged = self._staged.get(seg.rowid) if seg is not None else None
+                staged = self._staging.count(seg.rowid) if seg is not None else 0
                 if staged:
-                    counts[segment_id] = counts.get(segment_id, 0) + len(staged)
+                    counts[segment_id] = counts.get(segment_id, 0) + staged
             return counts
 
     def read_block(
@@ -376,9 +367,9 @@ class BlockCache:
     def usage(self) -> CacheUsage:
         with self._lock, db_errors("usage"):
             t = self._index.totals()
-            staged_blocks = sum(len(rows) for rows in self._staged.values())
+            staged_blocks = self._staging.blocks()
             return CacheUsage(
-                t.bytes + self._staged_bytes,
+                t.bytes + self._staging.bytes,
                 self._limit,
                 t.segments,
                 t.blocks + staged_blocks,
@@ -432,13 +423,9 @@ class BlockCache:
         self._drop_blocks(seg, gone)
 
     def _drop_blocks(self, seg: Seg, gone: list[tuple[int, int]]) -> None:
-        staged = self._staged.get(seg.rowid, {})
-        committing = self._committing.get(seg.rowid, {})
-        indexed = [(i, n) for i, n in gone if i not in staged and i not in committing]
+        unindexed = self._staging.drop_blocks(seg.rowid, [i for i, _ in gone])
+        indexed = [(i, n) for i, n in gone if i not in unindexed]
         for i, _ in gone:
-            if i in staged:
-                self._staged_bytes -= staged.pop(i)[0]
-            committing.pop(i, None)
             seg.lengths.pop(i, None)
         if indexed:
             with self._index.transaction():
@@ -458,7 +445,7 @@ class BlockCache:
         return limit
 
     def _make_room(self, needed: int, *, keep: int | None) -> None:
-        excess = self._index.totals().bytes + self._staged_bytes + needed - self._limit
+        excess = self._index.totals().bytes + self._staging.bytes + needed - self._limit
         if excess <= 0:
             return
         with self._index.transaction():
@@ -481,9 +468,7 @@ class BlockCache:
         for rowid, segment_id in victims:
             self._table.forget(segment_id)
             self._touched.pop(rowid, None)
-            for length, _ in self._staged.pop(rowid, {}).values():
-                self._staged_bytes -= length
-            self._committing.pop(rowid, None)
+            self._staging.drop_segment(rowid)
         self._empty_trash()
         if self.on_evict is not None:
             for _, segment_id in victims:
