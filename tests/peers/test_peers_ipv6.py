@@ -8,7 +8,6 @@ index (PROTOCOLS 3.1) and answers carry ``[addr]:port`` XAddrs (3.4).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import random
 import subprocess
@@ -31,6 +30,7 @@ from tests.netns import (
     run_in_thread,
     used_ipv6_networks,
 )
+from tests.peers.test_peers_loopback import counters, publish, read_all
 
 __all__ = ["lan3"]  # a fixture: imported so that pytest finds it here
 
@@ -67,36 +67,6 @@ def ipv6_nodes(
 async def status(d: DaemonProcess) -> dict[str, Any]:
     async with d.session() as api, api.get("/v1/status") as r:
         return dict(await r.json())
-
-
-async def counters(d: DaemonProcess) -> dict[str, float]:
-    async with d.session() as api, api.get("/v1/status") as r:
-        return dict((await r.json())["counters"])
-
-
-async def publish(d: DaemonProcess, data: bytes) -> bytes:
-    """Publish ``data`` through the daemon's API socket; its V1 content information."""
-    async with d.session() as api:
-        async with api.post("/v1/publications", params={"id": "c"}, data=io.BytesIO(data)) as r:
-            assert r.status == 201, await r.text()
-        async with api.get("/v1/publications/c/content-information") as r:
-            return await r.read()
-
-
-async def read_all(d: DaemonProcess, ci: bytes, timeout_ms: int = 5000) -> bytes:
-    """Stream-read the whole content until NO_MORE (416)."""
-    out = b""
-    async with d.session() as api:
-        async with api.post("/v1/contents", data=ci) as r:
-            h = (await r.json())["handle"]
-        while True:
-            params = {"max": str(1 << 20), "timeout_ms": str(timeout_ms)}
-            async with api.post(f"/v1/contents/{h}/stream-read", params=params) as r:
-                if r.status == 416:
-                    return out
-                assert r.status == 200, await r.text()
-                assert int(r.headers["PeerDist-Offset"]) == len(out)
-                out += await r.read()
 
 
 async def test_three_daemons_share_content_over_ipv6(tmp_path: Path, lan3: BridgedLan) -> None:
