@@ -176,6 +176,8 @@ async def test_answers_without_content_length(framing: bytes) -> None:
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabc", "more bytes than"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunked answer"),
         (b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", "HTTP 503"),
+        (b"HTTP/1.1 200 OK\r\nX Y: 1\r\nContent-Length: 0\r\n\r\n", "malformed header"),
+        (b"HTTP/1.1 200 OK\r\nX: \x1b[2J\r\nContent-Length: 0\r\n\r\n", "control byte"),
     ],
 )
 async def test_bad_http_answers_are_protocol_errors(answer: bytes, why: str) -> None:
@@ -188,6 +190,38 @@ async def test_bad_http_answers_are_protocol_errors(answer: bytes, why: str) -> 
         with pytest.raises(PeerProtocolError, match=why) as info:
             await get(client, address)
         assert info.value.peer == address
+
+
+@pytest.mark.parametrize("dribble", [False, True])
+async def test_answer_with_both_framings_is_refused_and_its_connection_closed(
+    dribble: bool,
+) -> None:
+    # RFC 9112 6.3 (3): Content-Length beside Transfer-Encoding is a response-splitting attempt;
+    # the answer is an error and the connection is not kept (nothing after it is read).
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(ANSWER), ANSWER)
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n"
+        % len(chunked)
+        + chunked
+    )
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if not dribble:
+            writer.write(answer)
+            return
+        for byte in answer:  # byte at a time, until the client hangs up
+            writer.write(bytes((byte,)))
+            await writer.drain()
+            if writer.transport.is_closing() or reader.at_eof():
+                return
+
+    peer = RawPeer(serve)
+    async with peer.running() as address, RetrievalClient() as client:
+        with pytest.raises(PeerProtocolError, match="both Transfer-Encoding and Content-Length"):
+            await get(client, address)
+        await asyncio.wait_for(peer.closed.wait(), 5)  # the client closed that connection
+        assert peer.open == 0
 
 
 async def test_bytes_nobody_asked_for_drop_the_idle_connection() -> None:
