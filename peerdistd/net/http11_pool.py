@@ -181,6 +181,9 @@ class PeerPools:
         if self._loop is None:
             conn.fail(PeerUnreachable(pool.peer, "client closed"))
             raise PeerUnreachable(pool.peer, "client closed")
+        if not conn.reusable:  # made, then closed by the peer before this task ran again
+            self._drop(conn)
+            raise PeerUnreachable(pool.peer, "connection closed as soon as it was made")
         return conn
 
     def _release(self, pool: _Pool, conn: ClientConnection) -> None:
