@@ -19,8 +19,10 @@ from peerdistd.net.types import (
     PeerBusy,
     PeerError,
     PeerProtocolError,
+    PeerSlow,
     PeerTimeout,
     PeerUnreachable,
+    Progress,
 )
 from peerdistd.proto import blockcrypto, pccrr
 from peerdistd.proto.pccrr import (
@@ -45,6 +47,7 @@ __all__ = [
     "PeerBusy",
     "PeerError",
     "PeerProtocolError",
+    "PeerSlow",
     "PeerTimeout",
     "PeerUnreachable",
     "RetrievalClient",
@@ -97,10 +100,18 @@ class RetrievalClient:
         *,
         crypto: int = CryptoAlgo.AES_128,
         timeout: float = REQUEST_TIMEOUT,
+        min_rate: float = 0.0,
+        progress: Progress | None = None,
     ) -> bytes | None:
-        """The block's plaintext cut to ``block_length``, or None if the peer lacks it."""
+        """The block's plaintext cut to ``block_length``, or None if the peer lacks it.
+
+        An answer slower than ``min_rate`` bytes per second (0: no floor) fails as PeerSlow;
+        ``progress`` learns when the request was sent.
+        """
         request = GetBlks(segment_id, (BlockRange(index, 1),), crypto=crypto)
-        answer, busy = await self._exchange(peer, pccrr.serialize(request), timeout)
+        answer, busy = await self._exchange(
+            peer, pccrr.serialize(request), timeout, (block_length, min_rate), progress
+        )
         if not isinstance(answer, Blk):
             raise _unexpected(peer, answer, "GETBLKS")
         # The checks iPXE's peerblk.c makes: same segment id and block index.
@@ -150,10 +161,15 @@ class RetrievalClient:
         return answer.min_version, answer.max_version
 
     async def _exchange(
-        self, peer: str, request: bytes, timeout: float
+        self,
+        peer: str,
+        request: bytes,
+        timeout: float,
+        floor: tuple[int, float] | None = None,
+        progress: Progress | None = None,
     ) -> tuple[pccrr.Response, bool]:
         """POST one message; the parsed answer and whether it was marked busy."""
-        answer = await self._pool.exchange(peer, request, timeout)
+        answer = await self._pool.exchange(peer, request, timeout, floor=floor, progress=progress)
         busy = answer.fields.get(_BUSY_FIELD) == b"1"
         try:
             return pccrr.parse_response(answer.body), busy
