@@ -113,7 +113,7 @@ class PeerPools:
         """
         loop = self._loop
         if loop is None:
-            raise PeerUnreachable(peer, "client closed")
+            raise RuntimeError("RetrievalClient used outside 'async with'")
         deadline = loop.time() + timeout
         for attempt in (1, 2):
             pool = self._pools.get(peer) or self._new_pool(peer)

@@ -99,6 +99,7 @@ class Swarm:
         self._clock = clock
         self._holders: OrderedDict[bytes, list[str]] = OrderedDict()
         self._hints: set[asyncio.Task[object]] = set()
+        self._relocating: dict[bytes, asyncio.Task[object]] = {}  # bounded by reads in flight
         self._lingering: set[asyncio.Task[bytes | None]] = set()
         self._unexpected: set[str] = set()
 
@@ -181,12 +182,24 @@ class Swarm:
             # Every holder we knew failed or lacked it (one died mid-read, say): ask the LAN
             # once more and try those we have not asked yet.
             asked = set(holders)
-            await self.locate([seg.segment_id], timeout=deadline - self._clock())
+            await self._relocate(seg.segment_id, deadline - self._clock())
             fresh = self._holders.get(seg.segment_id, [])
             queue = [p for p in self.health.order(fresh, ref.index) if p not in asked]
             if queue:
                 data = await self._race(ref, algorithm, queue, deadline)
         return data
+
+    async def _relocate(self, segment_id: bytes, timeout: float) -> None:
+        """A fresh probe for ``segment_id``, shared by every block of it that needs one."""
+        task = self._relocating.get(segment_id)
+        if task is None:
+            self.discovery.forget([segment_id])  # not the cached answer
+            task = asyncio.ensure_future(self.locate([segment_id], timeout=timeout))
+            self._relocating[segment_id] = task
+            self._hints.add(task)
+            task.add_done_callback(self._hints.discard)
+            task.add_done_callback(lambda _: self._relocating.pop(segment_id, None))
+        await asyncio.shield(task)
 
     async def _race(
         self, ref: BlockRef, algorithm: HashAlgorithm, queue: list[str], deadline: float
