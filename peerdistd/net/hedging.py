@@ -16,7 +16,7 @@ WINDOW: Final = 256  # recent latencies kept
 MIN_SAMPLES: Final = 16  # below this, HEDGE_DEFAULT
 HEDGE_FLOOR: Final = 0.02  # seconds; a LAN round trip and some, so hedges stay rare
 HEDGE_CEILING: Final = 1.0  # half the [MS-PCCRR] 2 s request timer
-HEDGE_DEFAULT: Final = 0.25
+HEDGE_DEFAULT: Final = 0.05  # before MIN_SAMPLES: a LAN connect, round trip and disk read
 _RECOMPUTE_EVERY: Final = 8
 
 

@@ -5,7 +5,9 @@ A peer that fails in any other way (times out, trickles under the floor rate, re
 refuses connections) is *backed off*: asked last among a block's holders for a while, twice
 as long each time it fails again after a back-off ended (requests that were in flight together
 fail together: one incident). After ``failures_to_ban`` failed requests in a row it is banned
-like a peer that sent a bad block. Any good answer clears the record. Every table is bounded:
+like a peer that sent a bad block. A peer that needed a hedge (no answer within the hedge
+delay) is asked last for LAG_BACKOFF seconds, which is not a failure. Any good answer clears
+the record. Every table is bounded:
 peers are remote input.
 """
 
@@ -25,6 +27,7 @@ MAX_PEER_STATS: Final = 1024
 BACKOFF_BASE: Final = 0.5  # seconds a peer is asked last after one failure
 BACKOFF_MAX: Final = 30.0
 FAILURES_TO_BAN: Final = 8  # the default of peers.failures_to_ban
+LAG_BACKOFF: Final = 1.0  # seconds a peer that needed a hedge is asked last (not a failure)
 
 
 @dataclass(slots=True)
@@ -105,6 +108,12 @@ class PeerHealth:
         log.debug("peer %s failed (%d in a row): %s", peer, stats.failures, why)
         if self.failures_to_ban and stats.failures >= self.failures_to_ban:
             self.ban(peer, f"{stats.failures} failed requests in a row, the last: {why}")
+
+    def lagging(self, peer: str) -> None:
+        """``peer`` did not answer within the hedge delay: ask others first for a moment (its
+        connections may all be taken by slow answers), without counting a failure."""
+        stats = self.peer(peer)
+        stats.backoff_until = max(stats.backoff_until, self._clock() + LAG_BACKOFF)
 
     def answered(self, peer: str) -> None:
         """``peer`` answered well: its failures are forgiven."""

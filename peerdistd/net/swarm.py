@@ -218,8 +218,10 @@ class Swarm:
                     peer = queue.pop(0)
                     if self.banned(peer):
                         continue
-                    if asks:
+                    if asks:  # a hedge: those asked so far are lagging
                         self.stats.hedges += 1
+                        for lagging in asks.values():
+                            self.health.lagging(lagging.peer)
                     task, ask = self._ask(peer, ref, deadline - now)
                     asks[task] = ask
                     hedge_at = now + self.latency.hedge_delay()

@@ -47,6 +47,7 @@ class BadPeer:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._handlers: set[asyncio.Task[object]] = set()
+        self._transports: set[asyncio.BaseTransport] = set()
         self._thread = threading.Thread(target=self._run, name=f"bad-peer-{mode}")
 
     def __enter__(self) -> BadPeer:
@@ -84,15 +85,17 @@ class BadPeer:
             await self._stop.wait()
         finally:
             server.close()
-            for task in list(self._handlers):
-                task.cancel()
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+            for transport in list(self._transports):  # ends every handler
+                transport.abort()
+            if self._handlers:
+                await asyncio.wait(list(self._handlers), timeout=10)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
+        self._transports.add(writer.transport)
         try:
             if self.mode == "reset":
                 sock = writer.get_extra_info("socket")
@@ -105,10 +108,12 @@ class BadPeer:
         finally:
             if task is not None:
                 self._handlers.discard(task)
+            self._transports.discard(writer.transport)
             writer.close()
 
     async def _trickle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._transports.add(up_writer.transport)
 
         async def requests() -> None:
             while data := await reader.read(65536):
@@ -128,4 +133,5 @@ class BadPeer:
             with contextlib.suppress(ConnectionError):
                 await asyncio.gather(requests(), answers())
         finally:
+            self._transports.discard(up_writer.transport)
             up_writer.close()
