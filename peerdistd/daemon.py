@@ -49,9 +49,15 @@ def engine_settings(config: Config) -> EngineSettings:
     )
 
 
+def socket_dir_mode(mode: int, group: str) -> int:
+    """The socket directory's mode: 0700 (a per-user daemon's) unless other users are meant to
+    reach the socket, through ``daemon.socket_group`` or a mode open to everyone."""
+    return 0o755 if group or mode & 0o007 else 0o700
+
+
 def bind_unix_socket(path: Path, mode: int, group: str) -> socket.socket:
     """Bind the API socket; a stale socket file of a dead daemon is replaced, a live one not."""
-    ensure_private_dir(path.parent, 0o755)
+    ensure_private_dir(path.parent, socket_dir_mode(mode, group))
     if path.is_socket():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
