@@ -15,8 +15,10 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from peerdistd import errors
+from peerdistd.api.failures import client_error, disk_trouble, internal_error
 from peerdistd.api.peercred import peer_uid
 from peerdistd.engine.core import Engine, ReadResult
 from peerdistd.engine.events import Event
@@ -64,10 +66,26 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 },
                 status=exc.status,
             )
-        raise
-    except errors.PeerDistError as exc:
-        log.exception("internal error in %s %s", request.method, request.path)
-        return error_response(errors.ServiceUnavailable(f"internal error: {exc}"))
+        if exc.status < 400:
+            raise
+        if exc.status < 500:
+            return error_response(client_error(f"{request.method} {request.path}", exc))
+        return error_response(internal_error(f"{request.method} {request.path}", exc))
+    except errors.LocalError as exc:
+        reason = disk_trouble(exc)
+        if reason is None:
+            return error_response(internal_error(f"{request.method} {request.path}", exc))
+        # Degraded, not dead: say why in status at once, refuse this write, keep serving reads.
+        request.app[ENGINE].cache_write_failed(f"cache not writable: {reason}")
+        return error_response(
+            errors.ServiceUnavailable(f"the cache cannot be written right now: {reason}")
+        )
+    except HttpProcessingError as exc:  # a body aiohttp cannot parse (bad chunk, ...)
+        return error_response(client_error(f"{request.method} {request.path}", exc))
+    except (asyncio.CancelledError, ConnectionError):
+        raise  # the client went away: nobody to answer
+    except Exception as exc:  # a bug or an unexpected library error: JSON, logged once per site
+        return error_response(internal_error(f"{request.method} {request.path}", exc))
 
 
 def caller(request: web.Request) -> int:
@@ -151,6 +169,7 @@ async def get_status(request: web.Request) -> web.Response:
     usage = engine.store.usage()
     body: dict[str, Any] = {
         "status": engine.status,
+        "unavailable_reason": engine.unavailable_reason,
         "cache": {
             "bytes_used": usage.bytes_used,
             "limit_bytes": usage.limit_bytes,
@@ -167,12 +186,14 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_events(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    caller(request)
+    uid = caller(request)
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await resp.prepare(request)
-    subscription = engine.events.subscribe(Event("STATUS_CHANGED", {"status": engine.status}))
+    subscription = engine.events.subscribe(
+        Event("STATUS_CHANGED", {"status": engine.status}), uid=uid
+    )
     try:
         async for event in subscription:
             line = f"event: {event.name}\ndata: {json.dumps(event.data)}\n\n"
@@ -353,8 +374,11 @@ async def get_cache(request: web.Request) -> web.Response:
 async def delete_cache(request: web.Request) -> web.Response:
     if caller(request) != 0:
         raise errors.AccessDenied("only root may flush the cache")
-    freed = await asyncio.to_thread(request.app[ENGINE].store.flush)
-    return web.json_response({"freed": freed})
+    raw = request.query.get("publications", "false").lower()
+    if raw not in ("true", "1", "false", "0"):
+        raise errors.InvalidParameter(f"publications must be true or false, got {raw!r}")
+    result = await request.app[ENGINE].flush_cache(include_publications=raw in ("true", "1"))
+    return web.json_response(result)
 
 
 async def get_peers(request: web.Request) -> web.Response:
