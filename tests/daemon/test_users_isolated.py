@@ -116,9 +116,11 @@ async def test_foreign_and_unknown_publication_ids_answer_alike(
     shared_daemon: DaemonProcess,
 ) -> None:
     sock = shared_daemon.socket
-    async with shared_daemon.session() as api:
-        async with api.post("/v1/publications", params={"id": "secret"}, data=b"x" * 5000) as r:
-            assert r.status == 201
+    async with (
+        shared_daemon.session() as api,
+        api.post("/v1/publications", params={"id": "secret"}, data=b"x" * 5000) as r,
+    ):
+        assert r.status == 201
     for method, path in (
         ("GET", "/v1/publications/{}"),
         ("GET", "/v1/publications/{}/content-information"),
@@ -196,7 +198,7 @@ async def test_events_go_only_to_the_uid_they_concern(shared_daemon: DaemonProce
             received += chunk
     finally:
         os.close(fd)
-        _, status = os.waitpid(pid, 0)
+        _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 (it has exited: its pipe is closed)
     assert os.waitstatus_to_exitcode(status) == 0
     assert theirs.encode() in received
     assert mine.encode() not in received, received
