@@ -89,12 +89,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 def caller(request: web.Request) -> int:
-    uid = request.get("uid")
+    # Asked again each time (one getsockopt): a str key in the request's storage is
+    # deprecated in newer aiohttp, and RequestKey does not exist in older ones.
+    uid = peer_uid(request.transport.get_extra_info("socket") if request.transport else None)
     if uid is None:
-        uid = peer_uid(request.transport.get_extra_info("socket") if request.transport else None)
-        if uid is None:
-            raise errors.AccessDenied("cannot tell who is calling (no peer credentials)")
-        request["uid"] = uid
+        raise errors.AccessDenied("cannot tell who is calling (no peer credentials)")
     return int(uid)
 
 
