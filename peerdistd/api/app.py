@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from peerdistd import errors
-from peerdistd.api.failures import client_error, disk_trouble, internal_error
+from peerdistd.api.failures import errors_middleware
 from peerdistd.api.peercred import peer_uid
 from peerdistd.engine.core import Engine, ReadResult
 from peerdistd.engine.events import Event
@@ -36,56 +35,6 @@ DEFAULT_TIMEOUT_MS = 5000
 MAX_TIMEOUT_MS = 3_600_000
 MAX_CONTENT_INFORMATION = 64 * 1024 * 1024  # covers a V1 description of ~128 GiB of content
 U64 = (1 << 64) - 1
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(exc: errors.ApiError) -> web.Response:
-    return web.json_response(exc.to_json(), status=exc.status)
-
-
-ALWAYS_ALLOWED = frozenset({"/v1/status", "/v1/openapi.json"})
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        if not request.app[ENGINE].settings.enabled and request.path not in ALWAYS_ALLOWED:
-            raise errors.NotSupported("PeerDist is disabled by policy (daemon.enabled = false)")
-        return await handler(request)
-    except errors.ApiError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status == 413:
-            return error_response(errors.InvalidParameter(f"request body too large: {exc.text}"))
-        if exc.status in (404, 405):
-            return web.json_response(
-                {
-                    "error": "INVALID_PARAMETER",
-                    "message": f"{request.method} {request.path}: {exc.reason}",
-                },
-                status=exc.status,
-            )
-        if exc.status < 400:
-            raise
-        if exc.status < 500:
-            return error_response(client_error(f"{request.method} {request.path}", exc))
-        return error_response(internal_error(f"{request.method} {request.path}", exc))
-    except errors.LocalError as exc:
-        reason = disk_trouble(exc)
-        if reason is None:
-            return error_response(internal_error(f"{request.method} {request.path}", exc))
-        # Degraded, not dead: say why in status at once, refuse this write, keep serving reads.
-        request.app[ENGINE].cache_write_failed(f"cache not writable: {reason}")
-        return error_response(
-            errors.ServiceUnavailable(f"the cache cannot be written right now: {reason}")
-        )
-    except HttpProcessingError as exc:  # a body aiohttp cannot parse (bad chunk, ...)
-        return error_response(client_error(f"{request.method} {request.path}", exc))
-    except (asyncio.CancelledError, ConnectionError):
-        raise  # the client went away: nobody to answer
-    except Exception as exc:  # a bug or an unexpected library error: JSON, logged once per site
-        return error_response(internal_error(f"{request.method} {request.path}", exc))
 
 
 def caller(request: web.Request) -> int:
@@ -392,7 +341,8 @@ def make_app(
     peers: Callable[[], list[Mapping[str, Any]]] | None = None,
 ) -> web.Application:
     """The API application; the daemon serves it on the Unix socket (and loopback TCP)."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_CONTENT_INFORMATION)
+    middleware = errors_middleware(lambda: engine.settings.enabled, engine.cache_write_failed)
+    app = web.Application(middlewares=[middleware], client_max_size=MAX_CONTENT_INFORMATION)
     app[ENGINE] = engine
     app[INFO] = info or dict
     app[PEERS] = peers or list

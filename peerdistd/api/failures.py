@@ -22,9 +22,12 @@ import logging
 import sqlite3
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
@@ -106,6 +109,57 @@ def disk_trouble(exc: BaseException) -> str | None:
 
 def json_error(exc: errors.ApiError) -> web.Response:
     return web.json_response(exc.to_json(), status=exc.status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ALWAYS_ALLOWED = frozenset({"/v1/status", "/v1/openapi.json"})
+
+
+def errors_middleware(
+    enabled: Callable[[], bool], write_failed: Callable[[str], None]
+) -> Middleware:
+    """Every error a handler raises, as its JSON answer; ``write_failed(reason)`` is told
+    when a write found the cache's file system full or read-only (degraded, not dead)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        what = f"{request.method} {request.path}"
+        try:
+            if not enabled() and request.path not in ALWAYS_ALLOWED:
+                raise errors.NotSupported("PeerDist is disabled by policy (daemon.enabled = false)")
+            return await handler(request)
+        except errors.ApiError as exc:
+            return json_error(exc)
+        except web.HTTPException as exc:
+            if exc.status == 413:
+                return json_error(errors.InvalidParameter(f"request body too large: {exc.text}"))
+            if exc.status in (404, 405):
+                return web.json_response(
+                    {"error": "INVALID_PARAMETER", "message": f"{what}: {exc.reason}"},
+                    status=exc.status,
+                )
+            if exc.status < 400:
+                raise
+            if exc.status < 500:
+                return json_error(client_error(what, exc))
+            return json_error(internal_error(what, exc))
+        except errors.LocalError as exc:
+            reason = disk_trouble(exc)
+            if reason is None:
+                return json_error(internal_error(what, exc))
+            # Say why in status at once, refuse this write, keep serving reads.
+            write_failed(f"cache not writable: {reason}")
+            return json_error(
+                errors.ServiceUnavailable(f"the cache cannot be written right now: {reason}")
+            )
+        except HttpProcessingError as exc:  # a body aiohttp cannot parse (bad chunk, ...)
+            return json_error(client_error(what, exc))
+        except (asyncio.CancelledError, ConnectionError):
+            raise  # the client went away: nobody to answer
+        except Exception as exc:  # a bug or an unexpected library error: logged once per site
+            return json_error(internal_error(what, exc))
+
+    return middleware
 
 
 class ApiRequestHandler(RequestHandler):
