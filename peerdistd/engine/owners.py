@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.view import ContentView
+from peerdistd.errors import PeerDistError
 
 UNKNOWN = -1  # stands for "somebody we cannot name" in a segment's set of uids
 RECORD_LIMIT = 1 << 20  # segments remembered (~100 bytes each)
@@ -46,9 +47,13 @@ class SegmentUsers:
         """``uid`` opened (or extended) content naming these segments."""
         ids = list(dict.fromkeys(segment_ids))
         new = [s for s in ids if s not in self._users]
-        counts = self._held(new) if new else {}
+        try:
+            counts = self._held(new) if new else {}
+            unknown = {s for s in new if counts.get(s)}
+        except PeerDistError:  # the index cannot tell: whoever cached them is unknown
+            unknown = set(new)
         for seg_id in new:
-            self._users[seg_id] = {UNKNOWN} if counts.get(seg_id) else set()
+            self._users[seg_id] = {UNKNOWN} if seg_id in unknown else set()
         for seg_id in ids:
             self._users[seg_id].add(uid)
             self._users.move_to_end(seg_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -196,6 +197,9 @@ async def test_events_go_only_to_the_uid_they_concern(shared_daemon: DaemonProce
         received = b""
         while chunk := os.read(fd, 65536):
             received += chunk
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # it may wait for an event that never comes
+        raise
     finally:
         os.close(fd)
         _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 (it has exited: its pipe is closed)
