@@ -5,17 +5,19 @@ with SERVICE_UNAVAILABLE and the reason; it recovers once it can write again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.content import BLOCK, content, content_information
-from tests.harness import start_daemon
+from tests.harness import DaemonProcess, start_daemon
 
 
 def in_daemon_ns(pid: int, *cmd: str) -> None:
@@ -33,12 +35,21 @@ async def next_status(events: aiohttp.ClientResponse) -> str:
     raise AssertionError("event stream ended")
 
 
-async def still_serves(api: aiohttp.ClientSession, data: bytes, reason: str) -> None:
+async def still_serves(
+    d: DaemonProcess, api: aiohttp.ClientSession, data: bytes, reason: str
+) -> None:
     """What must keep working, and what must fail saying ``reason``, while unwritable."""
     async with api.get("/v1/status") as r:
         doc = await r.json()
         assert doc["status"] == "UNAVAILABLE"
         assert reason in doc["unavailable_reason"]
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from peerdistd.cli import main; main()",
+        "status", "--socket", str(d.socket),
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    shown = (await cli.communicate())[0].decode()
+    assert "UNAVAILABLE" in shown and reason in shown, shown  # peerdist status says why
     async with api.get("/v1/publications") as r:
         assert r.status == 200 and [p["id"] for p in (await r.json())["publications"]] == ["p"]
     async with api.get("/v1/publications/p") as r:
@@ -90,7 +101,7 @@ async def test_an_unwritable_cache_degrades_the_daemon(tmp_path: Path) -> None:
             fill = cache / "filler"
             in_daemon_ns(d.proc.pid, "dd", "if=/dev/zero", f"of={fill}", "bs=1M", "count=16")
             assert await next_status(events) == "UNAVAILABLE"
-            await still_serves(api, data, "No space left on device")
+            await still_serves(d, api, data, "No space left on device")
             in_daemon_ns(d.proc.pid, "rm", "-f", str(fill))
             assert await next_status(events) == "AVAILABLE"
 
@@ -100,7 +111,7 @@ async def test_an_unwritable_cache_degrades_the_daemon(tmp_path: Path) -> None:
             read_only = ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(cache)]
             in_daemon_ns(d.proc.pid, *read_only)
             assert await next_status(events) == "UNAVAILABLE"
-            await still_serves(api, data, "Read-only file system")
+            await still_serves(d, api, data, "Read-only file system")
             in_daemon_ns(d.proc.pid, "umount", str(cache))
             assert await next_status(events) == "AVAILABLE"
             async with api.get("/v1/status") as r:
