@@ -227,6 +227,10 @@ async def test_cache_flush_keeps_publications_unless_asked(daemon: DaemonProcess
         assert flushed["freed"] in (0, len(added))
         assert await cached(api, published) == len(published)
         assert await cached(api, added) == 0
+        h = await open_handle(api, published)  # root's ClientFlushContent keeps them too
+        async with api.post(f"/v1/contents/{h}/flush") as r:
+            assert r.status == 204
+        assert await cached(api, published) == len(published)
         async with api.delete("/v1/cache", params={"publications": "maybe"}) as r:
             assert r.status == 400 and (await r.json())["error"] == "INVALID_PARAMETER"
         async with api.delete("/v1/cache", params={"publications": "true"}) as r:
