@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import grp
 import io
 import json
 import os
+import socket
+import stat
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +50,7 @@ __all__ = [
     "ReadResult",
     "Status",
     "default_socket_path",
+    "socket_candidates",
 ]
 
 DEFAULT_READ_MAX = 1 << 20
@@ -54,19 +59,50 @@ _UPLOAD_CHUNK = 1 << 20
 _OCTETS = {"Content-Type": "application/octet-stream"}
 
 
-def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The API socket to use when none is named.
+def socket_candidates(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """The API sockets to try, in order, when none is named.
 
-    ``$PEERDISTD_SOCKET`` (or ``$PEERDISTD_DAEMON_SOCKET``, the daemon's own key) wins; else
-    the socket a daemon of this user would bind (``config.default_paths``) if it exists;
-    else the system service's ``/run/peerdistd/api.sock``.
+    ``$PEERDISTD_SOCKET`` (or ``$PEERDISTD_DAEMON_SOCKET``, the daemon's own key) alone if
+    set; else the socket a daemon of this user would bind (``config.default_paths``), then
+    the system service's ``/run/peerdistd/api.sock``.
     """
     env = os.environ if environ is None else environ
     for name in ("PEERDISTD_SOCKET", "PEERDISTD_DAEMON_SOCKET"):
         if env.get(name):
-            return Path(env[name])
+            return [Path(env[name])]
     own = default_paths(env=env).socket
-    return own if own.exists() else SYSTEM_SOCKET
+    return [own] if own == SYSTEM_SOCKET else [own, SYSTEM_SOCKET]
+
+
+def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The first of :func:`socket_candidates` where a daemon accepts connections.
+
+    A socket file left by a daemon that is gone is skipped. When none answers: the first one
+    that exists (its error then says why), else the last (the system service's).
+    """
+    candidates = socket_candidates(environ)
+    existing = [path for path in candidates if _exists(path)]
+    for path in existing:
+        if _accepts(path):
+            return path
+    return existing[0] if existing else candidates[-1]
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a directory on the way we may not search: not ours to use
+        return False
+
+
+def _accepts(path: Path) -> bool:
+    """Whether a daemon listens on ``path`` (a Unix connect answers at once, never blocks)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 SYSTEM_SOCKET = Path("/run/peerdistd/api.sock")
@@ -136,14 +172,29 @@ class PeerDistClient:
                     raise error_from(resp.status, await resp.read())
                 yield resp
         except aiohttp.ClientConnectorError as exc:
-            reason = exc.strerror or str(exc)
+            raise ServiceUnavailable(self._unreachable(exc.os_error)) from exc
+        except aiohttp.ServerDisconnectedError as exc:
             raise ServiceUnavailable(
-                f"cannot reach peerdistd at {self.where}: {reason} — is it running?"
+                f"peerdistd at {self.where} closed the connection before answering "
+                "(did it stop or restart?)"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ServiceUnavailable(
-                f"connection to peerdistd at {self.where} failed: {exc!r}"
+                f"connection to peerdistd at {self.where} failed: {reason}"
             ) from exc
+
+    def _unreachable(self, exc: OSError) -> str:
+        """Why the daemon cannot be reached, and what to do about it, as one sentence."""
+        if exc.errno == errno.EACCES and self.socket_path is not None:
+            group = _group_of(self.socket_path)
+            join = f"join its group {group!r}" if group else "join the group that owns it"
+            return (
+                f"permission denied on peerdistd's socket {self.where}: {join} "
+                "(the daemon's daemon.socket_group setting) and log in again, or run as root"
+            )
+        reason = exc.strerror or str(exc)
+        return f"cannot reach peerdistd at {self.where}: {reason} — is it running?"
 
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
         async with self._request(method, path, **kw) as resp:
@@ -198,12 +249,14 @@ class PeerDistClient:
         if isinstance(data, Path):
             try:
                 handle = await asyncio.to_thread(data.open, "rb")
-                size = os.fstat(handle.fileno()).st_size
+                info = os.fstat(handle.fileno())
             except OSError as exc:
                 raise InvalidParameter(f"cannot read {data}: {exc.strerror or exc}") from exc
             body = _file_chunks(handle, 4 << 20)
-            # A known length spares both sides chunked transfer coding.
-            headers["Content-Length"] = str(size)
+            if stat.S_ISREG(info.st_mode):
+                # A known length spares both sides chunked transfer coding. A pipe (say
+                # <(cmd)) has st_size 0 and no length until its end: it goes chunked.
+                headers["Content-Length"] = str(info.st_size)
         else:
             body = data
         doc = await self._json(
@@ -387,6 +440,13 @@ class ContentHandle:
         if not self._closed:
             self._closed = True
             await self._client._empty("DELETE", self._path)
+
+
+def _group_of(path: Path) -> str | None:
+    try:
+        return grp.getgrgid(path.stat().st_gid).gr_name
+    except (OSError, KeyError):
+        return None
 
 
 def _seg(value: str) -> str:

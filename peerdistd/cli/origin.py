@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peerdistd.api.client import PeerDistClient, default_socket_path
+from peerdistd.api.client import PeerDistClient
+from peerdistd.cli.failures import SOCKET_HELP
 from peerdistd.origin import DEFAULT_HASH_WAIT, running_origin
 
 _HELP = (
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="PATH",
         type=Path,
         default=None,
-        help=f"the daemon's API socket (default: {default_socket_path()})",
+        help=SOCKET_HELP,
     )
     p.add_argument(
         "--max-version",
