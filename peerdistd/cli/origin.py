@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from peerdistd.api.client import PeerDistClient
-from peerdistd.cli.failures import SOCKET_HELP
+from peerdistd.cli.failures import SOCKET_HELP, warn
+from peerdistd.errors import ServiceUnavailable
 from peerdistd.origin import DEFAULT_HASH_WAIT, running_origin
 
 _HELP = (
@@ -89,6 +90,11 @@ async def _serve(args: argparse.Namespace) -> None:
         ) as origin,
     ):
         print(f"serving {args.folder} at {origin.url}/ (peerdistd at {client.where})", flush=True)
+        try:
+            await client.status()
+        except ServiceUnavailable as exc:
+            # Still serve: files go out as plain bytes until the daemon is there to hash them.
+            warn(f"{exc.message}; serving plain bytes only (no PeerDist) until it is")
         await stop.wait()
     print(origin.stats.summary(), flush=True)
 
