@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from peerdistd.cli.progress import (
     progress_bar,
     status_view,
 )
-from peerdistd.errors import PeerDistError, ServiceUnavailable
+from peerdistd.errors import InvalidParameter, PeerDistError, ServiceUnavailable
 from peerdistd.proto.pccrtp import ProtocolVersion
 
 __all__ = ["FetchSummary", "fetch", "fetch_url", "origin_range", "register", "run"]
@@ -84,21 +85,23 @@ async def _content_info(client: PeerDistClient, args: argparse.Namespace) -> int
     if (args.offset is None) != (args.length is None):
         print("peerdist: error: give both --offset and --length, or neither", file=sys.stderr)
         return 2
-    if args.version is not None:
+    try:
+        info = await client.content_information(
+            args.id, offset=args.offset, length=args.length, version=args.version
+        )
+    except InvalidParameter:
+        pub = None if args.version is None else await client.publication(args.id)
+        if pub is None or pub.version == args.version:
+            raise
         # The daemon hands out only the version a publication was made with; say how to get
         # the other one in this command's terms, not the API's.
-        pub = await client.publication(args.id)
-        if pub.version != args.version:
-            print(
-                f"peerdist: error: {args.id!r} was published with content information "
-                f"V{pub.version}; for V{args.version}, publish it again: "
-                f"peerdist publish FILE --id {args.id} --version {args.version}",
-                file=sys.stderr,
-            )
-            return 1
-    info = await client.content_information(
-        args.id, offset=args.offset, length=args.length, version=args.version
-    )
+        print(
+            f"peerdist: error: {args.id!r} was published with content information "
+            f"V{pub.version}; for V{args.version}, publish it again: "
+            f"peerdist publish FILE --id {args.id} --version {args.version}",
+            file=sys.stderr,
+        )
+        return 1
     _write_file(args.output, info)
     return 0
 
@@ -224,13 +227,15 @@ def run(command: Command, args: argparse.Namespace) -> int:
             stopped_by.append(sig)
             task.cancel()
 
-        for sig in _STOP_SIGNALS:
+        # Signals reach the main thread only (main() may run in another, from a program).
+        signals = _STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ()
+        for sig in signals:
             loop.add_signal_handler(sig, stop, sig)
         try:
             async with PeerDistClient(args.socket) as client:
                 return await command(client, args)
         finally:
-            for sig in _STOP_SIGNALS:
+            for sig in signals:
                 loop.remove_signal_handler(sig)
 
     try:
