@@ -7,13 +7,14 @@ Dependencies' exceptions (aiohttp, OSError) are turned into words here, at the C
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import aiohttp
 
 from peerdistd.errors import ApiError, ConfigError, PeerDistError
 
-__all__ = ["SOCKET_HELP", "describe", "report", "transport_reason", "warn"]
+__all__ = ["SOCKET_HELP", "describe", "origin_reason", "report", "transport_reason", "warn"]
 
 PROG = "peerdist"
 SOCKET_HELP = (
@@ -25,7 +26,10 @@ SOCKET_HELP = (
 def transport_reason(exc: BaseException) -> str:
     """What an aiohttp or socket failure means, as a phrase (no advice, no exception names)."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}: {_strerror(exc.os_error)}"
+        error = exc.os_error
+        # asyncio words a refusal "Connect call failed (...)": the errno says it plainly.
+        reason = os.strerror(error.errno) if error.errno else _strerror(error)
+        return f"cannot connect to {exc.host}:{exc.port}: {reason}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the server closed the connection before it answered"
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -44,6 +48,14 @@ def transport_reason(exc: BaseException) -> str:
         # Every other aiohttp error: its own text, which is a sentence, never its repr.
         return str(exc) or "the HTTP connection failed"
     return str(exc) or type(exc).__name__
+
+
+def origin_reason(exc: BaseException) -> str:
+    """:func:`transport_reason` of a failure talking to an origin, with advice if it helps."""
+    reason = transport_reason(exc)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{reason} — check the URL and that the origin is up"
+    return reason
 
 
 def _strerror(exc: OSError) -> str:

@@ -19,7 +19,7 @@ from typing import BinaryIO
 import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, AddDataResult, ContentHandle, PeerDistClient
-from peerdistd.cli.failures import transport_reason
+from peerdistd.cli.failures import origin_reason, transport_reason
 from peerdistd.errors import (
     MissingData,
     NoMore,
@@ -95,9 +95,7 @@ async def origin_range(
             if await resp.content.read(1):
                 raise RemoteError(f"{where}: sent a body of the wrong length (too long)")
     except aiohttp.ClientConnectorError as exc:  # no origin there at all: say so at once
-        raise RemoteError(
-            f"{where}: {transport_reason(exc)} — check the URL and that the origin is up"
-        ) from exc
+        raise RemoteError(f"{where}: {origin_reason(exc)}") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
         # Reset, cut mid-body, timed out: a second try may well pass.
         raise TransferInterrupted(f"{where}: {transport_reason(exc)}") from exc

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, PeerDistClient
-from peerdistd.cli.failures import transport_reason
+from peerdistd.cli.failures import origin_reason
 from peerdistd.cli.fetching import ORIGIN_CHUNK, FetchSummary, ProgressCallback, fetch
 from peerdistd.errors import DecodeError, RemoteError
 from peerdistd.proto.pccrc import ContentInformation
@@ -60,7 +60,7 @@ async def fetch_url(
                 )
             info = await _read_capped(resp, url)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RemoteError(f"origin {url}: {transport_reason(exc)}") from exc
+        raise RemoteError(f"origin {url}: {origin_reason(exc)}") from exc
     _check(info, answer, url)
     summary = await fetch(
         client, info, url, out, timeout_ms=timeout_ms, progress=progress, read_max=read_max
@@ -85,7 +85,7 @@ async def plain_download(
                 raise RemoteError(f"origin {url}: HTTP {resp.status} {resp.reason}")
             size = await _stream(resp, out, progress)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RemoteError(f"origin {url}: {transport_reason(exc)}") from exc
+        raise RemoteError(f"origin {url}: {origin_reason(exc)}") from exc
     return FetchSummary(size, 0, 0, size, 1, time.monotonic() - started, False, 0, note)
 
 

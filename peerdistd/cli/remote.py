@@ -166,7 +166,7 @@ async def _unreachable(client: PeerDistClient) -> str | None:
         await client.status()
     except ServiceUnavailable as exc:
         if isinstance(exc.__cause__, aiohttp.ClientError | OSError):
-            return exc.message
+            return exc.message.removesuffix(" — is it running?")
         raise
     return None
 
