@@ -8,10 +8,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # The package of this checkout (not whatever an installed console script points at).
@@ -115,3 +118,40 @@ def run_cli(*argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
 def listing(folder: Path) -> list[str]:
     """The names in ``folder``, sorted."""
     return sorted(p.name for p in folder.iterdir())
+
+
+NOBODY = 65534
+
+
+def as_nobody(func: Callable[[], int]) -> tuple[int, str]:
+    """``func()`` in a forked child running as uid/gid 65534: its exit code and stderr.
+
+    A fork, not a new interpreter: the Python install may sit where another uid cannot read
+    (import what ``func`` needs before calling this).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a command as a second uid (CI runs as root)")
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child: drop privileges, run, exit without the parent's clean-up
+        code = 99
+        try:
+            os.close(read_end)
+            os.dup2(write_end, 2)
+            sys.stderr = os.fdopen(2, "w", closefd=False)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            code = func()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        err = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err
