@@ -85,9 +85,9 @@ def run_hash(args: argparse.Namespace) -> int:
     # What was written, on stderr when the content information itself went to stdout.
     where = "standard output" if args.output == "-" else args.output
     print(
-        f"wrote {where}: content information V{info.version} ({info.algorithm.label}) for "
-        f"bytes {info.start}-{info.end} ({info.length} bytes), {len(info.segments)} segments, "
-        f"{len(data)} bytes",
+        f"wrote {where}: content information V{info.version} ({info.algorithm.label}), "
+        f"{len(data)} bytes, {len(info.segments)} segments, for {info.length} bytes of content "
+        f"from offset {info.start}",
         file=sys.stderr if args.output == "-" else sys.stdout,
     )
     return 0

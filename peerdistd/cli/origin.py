@@ -89,12 +89,13 @@ async def _serve(args: argparse.Namespace) -> None:
             hash_wait=args.hash_wait,
         ) as origin,
     ):
-        print(f"serving {args.folder} at {origin.url}/ (peerdistd at {client.where})", flush=True)
         try:
             await client.status()
         except ServiceUnavailable as exc:
             # Still serve: files go out as plain bytes until the daemon is there to hash them.
-            warn(f"{exc.message}; serving plain bytes only (no PeerDist) until it is")
+            why = exc.message.removesuffix(" — is it running?")
+            warn(f"{why}; serving plain bytes only (no PeerDist) until it runs")
+        print(f"serving {args.folder} at {origin.url}/ (peerdistd at {client.where})", flush=True)
         await stop.wait()
     print(origin.stats.summary(), flush=True)
 

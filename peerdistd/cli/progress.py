@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from rich.console import Console, Group, RenderableType
 from rich.progress import (
@@ -129,9 +129,7 @@ class _SpeedColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def progress_bar(
-    console: Console, description: str, get_time: Callable[[], float] | None = None
-) -> Iterator[ProgressCallback]:
+def progress_bar(console: Console, description: str) -> Iterator[ProgressCallback]:
     """A transfer progress bar on ``console``; yields the callback that moves it."""
     columns = (
         TextColumn("{task.description}"),
@@ -140,7 +138,7 @@ def progress_bar(
         _SpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=True, get_time=get_time) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int | None) -> None:
