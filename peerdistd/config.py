@@ -129,7 +129,10 @@ def ensure_private_dir(path: Path, mode: int = 0o700, key: str = "daemon.socket"
 
     ``key`` is the setting that chose ``path``: errors name it, and say how to fix them.
     """
-    change = f"set {key} to a directory of your own"
+    mine = (
+        "a path in a directory of your own" if key == "daemon.socket" else "a directory of your own"
+    )
+    change = f"set {key} to {mine}"
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
         link, info = path.lstat(), path.stat()
