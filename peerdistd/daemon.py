@@ -433,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     except errors.PeerDistError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    except OSError as exc:  # a file system that refuses (read-only, full): said, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("cannot start: %s%s; check the state and cache directories", where, exc.strerror)
+        return 1
     return 0
 
 

@@ -240,3 +240,26 @@ def test_an_unreadable_config_folder_is_one_line_not_a_traceback() -> None:
         assert served == (2, f"peerdistd: configuration error: {problem}\n")
     finally:
         shutil.rmtree(home)
+
+
+def test_a_file_the_daemon_cannot_write_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "node-id.tmp").mkdir(parents=True)  # where the node id is written first
+    done = subprocess.run(
+        [
+            *(str(PEERDISTD), "serve", "--no-peers", "--metrics", "", "--log-format", "text"),
+            *("--socket", str(tmp_path / "api.sock"), "--state-dir", str(state)),
+            *("--cache-dir", str(tmp_path / "cache")),
+        ],
+        env=admin_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith(
+        f"cannot start: {state}/node-id.tmp: Is a directory; check the state and cache directories"
+    )
+    assert not (tmp_path / "api.sock").exists()
