@@ -183,8 +183,18 @@ RELOADABLE: frozenset[str] = frozenset(
 )
 
 
+# sockaddr_un's sun_path holds 108 bytes on Linux, the terminating NUL included (unix(7)).
+MAX_SOCKET_PATH = 107
+
+
 def _cross_checks(cfg: Config) -> None:
     peers, listen = cfg.peers, cfg.metrics.listen
+    if len(os.fsencode(cfg.paths.socket)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            "daemon.socket",
+            f"{cfg.paths.socket} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path "
+            "may have; choose a shorter path",
+        )
     if peers.max_inflight_per_peer > peers.max_inflight:
         raise ConfigError(
             "peers.max_inflight_per_peer",

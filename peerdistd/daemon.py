@@ -434,8 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 1
     except OSError as exc:  # a file system that refuses (read-only, full): said, not a traceback
-        where = f"{exc.filename}: " if exc.filename else ""
-        log.error("cannot start: %s%s; check the state and cache directories", where, exc.strerror)
+        if exc.filename:
+            log.error(
+                "cannot start: %s: %s; fix that path or choose another", exc.filename, exc.strerror
+            )
+        else:
+            log.error("cannot start: %s", exc.strerror or exc)
         return 1
     return 0
 

@@ -260,6 +260,25 @@ def test_a_file_the_daemon_cannot_write_is_one_line_not_a_traceback(tmp_path: Pa
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().endswith(
-        f"cannot start: {state}/node-id.tmp: Is a directory; check the state and cache directories"
+        f"cannot start: {state}/node-id.tmp: Is a directory; fix that path or choose another"
     )
     assert not (tmp_path / "api.sock").exists()
+
+
+def test_a_socket_path_too_long_is_refused_by_both(tmp_path: Path) -> None:
+    long = str(tmp_path / ("x" * 100) / "api.sock")  # never created: refused first
+    path = write(tmp_path, f"[daemon]\nsocket = '{long}'\n")
+    problem = (
+        f"daemon.socket: {long} is longer than the 107 bytes a Unix socket path may have; "
+        "choose a shorter path"
+    )
+    assert result(check(tmp_path, "--config", str(path))) == (1, "", f"peerdistd: {problem}\n")
+    done = subprocess.run(
+        [str(PEERDISTD), "serve", "--config", str(path), "--no-peers", "--metrics", ""],
+        env=admin_env(tmp_path, STATE_DIRECTORY=str(tmp_path / "s")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result(done) == (2, "", f"peerdistd: configuration error: {problem}\n")
