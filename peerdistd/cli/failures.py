@@ -26,10 +26,9 @@ SOCKET_HELP = (
 def transport_reason(exc: BaseException) -> str:
     """What an aiohttp or socket failure means, as a phrase (no advice, no exception names)."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        error = exc.os_error
-        # asyncio words a refusal "Connect call failed (...)": the errno says it plainly.
-        reason = os.strerror(error.errno) if error.errno else _strerror(error)
-        return f"cannot connect to {exc.host}:{exc.port}: {reason}"
+        # asyncio words a refusal "Connect call failed (...)": the errno says it plainly (a
+        # resolver's error has a negative errno and its own words, kept).
+        return f"cannot connect to {exc.host}:{exc.port}: {_strerror(exc.os_error)}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the server closed the connection before it answered"
     if isinstance(exc, aiohttp.ClientPayloadError):
@@ -60,7 +59,10 @@ def origin_reason(exc: BaseException) -> str:
 
 def _strerror(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
-    return f"{where}{exc.strerror or exc}"
+    # asyncio rewords errors ("error while attempting to bind on address ..."): the errno's
+    # own words are shorter and the same everywhere.
+    code = exc.errno or 0
+    return f"{where}{os.strerror(code) if code > 0 else exc.strerror or exc}"
 
 
 def describe(exc: BaseException) -> str:

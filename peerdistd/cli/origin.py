@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peerdistd.api.client import PeerDistClient
-from peerdistd.cli.failures import SOCKET_HELP, warn
+from peerdistd.cli.failures import SOCKET_HELP, transport_reason, warn
 from peerdistd.errors import ServiceUnavailable
 from peerdistd.origin import DEFAULT_HASH_WAIT, running_origin
 
@@ -67,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_serve(args))
     except OSError as exc:  # the listen address, typically
-        print(f"peerdist: error: {exc}", file=sys.stderr)
+        host, port = args.listen
+        print(
+            f"peerdist: error: cannot serve on {host}:{port}: {transport_reason(exc)}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

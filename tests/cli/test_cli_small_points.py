@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,4 +126,19 @@ def test_origin_without_a_daemon_says_so(tmp_path: Path) -> None:
     assert err == (
         f"peerdist: warning: cannot reach peerdistd at {absent}: No such file or directory; "
         "serving plain bytes only (no PeerDist) until it runs\n"
+    )
+
+
+def test_origin_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(
+            *("origin", str(tmp_path), "--listen", f"127.0.0.1:{port}"),
+            *("--socket", str(tmp_path / "absent.sock")),
+        )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"peerdist: error: cannot serve on 127.0.0.1:{port}: Address already in use\n"
     )
