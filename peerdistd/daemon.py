@@ -25,13 +25,7 @@ from aiohttp import web
 
 from peerdistd import __version__, errors
 from peerdistd.api.app import make_app
-from peerdistd.config import (
-    Config,
-    MetricsConfig,
-    diff_for_reload,
-    ensure_private_dir,
-    load_config,
-)
+from peerdistd.config import Config, MetricsConfig, diff_for_reload, ensure_private_dir, load_config
 from peerdistd.engine.core import Engine, EngineSettings
 from peerdistd.engine.ports import PeerNetwork
 from peerdistd.engine.stats import Counters
@@ -434,12 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 1
     except OSError as exc:  # a file system that refuses (read-only, full): said, not a traceback
-        if exc.filename:
-            log.error(
-                "cannot start: %s: %s; fix that path or choose another", exc.filename, exc.strerror
-            )
-        else:
-            log.error("cannot start: %s", exc.strerror or exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("cannot start: %s%s; fix that path or choose another", where, exc.strerror)
         return 1
     return 0
 
