@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import grp
 import io
 import json
 import os
-import socket
 import stat
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from pathlib import Path
@@ -35,10 +32,16 @@ from peerdistd.api.client_models import (
     error_from,
     malformed,
 )
-from peerdistd.config import default_paths
+from peerdistd.api.client_sockets import (
+    SYSTEM_SOCKET,
+    default_socket_path,
+    socket_candidates,
+    unreachable,
+)
 from peerdistd.errors import ApiError, InvalidHandle, InvalidParameter, ServiceUnavailable
 
 __all__ = [
+    "SYSTEM_SOCKET",
     "AddDataResult",
     "CacheUsage",
     "ContentHandle",
@@ -57,55 +60,6 @@ DEFAULT_READ_MAX = 1 << 20
 READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
 _UPLOAD_CHUNK = 1 << 20
 _OCTETS = {"Content-Type": "application/octet-stream"}
-
-
-def socket_candidates(environ: Mapping[str, str] | None = None) -> list[Path]:
-    """The API sockets to try, in order, when none is named.
-
-    ``$PEERDISTD_SOCKET`` (or ``$PEERDISTD_DAEMON_SOCKET``, the daemon's own key) alone if
-    set; else the socket a daemon of this user would bind (``config.default_paths``), then
-    the system service's ``/run/peerdistd/api.sock``.
-    """
-    env = os.environ if environ is None else environ
-    for name in ("PEERDISTD_SOCKET", "PEERDISTD_DAEMON_SOCKET"):
-        if env.get(name):
-            return [Path(env[name])]
-    own = default_paths(env=env).socket
-    return [own] if own == SYSTEM_SOCKET else [own, SYSTEM_SOCKET]
-
-
-def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The first of :func:`socket_candidates` where a daemon accepts connections.
-
-    A socket file left by a daemon that is gone is skipped. When none answers: the first one
-    that exists (its error then says why), else the last (the system service's).
-    """
-    candidates = socket_candidates(environ)
-    existing = [path for path in candidates if _exists(path)]
-    for path in existing:
-        if _accepts(path):
-            return path
-    return existing[0] if existing else candidates[-1]
-
-
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:  # a directory on the way we may not search: not ours to use
-        return False
-
-
-def _accepts(path: Path) -> bool:
-    """Whether a daemon listens on ``path`` (a Unix connect answers at once, never blocks)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
-SYSTEM_SOCKET = Path("/run/peerdistd/api.sock")
 
 
 class PeerDistClient:
@@ -172,7 +126,7 @@ class PeerDistClient:
                     raise error_from(resp.status, await resp.read())
                 yield resp
         except aiohttp.ClientConnectorError as exc:
-            raise ServiceUnavailable(self._unreachable(exc.os_error)) from exc
+            raise ServiceUnavailable(unreachable(self.where, exc.os_error)) from exc
         except aiohttp.ServerDisconnectedError as exc:
             raise ServiceUnavailable(
                 f"peerdistd at {self.where} closed the connection before answering "
@@ -183,18 +137,6 @@ class PeerDistClient:
             raise ServiceUnavailable(
                 f"connection to peerdistd at {self.where} failed: {reason}"
             ) from exc
-
-    def _unreachable(self, exc: OSError) -> str:
-        """Why the daemon cannot be reached, and what to do about it, as one sentence."""
-        if exc.errno == errno.EACCES and self.socket_path is not None:
-            group = _group_of(self.socket_path)
-            join = f"join its group {group!r}" if group else "join the group that owns it"
-            return (
-                f"permission denied on peerdistd's socket {self.where}: {join} "
-                "(the daemon's daemon.socket_group setting) and log in again, or run as root"
-            )
-        reason = exc.strerror or str(exc)
-        return f"cannot reach peerdistd at {self.where}: {reason} — is it running?"
 
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
         async with self._request(method, path, **kw) as resp:
@@ -440,13 +382,6 @@ class ContentHandle:
         if not self._closed:
             self._closed = True
             await self._client._empty("DELETE", self._path)
-
-
-def _group_of(path: Path) -> str | None:
-    try:
-        return grp.getgrgid(path.stat().st_gid).gr_name
-    except (OSError, KeyError):
-        return None
 
 
 def _seg(value: str) -> str:

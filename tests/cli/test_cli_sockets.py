@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from peerdistd.api import client as client_module
+from peerdistd.api import client_sockets
 from peerdistd.cli import main
 from tests.cli.clitools import as_nobody, short_dir
 from tests.harness import DaemonProcess, start_daemon
@@ -65,7 +65,7 @@ def test_a_dead_own_socket_is_skipped_for_the_live_system_one(
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(root / "xdg"))
     dead_socket(own / "api.sock")
     # The system service's socket is the live daemon's here.
-    monkeypatch.setattr(client_module, "SYSTEM_SOCKET", daemon.socket)
+    monkeypatch.setattr(client_sockets, "SYSTEM_SOCKET", daemon.socket)
     assert main(["status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["listen"]["socket"] == str(daemon.socket)
 
@@ -77,7 +77,7 @@ def test_with_no_live_socket_the_error_names_the_dead_one(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(root / "own"))
     dead_socket(root / "own" / "api.sock")
-    monkeypatch.setattr(client_module, "SYSTEM_SOCKET", root / "system" / "api.sock")
+    monkeypatch.setattr(client_sockets, "SYSTEM_SOCKET", root / "system" / "api.sock")
     assert main(["status"]) == 1
     assert capsys.readouterr().err == (
         f"peerdist: error: cannot reach peerdistd at {root / 'own' / 'api.sock'}: "
