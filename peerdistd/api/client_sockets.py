@@ -83,7 +83,15 @@ def unreachable(where: str, exc: OSError) -> str:
 
 
 def _group_of(path: Path) -> str | None:
-    try:
-        return grp.getgrgid(path.stat().st_gid).gr_name
-    except (OSError, KeyError):
-        return None
+    """The group of the socket, else of the nearest folder above it we may look at (a
+    socket in a folder we cannot search is kept from us by that folder's group)."""
+    for candidate in (path, *path.parents):
+        try:
+            gid = candidate.stat().st_gid
+        except OSError:
+            continue
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            return None
+    return None

@@ -3,6 +3,7 @@ a dead socket for a live one; permission denied says so, and which group to join
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import signal
@@ -93,5 +94,24 @@ def test_permission_denied_says_which_group_to_join(daemon: DaemonProcess, root:
         1,
         f"peerdist: error: permission denied on peerdistd's socket {daemon.socket}: join its "
         "group 'root' (the daemon's daemon.socket_group setting) and log in again, or run as "
+        "root\n",
+    )
+
+
+def test_a_folder_that_keeps_the_caller_out_names_its_group(
+    daemon: DaemonProcess, root: Path
+) -> None:
+    try:
+        gid = grp.getgrnam("daemon").gr_gid
+    except KeyError:
+        pytest.skip("needs a 'daemon' group to own the socket's folder")
+    os.chmod(root, 0o755)
+    os.chown(daemon.root, 0, gid)
+    os.chmod(daemon.root, 0o750)  # members of 'daemon' may search it; nobody may not
+    code, err = as_nobody(lambda: main(["status", "--socket", str(daemon.socket)]))
+    assert (code, err) == (
+        1,
+        f"peerdist: error: permission denied on peerdistd's socket {daemon.socket}: join its "
+        "group 'daemon' (the daemon's daemon.socket_group setting) and log in again, or run as "
         "root\n",
     )
