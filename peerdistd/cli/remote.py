@@ -228,7 +228,11 @@ def run(command: Command, args: argparse.Namespace) -> int:
             task.cancel()
 
         # Signals reach the main thread only (main() may run in another, from a program).
-        signals = _STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ()
+        # A signal already ignored stays ignored: `nohup peerdist fetch ...` outlives its terminal.
+        main_thread = threading.current_thread() is threading.main_thread()
+        signals = [
+            s for s in _STOP_SIGNALS if main_thread and signal.getsignal(s) != signal.SIG_IGN
+        ]
         for sig in signals:
             loop.add_signal_handler(sig, stop, sig)
         try:

@@ -129,3 +129,35 @@ async def test_without_a_daemon_the_url_is_downloaded_plainly(tmp_path: Path) ->
         f"downloading {origin.url} directly, without peers or cache\n"
     )
     assert "all from origin, plain HTTP: peerdistd was not reachable" in said
+
+
+def signal_masks(pid: int) -> dict[str, int]:
+    """The SigIgn and SigCgt masks of a process (proc(5)): bit n-1 is signal n."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {
+        k: int(v, 16)
+        for k, _, v in (line.partition(":\t") for line in lines)
+        if k in ("SigIgn", "SigCgt")
+    }
+
+
+async def test_nohup_keeps_sighup_ignored(daemon: DaemonProcess, tmp_path: Path) -> None:
+    data, ci = fresh_content_info(tmp_path, 36)
+    out = tmp_path / "out.bin"
+    async with RawOrigin(data) as origin:
+        origin.hang_after[1] = 100_000
+        proc = await asyncio.create_subprocess_exec(
+            *PEERDIST, "fetch", "--content-info", str(ci), "--origin", origin.url,
+            "-o", str(out), "--socket", str(daemon.socket),
+            env=cli_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # what nohup does
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(origin.hanging.wait(), 60)  # its handlers are in place now
+            masks = signal_masks(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code, _, _ = await finish(proc)
+    assert masks["SigIgn"] >> (signal.SIGHUP - 1) & 1 == 1
+    assert masks["SigCgt"] >> (signal.SIGTERM - 1) & 1 == 1
+    assert code == 128 + signal.SIGTERM
