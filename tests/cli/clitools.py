@@ -111,10 +111,10 @@ class RawOrigin:
         await writer.drain()
 
 
-def run_cli(*argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """``peerdist ARGV`` to its end, text output captured."""
-    kw = {"env": cli_env(), "capture_output": True, "text": True, "timeout": 60} | kw
-    return subprocess.run([*PEERDIST, *argv], check=False, **kw)
+def run_cli(*argv: str, **kw: Any) -> subprocess.CompletedProcess[Any]:
+    """``peerdist ARGV`` to its end, output captured (as text unless ``text=False``)."""
+    options: dict[str, Any] = {"env": cli_env(), "capture_output": True, "text": True}
+    return subprocess.run([*PEERDIST, *argv], check=False, timeout=60, **(options | kw))
 
 
 def listing(folder: Path) -> list[str]:
