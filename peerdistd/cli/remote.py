@@ -122,11 +122,12 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
     part = args.output.with_name(args.output.name + ".part")
     out = sys.stdout.buffer if to_stdout else await asyncio.to_thread(part.open, "wb")
     try:
+        if (why := await _unreachable(client)) is not None:  # said before the bar is drawn
+            warn(f"{why}; downloading {origin} directly, without peers or cache")
         with (
             progress_bar(err, "fetch") if err.is_terminal else contextlib.nullcontext() as progress
         ):
-            if (why := await _unreachable(client)) is not None:
-                warn(f"{why}; downloading {origin} directly, without peers or cache")
+            if why is not None:
                 summary = await plain_download(
                     origin, out, note="peerdistd was not reachable", progress=progress
                 )
