@@ -5,10 +5,9 @@ A peer that fails in any other way (times out, trickles under the floor rate, re
 refuses connections) is *backed off*: asked last among a block's holders for a while, twice
 as long each time it fails again after a back-off ended (requests that were in flight together
 fail together: one incident). After ``failures_to_ban`` failed requests in a row it is banned
-like a peer that sent a bad block. A peer that needed a hedge (no answer within the hedge
-delay) is asked last for LAG_BACKOFF seconds, which is not a failure. Any good answer clears
-the record. Every table is bounded:
-peers are remote input.
+like a peer that sent a bad block. A peer with requests outstanding past the hedge delay is
+asked last until they end, which is not a failure. Any good answer clears the record. Every
+table is bounded: peers are remote input.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ MAX_PEER_STATS: Final = 1024
 BACKOFF_BASE: Final = 0.5  # seconds a peer is asked last after one failure
 BACKOFF_MAX: Final = 30.0
 FAILURES_TO_BAN: Final = 8  # the default of peers.failures_to_ban
-LAG_BACKOFF: Final = 1.0  # seconds a peer that needed a hedge is asked last (not a failure)
 
 
 @dataclass(slots=True)
@@ -41,6 +39,7 @@ class PeerStats:
     failures: int = 0  # failed requests since its last good answer
     backoffs: int = 0  # back-offs since its last good answer
     backoff_until: float = 0.0  # monotonic: asked last until then
+    overdue: int = 0  # requests outstanding past the hedge delay: asked last meanwhile
 
 
 class PeerHealth:
@@ -109,11 +108,12 @@ class PeerHealth:
         if self.failures_to_ban and stats.failures >= self.failures_to_ban:
             self.ban(peer, f"{stats.failures} failed requests in a row, the last: {why}")
 
-    def lagging(self, peer: str) -> None:
-        """``peer`` did not answer within the hedge delay: ask others first for a moment (its
-        connections may all be taken by slow answers), without counting a failure."""
+    def overdue(self, peer: str, change: int) -> None:
+        """One more (+1) or one fewer (-1) request of ``peer`` outstanding past the hedge
+        delay: while it has any, others are asked first (its connections may all be taken by
+        slow answers); this is not a failure."""
         stats = self.peer(peer)
-        stats.backoff_until = max(stats.backoff_until, self._clock() + LAG_BACKOFF)
+        stats.overdue = max(0, stats.overdue + change)
 
     def answered(self, peer: str) -> None:
         """``peer`` answered well: its failures are forgiven."""
@@ -125,7 +125,7 @@ class PeerHealth:
     def order(self, holders: Sequence[str], first: int) -> list[str]:
         """``holders`` not banned, in the order to ask them for block ``first``: those in good
         standing from ``first`` modulo their count (so one read pulls from all of them), then
-        those backed off, the soonest forgiven first."""
+        those backed off or overdue, the soonest forgiven first."""
         now = self._clock()
         good: list[str] = []
         backing_off: list[tuple[float, str]] = []
@@ -133,7 +133,7 @@ class PeerHealth:
             if self.banned(peer):
                 continue
             stats = self.peers.get(peer)
-            if stats is not None and stats.backoff_until > now:
+            if stats is not None and (stats.backoff_until > now or stats.overdue):
                 backing_off.append((stats.backoff_until, peer))
             else:
                 good.append(peer)

@@ -67,6 +67,7 @@ class _Ask:
     peer: str
     started: float  # swarm clock
     progress: Progress = field(default_factory=Progress)
+    overdue: bool = False  # counted in the peer's ``overdue`` until the request ends
 
 
 class Swarm:
@@ -218,10 +219,12 @@ class Swarm:
                     peer = queue.pop(0)
                     if self.banned(peer):
                         continue
-                    if asks:  # a hedge: those asked so far are lagging
+                    if asks:  # a hedge: those asked so far are overdue
                         self.stats.hedges += 1
-                        for lagging in asks.values():
-                            self.health.lagging(lagging.peer)
+                        for late in asks.values():
+                            if not late.overdue:
+                                late.overdue = True
+                                self.health.overdue(late.peer, +1)
                     task, ask = self._ask(peer, ref, deadline - now)
                     asks[task] = ask
                     hedge_at = now + self.latency.hedge_delay()
@@ -272,6 +275,12 @@ class Swarm:
                 progress=ask.progress,
             )
         )
+
+        def ended(_: asyncio.Task[bytes | None]) -> None:
+            if ask.overdue:
+                self.health.overdue(peer, -1)
+
+        task.add_done_callback(ended)
         return task, ask
 
     def _linger(
@@ -315,9 +324,9 @@ class Swarm:
                 self.ban(peer, f"block {ref.index} of segment {seg_id} failed verification")
                 return None
             self.health.answered(peer)
-            if winner:
-                self.peer(peer).bytes_from += len(data)
-            return data
+            # Fetched from it even when another holder's copy won the race: what it sent.
+            self.peer(peer).bytes_from += len(data)
+            return data if winner else None
         if isinstance(exc, PeerBusy):
             self.stats.busy_answers += 1
             return BUSY

@@ -87,7 +87,7 @@ async def test_trickling_peer_is_banned_and_the_read_comes_from_the_good_one(
         assert not seen[GOOD]["banned"] and seen[GOOD]["errors"] == 0
         # Every block but perhaps the short last one (it fits the trickle) came from A.
         assert seen[GOOD]["bytes_from"] >= SIZE - 1234
-        assert seen[GOOD]["bytes_from"] + seen[BAD]["bytes_from"] == SIZE
+        assert seen[GOOD]["bytes_from"] + seen[BAD]["bytes_from"] >= SIZE
 
 
 async def test_resetting_peer_is_banned_and_the_read_comes_from_the_good_one(
