@@ -178,16 +178,18 @@ class Swarm:
             await self.locate([seg.segment_id], timeout=timeout)
             holders = self._holders.get(seg.segment_id, [])
         queue = self.health.order(holders, ref.index)
-        data = await self._race(ref, algorithm, queue, deadline) if queue else None
-        if data is None and holders and self._clock() < deadline:
-            # Every holder we knew failed or lacked it (one died mid-read, say): ask the LAN
-            # once more and try those we have not asked yet.
+        if not queue:
+            return None
+        data, failed = await self._race(ref, algorithm, queue, deadline)
+        if data is None and failed and self._clock() < deadline:
+            # The holders we knew failed (one died mid-read, say): ask the LAN once more and
+            # try those we have not asked yet.
             asked = set(holders)
             await self._relocate(seg.segment_id, deadline - self._clock())
             fresh = self._holders.get(seg.segment_id, [])
             queue = [p for p in self.health.order(fresh, ref.index) if p not in asked]
             if queue:
-                data = await self._race(ref, algorithm, queue, deadline)
+                data, _ = await self._race(ref, algorithm, queue, deadline)
         return data
 
     async def _relocate(self, segment_id: bytes, timeout: float) -> None:
@@ -204,11 +206,13 @@ class Swarm:
 
     async def _race(
         self, ref: BlockRef, algorithm: HashAlgorithm, queue: list[str], deadline: float
-    ) -> bytes | None:
+    ) -> tuple[bytes | None, bool]:
         """Ask ``queue`` in turn: the next holder when one fails or lacks the block, or when
-        none has answered within the hedge delay; the first verified block wins."""
+        none has answered within the hedge delay. The first verified block wins; the flag
+        says whether any holder failed (rather than answer that it lacks the block)."""
         asks: dict[asyncio.Task[bytes | None], _Ask] = {}
         busy: list[str] = []
+        failed = False
         hedge_at = -math.inf  # when to ask the next holder: at once
         try:
             while True:
@@ -231,7 +235,7 @@ class Swarm:
                     continue
                 if not asks:
                     if not busy:
-                        return None
+                        return None, failed
                     # Everyone left was busy: give them a moment, then ask again.
                     await asyncio.sleep(min(BUSY_BACKOFF, deadline - now))
                     queue, busy, hedge_at = busy, [], -math.inf
@@ -247,9 +251,11 @@ class Swarm:
                     outcome = self._settle(task, ask, ref, algorithm, winner=True)
                     if isinstance(outcome, bytes):
                         self.latency.add(self._clock() - ask.started)
-                        return outcome
+                        return outcome, failed
                     if outcome is BUSY:
                         busy.append(ask.peer)
+                    elif not task.cancelled() and task.exception() is not None:
+                        failed = True
                     hedge_at = -math.inf  # that holder is out of this race: ask the next
         finally:
             for task, ask in asks.items():

@@ -62,6 +62,27 @@ async def peers_seen(d: DaemonProcess) -> dict[str, dict[str, Any]]:
         return {p["address"]: p for p in (await r.json())["peers"]}
 
 
+async def holders_found(c: DaemonProcess, ci: bytes, *holders: str) -> None:
+    """Until C's latest discovery round for ``ci`` found every one of ``holders`` (a holder's
+    answer can miss a round on a loaded machine; the answers are then cached for 3 s)."""
+    deadline = time.monotonic() + BAN_WAIT
+    async with c.session() as api:
+        while True:
+            # An immediate open starts discovery for the content (a fresh probe once the
+            # cached answer has expired).
+            async with api.post("/v1/contents", params={"flags": "immediate"}, data=ci) as r:
+                h = (await r.json())["handle"]
+            async with api.delete(f"/v1/contents/{h}"):
+                pass
+            seen = await peers_seen(c)
+            # One round stamps every holder it found with the same last_seen.
+            stamps = {seen.get(holder, {}).get("last_seen", 0.0) for holder in holders}
+            if len(stamps) == 1 and stamps != {0.0}:
+                return
+            assert time.monotonic() < deadline, f"C never found all of {holders}: {seen}"
+            await asyncio.sleep(0.2)  # polling a condition, bounded by BAN_WAIT
+
+
 async def banned_soon(d: DaemonProcess, address: str) -> dict[str, dict[str, Any]]:
     """``d``'s view of its peers once ``address`` is banned (or after BAN_WAIT seconds)."""
     deadline = time.monotonic() + BAN_WAIT
@@ -82,6 +103,7 @@ async def test_trickling_peer_is_banned_and_the_read_comes_from_the_good_one(
         ci = await publish(a, data)
         assert await read_all(b, ci) == data  # B now holds the blocks under A's segment ids
         with BadPeer(netns, ("127.0.0.4", 8080), ("127.0.0.2", 8080), "trickle") as bad:
+            await holders_found(c, ci, GOOD, BAD)
             assert await read_all(c, ci) == data
             seen = await banned_soon(c, BAD)
             assert bad.connections >= 1  # it was asked ...
@@ -98,6 +120,7 @@ async def test_resetting_peer_is_banned_and_the_read_comes_from_the_good_one(
         ci = await publish(a, data)
         assert await read_all(b, ci) == data  # B now holds the blocks under A's segment ids
         with BadPeer(netns, ("127.0.0.4", 8080), ("127.0.0.2", 8080), "reset") as bad:
+            await holders_found(c, ci, GOOD, BAD)
             assert await read_all(c, ci) == data
             seen = await banned_soon(c, BAD)
         assert bad.connections >= 8
@@ -115,6 +138,7 @@ async def test_peer_hanging_up_at_once_never_gives_the_application_a_500(
         ci = await publish(a, data)
         assert await read_all(b, ci) == data
         with BadPeer(netns, ("127.0.0.4", 8080), ("127.0.0.2", 8080), "hangup") as bad:
+            await holders_found(c, ci, GOOD, BAD)
             assert await read_all(c, ci) == data  # every read answered 200
             seen = await banned_soon(c, BAD)
         assert bad.connections >= 1
@@ -147,6 +171,7 @@ async def test_serving_peer_killed_mid_read_again_and_again(tmp_path: Path, netn
             assert await read_all(b, ci) == data
         statuses: list[int] = []
         for ci, data in zip(infos, contents, strict=True):
+            await holders_found(c, ci, GOOD, "127.0.0.2:8080")
             served_before = await served_by(a)
             out = b""
             async with c.session() as api:
