@@ -81,7 +81,9 @@ class Engine:
             store, self.peers, self.slots, self.stats, self.events, self._track, self.commits.kick
         )
         self.adder = DataAdder(store, self.stats)
-        self.publisher = Publisher(store, publications, passphrase, self.check_enabled)
+        self.publisher = Publisher(
+            store, self.commits, publications, passphrase, self.check_enabled
+        )
         self.handles: dict[str, ContentHandle] = {}
         self._views = ViewCache()
         # Gauges and counters of other parts (the peer network) merged into the snapshot.
@@ -326,7 +328,10 @@ class Engine:
         h = self.handle(uid, handle_id)
         if offset < 0:
             raise errors.InvalidParameter("offset must be >= 0")
+        failures = self.commits.failures()
         out = await self.adder.add(h, offset, body, self.commits.kick)
+        # Durable before acknowledged: the 200 waits for the group commit of its blocks.
+        await self.commits.durable(failures)
         self.stats.bytes_from_origin += out.received
         if out.bad:
             bad_start, bad_end = out.bad[0]

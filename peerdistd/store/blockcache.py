@@ -2,12 +2,13 @@
 
 Layout: ``index.sqlite`` (see :mod:`peerdistd.store.index`) plus one sparse file per segment
 (see :mod:`peerdistd.store.cache_files`), block ``i`` at ``i * block_size``. A write is
-pwrite, then fdatasync, then the index row in a transaction: kill -9 at any point leaves at
-worst data without a row (never served, overwritten later), and the fdatasync before COMMIT
-keeps that true across a power loss too, at one fdatasync per ``put_blocks`` call (batch
-blocks to amortise it). ``sync=False`` skips it: still safe against kill -9, but after a power
-loss a row could outlive its data (a hole reads as zeros), so keep it for tests and benches.
-A new file's directory entry is not synced: if it is lost, its rows find no file and drop.
+pwrite, then fdatasync (and fsync of a new file's directory), then the index row in a
+transaction whose COMMIT fsyncs the WAL: kill -9 at any point leaves at worst data without a
+row (never served, overwritten later), and the syncs before COMMIT keep that true across a
+power loss too. Writes acknowledged to clients are staged and group-committed (one fdatasync
+per file and one transaction per batch, see cache_staging); a request is answered once the
+batch holding its blocks is committed. ``sync=False`` skips the syncs: still safe against
+kill -9, but after a power loss a row could outlive its data, so keep it for tests and benches.
 Reads look the block up in an in-memory map of the segment (loaded once, at most 512 rows),
 check the file is long enough and pread it: a truncated file loses its blocks, never serves
 them. Eviction is LRU by segment with a logical clock; touches are batched into the next
@@ -75,6 +76,8 @@ class BlockCache:
         self._closed = False
         # Blocks written (visible to reads), not yet synced nor indexed: see cache_staging.
         self._staging = Staging()
+        self._commit_done = threading.Condition(self._lock)  # a commit finished
+        self._commit_failures = 0
 
     @classmethod
     def open(
@@ -111,6 +114,7 @@ class BlockCache:
                 self._commit_staged_locked()
             finally:
                 self._closed = True
+                self._commit_done.notify_all()
             try:
                 with db_errors("close"), self._index.transaction():
                     self._flush_touches()
@@ -197,20 +201,24 @@ class BlockCache:
                 self._touch(seg)
                 return
             self._make_room(sum(v.nbytes for v, _ in new.values()), keep=seg.rowid)
+            created = seg.fd is None and not self._files.path(seg.rowid).exists()
             fd = self._table.fd(seg, create=True)
             assert fd is not None
             for index, (view, _) in new.items():
                 self._files.write(fd, index * seg.record.block_size, view)
             if not durable:
-                self._staging.add(seg.rowid, ((i, v.nbytes, d) for i, (v, d) in new.items()))
+                new_rows = [(i, v.nbytes, d) for i, (v, d) in new.items()]
+                self._staging.add(seg.rowid, new_rows, created=created)
                 seg.lengths.update((i, v.nbytes) for i, (v, _) in new.items())
                 self._touch(seg)
                 return
             if self._sync:
                 self._files.sync(fd)  # data durable before the row that vouches for it
+                if created:
+                    self._files.sync_dirs([seg.rowid])
             self._clock += 1
             rows = [(index, view.nbytes, digest) for index, (view, digest) in new.items()]
-            with self._index.transaction():
+            with self._index.transaction(durable=self._sync):
                 self._index.insert_blocks(seg.rowid, rows, self._clock)
                 self._touched.pop(seg.rowid, None)
                 self._flush_touches()
@@ -221,56 +229,113 @@ class BlockCache:
         """Bytes written by ``put_blocks(durable=False)`` not committed yet."""
         return self._staging.bytes
 
-    def commit_staged(self) -> int:
-        """Make every staged block durable and indexed; returns the bytes committed.
+    def staging_ticket(self) -> int:
+        """The commit batch that makes every block staged so far durable (see
+        :attr:`committed_batch`); take it after the ``put_blocks`` calls it must cover."""
+        with self._lock:
+            return self._staging.ticket()
 
-        The fdatasync runs without the cache's lock, so reads and writes of other blocks go
-        on meanwhile; only the index rows are written under it.
+    @property
+    def committed_batch(self) -> int:
+        """Every batch up to this one is synced and indexed (or counted in commit_failures)."""
+        return self._staging.committed
+
+    @property
+    def commit_failures(self) -> int:
+        """Commits that failed (their blocks were forgotten, never indexed) since open."""
+        return self._commit_failures
+
+    def commit_staged(self) -> int:
+        """Make every block staged before the call durable and indexed; returns the bytes.
+
+        One commit at a time (a second caller waits for the first, then commits what was
+        staged meanwhile): batches are indexed in order and each only after its own data was
+        synced. The fdatasync runs without the cache's lock, so reads and writes (staging the
+        next batch) go on meanwhile; only the index rows are written under it. A failure
+        forgets the batch's blocks, counts it in :attr:`commit_failures` and raises.
         """
         with self._lock:
-            if self._closed or not self._staging:
-                return 0
-            committed = self._staging.begin_commit()
-            rowids = list(self._staging.committing)
-            fds = [fd for rowid in rowids if (fd := self._files.open(rowid)) is not None]
-        try:
-            if self._sync:
-                for fd in fds:  # data durable before the rows that vouch for it
-                    self._files.sync(fd)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        with self._lock:
+            while self._staging.busy and not self._closed:
+                self._commit_done.wait()
             if self._closed:
                 return 0
-            return self._insert_committing(committed)
+            batch = self._staging.begin_commit()
+            if not self._staging.committing:  # nothing left (dropped meanwhile): done
+                self._staging.end_commit()
+                self._staging.finish(batch)
+                return 0
+            created = sorted(self._staging.creating)
+            fds = [f for r in self._staging.committing if (f := self._files.open(r)) is not None]
+        try:
+            try:
+                if self._sync:
+                    for fd in fds:  # data durable before the rows that vouch for it
+                        self._files.sync(fd)
+                    self._files.sync_dirs(created)  # and the new files' names
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        except BaseException:
+            with self._lock:
+                self._fail_commit(batch)
+            raise
+        with self._lock:
+            return self._insert_committing(batch)
 
     def _commit_staged_locked(self) -> int:
         """The same, holding the lock throughout (at close)."""
+        while self._staging.busy:
+            self._commit_done.wait()
         if not self._staging:
             return 0
-        committed = self._staging.begin_commit()
-        if self._sync:
-            for rowid in self._staging.committing:
-                fd = self._files.open(rowid)
-                if fd is not None:
-                    try:
-                        self._files.sync(fd)
-                    finally:
-                        os.close(fd)
-        return self._insert_committing(committed)
+        batch = self._staging.begin_commit()
+        try:
+            if self._sync:
+                for rowid in self._staging.committing:
+                    fd = self._files.open(rowid)
+                    if fd is not None:
+                        try:
+                            self._files.sync(fd)
+                        finally:
+                            os.close(fd)
+                self._files.sync_dirs(sorted(self._staging.creating))
+        except BaseException:
+            self._fail_commit(batch)
+            raise
+        return self._insert_committing(batch)
 
-    def _insert_committing(self, committed: int) -> int:
-        committing = self._staging.end_commit()
-        with db_errors("commit_staged"):
-            self._clock += 1
-            with self._index.transaction():
-                for rowid, rows in committing.items():
-                    self._index.insert_blocks(
-                        rowid, [(i, n, h) for i, (n, h) in rows.items()], self._clock
-                    )
-                self._flush_touches()
+    def _insert_committing(self, batch: int) -> int:
+        rows_by_seg = self._staging.committing
+        committed = sum(n for rows in rows_by_seg.values() for n, _ in rows.values())
+        try:
+            with db_errors("commit_staged"):
+                self._clock += 1
+                with self._index.transaction(durable=self._sync):
+                    for rowid, rows in rows_by_seg.items():
+                        self._index.insert_blocks(
+                            rowid, [(i, n, h) for i, (n, h) in rows.items()], self._clock
+                        )
+                    self._flush_touches()
+        except BaseException:
+            self._fail_commit(batch)
+            raise
+        self._staging.end_commit()
+        self._staging.finish(batch)
+        self._commit_done.notify_all()
         return committed
+
+    def _fail_commit(self, batch: int) -> None:
+        """The batch could not be made durable: forget its blocks (never indexed)."""
+        self._commit_failures += 1
+        by_rowid = {seg.rowid: seg for seg in self._table.segments()}
+        for rowid, rows in self._staging.end_commit().items():
+            seg = by_rowid.get(rowid)
+            if seg is not None:
+                for index in rows:
+                    seg.lengths.pop(index, None)
+        self._staging.finish(batch)
+        self._commit_done.notify_all()
+        log.error("a commit of staged blocks failed; its blocks were dropped")
 
     # -- reads --------------------------------------------------------------------------------
 

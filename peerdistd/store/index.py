@@ -2,9 +2,11 @@
 
 WAL mode with ``synchronous=NORMAL``: a commit survives kill -9 at once (it is in the WAL,
 written before COMMIT returns) and a power loss may roll back the last commits, which only
-forgets blocks, never invents one. A block row is inserted only after its data was written
-(and fdatasync'ed, see blockcache), so every row describes bytes that are on disk. Totals live
-in a one-row table updated in the same transactions, so opening never scans the index.
+forgets blocks, never invents one. The commits that acknowledge data to a client (group
+commits, durable puts) are ``durable`` ones: they fsync the WAL too. A block row is inserted
+only after its data was written (and fdatasync'ed, see blockcache), so every row describes
+bytes that are on disk. Totals live in a one-row table updated in the same transactions, so
+opening never scans the index.
 Segment files are named by the AUTOINCREMENT row id (never reused, never derived from peer
 bytes); dropped segments go through ``trash`` so a crash between commit and unlink leaves a
 list of files to remove, not orphans.
@@ -106,16 +108,27 @@ class CacheIndex:
             self._db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    def transaction(self, *, durable: bool = False) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+        ``durable``: the COMMIT also fsyncs the WAL (``synchronous=FULL`` for this one), for
+        rows that acknowledge data to a client; the WAL is sequential, so every earlier
+        commit (segment rows...) becomes durable with it.
+        """
         with db_errors("transaction"):
-            self._db.execute("BEGIN IMMEDIATE")
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
             try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
 
     def quick_check(self) -> bool:
         """SQLite's own consistency check of every page (O(size): for verify, not open)."""
