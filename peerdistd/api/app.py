@@ -21,6 +21,7 @@ from peerdistd.api.peercred import peer_uid
 from peerdistd.engine.core import Engine, ReadResult
 from peerdistd.engine.events import Event
 from peerdistd.proto.pccrc import HashAlgorithm
+from peerdistd.store.healing import iter_notes
 from peerdistd.store.publications import Publication
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ async def get_status(request: web.Request) -> web.Response:
         },
         "counters": dict(engine.stats_snapshot()),
         "peers": request.app[PEERS](),
+        # Damaged store files set aside and rebuilt since start (oldest first).
+        "store_notes": list(iter_notes(engine.store.notes(), engine.publications.notes())),
     }
     body.update(request.app[INFO]())
     return web.json_response(body)

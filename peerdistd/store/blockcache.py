@@ -32,7 +32,9 @@ from peerdistd.errors import (
     ServiceUnavailable,
     VerificationError,
 )
+from peerdistd.store.cache_commit import commit_staged
 from peerdistd.store.cache_files import SegmentFiles
+from peerdistd.store.cache_heal import HEALING, healing
 from peerdistd.store.cache_open import cache_limit, lock_directory, open_index
 from peerdistd.store.cache_segments import Seg, SegmentTable
 from peerdistd.store.cache_staging import Staging
@@ -46,6 +48,7 @@ from peerdistd.store.cache_types import (
     check_segment_id,
 )
 from peerdistd.store.cache_verify import verify_cache
+from peerdistd.store.healing import StoreNote
 from peerdistd.store.index import CacheIndex, db_errors
 
 __all__ = ["BlockCache", "CacheUsage", "SegmentRecord", "VerifyReport"]
@@ -78,6 +81,7 @@ class BlockCache:
         self._staging = Staging()
         self._commit_done = threading.Condition(self._lock)  # a commit finished
         self._commit_failures = 0
+        self._notes: list[StoreNote] = []  # heals of a damaged index (store.healing)
 
     @classmethod
     def open(
@@ -97,21 +101,32 @@ class BlockCache:
         limit = cache_limit(directory, limit_bytes, limit_percent)
         lock_fd = lock_directory(directory)
         try:
-            cache = cls(directory, open_index(directory), lock_fd, limit, sync)
+            index, note = open_index(directory)
+            cache = cls(directory, index, lock_fd, limit, sync)
         except BaseException:
             os.close(lock_fd)
             raise
-        with cache._lock, db_errors("open"):
-            cache._empty_trash()
-            cache._make_room(0, keep=None)
+        cache._notes.extend([note] if note else [])
+        cache._tidy()
         return cache
+
+    @healing
+    def _tidy(self) -> None:
+        with self._lock, db_errors("open"):
+            self._empty_trash()
+            self._make_room(0, keep=None)
+
+    def notes(self) -> list[StoreNote]:
+        """Each time a damaged index was set aside and rebuilt since open (for the status)."""
+        with self._lock:
+            return list(self._notes)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             try:
-                self._commit_staged_locked()
+                commit_staged(self)  # holding the lock throughout: nothing else runs now
             finally:
                 self._closed = True
                 self._commit_done.notify_all()
@@ -249,93 +264,11 @@ class BlockCache:
         """Make every block staged before the call durable and indexed; returns the bytes.
 
         One commit at a time (a second caller waits for the first, then commits what was
-        staged meanwhile): batches are indexed in order and each only after its own data was
-        synced. The fdatasync runs without the cache's lock, so reads and writes (staging the
-        next batch) go on meanwhile; only the index rows are written under it. A failure
+        staged meanwhile): batches are indexed in order, each only after its own data was
+        synced, and the sync runs without the cache's lock (see cache_commit). A failure
         forgets the batch's blocks, counts it in :attr:`commit_failures` and raises.
         """
-        with self._lock:
-            while self._staging.busy and not self._closed:
-                self._commit_done.wait()
-            if self._closed:
-                return 0
-            batch = self._staging.begin_commit()
-            if not self._staging.committing:  # nothing left (dropped meanwhile): done
-                self._staging.end_commit()
-                self._staging.finish(batch)
-                return 0
-            created = sorted(self._staging.creating)
-            fds = [f for r in self._staging.committing if (f := self._files.open(r)) is not None]
-        try:
-            try:
-                if self._sync:
-                    for fd in fds:  # data durable before the rows that vouch for it
-                        self._files.sync(fd)
-                    self._files.sync_dirs(created)  # and the new files' names
-            finally:
-                for fd in fds:
-                    os.close(fd)
-        except BaseException:
-            with self._lock:
-                self._fail_commit(batch)
-            raise
-        with self._lock:
-            return self._insert_committing(batch)
-
-    def _commit_staged_locked(self) -> int:
-        """The same, holding the lock throughout (at close)."""
-        while self._staging.busy:
-            self._commit_done.wait()
-        if not self._staging:
-            return 0
-        batch = self._staging.begin_commit()
-        try:
-            if self._sync:
-                for rowid in self._staging.committing:
-                    fd = self._files.open(rowid)
-                    if fd is not None:
-                        try:
-                            self._files.sync(fd)
-                        finally:
-                            os.close(fd)
-                self._files.sync_dirs(sorted(self._staging.creating))
-        except BaseException:
-            self._fail_commit(batch)
-            raise
-        return self._insert_committing(batch)
-
-    def _insert_committing(self, batch: int) -> int:
-        rows_by_seg = self._staging.committing
-        committed = sum(n for rows in rows_by_seg.values() for n, _ in rows.values())
-        try:
-            with db_errors("commit_staged"):
-                self._clock += 1
-                with self._index.transaction(durable=self._sync):
-                    for rowid, rows in rows_by_seg.items():
-                        self._index.insert_blocks(
-                            rowid, [(i, n, h) for i, (n, h) in rows.items()], self._clock
-                        )
-                    self._flush_touches()
-        except BaseException:
-            self._fail_commit(batch)
-            raise
-        self._staging.end_commit()
-        self._staging.finish(batch)
-        self._commit_done.notify_all()
-        return committed
-
-    def _fail_commit(self, batch: int) -> None:
-        """The batch could not be made durable: forget its blocks (never indexed)."""
-        self._commit_failures += 1
-        by_rowid = {seg.rowid: seg for seg in self._table.segments()}
-        for rowid, rows in self._staging.end_commit().items():
-            seg = by_rowid.get(rowid)
-            if seg is not None:
-                for index in rows:
-                    seg.lengths.pop(index, None)
-        self._staging.finish(batch)
-        self._commit_done.notify_all()
-        log.error("a commit of staged blocks failed; its blocks were dropped")
+        return commit_staged(self)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -550,3 +483,8 @@ class BlockCache:
         if trash:
             with self._index.transaction():
                 self._index.clear_trash(trash)
+
+
+# A damaged index met at run time is rebuilt and the call retried (see cache_heal).
+for _name in HEALING:
+    setattr(BlockCache, _name, healing(getattr(BlockCache, _name)))

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from peerdistd.errors import LocalError
+from peerdistd.errors import LocalError, StoreDamaged
 from peerdistd.store.cache_types import SegmentRecord
 
 SCHEMA_VERSION = 1
@@ -61,14 +61,17 @@ class Totals:
 
 @contextmanager
 def db_errors(what: str) -> Iterator[None]:
-    """Translate sqlite3 errors into LocalError at the store boundary."""
+    """Translate sqlite3 errors into LocalError at the store boundary; a damaged file into
+    StoreDamaged, which the store answers by healing (peerdistd.store.healing)."""
     try:
         yield
     except sqlite3.Error as exc:
+        if is_corruption(exc):
+            raise StoreDamaged(f"{what}: {exc}") from exc
         raise LocalError(f"cache index: {what}: {exc}") from exc
 
 
-def _is_corruption(exc: sqlite3.Error) -> bool:
+def is_corruption(exc: sqlite3.Error) -> bool:
     # OperationalError (locked, cannot open, disk I/O) is environmental, not a bad file.
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
@@ -98,7 +101,7 @@ class CacheIndex:
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
-            if _is_corruption(exc):
+            if is_corruption(exc):
                 return None
             raise LocalError(f"cache index {path}: {exc}") from exc
         return cls(db)
@@ -152,12 +155,13 @@ class CacheIndex:
         row = self._db.execute(_SELECT_SEGMENTS + " WHERE segment_id = ?", (segment_id,)).fetchone()
         return None if row is None else (row[0], SegmentRecord(*row[1:]))
 
-    def insert_segment(self, record: SegmentRecord, clock: int) -> int:
+    def insert_segment(self, record: SegmentRecord, clock: int, rowid: int | None = None) -> int:
+        """Add a segment; ``rowid`` keeps the one it had (salvage: its file is named by it)."""
         cur = self._db.execute(
-            "INSERT INTO segments(segment_id, version, algorithm, hod, secret, length,"
-            " block_size, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.segment_id, record.version, record.algorithm, record.hod, record.secret,
-             record.length, record.block_size, clock),
+            "INSERT INTO segments(id, segment_id, version, algorithm, hod, secret, length,"
+            " block_size, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (rowid, record.segment_id, record.version, record.algorithm, record.hod,
+             record.secret, record.length, record.block_size, clock),
         )  # fmt: skip
         self._db.execute("UPDATE totals SET segments = segments + 1")
         assert cur.lastrowid is not None
