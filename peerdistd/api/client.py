@@ -22,6 +22,7 @@ import aiohttp
 from peerdistd.api.client_models import (
     AddDataResult,
     CacheUsage,
+    CacheVerifyReport,
     Event,
     Listen,
     Peer,
@@ -37,6 +38,7 @@ from peerdistd.errors import ApiError, InvalidHandle, InvalidParameter, ServiceU
 __all__ = [
     "AddDataResult",
     "CacheUsage",
+    "CacheVerifyReport",
     "ContentHandle",
     "Event",
     "Listen",
@@ -262,6 +264,12 @@ class PeerDistClient:
         doc = await self._json("DELETE", "/v1/cache")
         with malformed():
             return int(doc["freed"])
+
+    async def verify_cache(self) -> CacheVerifyReport:
+        """Re-hash the whole block cache, dropping what fails (root only)."""
+        doc = await self._json("POST", "/v1/cache/verify")
+        with malformed():
+            return CacheVerifyReport.from_json(doc)
 
     async def peers(self) -> list[Peer]:
         doc = await self._json("GET", "/v1/peers")

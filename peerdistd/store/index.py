@@ -167,6 +167,19 @@ class CacheIndex:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
+    def segment_by_rowid(self, rowid: int) -> SegmentRecord | None:
+        row = self._db.execute(_SELECT_SEGMENTS + " WHERE id = ?", (rowid,)).fetchone()
+        return None if row is None else SegmentRecord(*row[1:])
+
+    def blocks_after(self, rowid: int, index: int, limit: int) -> list[tuple[int, int, int, bytes]]:
+        """(segment rowid, index, length, hash) of the next ``limit`` blocks after this one."""
+        rows = self._db.execute(
+            "SELECT seg, idx, length, hash FROM blocks WHERE (seg, idx) > (?, ?)"
+            " ORDER BY seg, idx LIMIT ?",
+            (rowid, index, limit),
+        ).fetchall()
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
     def blocks(self, rowid: int) -> list[tuple[int, int, bytes]]:
         """(index, length, hash) of every held block of a segment."""
         return self._db.execute(

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from peerdistd.errors import LocalError
 from peerdistd.store.blockcache import BlockCache, SegmentRecord
 from peerdistd.store.cache_types import ALG_SHA256, block_digest, derive_segment_id
 from peerdistd.store.index import CacheIndex
