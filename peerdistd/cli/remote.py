@@ -164,7 +164,9 @@ async def _cache(client: PeerDistClient, args: argparse.Namespace) -> int:
     if args.action == "verify":
         return await _cache_verify(client)
     if args.flush:
-        print(f"freed {human_bytes(await client.flush_cache())}")
+        freed, kept = await client.flush_cache_report(args.include_publications)
+        note = f"; kept {human_bytes(kept)} for publications" if kept else ""
+        print(f"freed {human_bytes(freed)}{note}")
     else:
         Console().print(cache_table(await client.cache()))
     return 0
@@ -274,6 +276,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="verify: re-hash every cached block now, drop and report those that fail (root)",
     )
     p.add_argument("--flush", action="store_true", help="empty the block cache (root only)")
+    p.add_argument(
+        "--include-publications",
+        action="store_true",
+        help="with --flush: drop publications' blocks too (kept by default)",
+    )
 
     _add(subparsers, common, "peers", _peers, "list the peers known")
 
