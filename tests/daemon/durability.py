@@ -13,6 +13,8 @@ import aiohttp
 from tests.content import BLOCK, content, content_information
 
 READ_PIECE = 4 << 20  # bytes per block-read when reading back
+# A cache limit no test reaches, whatever the disk's size: eviction would look like loss.
+NO_EVICTION = {"PEERDISTD_CACHE_LIMIT_BYTES": str(1 << 40)}
 
 
 @dataclass

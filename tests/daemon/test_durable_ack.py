@@ -11,6 +11,7 @@ import aiohttp
 
 from tests.content import BLOCK, content
 from tests.daemon.durability import (
+    NO_EVICTION,
     Ledger,
     add_piece,
     added_content,
@@ -25,13 +26,13 @@ from tests.harness import DaemonProcess, start_daemon
 def _restart(d: DaemonProcess, tmp_path: Path, sig: int) -> DaemonProcess:
     d.stop(sig)
     d.notify.close()
-    return start_daemon(tmp_path, name="durable")
+    return start_daemon(tmp_path, name="durable", env=NO_EVICTION)
 
 
 async def test_concurrent_publishes_survive_a_clean_restart(tmp_path: Path) -> None:
     """Three writers x four publishes, then SIGTERM: every 201 is still there, all bytes."""
     ledger = Ledger()
-    d = start_daemon(tmp_path, name="durable")
+    d = start_daemon(tmp_path, name="durable", env=NO_EVICTION)
     try:
         for round_no in range(2):
             async with d.session() as api:
@@ -62,7 +63,7 @@ async def test_added_pieces_survive_kill_9_right_after_the_last_200(tmp_path: Pa
     """Add-data in 1 MiB pieces, kill -9 as soon as the last one is answered: nothing lost."""
     ledger = Ledger()
     size = 6 << 20
-    d = start_daemon(tmp_path, name="durable")
+    d = start_daemon(tmp_path, name="durable", env=NO_EVICTION)
     try:
         for cycle in range(3):
             seed = 1000 + cycle

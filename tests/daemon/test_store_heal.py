@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.content import content
-from tests.daemon.durability import Ledger, check_publication, publish
+from tests.daemon.durability import NO_EVICTION, Ledger, check_publication, publish
 from tests.harness import DaemonProcess, start_daemon
 
 PAGE = 4096
@@ -96,14 +96,14 @@ async def test_zeroed_pages_while_stopped(
     tmp_path: Path, store: str, table: str, pages: int
 ) -> None:
     ledger = Ledger()
-    d = start_daemon(tmp_path, name="heal")
+    d = start_daemon(tmp_path, name="heal", env=NO_EVICTION)
     try:
         await _publish_all(d, ledger, ["pub-1", "pub-2", "pub-3", "pub-4"])
         d.stop()
         d.notify.close()
         path = _index(tmp_path) if store == "cache" else _publications(tmp_path)
         _zero(path, _pages(path, table, pages))
-        d = start_daemon(tmp_path, name="heal")
+        d = start_daemon(tmp_path, name="heal", env=NO_EVICTION)
         async with d.session() as api:
             notes = (await _status(api))["store_notes"]
         assert isinstance(notes, list) and [n["store"] for n in notes] == [store], notes
@@ -123,7 +123,7 @@ async def test_zeroed_pages_while_stopped(
 
 async def test_zeroed_page_while_running(tmp_path: Path) -> None:
     ledger = Ledger()
-    d = start_daemon(tmp_path, name="heal")
+    d = start_daemon(tmp_path, name="heal", env=NO_EVICTION)
     try:
         # Enough rows that the first leaf is no sibling of those later inserts split: the
         # daemon never rewrites it, so the damage stays until it is found.
@@ -140,7 +140,7 @@ async def test_zeroed_page_while_running(tmp_path: Path) -> None:
             with path.open("rb") as f:
                 f.seek((damaged[0] - 1) * PAGE)
                 assert f.read(PAGE) == bytes(PAGE)
-        d = start_daemon(tmp_path, name="heal")
+        d = start_daemon(tmp_path, name="heal", env=NO_EVICTION)
         await _works(d, ledger, "pub-5")
         async with d.session() as api:
             notes = (await _status(api))["store_notes"]

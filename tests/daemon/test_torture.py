@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from peerdistd.store.blockcache import BlockCache
 from tests.content import content
 from tests.daemon.durability import (
+    NO_EVICTION,
     Ledger,
     add_piece,
     added_content,
@@ -34,7 +36,7 @@ from tests.daemon.durability import (
 from tests.harness import DaemonProcess, start_daemon
 
 BUDGET = 40.0  # seconds of cycles; the final checks come on top
-MIN_CYCLES = 6
+MIN_CYCLES = 4
 ADDED_SIZE = 8 << 20  # each add-data writer's content
 PUBLISHERS = 2
 ADDERS = 2
@@ -82,6 +84,7 @@ async def _check(
                     seen.update((seed, o) for o in new)
 
 
+@pytest.mark.timeout(300)  # ~1 min; the margin is for a loaded CI machine
 async def test_torture_kill_9_and_restarts_lose_no_acknowledged_byte(tmp_path: Path) -> None:
     rng = random.Random(0x5EED)
     ledger = Ledger()
@@ -89,7 +92,7 @@ async def test_torture_kill_9_and_restarts_lose_no_acknowledged_byte(tmp_path: P
     started = time.monotonic()
     cycles = kills = 0
     seen: set[object] = set()
-    d = start_daemon(tmp_path, name="torture")
+    d = start_daemon(tmp_path, name="torture", env=NO_EVICTION)
     try:
         while cycles < MIN_CYCLES or time.monotonic() - started < BUDGET:
             cycles += 1
@@ -124,7 +127,7 @@ async def test_torture_kill_9_and_restarts_lose_no_acknowledged_byte(tmp_path: P
                     with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                         await task
             d.notify.close()
-            d = start_daemon(tmp_path, name="torture")
+            d = start_daemon(tmp_path, name="torture", env=NO_EVICTION)
             await _check(d, ledger, sizes, seen)
             assert (ledger.lost, ledger.wrong) == (0, 0), ledger.problems[:5]
         await _check(d, ledger, sizes, None)  # everything, after every cycle
