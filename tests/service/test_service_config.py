@@ -154,6 +154,14 @@ def test_file_ints_are_accepted_for_floats(tmp_path: Path) -> None:
     [
         ("[cache]\nlimit_percent = 150", "cache.limit_percent: must be between 0 and 100, got 150"),
         ("[cache]\nlimit_bytes = -1", "cache.limit_bytes: must be at least 0, got -1"),
+        (
+            "[cache]\nscrub_bytes_per_second = -1",
+            "cache.scrub_bytes_per_second: must be at least 0, got -1",
+        ),
+        (
+            "[cache]\nscrub_bytes_per_second = 1.5",
+            "cache.scrub_bytes_per_second: must be an integer, got 1.5",
+        ),
         ("[cache]\nsize = 1", "cache.size: unknown key"),
         ("[caches]\nlimit_bytes = 1", "caches: unknown section (or not a [table])"),
         ("[daemon]\nenabled = 1", "daemon.enabled: must be a boolean, got 1"),
