@@ -203,6 +203,11 @@ class BlockCache:
                 check_block(seg.record, index, view.nbytes, digest)
                 known = new[index][1] if index in new else None
                 staged = self._staging.get(seg.rowid, index)
+                if staged is not None and durable and staged[1] == digest:
+                    # Durable on return means now, not with that block's batch: it is
+                    # written, synced and indexed here, and leaves the batch.
+                    self._staging.drop_blocks(seg.rowid, [index])
+                    staged = None
                 if staged is not None:
                     known = staged[1]
                 elif index in seg.lengths:

@@ -118,3 +118,17 @@ def test_a_failed_sync_drops_the_batch_and_counts_it(tmp_path: Path) -> None:
         c.put_blocks(record.segment_id, blocks[:2], durable=False)
         c.commit_staged()
         assert c.held_blocks(record.segment_id) == [0, 1]
+
+
+def test_a_durable_put_of_a_staged_block_is_durable_on_return(tmp_path: Path) -> None:
+    record, blocks = make_segment(24)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, blocks[:2], durable=False)
+        c.put_blocks(record.segment_id, blocks[:1])  # durable: must not wait for the batch
+        assert c._index.block_hash(c._table.load(record.segment_id).rowid, 0) == blocks[0][2]
+        assert c.staged_bytes == len(blocks[1][1])
+        c.commit_staged()  # the rest of the batch still commits, without a duplicate row
+        assert c.held_blocks(record.segment_id) == [0, 1]
+        assert c.usage().blocks == 2
+        assert c.verify().bad_blocks == 0
