@@ -160,12 +160,11 @@ async def test_serving_peer_killed_mid_read_again_and_again(tmp_path: Path, netn
     rounds = 3
     # Longer than the read-ahead (64 blocks), so A dies with the read's fetches in flight.
     contents = [random.Random(90 + i).randbytes(200 * BLOCK) for i in range(rounds)]
-    started: list[DaemonProcess] = []
+    started: list[DaemonProcess] = []  # every daemon, stopped at the end whatever happens
     try:
-        a = _start(tmp_path, netns, 1)
-        b = _start(tmp_path, netns, 2)
-        c = _start(tmp_path, netns, 3, PEERDISTD_PEERS_FAILURES_TO_BAN="0")
-        started += [b, c]
+        started.append(a := _start(tmp_path, netns, 1))
+        started.append(b := _start(tmp_path, netns, 2))
+        started.append(c := _start(tmp_path, netns, 3, PEERDISTD_PEERS_FAILURES_TO_BAN="0"))
         infos = [await _publish_as(a, f"c{i}", data) for i, data in enumerate(contents)]
         for ci, data in zip(infos, contents, strict=True):
             assert await read_all(b, ci) == data
@@ -192,12 +191,13 @@ async def test_serving_peer_killed_mid_read_again_and_again(tmp_path: Path, netn
                         a.stop(signal.SIGKILL)  # ... and dies in the middle of the read
             assert out == data
             a.notify.close()
-            a = _start(tmp_path, netns, 1)  # back, with its cache
+            started.append(a := _start(tmp_path, netns, 1))  # back, with its cache
         assert 500 not in statuses
     finally:
-        for d in [a, *started]:
+        for d in started:
             d.stop()
-            d.notify.close()
+            if d.notify.fileno() >= 0:
+                d.notify.close()
 
 
 async def served_by(d: DaemonProcess) -> float:
