@@ -66,6 +66,8 @@ class PeersConfig:
     request_timeout_ms: int = 2000  # [MS-PCCRR] Appendix A <9>: client request timer 2 s
     zeroconf: bool = True
     enabled: bool = True
+    # [MS-PCCRR] 2.2.3 CryptoAlgoId 0: serve unencrypted blocks to peers that ask for them.
+    allow_plaintext: bool = False
 
 
 @dataclass(frozen=True, slots=True)

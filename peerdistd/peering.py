@@ -182,6 +182,7 @@ async def start_peer_node(
                     upload_limit=peers.upload_limit,
                     on_served=served,
                     on_served_to=served_to,
+                    allow_plaintext=peers.allow_plaintext,
                 )
             )
         except PermissionError:
@@ -205,6 +206,7 @@ async def start_peer_node(
                     upload_limit=peers.upload_limit,
                     on_served=served,
                     on_served_to=served_to,
+                    allow_plaintext=peers.allow_plaintext,
                 )
             )
         except OSError as exc:

@@ -138,10 +138,14 @@ class RetrievalResponder:
 
     def _block(self, msg: GetBlks, busy: bool) -> Reply:
         wanted = [r.index for r in msg.ranges if r.count > 0]
-        if not wanted:
-            return Reply(ReplyKind.DROP, reason="GETBLKS names no block")
-        index = min(wanted)  # 3.2.5.3: several blocks asked for -> the lowest one
         segment_id = msg.segment_id
+        if not wanted:
+            # Microsoft's conformance suite sends {index 0, count 0} and expects the "not held"
+            # answer (3.2.5.3: SizeOfBlock 0) for the index it named, not a dropped request.
+            index = msg.ranges[0].index if msg.ranges else 0
+            empty = serialize_response(_empty_blk(segment_id, index))
+            return Reply(ReplyKind.MISSING, empty, reason="GETBLKS names no block")
+        index = min(wanted)  # 3.2.5.3: several blocks asked for -> the lowest one
         if busy:
             return Reply(ReplyKind.BUSY, serialize_response(_empty_blk(segment_id, index)))
         secret = self._source.segment_secret(segment_id)
@@ -174,6 +178,8 @@ class RetrievalResponder:
         return Reply(ReplyKind.BLOCK_LIST, serialize_response(answer))
 
     def _segment_list(self, msg: GetSegList) -> Reply:
+        if not msg.segment_ids:  # what Windows does and Microsoft's suite expects: no answer
+            return Reply(ReplyKind.DROP, reason="GETSEGLIST names no segment")
         held = [i for i, s in enumerate(msg.segment_ids) if self._source.held_blocks(s)]
         # 2.2.5.4: SegmentRanges index into the request's list of segment ids.
         answer = SegList(msg.request_id, tuple(_runs(held)))
