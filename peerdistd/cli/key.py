@@ -1,8 +1,9 @@
-"""``peerdist import-key``: take over a Windows server's BranchCache secret.
+"""``peerdist import-key`` and ``peerdist set-key``: share a Windows server's BranchCache secret.
 
-With the secret of ``netsh branchcache exportkey``, content published here gets the same
-segment ids as on that Windows server ([MS-PCCRC] 2.5), so Linux and Windows publishers of the
-same bytes feed one branch cache.
+With the secret of ``netsh branchcache exportkey``, or the passphrase given to ``netsh
+branchcache set key passphrase=``, content published here gets the same segment ids as on
+that Windows server ([MS-PCCRC] 2.5), so Linux and Windows publishers of the same bytes feed
+one branch cache.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from peerdistd.cli.hash import node_secret_path
 from peerdistd.errors import PeerDistError
+from peerdistd.proto.exportkey import passphrase_secret
 from peerdistd.store.secret import import_exportkey, store_secret
 
 
@@ -34,6 +36,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.set_defaults(func=run_import_key)
 
+    p = subparsers.add_parser(
+        "set-key",
+        help="derive this node's secret from a passphrase, as netsh branchcache set key does",
+        description="Make the server secret from a passphrase exactly as "
+        "'netsh branchcache set key passphrase=TEXT' does on Windows (the UTF-16LE text), "
+        "so content servers given the same passphrase produce the same segment ids.",
+    )
+    p.add_argument("--passphrase-file", type=Path, metavar="P", help="file holding the passphrase")
+    p.add_argument(
+        "--secret-file", type=Path, metavar="OUT", help="where to store it (default: the node's)"
+    )
+    p.set_defaults(func=run_set_key)
+
 
 def run_import_key(args: argparse.Namespace) -> int:
     try:
@@ -48,4 +63,19 @@ def run_import_key(args: argparse.Namespace) -> int:
         print(f"peerdist: error: {exc}", file=sys.stderr)
         return 1
     print(f"imported the server secret into {target}; restart peerdistd to use it")
+    return 0
+
+
+def run_set_key(args: argparse.Namespace) -> int:
+    try:
+        if args.passphrase_file is not None:
+            passphrase = args.passphrase_file.read_text("utf-8").rstrip("\r\n")
+        else:
+            passphrase = getpass.getpass("passphrase: ")
+        target = args.secret_file or node_secret_path()
+        store_secret(target, passphrase_secret(passphrase))
+    except (PeerDistError, OSError, UnicodeDecodeError) as exc:
+        print(f"peerdist: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"set the server secret in {target}; restart peerdistd to use it")
     return 0
