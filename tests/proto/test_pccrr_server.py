@@ -234,3 +234,36 @@ def test_getblks_naming_no_block_gets_size_zero_for_the_index_named(
 def test_getblklist_with_no_ranges_gets_an_empty_list(responder: RetrievalResponder) -> None:
     msg = ask(responder, GetBlkList(SEG, ()))
     assert isinstance(msg, BlkList) and msg.segment_id == SEG and msg.ranges == ()
+
+
+class SealedBlock:
+    def __init__(self, crypto: int, iv: bytes, block: bytes) -> None:
+        self.crypto, self.iv, self.block = crypto, iv, block
+
+
+class SealedBlocks:
+    def __init__(self, blocks: dict[tuple[bytes, int], SealedBlock]) -> None:
+        self.blocks = blocks
+
+    def held_blocks(self, segment_id: bytes) -> Sequence[int]:
+        return sorted(i for s, i in self.blocks if s == segment_id)
+
+    def get(self, segment_id: bytes, index: int) -> SealedBlock | None:
+        return self.blocks.get((segment_id, index))
+
+
+def test_sealed_blocks_are_served_as_kept() -> None:
+    # A hosted cache's copy of a v2-offered block: served byte for byte, never decrypted.
+    other = b"\x77" * 32
+    sealed = SealedBlocks(
+        {(other, 0): SealedBlock(1, IV, b"c" * 48), (other, 4): SealedBlock(1, IV, b"d" * 16)}
+    )
+    responder = RetrievalResponder(MemorySource({}, {}), sealed=sealed)
+    msg = ask(responder, GetBlks(other, (BlockRange(0, 1),)))
+    assert msg == Blk(other, 0, 4, b"c" * 48, b"", IV, crypto=1)
+    assert ask(responder, GetBlks(other, (BlockRange(1, 1),))) == Blk(other, 1)
+    assert ask(responder, GetBlkList(other, (BlockRange(0, 9),))) == BlkList(
+        other, (BlockRange(0, 1), BlockRange(4, 1)), 0
+    )
+    rid = bytes(16)
+    assert ask(responder, GetSegList(rid, (SEG, other))) == SegList(rid, (BlockRange(1, 1),))
