@@ -71,6 +71,27 @@ class PeersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HostedCacheConfig:
+    """MS-PCHC: this node as the branch's hosted cache (server), or offering to one (client)."""
+
+    enabled: bool = False  # server role: take offers, pull and serve what is offered
+    listen: str = "0.0.0.0:443"  # [MS-PCHC] 2.1: v1.0 offers over HTTPS on 443
+    certificate: str = ""  # PEM; "" = <state_dir>/hosted-cache-cert.pem, self-signed if absent
+    private_key: str = ""  # PEM; "" = <state_dir>/hosted-cache-key.pem
+    upload_limit: int = 1024  # [MS-PCCRR] 2.5: a hosted cache serves 1024 uploads at once
+    pull_slots: int = 16  # blocks pulled from offerers at once
+    offerer_rate: int = 0  # bytes per second pulled from one offerer; 0 = no limit
+    pull_queue: int = 4096  # offered segments waiting to be pulled; more are not taken
+    unverified_limit_bytes: int = 1 << 30  # v2-offered blocks, kept encrypted and unverified
+    unverified_per_offerer_bytes: int = 256 << 20  # of which one offerer may fill this much
+    server: str = ""  # client role: the hosted cache, "host" or "host:port"; "dns-sd" = find it
+    server_v2_port: int = 80  # where it takes v2.0 offers (its PCCRR port)
+    offer_version: int = 1  # 1 = INITIAL_OFFER + SEGMENT_INFO over HTTPS; 2 = BATCHED_OFFER
+    ca_file: str = ""  # CA bundle to check its certificate; "" = the system's
+    offer_queue: int = 1024  # completed segments waiting to be offered; more are skipped
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9595"  # "" = off
     allow_remote: bool = False
@@ -153,6 +174,7 @@ class Config:
     content: ContentConfig = field(default_factory=ContentConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    hosted_cache: HostedCacheConfig = field(default_factory=HostedCacheConfig)
     paths: Paths = field(default_factory=default_paths)
 
 
@@ -162,6 +184,7 @@ SECTIONS: dict[str, type[Any]] = {
     "content": ContentConfig,
     "peers": PeersConfig,
     "metrics": MetricsConfig,
+    "hosted_cache": HostedCacheConfig,
 }
 
 RELOADABLE: frozenset[str] = frozenset(
