@@ -275,7 +275,10 @@ def _gather(raw: Mapping[str, Any], env: Mapping[str, str], problems: list[Confi
         given += [(section, key, value) for key, value in table.items()]
     for name, text in env.items():
         if name.startswith(ENV_PREFIX) and name != ENV_CONFIG:
-            section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+            rest = name[len(ENV_PREFIX) :].lower()
+            # The longest section that prefixes it: "hosted_cache" has an underscore itself.
+            section = max((s for s in values if rest.startswith(f"{s}_")), key=len, default="")
+            key = rest[len(section) + 1 :]
             if section not in values:
                 continue  # not a key override (e.g. PEERDISTD_SOCKET, read by the client)
             if key not in values[section]:

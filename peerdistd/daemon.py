@@ -149,7 +149,7 @@ class Daemon:
         counters = Counters()
         peers = await self._start_peers(stack, store, counters)
         engine = Engine(
-            store,
+            store if self.peer_node is None else self.peer_node.engine_store(store),
             publications,
             passphrase,
             peers=peers,
@@ -158,6 +158,7 @@ class Daemon:
         )
         if self.peer_node is not None:
             engine.extra_stats.append(self._peer_stats)
+            engine.extra_stats.append(self.peer_node.hosted_stats)
         self.engine = engine
         stack.push_async_callback(engine.aclose)
         app = make_app(engine, info=self.info, peers=self._peer_list)
@@ -209,7 +210,7 @@ class Daemon:
         )
         self.peer_node = node
         self.listening["peers"] = node.advertise
-        return node.swarm
+        return node.network
 
     async def _start_metrics(self, stack: contextlib.AsyncExitStack, engine: Engine) -> None:
         listen = self.config.metrics.listen

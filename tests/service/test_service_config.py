@@ -301,3 +301,13 @@ def test_ensure_private_dir_refuses_another_users_dir_or_link(tmp_path: Path) ->
     os.lchown(trap, 4242, 4242)
     with pytest.raises(ConfigError, match="belongs to uid 4242"):
         ensure_private_dir(trap)
+
+
+def test_hosted_cache_keys_from_the_environment() -> None:
+    # The section's own name has an underscore: PEERDISTD_HOSTED_CACHE_SERVER still reaches it.
+    from peerdistd.config import load_config
+
+    env = {"PEERDISTD_HOSTED_CACHE_SERVER": "hc.branch:8443", "PEERDISTD_HOSTED_CACHE_ENABLED": "1"}
+    cfg = load_config(None, env, uid=0)
+    assert (cfg.hosted_cache.server, cfg.hosted_cache.enabled) == ("hc.branch:8443", True)
+    assert not cfg.peers.allow_plaintext and cfg.hosted_cache.listen == "0.0.0.0:443"
