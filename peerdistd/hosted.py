@@ -219,12 +219,20 @@ def hosted_cache_address(
 
 
 def offerer(
-    config: Config, where: Callable[[], HostedCacheAddress | None], own_port: int
+    config: Config,
+    where: Callable[[], HostedCacheAddress | None],
+    own_port: int,
+    local_host: str | None,
 ) -> Offerer:
     hc = config.hosted_cache
     context = ssl.create_default_context(cafile=hc.ca_file or None)
     return Offerer(
-        where, own_port, version=hc.offer_version, ssl_context=context, queue_limit=hc.offer_queue
+        where,
+        own_port,
+        version=hc.offer_version,
+        ssl_context=context,
+        queue_limit=hc.offer_queue,
+        local_host=local_host,
     )
 
 

@@ -302,7 +302,9 @@ async def start_peer_node(
         if hc.server:
             where = hosted_cache_address(config, _dns_sd(mdns))
             node.offerer = await stack.enter_async_context(
-                make_offerer(config, where, _split(advertise)[1])
+                make_offerer(
+                    config, where, _split(advertise)[1], None if _unspecified(host) else host
+                )
             )
             node.network = HostedCacheFirst(
                 swarm, client, where, request_timeout=peers.request_timeout_ms / 1000.0

@@ -84,17 +84,27 @@ class Offerer:
         version: int = 1,
         ssl_context: ssl.SSLContext | None = None,
         queue_limit: int = 1024,
+        local_host: str | None = None,
     ) -> None:
         self._where, self._own_port, self._version = where, own_port, version
+        # The hosted cache connects back to the address the offer came from ([MS-PCHC] 3.2.5):
+        # offers leave from the address our PCCRR server listens on, when it is a specific one.
+        self._local_host = local_host
         self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
         self._queue: asyncio.Queue[tuple[Segment, HashAlgorithm]] = asyncio.Queue(queue_limit)
         self.stats = OfferStats()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> Offerer:
+        self._loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=OFFER_TIMEOUT)
-        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        local = None if self._local_host is None else (self._local_host, 0)
+        connector = aiohttp.TCPConnector(local_addr=local)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False
+        )
         self._task = asyncio.ensure_future(self._run())
         return self
 
@@ -112,7 +122,21 @@ class Offerer:
             await self._session.close()
 
     def offer(self, segment: Segment, algorithm: HashAlgorithm) -> None:
-        """Queue a completed segment for offering; never waits."""
+        """Queue a completed segment for offering; never waits. Callable from any thread (the
+        engine stores blocks in worker threads)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._enqueue(segment, algorithm)
+        else:
+            loop.call_soon_threadsafe(self._enqueue, segment, algorithm)
+
+    def _enqueue(self, segment: Segment, algorithm: HashAlgorithm) -> None:
         try:
             self._queue.put_nowait((segment, algorithm))
         except asyncio.QueueFull:
