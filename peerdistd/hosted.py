@@ -60,7 +60,11 @@ class CacheSink:
         self.cache.add_segment(_record(segment, algorithm))
 
     def put_block(self, segment_id: bytes, index: int, data: bytes, block_hash: bytes) -> None:
-        self.cache.put_block(segment_id, index, data, block_hash)
+        # Staged: readable at once, made durable by commit() with the segment's other blocks.
+        self.cache.put_blocks(segment_id, ((index, data, block_hash),), durable=False)
+
+    def commit(self) -> None:
+        self.cache.commit_staged()
 
 
 class SealedSink:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Final, Protocol
@@ -44,7 +44,11 @@ class VerifiedSink(Protocol):
     def accept_segment(self, segment: Segment, algorithm: HashAlgorithm) -> None: ...
 
     def put_block(self, segment_id: bytes, index: int, data: bytes, block_hash: bytes) -> None:
-        """Store a block already checked against ``block_hash``."""
+        """Store a block already checked against ``block_hash`` (durable after ``commit``)."""
+        ...
+
+    def commit(self) -> None:
+        """Make the blocks put so far durable."""
         ...
 
 
@@ -119,6 +123,7 @@ class Puller:
         self._busy: set[bytes] = set()  # segments being pulled now
         self._rates: OrderedDict[str, _Rate] = OrderedDict()
         self._workers: list[asyncio.Task[None]] = []
+        self._inflight = asyncio.Semaphore(slots)  # blocks being fetched, in all
 
     async def __aenter__(self) -> Puller:
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(self.slots)]
@@ -192,16 +197,36 @@ class Puller:
         self._rates.move_to_end(offerer)
         return rate
 
+    async def _each_block(
+        self, indexes: Sequence[int], fetch: Callable[[int], Awaitable[bool]]
+    ) -> None:
+        """``fetch(i)`` for each index, many at once but at most ``slots`` blocks in flight in
+        all; after the first that returns False (a bad or missing block) no more are asked."""
+        stop = False
+
+        async def one(index: int) -> None:
+            nonlocal stop
+            async with self._inflight:
+                if not stop and not await fetch(index):
+                    stop = True
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index in indexes:
+                    group.create_task(one(index))
+        except ExceptionGroup as failed:  # the first failure stands for the rest
+            raise failed.exceptions[0] from None
+
     async def _pull_verified(self, offerer: str, endpoint: str, pull: VerifiedPull) -> None:
         seg, algorithm = pull.segment, pull.algorithm
         held = set(self.verified.held_blocks(seg.segment_id))
         accepted = False
-        for index in pull.blocks:
-            if index in held:
-                continue
+
+        async def fetch(index: int) -> bool:
+            nonlocal accepted
             answer = await self._fetch(offerer, endpoint, seg.segment_id, index)
             if answer is None:
-                return  # the offerer does not have it (any more)
+                return False  # the offerer does not have it (any more)
             length = min(seg.block_size, seg.length - index * seg.block_size)
             expected = seg.block_hashes[index]
             try:
@@ -217,34 +242,44 @@ class Puller:
                     index,
                     seg.segment_id.hex()[:16],
                 )
-                return  # nothing more from this offerer for this segment
-            if not accepted:
+                return False  # nothing more from this offerer for this segment
+            if not accepted:  # the segment is recorded only once one of its blocks verified
                 self.verified.accept_segment(seg, algorithm)
                 accepted = True
             self.verified.put_block(seg.segment_id, index, good, expected)
             self.stats.blocks_pulled += 1
             self.stats.bytes_pulled += len(good)
+            return True
+
+        try:
+            await self._each_block([i for i in pull.blocks if i not in held], fetch)
+        finally:
+            if accepted:
+                self.verified.commit()  # one sync for the segment's blocks
 
     async def _pull_unverified(self, offerer: str, endpoint: str, pull: OpaquePull) -> None:
         assert self.unverified is not None
-        held = set(self.unverified.held_blocks(pull.segment_id))
+        unverified = self.unverified
+        held = set(unverified.held_blocks(pull.segment_id))
         held |= set(self.verified.held_blocks(pull.segment_id))
-        for index in pull.blocks:
-            if index in held:
-                continue
+
+        async def fetch(index: int) -> bool:
             answer = await self._fetch(offerer, endpoint, pull.segment_id, index)
             if answer is None:
-                return
+                return False
             length = pull.plaintext_length(index)
             if not _plausible(answer, length):
                 self.stats.bad_blocks += 1
-                return
-            kept = self.unverified.keep(
+                return False
+            kept = unverified.keep(
                 pull.segment_id, index, answer.crypto, answer.iv, answer.block, offerer
             )
             if kept:
                 self.stats.unverified_blocks += 1
                 self.stats.unverified_bytes += length
+            return True
+
+        await self._each_block([i for i in pull.blocks if i not in held], fetch)
 
 
 def _plausible(answer: Blk, length: int) -> bool:
