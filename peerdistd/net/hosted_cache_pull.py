@@ -74,6 +74,7 @@ class PullStats:
     bytes_pulled: int = 0
     unverified_blocks: int = 0  # kept encrypted (v2 offers)
     unverified_bytes: int = 0
+    unverified_refused: int = 0  # over the store's share for that offerer, or held already
     bad_blocks: int = 0  # failed verification (or impossible sizes): not kept
     pull_errors: int = 0
 
@@ -277,6 +278,8 @@ class Puller:
             if kept:
                 self.stats.unverified_blocks += 1
                 self.stats.unverified_bytes += length
+            else:
+                self.stats.unverified_refused += 1
             return True
 
         await self._each_block([i for i in pull.blocks if i not in held], fetch)

@@ -288,3 +288,29 @@ async def _ipxe_get(session: aiohttp.ClientSession, segment: Segment, index: int
     plain = blockcrypto.decrypt(msg.crypto, segment.secret, msg.iv, msg.block, length)
     assert hashlib.sha256(plain).digest() == segment.block_hashes[index]  # what iPXE checks
     return plain
+
+
+async def test_the_unverified_share_holds(branch: Branch) -> None:
+    # v2 offers of 3 MiB to a hosted cache that keeps at most 1 MiB of unverified blocks.
+    limit = 1 << 20
+    hc = branch.hosted_cache(
+        PEERDISTD_HOSTED_CACHE_UNVERIFIED_LIMIT_BYTES=str(limit),
+        PEERDISTD_HOSTED_CACHE_UNVERIFIED_PER_OFFERER_BYTES=str(limit),
+    )
+    ci = content_information(2)
+    segments = len(ContentInformation.parse(ci).segments)
+    a = branch.node(2, offer_version=2)
+    await download_from_origin(a, ci)
+
+    async def all_seen() -> bool:
+        got = await counters(hc)
+        seen = got.get("hosted_cache_unverified_blocks", 0) + got.get(
+            "hosted_cache_unverified_refused", 0
+        )
+        return seen == segments
+
+    await until(all_seen, "every offered segment to be pulled or refused")
+    kept = branch.tmp_path / "hc-cache" / "offered"
+    used = sum(p.stat().st_size for p in kept.iterdir())
+    assert 0 < used <= limit
+    assert await counter(hc, "hosted_cache_unverified_refused") > 0
