@@ -193,6 +193,7 @@ RELOADABLE: frozenset[str] = frozenset(
         *("cache.limit_bytes", "cache.limit_percent"),
         *("peers.upload_limit", "peers.max_inflight"),
         *("peers.ban_seconds", "peers.discovery_window_ms"),
+        "hosted_cache.upload_limit",
     }
 )
 
