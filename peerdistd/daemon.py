@@ -25,6 +25,7 @@ from aiohttp import web
 
 from peerdistd import __version__, errors
 from peerdistd.api.app import make_app
+from peerdistd.api.failures import ApiRunner
 from peerdistd.config import Config, diff_for_reload, ensure_private_dir, load_config
 from peerdistd.engine.core import Engine, EngineSettings
 from peerdistd.engine.ports import PeerNetwork
@@ -34,7 +35,7 @@ from peerdistd.peering import PeerNode, start_peer_node
 from peerdistd.store.blockcache import BlockCache
 from peerdistd.store.publications import PublicationStore
 from peerdistd.store.secret import load_or_create_secret
-from peerdistd.systemd import Notifier, listen_fds, watchdog_interval
+from peerdistd.systemd import Notifier, check_local, listen_fds, watchdog_interval
 
 log = logging.getLogger("peerdistd")
 
@@ -162,7 +163,7 @@ class Daemon:
         self.engine = engine
         stack.push_async_callback(engine.aclose)
         app = make_app(engine, info=self.info, peers=self._peer_list)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = ApiRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
         stack.push_async_callback(self._cleanup_runner, runner)
         await self._serve_api(runner)
@@ -181,6 +182,7 @@ class Daemon:
         inherited = listen_fds()
         if inherited:
             sock = inherited[0]
+            check_local(sock)  # the API never faces a network, however it is handed over
             where = f"fd {sock.fileno()} (socket activation)"
             with contextlib.suppress(OSError):
                 where = str(sock.getsockname()) or where
@@ -269,7 +271,8 @@ class Daemon:
         except OSError as exc:
             if self.engine.status != "UNAVAILABLE":
                 log.error("cache directory not writable, status UNAVAILABLE: %s", exc)
-            self.engine.set_status("UNAVAILABLE")
+            reason = exc.strerror or str(exc)
+            self.engine.set_status("UNAVAILABLE", f"cache directory not writable: {reason}")
         else:
             self.engine.set_status("AVAILABLE")
 

@@ -258,10 +258,18 @@ class PeerDistClient:
             return CacheUsage.from_json(doc)
 
     async def flush_cache(self) -> int:
-        """Empty the block cache (root only); returns the bytes freed."""
-        doc = await self._json("DELETE", "/v1/cache")
+        """Empty the block cache but publications' blocks (root only); the bytes freed."""
+        return (await self.flush_cache_report())[0]
+
+    async def flush_cache_report(self, include_publications: bool = False) -> tuple[int, int]:
+        """Empty the block cache (root only): (bytes freed, bytes kept for publications).
+
+        Publications keep their blocks unless ``include_publications``.
+        """
+        path = "/v1/cache?publications=true" if include_publications else "/v1/cache"
+        doc = await self._json("DELETE", path)
         with malformed():
-            return int(doc["freed"])
+            return int(doc["freed"]), int(doc.get("kept_for_publications", 0))
 
     async def peers(self) -> list[Peer]:
         doc = await self._json("GET", "/v1/peers")

@@ -89,7 +89,12 @@ def status_view(status: Status) -> RenderableType:
     service = _key_values(
         "peerdistd",
         [
-            ("state", status.status),
+            (
+                "state",
+                f"{status.status} ({status.unavailable_reason})"
+                if status.unavailable_reason
+                else status.status,
+            ),
             ("version", status.version),
             ("node id", status.node_id),
             ("uptime", f"{status.uptime:.0f} s"),

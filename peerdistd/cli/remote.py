@@ -152,7 +152,9 @@ def _fetch_report(s: FetchSummary) -> str:
 
 async def _cache(client: PeerDistClient, args: argparse.Namespace) -> int:
     if args.flush:
-        print(f"freed {human_bytes(await client.flush_cache())}")
+        freed, kept = await client.flush_cache_report(args.include_publications)
+        note = f"; kept {human_bytes(kept)} for publications" if kept else ""
+        print(f"freed {human_bytes(freed)}{note}")
     else:
         Console().print(cache_table(await client.cache()))
     return 0
@@ -256,6 +258,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     p = _add(subparsers, common, "cache", _cache, "show the block cache's use")
     p.add_argument("--flush", action="store_true", help="empty the block cache (root only)")
+    p.add_argument(
+        "--include-publications",
+        action="store_true",
+        help="with --flush: drop publications' blocks too (kept by default)",
+    )
 
     _add(subparsers, common, "peers", _peers, "list the peers known")
 
