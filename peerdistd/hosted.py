@@ -15,7 +15,7 @@ import os
 import socket
 import ssl
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,8 +320,14 @@ class OfferingStore:
     def usage(self) -> CacheUsage:
         return self.cache.usage()
 
-    def flush(self) -> int:
-        return self.cache.flush()
+    def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
+        return self.cache.block_counts(segment_ids)
+
+    def bytes_of(self, segment_ids: Collection[bytes]) -> int:
+        return self.cache.bytes_of(segment_ids)
+
+    def flush(self, keep: Collection[bytes] = frozenset()) -> int:
+        return self.cache.flush(keep)
 
     def drop(self, segment_ids: Sequence[bytes]) -> int:
         return self.cache.drop(segment_ids)
