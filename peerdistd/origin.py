@@ -91,11 +91,16 @@ class FilePublisher:
         self.versions = tuple(versions)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def _start(self, path: Path, key: FileKey, version: int) -> asyncio.Task[None]:
+    def _start(
+        self, path: Path, key: FileKey, version: int, after: asyncio.Task[None] | None = None
+    ) -> asyncio.Task[None]:
+        """The publishing task of one version, started if needed (``after`` another one:
+        one file is hashed one version at a time, the node's other work goes on)."""
         pub_id = key.publication_id(version)
         task = self._tasks.get(pub_id)
         if task is None or (task.done() and (task.cancelled() or task.exception())):
-            task = asyncio.create_task(self._publish(path, key, version), name=pub_id)
+            work = self._publish(path, key, version, after)
+            task = asyncio.create_task(work, name=pub_id)
             self._tasks[pub_id] = task
         return task
 
@@ -106,7 +111,11 @@ class FilePublisher:
         pub_id = key.publication_id(version)
         for attempt in (1, 2):
             task = self._start(path, key, version)
-            others = [self._start(path, key, v) for v in self.versions if v != version]
+            others, last = [], task
+            for v in self.versions:
+                if v != version:
+                    last = self._start(path, key, v, after=last)
+                    others.append(last)
             # The other versions too; their failures are their own requests' business.
             pending = [t for t in (task, *others) if not t.done()]
             if pending:
@@ -124,7 +133,11 @@ class FilePublisher:
                     raise
         raise AssertionError("unreachable")
 
-    async def _publish(self, path: Path, key: FileKey, version: int) -> None:
+    async def _publish(
+        self, path: Path, key: FileKey, version: int, after: asyncio.Task[None] | None = None
+    ) -> None:
+        if after is not None:
+            await asyncio.wait([after])  # its outcome is its own requests' business
         pub_id = key.publication_id(version)
         with contextlib.suppress(InvalidParameter):  # not published yet (e.g. a fresh daemon)
             if (await self.client.publication(pub_id)).size == key.size:
