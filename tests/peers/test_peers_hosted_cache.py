@@ -1,7 +1,7 @@
 """Hosted cache mode with real daemons in a namespace of the test's own (MS-PCHC, PROTOCOLS.md 4).
 
 A hosted cache on 127.0.0.1 (PCCRR on :8080, v1.0 offers over HTTPS on :8443 with the lab
-certificate it makes) and nodes on 127.0.0.2-5 that offer to it and read from it first.
+certificate it makes) and five nodes on 127.0.0.2-6 that offer to it and read from it first.
 """
 
 from __future__ import annotations
@@ -141,13 +141,13 @@ async def test_offered_content_is_served_by_the_hosted_cache(branch: Branch, ver
     assert await counter(hc, "hosted_cache_bad_blocks") == 0
     assert (await counters(a))["bytes_served_to_peers"] == SIZE  # all pulled from A
     a.stop()  # the offerer goes away
-    for i in (3, 4):
+    for i in (3, 4, 5):
         reader = branch.node(i, offer_version=version)
         assert await read_all(reader, ci) == DATA
         got = await counters(reader)
         assert got["bytes_from_peers"] == SIZE and got["bytes_from_origin"] == 0
     # A second offer of the same content moves no block.
-    d = branch.node(5, offer_version=version)
+    d = branch.node(6, offer_version=version)
     await download_from_origin(d, ci)
 
     async def offered() -> bool:

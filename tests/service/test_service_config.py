@@ -311,3 +311,30 @@ def test_hosted_cache_keys_from_the_environment() -> None:
     cfg = load_config(None, env, uid=0)
     assert (cfg.hosted_cache.server, cfg.hosted_cache.enabled) == ("hc.branch:8443", True)
     assert not cfg.peers.allow_plaintext and cfg.hosted_cache.listen == "0.0.0.0:443"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("", True),
+        ("dns-sd", True),
+        ("hc.branch1.example", True),
+        ("hc:8443", True),
+        ("10.0.0.5", True),
+        ("[fd00::5]:443", True),
+        ("hc:", False),
+        ("[fd00::5", False),
+        ("a b", False),
+        ("hc:70000", False),
+    ],
+)
+def test_hosted_cache_server_values(value: str, ok: bool) -> None:
+    from peerdistd.config import load_config
+    from peerdistd.errors import ConfigError
+
+    env = {"PEERDISTD_HOSTED_CACHE_SERVER": value}
+    if ok:
+        assert load_config(None, env, uid=0).hosted_cache.server == value
+    else:
+        with pytest.raises(ConfigError, match=r"hosted_cache\.server"):
+            load_config(None, env, uid=0)
