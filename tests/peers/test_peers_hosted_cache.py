@@ -57,13 +57,12 @@ class Branch:
         return self.tmp_path / "hc-state" / "hosted-cache-cert.pem"
 
     def hosted_cache(self, **env: str) -> DaemonProcess:
-        return self._start(
-            "hc",
-            "127.0.0.1",
-            PEERDISTD_HOSTED_CACHE_ENABLED="true",
-            PEERDISTD_HOSTED_CACHE_LISTEN=HC_HTTPS,
+        settings = {
+            "PEERDISTD_HOSTED_CACHE_ENABLED": "true",
+            "PEERDISTD_HOSTED_CACHE_LISTEN": HC_HTTPS,
             **env,
-        )
+        }
+        return self._start("hc", "127.0.0.1", **settings)
 
     def node(self, i: int, offer_version: int = 1) -> DaemonProcess:
         return self._start(
@@ -314,3 +313,34 @@ async def test_the_unverified_share_holds(branch: Branch) -> None:
     used = sum(p.stat().st_size for p in kept.iterdir())
     assert 0 < used <= limit
     assert await counter(hc, "hosted_cache_unverified_refused") > 0
+
+
+async def test_a_hosted_cache_found_with_dns_sd(branch: Branch) -> None:
+    """hosted_cache.server = "dns-sd": the node offers to the hosted cache zeroconf announced."""
+    # DNS-SD names the host only: v1.0 offers go to port 443, as Windows' (a namespace of ours).
+    hc = branch.hosted_cache(
+        PEERDISTD_PEERS_ZEROCONF="true", PEERDISTD_HOSTED_CACHE_LISTEN="127.0.0.1:443"
+    )
+    a = branch._start(
+        "node2",
+        "127.0.0.2",
+        PEERDISTD_PEERS_ZEROCONF="true",
+        PEERDISTD_HOSTED_CACHE_SERVER="dns-sd",
+        PEERDISTD_HOSTED_CACHE_SERVER_V2_PORT="8080",
+        PEERDISTD_HOSTED_CACHE_CA_FILE=str(branch.cert),
+    )
+
+    async def announced() -> bool:
+        async with a.session() as api, api.get("/v1/peers") as r:
+            peers = (await r.json())["peers"]
+        return any(p["address"] == HC_PCCRR and p["source"] == "zeroconf" for p in peers)
+
+    await until(announced, "the hosted cache's DNS-SD announcement")
+    ci = content_information(1)
+    await download_from_origin(a, ci)
+    blocks = len(list(ContentInformation.parse(ci).blocks()))
+
+    async def holds_all() -> bool:
+        return await counter(hc, "hosted_cache_blocks_pulled") == blocks
+
+    await until(holds_all, "the hosted cache to pull every block")
