@@ -29,8 +29,6 @@ LOCATE_SEGMENTS = 32
 READ_AHEAD_BLOCKS = 64
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
-LOCATED_TTL = 10.0  # seconds a discovery answer is trusted for read-ahead
-LOCATED_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +79,9 @@ class BlockReader:
         # "from peers", not "from cache", when they are read (BranchCache's counters are
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
-        self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
+        # Read-ahead behind local hits locates in the background, one window per content at a
+        # time (keyed by the window's first segment).
+        self._ahead: dict[bytes, asyncio.Task[bool]] = {}
 
     # -- local cache ---------------------------------------------------------------------
 
@@ -173,14 +173,7 @@ class BlockReader:
             self._start_complete(req, peer_accepted=False)
             if peer_bytes and req.timeout > 0:
                 # A sequential reader is consuming what peers sent: keep the pipe full.
-                end = req.offset + len(data)
-                self._read_ahead(
-                    view,
-                    end,
-                    end + READ_AHEAD_BYTES,
-                    self._located_now(),
-                    time.monotonic() + req.timeout,
-                )
+                self._locate_ahead(view, req.offset + len(data), req.timeout)
             return data, peer_bytes
         self.stats.cache_misses += 1  # nothing local at the offset: a miss, however it ends
         first = view.block_at(req.offset)
@@ -246,23 +239,35 @@ class BlockReader:
         return data, peer_bytes
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
-        wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
+        # The window starts at the segment before ``offset`` when there is one: the peer
+        # network links consecutive windows of a content, so the peers that served the last
+        # segments are asked first for the next ones (PeerNetwork.locate).
+        wanted = view.segment_ids(max(view.start, offset - 1), view.end)[: LOCATE_SEGMENTS + 1]
         self.stats.discovery_attempts += 1
         located = await self.peers.locate(wanted, timeout=max(0.0, timeout))
         if located:
             self.stats.discovery_successes += 1
-            expiry = time.monotonic() + LOCATED_TTL
-            for seg_id in located:
-                self._located[seg_id] = expiry
-                self._located.move_to_end(seg_id)
-            while len(self._located) > LOCATED_LIMIT:
-                self._located.popitem(last=False)
         return located
 
-    def _located_now(self) -> Mapping[bytes, int]:
-        """Segments some peer was recently found to hold (for read-ahead without probing)."""
-        now = time.monotonic()
-        return {seg_id: 1 for seg_id, expiry in self._located.items() if expiry > now}
+    def _locate_ahead(self, view: ContentView, start: int, timeout: float) -> None:
+        """Keep a sequential reader's pipe full without holding up its read: locate the next
+        window (the peer network answers at once for segments it knows or can guess) and
+        fetch ahead of ``start`` what peers hold."""
+        first = view.block_at(start)
+        if first is None or first.segment.segment_id in self._ahead:
+            return
+        key = first.segment.segment_id
+        deadline = time.monotonic() + timeout
+
+        async def ahead() -> bool:
+            located = await self._locate(view, start, timeout)
+            self._read_ahead(view, start, start + READ_AHEAD_BYTES, located, deadline)
+            return bool(located)
+
+        task = asyncio.ensure_future(ahead())
+        self._ahead[key] = task
+        task.add_done_callback(lambda _t: self._ahead.pop(key, None))
+        self._spawn(task)
 
     def _read_ahead(
         self, view: ContentView, start: int, end: int, located: Mapping[bytes, int], deadline: float

@@ -12,7 +12,7 @@ import itertools
 import logging
 import socket
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -93,31 +93,6 @@ class _Pending:
     covered: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class _HitCache:
-    """Recent answers by segment id, for ``ttl`` seconds, at most ``size`` ids (oldest go)."""
-
-    def __init__(self, ttl: float, size: int, clock: Callable[[], float]) -> None:
-        self._ttl, self._size, self._clock = ttl, size, clock
-        self._table: OrderedDict[bytes, tuple[float, tuple[PeerHit, ...]]] = OrderedDict()
-
-    def get(self, segment_id: bytes) -> tuple[PeerHit, ...] | None:
-        entry = self._table.get(segment_id)
-        if entry is None or entry[0] <= self._clock():
-            self._table.pop(segment_id, None)
-            return None
-        return entry[1]
-
-    def put(self, segment_id: bytes, hits: tuple[PeerHit, ...]) -> None:
-        self._table.pop(segment_id, None)
-        self._table[segment_id] = (self._clock() + self._ttl, hits)
-        while len(self._table) > self._size:
-            self._table.popitem(last=False)
-
-    def forget(self, segment_ids: Sequence[bytes]) -> None:
-        for sid in segment_ids:
-            self._table.pop(sid, None)
-
-
 class Discovery:
     """PCCRD on the interfaces of ``interface_addresses`` (None: every interface)."""
 
@@ -132,8 +107,6 @@ class Discovery:
         group_v6: str = GROUP_V6,
         rate_limit: float = 500.0,
         on_event: Callable[[DiscoveryEvent], None] | None = None,
-        cache_ttl: float = 3.0,
-        cache_size: int = 4096,
         max_delay_ms: int = APP_MAX_DELAY_MS,
         instance_id: int | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -151,7 +124,6 @@ class Discovery:
         self._max_delay_ms = max_delay_ms
         # 3.4: InstanceId goes up with each service start.
         self._instance_id = instance_id if instance_id is not None else int(time.time())
-        self._cache = _HitCache(cache_ttl, cache_size, clock)
         self._remote_log = RateLimitedLogger(log)
         self._pending: dict[str, _Pending] = {}
         self._links = Links(
@@ -229,26 +201,13 @@ class Discovery:
     async def find(
         self, segment_ids: Sequence[bytes], *, window: float = 0.3, version: int = 1
     ) -> dict[bytes, list[PeerHit]]:
-        """Who holds each of ``segment_ids`` (every id is a key), from answers within ``window``."""
-        result: dict[bytes, list[PeerHit]] = {}
-        missing = []
-        for sid in dict.fromkeys(segment_ids):
-            cached = self._cache.get(sid)
-            if cached is None:
-                missing.append(sid)
-            else:
-                result[sid] = list(cached)
-        if missing:
-            found = await self._probe(missing, window, version)
-            for sid in missing:
-                hits = tuple(PeerHit(x, n) for x, n in found.get(sid, {}).items())
-                self._cache.put(sid, hits)
-                result[sid] = list(hits)
-        return result
+        """Who holds each of ``segment_ids`` (every id is a key), from answers within ``window``.
 
-    def forget(self, segment_ids: Sequence[bytes]) -> None:
-        """Drop cached answers, so the next :meth:`find` asks the network again."""
-        self._cache.forget(segment_ids)
+        Always asks the network: remembering answers is the swarm's holder directory's job
+        (:mod:`peerdistd.net.holders`), one cache with one policy."""
+        ids = list(dict.fromkeys(segment_ids))
+        found = await self._probe(ids, window, version) if ids else {}
+        return {sid: [PeerHit(x, n) for x, n in found.get(sid, {}).items()] for sid in ids}
 
     async def _probe(
         self, segment_ids: list[bytes], window: float, version: int

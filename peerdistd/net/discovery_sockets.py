@@ -24,6 +24,11 @@ IP_MULTICAST_ALL = 49
 IPV6_MULTICAST_ALL = 29
 _MREQN = struct.Struct("=4s4si")  # struct ip_mreqn: group, local address, ifindex
 _MREQ6 = struct.Struct("=16sI")  # struct ipv6_mreq: group, ifindex
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # socket(7): root may exceed rmem_max
+# V2 content information means a segment per ~128 KiB, so a content is located with thousands
+# of ids, and many clients answer each probe at once: the default receive buffer (~200 KiB)
+# overflows and the kernel drops ProbeMatches (RcvbufErrors in /proc/net/snmp).
+RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,7 @@ def unicast_socket(iface: NetInterface, group: str) -> socket.socket:
     sock = socket.socket(iface.family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        receive_buffer(sock)
         if iface.family == socket.AF_INET:
             sock.bind((iface.host, 0))
             mreq = _MREQN.pack(socket.inet_aton(group), socket.inet_aton(iface.host), iface.index)
@@ -114,6 +120,7 @@ def listener_socket(family: socket.AddressFamily, group: str, port: int) -> sock
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        receive_buffer(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET:
@@ -127,6 +134,17 @@ def listener_socket(family: socket.AddressFamily, group: str, port: int) -> sock
         sock.close()
         raise
     return sock
+
+
+def receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int:
+    """Ask for a ``size`` receive buffer: SO_RCVBUFFORCE (needs CAP_NET_ADMIN) first, else
+    SO_RCVBUF, which the kernel caps at net.core.rmem_max. Returns what the kernel granted
+    (it reports double the request, its bookkeeping included; socket(7))."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
 
 def join_group(sock: socket.socket, iface: NetInterface, group: str) -> None:

@@ -26,6 +26,7 @@ from typing import Final
 from peerdistd.errors import PeerUnavailable
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.hedging import LatencyWindow
+from peerdistd.net.holders import MAX_HOLDER_SEGMENTS, HolderDirectory
 from peerdistd.net.peer_health import FAILURES_TO_BAN, PeerHealth, PeerStats
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.net.types import (
@@ -38,11 +39,10 @@ from peerdistd.net.types import (
 )
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
 
-__all__ = ["PeerStats", "Swarm", "SwarmStats"]
+__all__ = ["MAX_HOLDER_SEGMENTS", "PeerStats", "Swarm", "SwarmStats"]
 
 log = logging.getLogger(__name__)
 
-MAX_HOLDER_SEGMENTS: Final = 8192
 BUSY_BACKOFF: Final = 0.05  # seconds before asking a busy peer set again
 MAX_ASKS: Final = 3  # holders asked for one block at once (the first and its hedges)
 _UNEXPECTED_LOGGED: Final = 64  # distinct unexpected errors logged with a traceback
@@ -105,7 +105,7 @@ class Swarm:
         )
         self.latency = LatencyWindow()
         self._clock = clock
-        self._holders: OrderedDict[bytes, list[str]] = OrderedDict()
+        self.holders = HolderDirectory(clock=clock)
         self._hints: set[asyncio.Task[object]] = set()
         self._relocating: dict[bytes, asyncio.Task[object]] = {}  # bounded by reads in flight
         self._lingering: set[asyncio.Task[bytes | None]] = set()
@@ -148,23 +148,53 @@ class Swarm:
     # -- locate --------------------------------------------------------------------------
 
     async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
+        """Holders from the directory; segments it has no answer for are first guessed from
+        their content's recent servers, else found by discovery (one probe round)."""
+        ids = list(dict.fromkeys(segment_ids))
+        self.holders.link(ids)
+        result: dict[bytes, int] = {}
+        unknown: list[bytes] = []
+        for sid in ids:
+            known = self._usable(sid)
+            if known is None:
+                if self.holders.guess(sid, self._usable_peer):
+                    result[sid] = 1
+                else:
+                    unknown.append(sid)
+            elif known:
+                result[sid] = max(known.values())
+        if unknown:
+            result.update(await self._discover(unknown, timeout))
+        return result
+
+    async def _discover(self, segment_ids: list[bytes], timeout: float) -> dict[bytes, int]:
+        """One discovery round for ``segment_ids``; every answer (none included) is learnt."""
         window = max(0.0, min(self.window, timeout))
         found = await self.discovery.find(segment_ids, window=window)
-        result: dict[bytes, int] = {}
         now = time.time()
-        for sid, hits in found.items():
+        answers: dict[bytes, dict[str, int]] = {}
+        for sid in segment_ids:
+            hits = [h for h in found.get(sid, ()) if h.xaddr not in self.own]
             for hit in hits:
-                if hit.xaddr not in self.own:
-                    self.peer(hit.xaddr).last_seen = now
-            peers = [h.xaddr for h in hits if h.xaddr not in self.own and not self.banned(h.xaddr)]
-            if not peers:
-                continue
-            self._holders[sid] = peers
-            self._holders.move_to_end(sid)
-            result[sid] = max(h.block_count for h in hits if h.xaddr in peers)
-        while len(self._holders) > MAX_HOLDER_SEGMENTS:
-            self._holders.popitem(last=False)
+                self.peer(hit.xaddr).last_seen = now
+            answers[sid] = {h.xaddr: h.block_count for h in hits}
+        self.holders.learn(answers)
+        result: dict[bytes, int] = {}
+        for sid, peers in answers.items():
+            counts = [n for p, n in peers.items() if self._usable_peer(p)]
+            if counts:
+                result[sid] = max(counts)
         return result
+
+    def _usable_peer(self, peer: str) -> bool:
+        return peer not in self.own and not self.banned(peer)
+
+    def _usable(self, segment_id: bytes) -> dict[str, int] | None:
+        """Fresh holders of ``segment_id`` that may be asked, or None without an answer."""
+        known = self.holders.holders(segment_id)
+        if known is None:
+            return None
+        return {p: n for p, n in known.items() if self._usable_peer(p)}
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         task: asyncio.Task[object] = asyncio.ensure_future(
@@ -179,22 +209,25 @@ class Swarm:
         self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
     ) -> bytes | None:
         deadline = self._clock() + timeout
-        seg = ref.segment
-        holders = self._holders.get(seg.segment_id)
-        if holders is None:
-            await self.locate([seg.segment_id], timeout=timeout)
-            holders = self._holders.get(seg.segment_id, [])
-        queue = self.health.order(holders, ref.index)
+        sid = ref.segment.segment_id
+        known = self._usable(sid)
+        probed = False  # whether this fetch already asked the LAN
+        if known is None:
+            await self.locate([sid], timeout=timeout)
+            probed = not self.holders.guessed(sid)
+            known = self._usable(sid) or {}
+        queue = self.health.order(list(known), ref.index)
         if not queue:
-            return None
-        data, failed = await self._race(ref, algorithm, queue, deadline)
-        if data is None and failed and self._clock() < deadline:
-            # The holders we knew failed (one died mid-read, say): ask the LAN once more and
-            # try those we have not asked yet.
-            asked = set(holders)
-            await self._relocate(seg.segment_id, deadline - self._clock())
-            fresh = self._holders.get(seg.segment_id, [])
-            queue = [p for p in self.health.order(fresh, ref.index) if p not in asked]
+            return None  # nobody holds it, as discovery answered just now
+        asked = set(queue)
+        data, _ = await self._race(ref, algorithm, queue, deadline)
+        if data is None and not probed and self._clock() < deadline:
+            # The holders we knew lacked it (a guess from the content's trail, a partial
+            # holder, a stale answer) or failed (one died mid-read): ask the LAN once more
+            # and try those we have not asked yet.
+            await self._relocate(sid, deadline - self._clock())
+            fresh = self._usable(sid) or {}
+            queue = [p for p in self.health.order(list(fresh), ref.index) if p not in asked]
             if queue:
                 data, _ = await self._race(ref, algorithm, queue, deadline)
         return data
@@ -203,8 +236,8 @@ class Swarm:
         """A fresh probe for ``segment_id``, shared by every block of it that needs one."""
         task = self._relocating.get(segment_id)
         if task is None:
-            self.discovery.forget([segment_id])  # not the cached answer
-            task = asyncio.ensure_future(self.locate([segment_id], timeout=timeout))
+            self.holders.forget([segment_id])  # not the answer we already have
+            task = asyncio.ensure_future(self._discover([segment_id], timeout))
             self._relocating[segment_id] = task
             self._hints.add(task)
             task.add_done_callback(self._hints.discard)
@@ -329,14 +362,18 @@ class Swarm:
         if exc is None:
             data = task.result()
             if data is None:
-                return None  # this peer does not have it after all
+                # [MS-PCCRR] 2.2.4.2: SizeOfBlock 0, "not held": another holder may have it.
+                self.holders.lacks(ref.segment.segment_id, peer)
+                return None
             if algorithm.digest(data) != ref.hash:
+                self.holders.lacks(ref.segment.segment_id, peer)
                 self.stats.bad_blocks += 1
                 self.peer(peer).bad_blocks += 1
                 seg_id = ref.segment.segment_id.hex()[:16]
                 self.ban(peer, f"block {ref.index} of segment {seg_id} failed verification")
                 return None
             self.health.answered(peer)
+            self.holders.served(ref.segment.segment_id, peer)
             # Fetched from it even when another holder's copy won the race: what it sent.
             self.peer(peer).bytes_from += len(data)
             return data if winner else None

@@ -1,0 +1,161 @@
+"""Who holds which segment: the node's one answer to "who holds segment X", with one policy.
+
+Discovery answers ([MS-PCCRD] ProbeMatch: XAddrs and BlockCount per segment) and blocks a
+peer actually delivered both feed it; a peer that said "not held" (an empty MSG_BLK, [MS-PCCRR]
+2.2.4.2) or was banned leaves it. Every answer — "these peers hold it" and "nobody does" — is
+trusted for ``ttl`` seconds from when it was learnt; a peer that delivers a block of a segment
+renews that segment's entry. At most ``size`` segments are remembered (the least recently
+learnt go first).
+
+A content's segments are asked about in order, a window at a time (``link``): segments linked
+together share a *trail*, the peers that most recently delivered blocks of that content. A
+later segment nobody has answered for yet is then first asked of those peers directly instead
+of waiting for a discovery round; the swarm falls back to discovery at once when they lack it.
+A segment with neither an answer nor a trail is left to BranchCache discovery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["HOLDERS_TTL", "MAX_HOLDER_SEGMENTS", "HolderDirectory"]
+
+HOLDERS_TTL: Final = 3.0  # seconds an answer is trusted (was Discovery's hit cache)
+MAX_HOLDER_SEGMENTS: Final = 8192
+TRAIL_PEERS: Final = 4  # recent servers remembered per content
+
+
+@dataclass(slots=True)
+class _Trail:
+    """The peers that most recently delivered blocks of one content, most recent first."""
+
+    peers: list[str] = field(default_factory=list)
+
+    def served(self, peer: str) -> None:
+        if peer in self.peers:
+            self.peers.remove(peer)
+        self.peers.insert(0, peer)
+        del self.peers[TRAIL_PEERS:]
+
+    def lacks(self, peer: str) -> None:
+        if peer in self.peers:
+            self.peers.remove(peer)
+
+
+@dataclass(slots=True)
+class _Entry:
+    expires: float
+    holders: dict[str, int]  # xaddr -> blocks it said it holds (1 when it only delivered one)
+    guessed: bool = False  # from the content's trail, not from an answer
+
+
+class HolderDirectory:
+    """Segment id -> the peers holding it, each answer trusted ``ttl`` seconds."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = HOLDERS_TTL,
+        size: int = MAX_HOLDER_SEGMENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl, self.size, self._clock = ttl, size, clock
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._trails: OrderedDict[bytes, _Trail] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- answers -------------------------------------------------------------------------
+
+    def holders(self, segment_id: bytes) -> dict[str, int] | None:
+        """Fresh holders of ``segment_id`` (empty: nobody held it when asked), or None when
+        there is no answer, or it expired."""
+        entry = self._fresh(segment_id)
+        return None if entry is None else dict(entry.holders)
+
+    def guessed(self, segment_id: bytes) -> bool:
+        """Whether the holders of ``segment_id`` are the content trail's guess."""
+        entry = self._fresh(segment_id)
+        return entry is not None and entry.guessed
+
+    def learn(self, answers: Mapping[bytes, Mapping[str, int]]) -> None:
+        """A discovery round's answers: every segment asked about, holders or none."""
+        expires = self._clock() + self.ttl
+        for sid, hits in answers.items():
+            self._put(sid, _Entry(expires, dict(hits)))
+
+    def served(self, segment_id: bytes, peer: str) -> None:
+        """``peer`` delivered a verified block of ``segment_id``: it holds it, for ``ttl`` more
+        seconds, and it leads the content's trail."""
+        entry = self._fresh(segment_id)
+        expires = self._clock() + self.ttl
+        if entry is None:
+            entry = _Entry(expires, {})
+        entry.expires, entry.guessed = expires, False
+        entry.holders.setdefault(peer, 1)
+        self._put(segment_id, entry)
+        trail = self._trails.get(segment_id)
+        if trail is not None:
+            trail.served(peer)
+
+    def lacks(self, segment_id: bytes, peer: str) -> None:
+        """``peer`` answered that it does not hold a block of ``segment_id``: ask it no more
+        for that segment, and guess it no more for the rest of the content."""
+        entry = self._entries.get(segment_id)
+        if entry is not None:
+            entry.holders.pop(peer, None)
+            if not entry.holders:  # no answer left, not "nobody holds it": ask again
+                del self._entries[segment_id]
+        trail = self._trails.get(segment_id)
+        if trail is not None:
+            trail.lacks(peer)
+
+    def forget(self, segment_ids: Iterable[bytes]) -> None:
+        """Drop the answers for ``segment_ids`` so the next locate asks the LAN."""
+        for sid in segment_ids:
+            self._entries.pop(sid, None)
+
+    # -- trails --------------------------------------------------------------------------
+
+    def link(self, segment_ids: Sequence[bytes]) -> None:
+        """``segment_ids`` are consecutive segments of one content: one trail for them all,
+        the one some of them already follow if any (windows overlap by a segment)."""
+        trail = next((self._trails[s] for s in segment_ids if s in self._trails), None)
+        if trail is None:
+            trail = _Trail()
+        for sid in segment_ids:
+            self._trails[sid] = trail
+            self._trails.move_to_end(sid)
+        while len(self._trails) > self.size:
+            self._trails.popitem(last=False)
+
+    def guess(self, segment_id: bytes, usable: Callable[[str], bool]) -> list[str]:
+        """Record the content trail's ``usable`` peers as the provisional holders of
+        ``segment_id`` (which must have no fresh answer) and return them."""
+        trail = self._trails.get(segment_id)
+        peers = [p for p in trail.peers if usable(p)] if trail is not None else []
+        if peers:
+            self._put(segment_id, _Entry(self._clock() + self.ttl, dict.fromkeys(peers, 1), True))
+        return peers
+
+    # -- inside --------------------------------------------------------------------------
+
+    def _fresh(self, segment_id: bytes) -> _Entry | None:
+        entry = self._entries.get(segment_id)
+        if entry is None:
+            return None
+        if entry.expires <= self._clock():
+            del self._entries[segment_id]
+            return None
+        return entry
+
+    def _put(self, segment_id: bytes, entry: _Entry) -> None:
+        self._entries[segment_id] = entry
+        self._entries.move_to_end(segment_id)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)

@@ -1,0 +1,204 @@
+"""The holder directory: one cache of "who holds segment X" with one expiry, fed by discovery
+and by delivered blocks, and the content trail that asks recent servers first.
+
+The swarm runs against real retrieval servers on loopback; discovery is a stub that names the
+holders and counts its probe rounds (the real one is tested in test_net_discovery_*).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from peerdistd.net.discovery import PeerHit
+from peerdistd.net.holders import HolderDirectory
+from peerdistd.net.retrieval_client import RetrievalClient
+from peerdistd.net.retrieval_server import RetrievalServer
+from peerdistd.net.swarm import Swarm
+from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
+from peerdistd.proto.pccrc_segment import Segment
+
+BLOCK = 65536
+KP = bytes(range(100, 132))
+A, B = bytes(range(32)), bytes(range(1, 33))
+
+
+def segment(sid: bytes, index: int) -> Segment:
+    blocks = [bytes([index, i]) * (BLOCK // 2) for i in range(2)]
+    return Segment(
+        index=index,
+        offset=index * 2 * BLOCK,
+        length=2 * BLOCK,
+        block_size=BLOCK,
+        hod=b"\0" * 32,
+        secret=KP,
+        segment_id=sid,
+        block_hashes=tuple(hashlib.sha256(b).digest() for b in blocks),
+    )
+
+
+SEGMENTS = {A: segment(A, 0), B: segment(B, 1)}
+
+
+def block(sid: bytes, index: int) -> bytes:
+    return bytes([SEGMENTS[sid].index, index]) * (BLOCK // 2)
+
+
+def ref(sid: bytes, index: int) -> BlockRef:
+    seg = SEGMENTS[sid]
+    start = seg.offset + index * BLOCK
+    return BlockRef(seg, index, start, start + BLOCK, seg.block_hashes[index])
+
+
+class Source:
+    """A node holding ``held``: segment id -> block indexes (a partial holder holds some)."""
+
+    def __init__(self, held: Mapping[bytes, Sequence[int]]) -> None:
+        self.held = held
+
+    def segment_secret(self, segment_id: bytes) -> bytes | None:
+        return KP if segment_id in self.held else None
+
+    def held_blocks(self, segment_id: bytes) -> Sequence[int]:
+        return self.held.get(segment_id, [])
+
+    def read_block(self, segment_id: bytes, index: int) -> bytes | None:
+        return block(segment_id, index) if index in self.held.get(segment_id, ()) else None
+
+
+class Answers:
+    """Discovery naming ``answers[segment]`` (a list per probe round: the last one repeats)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[bytes, list[list[str]]] = {}
+        self.rounds: list[tuple[bytes, ...]] = []
+
+    async def find(
+        self, segment_ids: Sequence[bytes], *, window: float
+    ) -> dict[bytes, list[PeerHit]]:
+        self.rounds.append(tuple(segment_ids))
+        found = {}
+        for sid in segment_ids:
+            rounds = self.answers.get(sid, [[]])
+            peers = rounds.pop(0) if len(rounds) > 1 else rounds[0]
+            found[sid] = [PeerHit(p, 2) for p in peers]
+        return found
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def swarm_with(answers: Answers, clock: Clock | None = None) -> AsyncIterator[Swarm]:
+    async with RetrievalClient() as client:
+        if clock is None:
+            swarm = Swarm(answers, client)  # type: ignore[arg-type]
+        else:
+            swarm = Swarm(answers, client, clock=clock)  # type: ignore[arg-type]
+        try:
+            yield swarm
+        finally:
+            await swarm.aclose()
+
+
+def address(server: RetrievalServer) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+# -- the directory alone ---------------------------------------------------------------------
+
+
+def test_answers_expire_after_one_ttl_and_delivered_blocks_renew_them() -> None:
+    clock = Clock()
+    directory = HolderDirectory(ttl=3.0, size=2, clock=clock)
+    assert directory.holders(A) is None
+    directory.learn({A: {"p:1": 5}, B: {}})
+    assert directory.holders(A) == {"p:1": 5} and directory.holders(B) == {}  # "nobody" too
+    clock.now += 2.0
+    directory.served(A, "q:1")
+    clock.now += 2.0  # 4 s after the answer, 2 s after q delivered
+    assert directory.holders(A) == {"p:1": 5, "q:1": 1} and directory.holders(B) is None
+    directory.learn({bytes(32): {}, bytes(31) + b"\1": {}})  # bounded: A, the oldest, goes
+    assert directory.holders(A) is None and len(directory) == 2
+
+
+def test_a_peer_that_lacks_a_segment_leaves_its_entry_and_the_content_trail() -> None:
+    directory = HolderDirectory()
+    directory.link([A, B])
+    directory.learn({A: {"p:1": 2}})
+    directory.served(A, "p:1")
+    assert directory.guess(B, lambda _: True) == ["p:1"] and directory.guessed(B)
+    directory.lacks(B, "p:1")
+    assert directory.holders(B) is None  # no answer left: asked again, not "nobody"
+    assert directory.guess(B, lambda _: True) == []
+    directory.lacks(A, "p:1")
+    assert directory.holders(A) is None
+
+
+# -- the swarm ------------------------------------------------------------------------------
+
+
+async def test_a_later_segment_is_asked_of_the_peer_that_served_the_one_before() -> None:
+    async with RetrievalServer(Source({A: [0, 1], B: [0, 1]}), "127.0.0.1", 0) as p:
+        answers = Answers()
+        answers.answers[A] = [[address(p)]]  # discovery would not find B: only P is asked
+        async with swarm_with(answers) as swarm:
+            assert await swarm.locate([A], timeout=1.0) == {A: 2}
+            assert await swarm.fetch(ref(A, 0), HashAlgorithm.SHA256, timeout=2.0) == block(A, 0)
+            # The engine's next window starts at the segment before: B follows A's trail.
+            assert B in await swarm.locate([A, B], timeout=1.0)
+            assert await swarm.fetch(ref(B, 0), HashAlgorithm.SHA256, timeout=2.0) == block(B, 0)
+            assert answers.rounds == [(A,)]  # no discovery round for B
+
+
+async def test_a_wrong_guess_falls_back_to_discovery_at_once_without_blame() -> None:
+    async with (
+        RetrievalServer(Source({A: [0, 1]}), "127.0.0.1", 0) as p,
+        RetrievalServer(Source({B: [0, 1]}), "127.0.0.1", 0) as q,
+    ):
+        answers = Answers()
+        answers.answers = {A: [[address(p)]], B: [[address(q)]]}
+        async with swarm_with(answers) as swarm:
+            await swarm.locate([A], timeout=1.0)
+            assert await swarm.fetch(ref(A, 0), HashAlgorithm.SHA256, timeout=2.0) == block(A, 0)
+            await swarm.locate([A, B], timeout=1.0)  # B guessed on P
+            assert await swarm.fetch(ref(B, 1), HashAlgorithm.SHA256, timeout=2.0) == block(B, 1)
+            assert answers.rounds == [(A,), (B,)]
+            assert swarm.peer(address(p)).failures == 0 and not swarm.banned(address(p))
+            assert swarm.holders.holders(B) == {address(q): 2}
+
+
+async def test_a_partial_holder_lacking_the_block_sends_the_reader_to_another_holder() -> None:
+    # P holds block 0 of A only (it is still downloading); the first answer named only P.
+    # Its empty MSG_BLK for block 1 means "not held": the LAN is asked again and Q found.
+    async with (
+        RetrievalServer(Source({A: [0]}), "127.0.0.1", 0) as p,
+        RetrievalServer(Source({A: [0, 1]}), "127.0.0.1", 0) as q,
+    ):
+        answers = Answers()
+        answers.answers[A] = [[address(p)], [address(p), address(q)]]
+        async with swarm_with(answers) as swarm:
+            assert await swarm.fetch(ref(A, 0), HashAlgorithm.SHA256, timeout=2.0) == block(A, 0)
+            assert await swarm.fetch(ref(A, 1), HashAlgorithm.SHA256, timeout=2.0) == block(A, 1)
+            assert len(answers.rounds) == 2
+            assert swarm.peer(address(p)).failures == 0 and not swarm.banned(address(p))
+
+
+async def test_the_swarm_trusts_an_answer_for_one_ttl() -> None:
+    clock = Clock()
+    async with RetrievalServer(Source({A: [0, 1]}), "127.0.0.1", 0) as p:
+        answers = Answers()
+        answers.answers[A] = [[address(p)]]
+        async with swarm_with(answers, clock) as swarm:
+            await swarm.locate([A, B], timeout=1.0)
+            assert await swarm.locate([A, B], timeout=1.0) == {A: 2}  # "nobody" for B, too
+            assert len(answers.rounds) == 1
+            clock.now += swarm.holders.ttl
+            await swarm.locate([A, B], timeout=1.0)
+            assert answers.rounds == [(A, B), (A, B)]
