@@ -51,6 +51,8 @@ class _Entry:
     expires: float
     holders: dict[str, int]  # xaddr -> blocks it said it holds (1 when it only delivered one)
     guessed: bool = False  # from the content's trail, not from an answer
+    # (peer, block index) answered "not held": a partial holder still holds the rest
+    lacking: set[tuple[str, int]] = field(default_factory=set)
 
 
 class HolderDirectory:
@@ -78,6 +80,11 @@ class HolderDirectory:
         entry = self._fresh(segment_id)
         return None if entry is None else dict(entry.holders)
 
+    def may_hold(self, segment_id: bytes, peer: str, index: int) -> bool:
+        """False once ``peer`` answered that it lacks block ``index`` of ``segment_id``."""
+        entry = self._entries.get(segment_id)
+        return entry is None or (peer, index) not in entry.lacking
+
     def guessed(self, segment_id: bytes) -> bool:
         """Whether the holders of ``segment_id`` are the content trail's guess."""
         entry = self._fresh(segment_id)
@@ -103,17 +110,24 @@ class HolderDirectory:
         if trail is not None:
             trail.served(peer)
 
-    def lacks(self, segment_id: bytes, peer: str) -> None:
-        """``peer`` answered that it does not hold a block of ``segment_id``: ask it no more
-        for that segment, and guess it no more for the rest of the content."""
+    def lacks(self, segment_id: bytes, peer: str, index: int) -> None:
+        """``peer`` answered that it does not hold block ``index`` of ``segment_id``.
+
+        A guessed holder is asked no more for the segment and guessed no more for the rest
+        of the content; a holder discovery named (a partial holder: BlockCount is how many
+        blocks it has, not which) is asked no more for that block."""
         entry = self._entries.get(segment_id)
-        if entry is not None:
+        if entry is None:
+            return
+        if entry.guessed:
             entry.holders.pop(peer, None)
+            trail = self._trails.get(segment_id)
+            if trail is not None:
+                trail.lacks(peer)
             if not entry.holders:  # no answer left, not "nobody holds it": ask again
                 del self._entries[segment_id]
-        trail = self._trails.get(segment_id)
-        if trail is not None:
-            trail.lacks(peer)
+        else:
+            entry.lacking.add((peer, index))
 
     def forget(self, segment_ids: Iterable[bytes]) -> None:
         """Drop the answers for ``segment_ids`` so the next locate asks the LAN."""

@@ -216,21 +216,26 @@ class Swarm:
             await self.locate([sid], timeout=timeout)
             probed = not self.holders.guessed(sid)
             known = self._usable(sid) or {}
-        queue = self.health.order(list(known), ref.index)
-        if not queue:
+        if not known:
             return None  # nobody holds it, as discovery answered just now
+        queue = self._queue(sid, known, ref.index)
         asked = set(queue)
-        data, _ = await self._race(ref, algorithm, queue, deadline)
+        data = (await self._race(ref, algorithm, queue, deadline))[0] if queue else None
         if data is None and not probed and self._clock() < deadline:
             # The holders we knew lacked it (a guess from the content's trail, a partial
             # holder, a stale answer) or failed (one died mid-read): ask the LAN once more
             # and try those we have not asked yet.
             await self._relocate(sid, deadline - self._clock())
             fresh = self._usable(sid) or {}
-            queue = [p for p in self.health.order(list(fresh), ref.index) if p not in asked]
+            queue = [p for p in self._queue(sid, fresh, ref.index) if p not in asked]
             if queue:
                 data, _ = await self._race(ref, algorithm, queue, deadline)
         return data
+
+    def _queue(self, segment_id: bytes, known: Mapping[str, int], index: int) -> list[str]:
+        """Holders to ask for block ``index`` in turn, leaving out those that said they lack it."""
+        may = [p for p in known if self.holders.may_hold(segment_id, p, index)]
+        return self.health.order(may, index)
 
     async def _relocate(self, segment_id: bytes, timeout: float) -> None:
         """A fresh probe for ``segment_id``, shared by every block of it that needs one."""
@@ -363,10 +368,9 @@ class Swarm:
             data = task.result()
             if data is None:
                 # [MS-PCCRR] 2.2.4.2: SizeOfBlock 0, "not held": another holder may have it.
-                self.holders.lacks(ref.segment.segment_id, peer)
+                self.holders.lacks(ref.segment.segment_id, peer, ref.index)
                 return None
             if algorithm.digest(data) != ref.hash:
-                self.holders.lacks(ref.segment.segment_id, peer)
                 self.stats.bad_blocks += 1
                 self.peer(peer).bad_blocks += 1
                 seg_id = ref.segment.segment_id.hex()[:16]

@@ -97,10 +97,8 @@ class Clock:
 @contextlib.asynccontextmanager
 async def swarm_with(answers: Answers, clock: Clock | None = None) -> AsyncIterator[Swarm]:
     async with RetrievalClient() as client:
-        if clock is None:
-            swarm = Swarm(answers, client)  # type: ignore[arg-type]
-        else:
-            swarm = Swarm(answers, client, clock=clock)  # type: ignore[arg-type]
+        options = {} if clock is None else {"clock": clock}
+        swarm = Swarm(answers, client, **options)  # type: ignore[arg-type]
         try:
             yield swarm
         finally:
@@ -128,17 +126,18 @@ def test_answers_expire_after_one_ttl_and_delivered_blocks_renew_them() -> None:
     assert directory.holders(A) is None and len(directory) == 2
 
 
-def test_a_peer_that_lacks_a_segment_leaves_its_entry_and_the_content_trail() -> None:
+def test_a_guessed_peer_that_lacks_a_block_leaves_the_entry_and_the_content_trail() -> None:
     directory = HolderDirectory()
     directory.link([A, B])
     directory.learn({A: {"p:1": 2}})
     directory.served(A, "p:1")
     assert directory.guess(B, lambda _: True) == ["p:1"] and directory.guessed(B)
-    directory.lacks(B, "p:1")
+    directory.lacks(B, "p:1", 0)
     assert directory.holders(B) is None  # no answer left: asked again, not "nobody"
     assert directory.guess(B, lambda _: True) == []
-    directory.lacks(A, "p:1")
-    assert directory.holders(A) is None
+    directory.lacks(A, "p:1", 1)  # a holder discovery named: it may hold A's other blocks
+    assert directory.holders(A) == {"p:1": 2}
+    assert not directory.may_hold(A, "p:1", 1) and directory.may_hold(A, "p:1", 0)
 
 
 # -- the swarm ------------------------------------------------------------------------------
