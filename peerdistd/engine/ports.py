@@ -54,7 +54,11 @@ class PeerNetwork(Protocol):
     """Finding and fetching blocks from peers (``peerdistd.net``)."""
 
     async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
-        """Which of ``segment_ids`` some peer holds: id -> most blocks any one peer has."""
+        """Which of ``segment_ids`` some peer holds: id -> most blocks any one peer has.
+
+        ``segment_ids`` are segments of one content in content order; a reader puts the
+        content's first segment first, so every window of a content names it and the peers
+        that served the content lately can be asked first for the rest."""
         ...
 
     async def fetch(

@@ -213,12 +213,11 @@ class BlockReader:
                 self.slots.release()
                 raise errors.MissingData(req.offset, self.missing(view, req.offset, located))
             task = self._start_fetch(view, first, deadline, holds_slot=True)
-            self._read_ahead(
-                view,
-                first.end,
-                max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES),
-                located,
-                deadline,
+            ahead_end = max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES)
+            # Read ahead once the block the application waits for is in: started together,
+            # the read-ahead's requests and verifications delay it (bench_locate: 5x).
+            task.add_done_callback(
+                lambda _t: self._read_ahead(view, first.end, ahead_end, located, deadline)
             )
         else:
             self._start_complete(req, peer_accepted=True)
@@ -239,10 +238,11 @@ class BlockReader:
         return data, peer_bytes
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
-        # The window starts at the segment before ``offset`` when there is one: the peer
-        # network links consecutive windows of a content, so the peers that served the last
-        # segments are asked first for the next ones (PeerNetwork.locate).
-        wanted = view.segment_ids(max(view.start, offset - 1), view.end)[: LOCATE_SEGMENTS + 1]
+        # Led by the content's first segment: the peer network links the windows of one
+        # content by it, so the peers that served its earlier segments are asked first for
+        # the later ones (PeerNetwork.locate).
+        window = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
+        wanted = list(dict.fromkeys([view.segments[0].segment_id, *window]))
         self.stats.discovery_attempts += 1
         located = await self.peers.locate(wanted, timeout=max(0.0, timeout))
         if located:

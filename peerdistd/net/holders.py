@@ -7,7 +7,7 @@ trusted for ``ttl`` seconds from when it was learnt; a peer that delivers a bloc
 renews that segment's entry. At most ``size`` segments are remembered (the least recently
 learnt go first).
 
-A content's segments are asked about in order, a window at a time (``link``): segments linked
+A content's segments are asked about a window at a time (``link``): segments linked
 together share a *trail*, the peers that most recently delivered blocks of that content. A
 later segment nobody has answered for yet is then first asked of those peers directly instead
 of waiting for a discovery round; the swarm falls back to discovery at once when they lack it.
@@ -137,8 +137,9 @@ class HolderDirectory:
     # -- trails --------------------------------------------------------------------------
 
     def link(self, segment_ids: Sequence[bytes]) -> None:
-        """``segment_ids`` are consecutive segments of one content: one trail for them all,
-        the one some of them already follow if any (windows overlap by a segment)."""
+        """``segment_ids`` are segments of one content: one trail for them all, the one some
+        of them already follow if any (a reader leads every window with the content's first
+        segment, so its windows share one trail)."""
         trail = next((self._trails[s] for s in segment_ids if s in self._trails), None)
         if trail is None:
             trail = _Trail()
