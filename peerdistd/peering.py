@@ -36,7 +36,8 @@ class CacheSource:
     """The block cache seen by the retrieval server and the discovery responder.
 
     Peer input reaches the cache through here, so hostile ids (wrong sizes) that the cache
-    rejects with DecodeError simply mean "not held".
+    rejects with DecodeError simply mean "not held". Peers see only proven blocks, re-hashed
+    on every send (docs/trust.md): a peer cannot say which content information it holds.
     """
 
     def __init__(self, cache: BlockCache) -> None:
@@ -51,13 +52,13 @@ class CacheSource:
 
     def held_blocks(self, segment_id: bytes) -> Sequence[int]:
         try:
-            return self.cache.held_blocks(segment_id)
+            return self.cache.proven_blocks(segment_id)
         except errors.PeerDistError:
             return []
 
     def read_block(self, segment_id: bytes, index: int) -> bytes | None:
         try:
-            return self.cache.read_block(segment_id, index)
+            return self.cache.read_proven(segment_id, index)
         except errors.PeerDistError:
             return None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from peerdistd import errors
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.ports import BlockStore
-from peerdistd.engine.reading import segment_record
+from peerdistd.engine.reading import full_list, segment_record
 from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
 from peerdistd.proto.pccrc import BlockRef
@@ -166,7 +166,8 @@ class DataAdder:
     ) -> None:
         for seg_id, blocks in good.items():
             assert view is not None
-            self.store.add_segment(segment_record(view, blocks[0][0]))
+            first = blocks[0][0]
+            self.store.add_segment(segment_record(view, first), full_list(view, first))
             self.store.put_blocks(
                 seg_id, [(ref.index, data, ref.hash) for ref, data in blocks], durable=False
             )

@@ -43,6 +43,15 @@ class ReadRequest:
     flags: frozenset[str]
 
 
+def full_list(view: ContentView, ref: BlockRef) -> tuple[bytes, ...] | None:
+    """The segment's block hashes if the view has all of them (then they hash to its HoD:
+    view.py checks it), which proves them to the cache; None for a range's partial list."""
+    seg = ref.segment
+    if view.version != 1 or len(seg.block_hashes) != seg.block_count:
+        return None
+    return seg.block_hashes
+
+
 def segment_record(view: ContentView, ref: BlockRef) -> SegmentRecord:
     seg = ref.segment
     return SegmentRecord(
@@ -95,8 +104,9 @@ class BlockReader:
         touched: set[bytes] = set()
         for ref in view.blocks_from(offset, limit):
             seg_id = ref.segment.segment_id
+            # Served only under this reader's block hash, re-hashed on this read.
             chunk = self.store.read_block(
-                seg_id, ref.index, pos - ref.start, min(ref.end, limit) - pos
+                seg_id, ref.index, pos - ref.start, min(ref.end, limit) - pos, expected=ref.hash
             )
             if chunk is None:
                 break
@@ -139,7 +149,7 @@ class BlockReader:
                 break
             if stop_if_local and seg.segment_id in located:
                 return pos - offset
-            held = set(self.store.held_blocks(seg.segment_id))
+            held = self.store.matching_blocks(seg.segment_id, seg.block_hashes)
             first = (pos - seg.offset) // seg.block_size
             for index in range(first, seg.block_count):
                 b_start, b_end = seg.block_span(index)
@@ -275,7 +285,7 @@ class BlockReader:
             key = (ref.segment.segment_id, ref.index)
             if key in self._inflight or ref.segment.segment_id not in located:
                 continue
-            if self.store.has_block(*key):
+            if self.store.has_block(*key, expected=ref.hash):
                 continue
             if not self.slots.try_acquire():
                 break
@@ -300,7 +310,7 @@ class BlockReader:
             )
             if data is None:
                 return False
-            self.store.add_segment(segment_record(view, ref))
+            self.store.add_segment(segment_record(view, ref), full_list(view, ref))
             self.store.put_blocks(
                 ref.segment.segment_id, [(ref.index, data, ref.hash)], durable=False
             )

@@ -9,8 +9,10 @@ blocks to amortise it). ``sync=False`` skips it: still safe against kill -9, but
 loss a row could outlive its data (a hole reads as zeros), so keep it for tests and benches.
 A new file's directory entry is not synced: if it is lost, its rows find no file and drop.
 Reads look the block up in an in-memory map of the segment (loaded once, at most 512 rows),
-check the file is long enough and pread it: a truncated file loses its blocks, never serves
-them. Eviction is LRU by segment with a logical clock; touches are batched into the next
+pread it and hash it again on every read: a block leaves the cache only if the reader names its
+hash and the bytes still hash to it. A block that fails (a flipped bit, a truncated file) is
+dropped, counted in ``bad_blocks_from_disk`` and reads as not held. Trust: see
+:mod:`peerdistd.store.cache_trust`. Eviction is LRU by segment with a logical clock; touches are batched into the next
 write. The store is synchronous: one lock makes it safe from the event loop and threads.
 """
 
@@ -35,6 +37,7 @@ from peerdistd.store.cache_files import SegmentFiles
 from peerdistd.store.cache_open import cache_limit, lock_directory, open_index
 from peerdistd.store.cache_segments import Seg, SegmentTable
 from peerdistd.store.cache_staging import Staging
+from peerdistd.store.cache_trust import BadBlocks, proven_list, vouched
 from peerdistd.store.cache_types import (
     CacheUsage,
     SegmentRecord,
@@ -75,6 +78,7 @@ class BlockCache:
         self._closed = False
         # Blocks written (visible to reads), not yet synced nor indexed: see cache_staging.
         self._staging = Staging()
+        self._bad = BadBlocks(log)
 
     @classmethod
     def open(
@@ -129,21 +133,48 @@ class BlockCache:
 
     # -- segments -----------------------------------------------------------------------------
 
-    def add_segment(self, record: SegmentRecord) -> None:
-        """Record a segment (idempotent); its id must be HMAC(secret, HoD || magic)."""
+    def add_segment(self, record: SegmentRecord, hashes: Sequence[bytes] | None = None) -> None:
+        """Record a segment (idempotent); its id must be HMAC(secret, HoD || magic).
+
+        ``hashes``, the segment's full V1 block hash list, proves its blocks if it hashes to
+        the HoD: held blocks that contradict it are dropped, later ones must match it. A held
+        record that conflicts with ``record`` is replaced unless its own blocks vouch for it
+        (see :func:`peerdistd.store.cache_trust.vouched`).
+        """
         check_record(record)
+        proof = proven_list(record, hashes)
         with self._lock, db_errors("add_segment"):
             seg = self._table.load(record.segment_id)
-            if seg is not None:
-                if seg.record != record:
+            if seg is not None and seg.record != record:
+                if vouched(seg) or record.segment_id in self._pins:
                     raise VerificationError("segment record conflicts with the one held")
+                log.info("segment %s: replacing a record no data vouched for", seg.rowid)
+                self._drop_segments([(seg.rowid, record.segment_id)], evicted=False)
+                seg = None
+            if seg is not None:
+                if proof is not None and seg.proven is None:
+                    self._prove(seg, proof)
                 self._touch(seg)
                 return
             self._clock += 1
             with self._index.transaction():
                 rowid = self._index.insert_segment(record, self._clock)
+                if proof is not None:
+                    self._index.set_proven(rowid, proof)
                 self._flush_touches()
-            self._table.add(Seg(rowid, record, {}))
+            self._table.add(Seg(rowid, record, {}, {}, proof))
+
+    def _prove(self, seg: Seg, proof: bytes) -> None:
+        """Adopt a proven hash list: drop the held blocks it contradicts, then record it."""
+        seg.proven = proof
+        wrong = [
+            (i, n) for i, n in seg.lengths.items() if self._held_hash(seg, i) != seg.proven_hash(i)
+        ]
+        if wrong:
+            log.info("segment %s: %d held blocks contradict its proven list", seg.rowid, len(wrong))
+            self._drop_blocks(seg, wrong)
+        with self._index.transaction():
+            self._index.set_proven(seg.rowid, proof)
 
     def segment(self, segment_id: bytes) -> SegmentRecord | None:
         check_segment_id(segment_id)
@@ -179,23 +210,31 @@ class BlockCache:
             if seg is None:
                 raise LocalError(f"segment {segment_id.hex()} is not in the cache; add it first")
             new: dict[int, tuple[memoryview, bytes]] = {}
+            replaced: list[tuple[int, int]] = []
             for index, data, digest in blocks:
                 view = memoryview(data).cast("B")
                 check_block(seg.record, index, view.nbytes, digest)
-                known = new[index][1] if index in new else None
-                staged = self._staging.get(seg.rowid, index)
-                if staged is not None:
-                    known = staged[1]
-                elif index in seg.lengths:
-                    known = self._index.block_hash(seg.rowid, index)
-                if known is not None:
-                    if known != digest:
-                        raise VerificationError(f"block {index} has another hash than held")
+                proven = seg.proven_hash(index)
+                if proven is not None and digest != proven:
+                    raise VerificationError(f"block {index} contradicts the segment's hash list")
+                if index in new:
+                    if new[index][1] != digest:
+                        raise VerificationError(f"block {index} given with two hashes")
                     continue
+                known = self._held_hash(seg, index)
+                if known == digest:
+                    continue
+                if known is not None:
+                    # Held under a hash no full list vouches for (had one, it would equal
+                    # ``proven`` and so ``digest``): the caller's verified block wins.
+                    replaced.append((index, seg.lengths.get(index, view.nbytes)))
                 new[index] = (view, digest)
             if not new:
                 self._touch(seg)
                 return
+            if replaced:
+                log.info("segment %s: replacing %d unproven blocks", seg.rowid, len(replaced))
+                self._drop_blocks(seg, replaced)
             self._make_room(sum(v.nbytes for v, _ in new.values()), keep=seg.rowid)
             fd = self._table.fd(seg, create=True)
             assert fd is not None
@@ -204,6 +243,7 @@ class BlockCache:
             if not durable:
                 self._staging.add(seg.rowid, ((i, v.nbytes, d) for i, (v, d) in new.items()))
                 seg.lengths.update((i, v.nbytes) for i, (v, _) in new.items())
+                seg.hashes.update((i, d) for i, (_, d) in new.items())
                 self._touch(seg)
                 return
             if self._sync:
@@ -215,6 +255,7 @@ class BlockCache:
                 self._touched.pop(seg.rowid, None)
                 self._flush_touches()
             seg.lengths.update((index, length) for index, length, _ in rows)
+            seg.hashes.update((index, digest) for index, _, digest in rows)
 
     @property
     def staged_bytes(self) -> int:
@@ -274,17 +315,44 @@ class BlockCache:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def has_block(self, segment_id: bytes, index: int) -> bool:
+    def has_block(self, segment_id: bytes, index: int, expected: bytes | None = None) -> bool:
+        """Whether the block is held (under the hash ``expected``, if given)."""
         check_segment_id(segment_id)
         with self._lock, db_errors("has_block"):
             seg = self._table.load(segment_id)
-            return seg is not None and index in seg.lengths
+            if seg is None or index not in seg.lengths:
+                return False
+            return expected is None or self._held_hash(seg, index) == expected
 
     def held_blocks(self, segment_id: bytes) -> list[int]:
         check_segment_id(segment_id)
         with self._lock, db_errors("held_blocks"):
             seg = self._table.load(segment_id)
             return [] if seg is None else sorted(seg.lengths)
+
+    def matching_blocks(self, segment_id: bytes, hashes: Sequence[bytes]) -> set[int]:
+        """The held blocks whose hash is the one ``hashes`` (a reader's list) names."""
+        check_segment_id(segment_id)
+        with self._lock, db_errors("matching_blocks"):
+            seg = self._table.load(segment_id)
+            if seg is None:
+                return set()
+            return {
+                i for i in seg.lengths if i < len(hashes) and self._held_hash(seg, i) == hashes[i]
+            }
+
+    def proven_blocks(self, segment_id: bytes) -> list[int]:
+        """The held blocks a proof vouches for: the only ones served to peers."""
+        check_segment_id(segment_id)
+        with self._lock, db_errors("proven_blocks"):
+            seg = self._table.load(segment_id)
+            if seg is None:
+                return []
+            return sorted(
+                i
+                for i in seg.lengths
+                if (want := seg.proven_hash(i)) is not None and self._held_hash(seg, i) == want
+            )
 
     def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
         """Held block count of each held segment among ``segment_ids`` (staged ones too)."""
@@ -300,9 +368,21 @@ class BlockCache:
             return counts
 
     def read_block(
-        self, segment_id: bytes, index: int, start: int = 0, length: int | None = None
+        self,
+        segment_id: bytes,
+        index: int,
+        start: int = 0,
+        length: int | None = None,
+        *,
+        expected: bytes | None = None,
     ) -> bytes | None:
-        """Bytes ``[start, start+length)`` of a held block, or None if not held."""
+        """Bytes ``[start, start+length)`` of the block if it is held under the hash
+        ``expected`` and its bytes still hash to it (checked on every read); else None.
+
+        Readers name the hash their content information gives (``None``, for maintenance and
+        tests, takes the stored one). A block whose bytes fail is dropped and counted
+        (``bad_blocks_from_disk``).
+        """
         check_segment_id(segment_id)
         with self._lock:  # the hot path: dict lookups and one pread, no SQL
             seg = self._table.get(segment_id)
@@ -310,36 +390,58 @@ class BlockCache:
                 return None
             if not 0 <= start <= size or (length is not None and length < 0):
                 raise InvalidParameter(f"range start {start} length {length} outside the block")
-            count = size - start if length is None else min(length, size - start)
+            with db_errors("read_block"):
+                held = self._held_hash(seg, index)
+            if held is None or (expected is not None and held != expected):
+                return None  # held, but not the block this reader's content information names
             fd = seg.fd if seg.fd is not None else self._table.fd(seg)
-            offset = index * seg.record.block_size + start
-            data = b"" if fd is None else SegmentFiles.read(fd, offset, count)
-            if len(data) != count:  # truncated under us: never serve a short block
+            offset = index * seg.record.block_size
+            data = b"" if fd is None else SegmentFiles.read(fd, offset, size)
+            if len(data) != size:  # truncated under us: never serve a short block
                 with db_errors("read_block"):
                     self._drop_truncated(seg)
                 return None
             self._touch(seg)
+            algorithm = seg.record.algorithm
+        # Hashed outside the lock: hashlib releases the GIL, other readers go on meanwhile.
+        if block_digest(algorithm, data) != held:
+            self._drop_bad(segment_id, index, held)
+            return None
+        if start == 0 and (length is None or length >= size):
             return data
+        return data[start : size if length is None else start + length]
 
-    def block_file(self, segment_id: bytes, index: int) -> tuple[int, int, int] | None:
-        """(fd, offset, length) of a held block for ``os.sendfile``/``os.preadv``.
-
-        The fd stays valid until close() unless the segment leaves the cache (or, unpinned, the
-        table of 1024 loaded segments): hold :meth:`pin` across any await while using it.
-        """
+    def read_proven(self, segment_id: bytes, index: int) -> bytes | None:
+        """The whole block if a proof vouches for its hash (checked on this read): for peers,
+        who cannot know which content information the block was cached under."""
         check_segment_id(segment_id)
         with self._lock:
             seg = self._table.get(segment_id)
-            if seg is None or (size := seg.lengths.get(index)) is None:
+            want = None if seg is None else seg.proven_hash(index)
+            if want is None:
                 return None
-            offset = index * seg.record.block_size
-            fd = self._table.fd(seg)
-            if fd is None or os.fstat(fd).st_size < offset + size:
-                with db_errors("block_file"):
-                    self._drop_truncated(seg)
-                return None
-            self._touch(seg)
-            return fd, offset, size
+            return self.read_block(segment_id, index, expected=want)
+
+    def _held_hash(self, seg: Seg, index: int) -> bytes | None:
+        known = seg.hashes.get(index)
+        if known is None:
+            staged = self._staging.get(seg.rowid, index)
+            if staged is not None:
+                known = staged[1]
+            elif index in seg.lengths:
+                known = self._index.block_hash(seg.rowid, index)
+            if known is not None and index in seg.lengths:
+                seg.hashes[index] = known
+        return known
+
+    def _drop_bad(self, segment_id: bytes, index: int, digest: bytes) -> None:
+        """Bytes on disk that no longer hash to their row: drop the block, count, log once."""
+        with self._lock, db_errors("read_block"):
+            seg = self._table.get(segment_id)
+            if seg is None or seg.hashes.get(index) != digest or index not in seg.lengths:
+                return  # replaced or dropped meanwhile
+            self._drop_blocks(seg, [(index, seg.lengths[index])])
+            self._bad.found(self._files.path(seg.rowid), index)
 
     # -- LRU, pins, limits --------------------------------------------------------------------
 
@@ -374,6 +476,7 @@ class BlockCache:
                 t.segments,
                 t.blocks + staged_blocks,
                 t.evictions,
+                self._bad.count,
             )
 
     def flush(self) -> int:
@@ -427,6 +530,7 @@ class BlockCache:
         indexed = [(i, n) for i, n in gone if i not in unindexed]
         for i, _ in gone:
             seg.lengths.pop(i, None)
+            seg.hashes.pop(i, None)
         if indexed:
             with self._index.transaction():
                 self._index.delete_blocks(seg.rowid, indexed)

@@ -62,6 +62,7 @@ class CacheUsage:
     segments: int
     blocks: int
     evictions: int
+    bad_blocks_from_disk: int = 0  # blocks whose bytes failed their hash on a read
 
 
 @dataclass(frozen=True, slots=True)
