@@ -12,8 +12,9 @@ Reads look the block up in an in-memory map of the segment (loaded once, at most
 pread it and hash it again on every read: a block leaves the cache only if the reader names its
 hash and the bytes still hash to it. A block that fails (a flipped bit, a truncated file) is
 dropped, counted in ``bad_blocks_from_disk`` and reads as not held. Trust: see
-:mod:`peerdistd.store.cache_trust`. Eviction is LRU by segment with a logical clock; touches are batched into the next
-write. The store is synchronous: one lock makes it safe from the event loop and threads.
+:mod:`peerdistd.store.cache_trust`. Eviction is LRU by segment with a logical clock; touches
+are batched into the next write. The store is synchronous: one lock makes it safe from the
+event loop and threads.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The block cache's in-memory table of loaded segments (bounded, least recently used out).
 
 A loaded segment holds its record, the lengths and hashes of its held blocks (at most 512 rows,
-read once), its proven hash list and its open file, so the read path needs no SQL. Pinned segments are never unloaded, so
-their descriptors stay valid while a block is read.
+read once), its proven hash list and its open file, so the read path needs no SQL. Pinned
+segments are never unloaded, so their descriptors stay valid while a block is read.
 """
 
 from __future__ import annotations
