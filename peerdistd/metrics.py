@@ -64,6 +64,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "peerdist_bad_blocks",
         "Blocks from peers or applications that failed verification.",
     ),
+    "bad_blocks_from_disk": (
+        "peerdist_bad_blocks_from_disk",
+        "Cached blocks whose bytes no longer hashed to their hash on a read: dropped.",
+    ),
 }
 
 GAUGES: dict[str, tuple[str, str]] = {

@@ -157,6 +157,7 @@ async def get_status(request: web.Request) -> web.Response:
             "segments": usage.segments,
             "blocks": usage.blocks,
             "evictions": usage.evictions,
+            "bad_blocks_from_disk": usage.bad_blocks_from_disk,
         },
         "counters": dict(engine.stats_snapshot()),
         "peers": request.app[PEERS](),

@@ -345,6 +345,7 @@ class Engine:
             cache_bytes=usage.bytes_used,
             cache_limit_bytes=usage.limit_bytes,
             cache_evictions=usage.evictions,
+            bad_blocks_from_disk=usage.bad_blocks_from_disk,
             open_handles=len(self.handles),
             publications=self.publications.count(),
         )
