@@ -89,8 +89,8 @@ async def test_forged_range_content_information_cannot_poison_reads(
     assert again["status"] == 424
 
 
-def segment_files(root: Path) -> list[Path]:
-    return sorted((root / "node-cache").rglob("*.seg"))
+def segment_files(root: Path, name: str = "node") -> list[Path]:
+    return sorted((root / f"{name}-cache").rglob("*.seg"))
 
 
 def flip_byte(path: Path, offset: int) -> None:
