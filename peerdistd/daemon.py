@@ -46,6 +46,7 @@ def engine_settings(config: Config) -> EngineSettings:
         enabled=config.daemon.enabled,
         max_inflight=config.peers.max_inflight,
         handle_idle_timeout=config.daemon.handle_idle_timeout,
+        held_total_limit=config.daemon.held_limit_bytes,
     )
 
 

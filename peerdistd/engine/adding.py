@@ -86,6 +86,8 @@ class DataAdder:
             finally:
                 if working is not None and not working.done():
                     await asyncio.gather(working, return_exceptions=True)
+                if h.closed:  # closed meanwhile: its held bytes leave the daemon's budget
+                    h.held.clear()
         out.held = h.held.size
         return out
 
@@ -104,7 +106,9 @@ class DataAdder:
         while pos < end:
             ref = view.block_at(pos) if view else None
             if ref is None:
-                nxt = min(end, _next_described(view, pos))
+                nxt = _next_described(view, pos)
+                # Progress guarantee: every turn of this loop moves ``pos`` forward.
+                nxt = end if nxt is None or not pos < nxt < end else nxt
                 self._hold(h, pos, buf[pos - start : nxt - start])
                 pos = nxt
                 continue
@@ -173,17 +177,13 @@ class DataAdder:
             )
 
     def _hold(self, h: ContentHandle, pos: int, data: memoryview) -> None:
-        if not h.held.add(pos, data):
-            raise errors.InvalidParameter(
-                f"more than {h.held.limit} bytes would be held unverified on this handle; "
-                "add the content information that covers them first"
-            )
+        h.held.add(pos, data)  # raises past this handle's or the daemon's cap
 
 
-def _next_described(view: ContentView | None, pos: int) -> int:
-    """The first offset after ``pos`` where a described block starts (or a huge number)."""
+def _next_described(view: ContentView | None, pos: int) -> int | None:
+    """The first offset after ``pos`` where a described block may start; None if none."""
     if view is None:
-        return 1 << 62
+        return None
     for seg in view.segments:
         if seg.offset > pos:
             return seg.offset
@@ -191,4 +191,4 @@ def _next_described(view: ContentView | None, pos: int) -> int:
             listed_end = seg.block_span(len(seg.block_hashes) - 1)[1] if seg.block_hashes else 0
             if pos >= listed_end:
                 return seg.offset + seg.length
-    return 1 << 62
+    return None

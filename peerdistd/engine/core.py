@@ -19,7 +19,7 @@ from peerdistd.engine.adding import AddOutcome, DataAdder
 from peerdistd.engine.commit import GroupCommit
 from peerdistd.engine.events import EventBus
 from peerdistd.engine.handle import ContentHandle
-from peerdistd.engine.held import HeldData
+from peerdistd.engine.held import HeldBudget, HeldData
 from peerdistd.engine.ports import BlockStore, NoPeers, PeerNetwork
 from peerdistd.engine.publishing import Publisher
 from peerdistd.engine.reading import BlockReader, ReadRequest
@@ -32,6 +32,7 @@ from peerdistd.store.publications import PublicationStore
 log = logging.getLogger(__name__)
 
 ROOT_UID = 0
+MAX_OFFSET = (1 << 64) - 1  # content offsets are 64-bit on the wire ([MS-PCCRC] 2.3, 2.4)
 READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
 OPEN_FLAGS = frozenset({"immediate"})
 
@@ -43,6 +44,7 @@ class EngineSettings:
     handle_idle_timeout: float = 600.0
     max_handles_per_uid: int = 4096
     held_limit: int = 64 * 1024 * 1024  # unverified bytes one handle may hold
+    held_total_limit: int = 256 * 1024 * 1024  # ... and every handle together
     max_read: int = 16 * 1024 * 1024
 
 
@@ -75,6 +77,7 @@ class Engine:
         self.events = EventBus()
         self.peers: PeerNetwork = peers or NoPeers()
         self.slots = SlotPool(self.settings.max_inflight)
+        self.held_budget = HeldBudget(self.settings.held_total_limit)
         self._tasks: set[asyncio.Future[Any]] = set()
         self.commits = GroupCommit(store)
         self.reader = BlockReader(
@@ -125,7 +128,7 @@ class Engine:
             ci_bytes=bytearray(ci_part) if _may_grow(view) else bytearray(),
             view=view,
             stream_offset=view.start,
-            held=HeldData(self.settings.held_limit),
+            held=HeldData(self.settings.held_limit, self.held_budget),
             last_used=time.monotonic(),
             flags=flag_set,
         )
@@ -180,7 +183,9 @@ class Engine:
         for task in list(h.pending):
             if task is not current:
                 task.cancel()
-        # Held bytes go with the handle object (an add may still be finishing on them).
+        # Held bytes leave the daemon's budget now, or when a running add ends (DataAdder).
+        if not h.add_lock.locked():
+            h.held.clear()
 
     async def flush(self, uid: int, handle_id: str) -> int:
         """ClientFlushContent: drop this content's data from the local cache (and what the
@@ -324,8 +329,8 @@ class Engine:
     ) -> AddOutcome:
         """ClientAddData: verify the body block by block and cache what matches."""
         h = self.handle(uid, handle_id)
-        if offset < 0:
-            raise errors.InvalidParameter("offset must be >= 0")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise errors.InvalidParameter(f"offset must be between 0 and {MAX_OFFSET}")
         out = await self.adder.add(h, offset, body, self.commits.kick)
         self.stats.bytes_from_origin += out.received
         if out.bad:
