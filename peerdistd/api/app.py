@@ -347,6 +347,7 @@ async def get_cache(request: web.Request) -> web.Response:
             "segments": usage.segments,
             "blocks": usage.blocks,
             "evictions": usage.evictions,
+            "bad_blocks_from_disk": usage.bad_blocks_from_disk,
         }
     )
 
