@@ -33,6 +33,34 @@ LOCATED_TTL = 10.0  # seconds a discovery answer is trusted for read-ahead
 LOCATED_LIMIT = 4096
 
 
+AHEAD_BYTES = 64 * 1024 * 1024  # bytes verified ahead for all readers together
+AHEAD_HANDLES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Used:
+    """One block a local read took bytes from."""
+
+    segment_id: bytes
+    index: int
+    length: int  # bytes of it in the read
+    block_done: bool  # the read reached the block's end
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    view: ContentView
+    offset: int
+    max_bytes: int
+    task: asyncio.Future[tuple[bytes, list[Used]]]
+
+
+def _consume_exception(task: asyncio.Future[tuple[bytes, list[Used]]]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("read-ahead failed: %s", task.exception())
+
+
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
     handle: str
@@ -91,17 +119,24 @@ class BlockReader:
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
+        self._ahead: dict[str, Ahead] = {}  # handle id -> its next range, being verified
+        self._ahead_bytes = 0
 
     # -- local cache ---------------------------------------------------------------------
 
     def local(self, view: ContentView, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Consecutive cached bytes from ``offset`` (at most ``max_bytes``, within the range),
         and how many of them were fetched from peers and not read before."""
+        data, used = self._gather(view, offset, max_bytes)
+        return data, self._settle(used)
+
+    def _gather(self, view: ContentView, offset: int, max_bytes: int) -> tuple[bytes, list[Used]]:
+        """The cached bytes of :meth:`local` and the blocks they came from; thread-safe (the
+        store locks), so a worker thread can verify the next stream read ahead of time."""
         limit = min(view.end, offset + max_bytes)
         parts: list[bytes] = []
+        used: list[Used] = []
         pos = offset
-        peer_bytes = 0
-        touched: set[bytes] = set()
         for ref in view.blocks_from(offset, limit):
             seg_id = ref.segment.segment_id
             # Served only under this reader's block hash, re-hashed on this read.
@@ -112,15 +147,67 @@ class BlockReader:
                 break
             parts.append(chunk)
             pos += len(chunk)
-            touched.add(seg_id)
-            key = (seg_id, ref.index)
+            used.append(Used(seg_id, ref.index, len(chunk), pos >= ref.end, ref.hash))
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), used
+
+    def _settle(self, used: list[Used]) -> int:
+        """On the loop: LRU touches, and the bytes that peers supplied for this read."""
+        peer_bytes = 0
+        touched: set[bytes] = set()
+        for u in used:
+            touched.add(u.segment_id)
+            key = (u.segment_id, u.index)
             if key in self._from_peers:
-                peer_bytes += len(chunk)
-                if pos >= ref.end:
+                peer_bytes += u.length
+                if u.block_done:
                     del self._from_peers[key]
         for seg_id in touched:
             self.store.touch(seg_id)
-        return b"".join(parts), peer_bytes
+        return peer_bytes
+
+    # -- verified read-ahead -------------------------------------------------------------
+    # A sequential reader's next range is read and hashed on a worker thread while this
+    # answer is sent (hashlib releases the GIL), so hashing on every read costs little
+    # latency. Bytes verified ahead are served only if every block is still held under the
+    # same hash when the read comes: never stale, never another reader's.
+
+    def _start_ahead(self, view: ContentView, req: ReadRequest, offset: int) -> None:
+        self._drop_ahead(req.handle)
+        if offset >= view.end:
+            return
+        # Least recently read first out (closed handles' entries age out this way too).
+        while self._ahead and (
+            len(self._ahead) >= AHEAD_HANDLES or self._ahead_bytes + req.max_bytes > AHEAD_BYTES
+        ):
+            self._drop_ahead(next(iter(self._ahead)))
+        task = asyncio.ensure_future(asyncio.to_thread(self._gather, view, offset, req.max_bytes))
+        task.add_done_callback(_consume_exception)
+        self._ahead[req.handle] = Ahead(view, offset, req.max_bytes, task)
+        self._ahead_bytes += req.max_bytes
+
+    def _drop_ahead(self, handle: str) -> Ahead | None:
+        ahead = self._ahead.pop(handle, None)
+        if ahead is not None:
+            self._ahead_bytes -= ahead.max_bytes
+        return ahead
+
+    async def _take_ahead(self, view: ContentView, req: ReadRequest) -> tuple[bytes, int] | None:
+        ahead = self._drop_ahead(req.handle)
+        if ahead is None or (ahead.view, ahead.offset, ahead.max_bytes) != (
+            view,
+            req.offset,
+            req.max_bytes,
+        ):
+            return None
+        try:
+            data, used = await ahead.task
+        except Exception:  # the read below meets the same error and reports it
+            return None
+        if not data or not all(
+            self.store.has_block(u.segment_id, u.index, expected=u.hash) for u in used
+        ):
+            return None  # dropped, evicted or replaced meanwhile: read it again
+        return data, self._settle(used)
 
     def _account(self, data: bytes, peer_bytes: int) -> None:
         """Bytes by source; a read counts as a hit only if nothing in it came from peers."""
@@ -177,10 +264,13 @@ class BlockReader:
     async def read(self, view: ContentView, req: ReadRequest) -> tuple[bytes, int]:
         """Bytes at ``req.offset`` (at least one) and how many of them came from peers;
         or MissingData / Timeout / StreamLimit."""
-        data, peer_bytes = self.local(view, req.offset, req.max_bytes)
+        ahead = await self._take_ahead(view, req)
+        data, peer_bytes = ahead or self.local(view, req.offset, req.max_bytes)
         if data:
             self._account(data, peer_bytes)
             self._start_complete(req, peer_accepted=False)
+            if len(data) == req.max_bytes:
+                self._start_ahead(view, req, req.offset + len(data))
             if peer_bytes and req.timeout > 0:
                 # A sequential reader is consuming what peers sent: keep the pipe full.
                 end = req.offset + len(data)
