@@ -64,7 +64,7 @@ class CacheSource:
 
     def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
         try:
-            return self.cache.block_counts(segment_ids)
+            return self.cache.block_counts(segment_ids, proven_only=True)
         except errors.PeerDistError:
             return {}
 

@@ -355,14 +355,19 @@ class BlockCache:
                 if (want := seg.proven_hash(i)) is not None and self._held_hash(seg, i) == want
             )
 
-    def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
-        """Held block count of each held segment among ``segment_ids`` (staged ones too)."""
+    def block_counts(
+        self, segment_ids: Sequence[bytes], *, proven_only: bool = False
+    ) -> dict[bytes, int]:
+        """Held block count of each held segment among ``segment_ids`` (staged ones too);
+        ``proven_only`` counts only what peers may be served (:meth:`proven_blocks`)."""
         for segment_id in segment_ids:
             check_segment_id(segment_id)
         with self._lock, db_errors("block_counts"):
-            counts = self._index.counts(list(segment_ids))
+            counts = self._index.counts(list(segment_ids), proven_only=proven_only)
             for segment_id in segment_ids:
                 seg = self._table.loaded(segment_id)
+                if seg is not None and proven_only and seg.proven_hash(0) is None:
+                    continue
                 staged = self._staging.count(seg.rowid) if seg is not None else 0
                 if staged:
                     counts[segment_id] = counts.get(segment_id, 0) + staged

@@ -254,13 +254,18 @@ class CacheIndex:
             [(clock, rowid) for rowid, clock in clocks],
         )
 
-    def counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
+    def counts(
+        self, segment_ids: Sequence[bytes], *, proven_only: bool = False
+    ) -> dict[bytes, int]:
+        """Held block counts; ``proven_only``: of segments whose blocks are all proven (V2, or
+        V1 with a proven list: blocks that contradict it never stay)."""
+        proven = " AND (version = 2 OR proven IS NOT NULL)" if proven_only else ""
         found: dict[bytes, int] = {}
         for start in range(0, len(segment_ids), 500):  # under SQLite's variable limit
             chunk = segment_ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
-                f"SELECT segment_id, blocks FROM segments WHERE blocks > 0"  # noqa: S608
+                f"SELECT segment_id, blocks FROM segments WHERE blocks > 0{proven}"  # noqa: S608
                 f" AND segment_id IN ({marks})",
                 chunk,
             )

@@ -31,6 +31,7 @@ def test_a_read_names_its_hash_and_an_unproven_block_is_replaced(tmp_path: Path)
         assert c.read_block(sid, 1, expected=blocks[1][2]) is None
         assert c.read_block(sid, 1, expected=evil_hash) == evil
         assert c.proven_blocks(sid) == [] and c.read_proven(sid, 1) is None
+        assert c.block_counts([sid]) == {sid: 1} and c.block_counts([sid], proven_only=True) == {}
         assert c.has_block(sid, 1) and not c.has_block(sid, 1, expected=blocks[1][2])
         c.put_block(sid, 1, blocks[1][1], blocks[1][2])  # the genuine block wins
         assert c.read_block(sid, 1, expected=blocks[1][2]) == blocks[1][1]
@@ -51,12 +52,14 @@ def test_a_full_list_proves_blocks_and_drops_contradicting_ones(tmp_path: Path) 
             c.add_segment(record, [hashlib.sha256(evil).digest(), *hashes_of(blocks)[1:]])
         c.add_segment(record, hashes_of(blocks))
         assert c.held_blocks(sid) == [0] and c.proven_blocks(sid) == [0]
+        assert c.block_counts([sid], proven_only=True) == {sid: 1}
         with pytest.raises(VerificationError):
             c.put_block(sid, 1, evil, hashlib.sha256(evil).digest())
         c.put_blocks(sid, blocks[1:])
         assert c.read_proven(sid, 3) == blocks[3][1]
     with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
         assert c.proven_blocks(sid) == [0, 1, 2, 3]
+        assert c.block_counts([sid], proven_only=True) == {sid: 4}
 
 
 def test_a_conflicting_record_replaces_one_no_data_vouches_for(tmp_path: Path) -> None:
