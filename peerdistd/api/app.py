@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from peerdistd import errors
+from peerdistd.api.failures import errors_middleware
 from peerdistd.api.peercred import peer_uid
 from peerdistd.engine.core import Engine, ReadResult
 from peerdistd.engine.events import Event
@@ -35,48 +36,13 @@ MAX_TIMEOUT_MS = 3_600_000
 MAX_CONTENT_INFORMATION = 64 * 1024 * 1024  # covers a V1 description of ~128 GiB of content
 U64 = (1 << 64) - 1
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(exc: errors.ApiError) -> web.Response:
-    return web.json_response(exc.to_json(), status=exc.status)
-
-
-ALWAYS_ALLOWED = frozenset({"/v1/status", "/v1/openapi.json"})
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        if not request.app[ENGINE].settings.enabled and request.path not in ALWAYS_ALLOWED:
-            raise errors.NotSupported("PeerDist is disabled by policy (daemon.enabled = false)")
-        return await handler(request)
-    except errors.ApiError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status == 413:
-            return error_response(errors.InvalidParameter(f"request body too large: {exc.text}"))
-        if exc.status in (404, 405):
-            return web.json_response(
-                {
-                    "error": "INVALID_PARAMETER",
-                    "message": f"{request.method} {request.path}: {exc.reason}",
-                },
-                status=exc.status,
-            )
-        raise
-    except errors.PeerDistError as exc:
-        log.exception("internal error in %s %s", request.method, request.path)
-        return error_response(errors.ServiceUnavailable(f"internal error: {exc}"))
-
 
 def caller(request: web.Request) -> int:
-    uid = request.get("uid")
+    # Asked again each time (one getsockopt): a str key in the request's storage is
+    # deprecated in newer aiohttp, and RequestKey does not exist in older ones.
+    uid = peer_uid(request.transport.get_extra_info("socket") if request.transport else None)
     if uid is None:
-        uid = peer_uid(request.transport.get_extra_info("socket") if request.transport else None)
-        if uid is None:
-            raise errors.AccessDenied("cannot tell who is calling (no peer credentials)")
-        request["uid"] = uid
+        raise errors.AccessDenied("cannot tell who is calling (no peer credentials)")
     return int(uid)
 
 
@@ -151,6 +117,7 @@ async def get_status(request: web.Request) -> web.Response:
     usage = engine.store.usage()
     body: dict[str, Any] = {
         "status": engine.status,
+        "unavailable_reason": engine.unavailable_reason,
         "cache": {
             "bytes_used": usage.bytes_used,
             "limit_bytes": usage.limit_bytes,
@@ -168,12 +135,14 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_events(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    caller(request)
+    uid = caller(request)
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await resp.prepare(request)
-    subscription = engine.events.subscribe(Event("STATUS_CHANGED", {"status": engine.status}))
+    subscription = engine.events.subscribe(
+        Event("STATUS_CHANGED", {"status": engine.status}), uid=uid
+    )
     try:
         async for event in subscription:
             line = f"event: {event.name}\ndata: {json.dumps(event.data)}\n\n"
@@ -355,8 +324,11 @@ async def get_cache(request: web.Request) -> web.Response:
 async def delete_cache(request: web.Request) -> web.Response:
     if caller(request) != 0:
         raise errors.AccessDenied("only root may flush the cache")
-    freed = await asyncio.to_thread(request.app[ENGINE].store.flush)
-    return web.json_response({"freed": freed})
+    raw = request.query.get("publications", "false").lower()
+    if raw not in ("true", "1", "false", "0"):
+        raise errors.InvalidParameter(f"publications must be true or false, got {raw!r}")
+    result = await request.app[ENGINE].flush_cache(include_publications=raw in ("true", "1"))
+    return web.json_response(result)
 
 
 async def get_peers(request: web.Request) -> web.Response:
@@ -371,7 +343,8 @@ def make_app(
     peers: Callable[[], list[Mapping[str, Any]]] | None = None,
 ) -> web.Application:
     """The API application; the daemon serves it on the Unix socket (and loopback TCP)."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_CONTENT_INFORMATION)
+    middleware = errors_middleware(lambda: engine.settings.enabled, engine.cache_write_failed)
+    app = web.Application(middlewares=[middleware], client_max_size=MAX_CONTENT_INFORMATION)
     app[ENGINE] = engine
     app[INFO] = info or dict
     app[PEERS] = peers or list

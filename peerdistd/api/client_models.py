@@ -80,10 +80,12 @@ class Status:
     counters: Mapping[str, float]
     peers: tuple[Peer, ...]
     listen: Listen
+    unavailable_reason: str | None = None  # why the cache cannot be written (UNAVAILABLE)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Status:
         listen = d["listen"]
+        reason = d.get("unavailable_reason")
         return cls(
             status=str(d["status"]),
             version=str(d["version"]),
@@ -95,6 +97,7 @@ class Status:
             listen=Listen(
                 str(listen["socket"]), listen.get("peers"), listen.get("tcp"), listen.get("metrics")
             ),
+            unavailable_reason=None if reason is None else str(reason),
         )
 
     def counter(self, name: str) -> float:

@@ -136,11 +136,13 @@ class Publisher:
         publications: PublicationStore,
         passphrase: bytes,
         check_enabled: Callable[[], None],
+        check_writable: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.publications = publications
         self.passphrase = passphrase
         self.check_enabled = check_enabled
+        self.check_writable = check_writable or check_enabled
 
     async def publish(
         self,
@@ -151,7 +153,7 @@ class Publisher:
         version: int,
         algorithm: HashAlgorithm,
     ) -> Publication:
-        self.check_enabled()
+        self.check_writable()
         pub_id = pub_id or secrets.token_hex(16)
         existing = self.publications.get(pub_id)
         if existing is not None and uid not in (existing.owner_uid, ROOT_UID):
@@ -171,10 +173,9 @@ class Publisher:
     def publication(self, uid: int, pub_id: str) -> Publication:
         self.check_enabled()
         pub = self.publications.get(pub_id)
-        if pub is None:
+        # Another uid's publication gets the very answer of an absent one: no existence oracle.
+        if pub is None or uid not in (pub.owner_uid, ROOT_UID):
             raise errors.InvalidParameter(f"no publication {pub_id!r}")
-        if uid not in (pub.owner_uid, ROOT_UID):
-            raise errors.AccessDenied(f"publication {pub_id!r} belongs to another user")
         return pub
 
     def list_publications(self, uid: int) -> list[Publication]:

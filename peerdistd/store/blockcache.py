@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -485,13 +485,22 @@ class BlockCache:
                 self._bad.count,
             )
 
-    def flush(self) -> int:
-        """Drop every segment that is not pinned; returns the bytes freed."""
+    def flush(self, keep: Collection[bytes] = frozenset()) -> int:
+        """Drop every segment that is not pinned nor in ``keep``; returns the bytes freed."""
         with self._lock, db_errors("flush"):
             with self._index.transaction():
                 self._flush_touches()
-            victims = [(r, s) for r, s, _ in self._index.lru() if s not in self._pins]
+            victims = [
+                (r, s) for r, s, _ in self._index.lru() if s not in self._pins and s not in keep
+            ]
             return self._drop_segments(victims, evicted=False)
+
+    def bytes_of(self, segment_ids: Collection[bytes]) -> int:
+        """Bytes the cache holds (indexed) of these segments."""
+        if not segment_ids:
+            return 0
+        with self._lock, db_errors("bytes_of"):
+            return sum(size for _, s, size in self._index.lru() if s in segment_ids)
 
     def drop(self, segment_ids: Sequence[bytes]) -> int:
         """Remove these segments (those not pinned) from the cache; returns the bytes freed."""
@@ -515,8 +524,14 @@ class BlockCache:
         self._clock += 1
         self._touched[seg.rowid] = self._clock
         if len(self._touched) >= _TOUCH_BATCH:
-            with db_errors("touch"), self._index.transaction():
-                self._flush_touches()
+            try:
+                with db_errors("touch"), self._index.transaction():
+                    self._flush_touches()
+            except LocalError as exc:
+                # LRU order is only a hint: a cache whose disk is full or read-only still
+                # serves reads; the touches are lost, not piled up.
+                log.warning("cannot record cache use (%s); reads go on", exc)
+                self._touched.clear()
 
     def _flush_touches(self) -> None:
         if self._touched:

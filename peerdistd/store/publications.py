@@ -156,6 +156,17 @@ class PublicationStore:
                 ).fetchall()
         return [_row_to_publication(row) for row in rows]
 
+    def segment_ids(self) -> set[bytes]:
+        """Every segment id some publication names (their blocks are kept by cache flushes)."""
+        with self._lock, db_errors("segment_ids"):
+            rows = self._db.execute("SELECT algorithm, segment_ids FROM publications").fetchall()
+        found: set[bytes] = set()
+        for algorithm, ids in rows:
+            width = DIGEST_SIZE.get(algorithm, 0)
+            if width and not len(ids) % width:
+                found.update(bytes(ids[i : i + width]) for i in range(0, len(ids), width))
+        return found
+
     def count(self) -> int:
         """How many publications there are (cheap: no content information is read)."""
         with self._lock, db_errors("count"):

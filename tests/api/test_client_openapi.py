@@ -140,6 +140,7 @@ def test_status_schema_names_every_counter(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     assert set(schemas["Status"]["required"]) == {
         "status",
+        "unavailable_reason",
         "version",
         "node_id",
         "uptime",
