@@ -208,6 +208,7 @@ class Engine:
         for task in list(h.pending):
             if task is not current:
                 task.cancel()
+        self.reader.drop_ahead(h.id)
         # Held bytes leave the daemon's budget now, or when a running add ends (DataAdder).
         if not h.add_lock.locked():
             h.held.clear()

@@ -185,6 +185,10 @@ class BlockReader:
         self._ahead[req.handle] = Ahead(view, offset, req.max_bytes, task)
         self._ahead_bytes += req.max_bytes
 
+    def drop_ahead(self, handle: str) -> None:
+        """The handle is closed: forget what was read ahead for it."""
+        self._drop_ahead(handle)
+
     def _drop_ahead(self, handle: str) -> Ahead | None:
         ahead = self._ahead.pop(handle, None)
         if ahead is not None:
@@ -193,11 +197,9 @@ class BlockReader:
 
     async def _take_ahead(self, view: ContentView, req: ReadRequest) -> tuple[bytes, int] | None:
         ahead = self._drop_ahead(req.handle)
-        if ahead is None or (ahead.view, ahead.offset, ahead.max_bytes) != (
-            view,
-            req.offset,
-            req.max_bytes,
-        ):
+        if ahead is None or ahead.view is not view:
+            return None
+        if (ahead.offset, ahead.max_bytes) != (req.offset, req.max_bytes):
             return None
         try:
             data, used = await ahead.task

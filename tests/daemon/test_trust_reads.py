@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -148,6 +149,31 @@ async def test_a_flipped_byte_on_disk_is_never_served(tmp_path: Path, stopped: b
                 assert r.status == 200
             assert await block_read(api, h, 2 * BLOCK) == (200, block)
         assert d.output().count("does not hash to what was stored") == 1
+    finally:
+        d.stop()
+        d.notify.close()
+
+
+async def test_bytes_read_ahead_are_not_served_once_their_blocks_left(tmp_path: Path) -> None:
+    data = content(64 * BLOCK, seed=83)  # two 2 MiB stream reads
+    d = start_daemon(tmp_path)
+    try:
+        async with d.session() as api:
+            async with api.post("/v1/publications", params={"id": "p"}, data=io.BytesIO(data)) as r:
+                assert r.status == 201
+            async with api.get("/v1/publications/p/content-information") as r:
+                ci = await r.read()
+            h = await open_handle(api, ci)
+            read = f"/v1/contents/{h}/stream-read"
+            params = {"max": str(32 * BLOCK), "timeout_ms": "0"}
+            async with api.post(read, params=params) as r:
+                assert (r.status, await r.read()) == (200, data[: 32 * BLOCK])
+            # The next range is being verified ahead right now; then the cache is emptied.
+            async with api.delete("/v1/cache", params={"publications": "true"}) as r:
+                assert r.status == 200
+            async with api.post(read, params=params) as r:
+                assert r.status == 424, "served bytes the cache no longer holds"
+                assert (await r.json())["offset"] == 32 * BLOCK
     finally:
         d.stop()
         d.notify.close()
