@@ -137,18 +137,32 @@ class BlockReader:
         parts: list[bytes] = []
         used: list[Used] = []
         pos = offset
-        for ref in view.blocks_from(offset, limit):
-            seg_id = ref.segment.segment_id
-            # Served only under this reader's block hash, re-hashed on this read.
-            chunk = self.store.read_block(
-                seg_id, ref.index, pos - ref.start, min(ref.end, limit) - pos, expected=ref.hash
+        refs = list(view.blocks_from(offset, limit))
+        while refs and pos < limit:
+            # One run of consecutive blocks of one segment: one pread, each block re-hashed
+            # against this reader's own block hash.
+            first = refs[0]
+            seg = first.segment
+            run = [first]
+            while len(run) < len(refs) and refs[len(run)].segment is seg:
+                run.append(refs[len(run)])
+            refs = refs[len(run) :]
+            chunk = self.store.read_run(
+                seg.segment_id, first.index, [r.hash for r in run], pos - first.start, limit - pos
             )
-            if chunk is None:
-                break
+            for ref in run:
+                got = min(ref.end, pos + len(chunk)) - max(ref.start, pos)
+                if got <= 0:
+                    break
+                used.append(
+                    Used(seg.segment_id, ref.index, got, pos + len(chunk) >= ref.end, ref.hash)
+                )
             parts.append(chunk)
             pos += len(chunk)
-            used.append(Used(seg_id, ref.index, len(chunk), pos >= ref.end, ref.hash))
-        return (parts[0] if len(parts) == 1 else b"".join(parts)), used
+            if pos < min(run[-1].end, limit):
+                break  # a block not held (or failed): the read stops there
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return data, used
 
     def _settle(self, used: list[Used]) -> int:
         """On the loop: LRU touches, and the bytes that peers supplied for this read."""

@@ -417,6 +417,55 @@ class BlockCache:
             return data
         return data[start : size if length is None else start + length]
 
+    def read_run(
+        self, segment_id: bytes, first: int, expected: Sequence[bytes], start: int, length: int
+    ) -> bytes:
+        """Up to ``length`` bytes from ``start`` in block ``first``, over the consecutive
+        blocks ``first``, ``first + 1``... whose hashes ``expected`` names: :meth:`read_block`
+        for a run of blocks, one pread and one buffer for all. It stops before the first block
+        not held under its hash or whose bytes fail it (that one is dropped and counted)."""
+        check_segment_id(segment_id)
+        sizes: list[int] = []
+        total = 0
+        with self._lock:
+            seg = self._table.get(segment_id)
+            if seg is None:
+                return b""
+            with db_errors("read_run"):
+                for i, want in enumerate(expected):
+                    size = seg.lengths.get(first + i)
+                    if size is None or self._held_hash(seg, first + i) != want:
+                        break
+                    sizes.append(size)
+                    total += size
+                    if size < seg.record.block_size or start + length <= total:
+                        break
+            if not sizes:
+                return b""
+            if not 0 <= start < sizes[0] or length < 0:
+                raise InvalidParameter(f"range start {start} length {length} outside the block")
+            fd = seg.fd if seg.fd is not None else self._table.fd(seg)
+            block_size = seg.record.block_size
+            data = b"" if fd is None else SegmentFiles.read(fd, first * block_size, total)
+            if len(data) != total:  # truncated under us: never serve a short block
+                with db_errors("read_run"):
+                    self._drop_truncated(seg)
+                return b""
+            self._touch(seg)
+            algorithm = seg.record.algorithm
+        good = 0
+        with memoryview(data) as view:  # hashed outside the lock, as in read_block
+            for i, size in enumerate(sizes):
+                at = i * block_size
+                if block_digest(algorithm, view[at : at + size]) != expected[i]:
+                    self._drop_bad(segment_id, first + i, expected[i])
+                    break
+                good = at + size
+        end = min(good, start + length)
+        if start == 0 and end == len(data):
+            return data
+        return data[start:end] if end > start else b""
+
     def read_proven(self, segment_id: bytes, index: int) -> bytes | None:
         """The whole block if a proof vouches for its hash (checked on this read): for peers,
         who cannot know which content information the block was cached under."""

@@ -111,3 +111,28 @@ def test_a_schema_1_index_opens_with_its_blocks_unproven(tmp_path: Path) -> None
         assert c.read_block(sid, 2, expected=blocks[2][2]) == blocks[2][1]
         c.add_segment(record, hashes_of(blocks))
         assert c.proven_blocks(sid) == [0, 1, 2, 3]
+
+
+def test_a_run_of_blocks_is_read_at_once_and_stops_at_the_first_that_fails(
+    tmp_path: Path,
+) -> None:
+    record, blocks = make_segment(26)
+    sid = record.segment_id
+    data = b"".join(d for _, d, _ in blocks)
+    hashes = hashes_of(blocks)
+    with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
+        c.add_segment(record, hashes)
+        c.put_blocks(sid, [blocks[0], blocks[1], blocks[3]])
+        assert c.read_run(sid, 0, hashes, 0, len(data)) == data[: 2 * 65536]
+        assert c.read_run(sid, 0, hashes, 100, 65536) == data[100:65636]
+        assert c.read_run(sid, 1, hashes[1:], 5, 10) == data[65541:65551]
+        assert c.read_run(sid, 3, hashes[3:], 0, 1000) == data[3 * 65536 :]
+        assert c.read_run(sid, 2, hashes[2:], 0, 1000) == b""
+        other = [hashes[1], hashes[0]]  # another reader's list: block 0 is not its block
+        assert c.read_run(sid, 0, other, 0, 65536) == b""
+        (path,) = tmp_path.rglob("*.seg")
+        with path.open("r+b") as f:
+            f.seek(65536 + 9)
+            f.write(b"\x00" if data[65536 + 9] else b"\x01")
+        assert c.read_run(sid, 0, hashes, 0, len(data)) == data[:65536]
+        assert c.usage().bad_blocks_from_disk == 1 and c.held_blocks(sid) == [0, 3]
