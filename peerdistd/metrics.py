@@ -68,6 +68,15 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "peerdist_bad_blocks_from_disk",
         "Cached blocks whose bytes no longer hashed to their hash on a read: dropped.",
     ),
+    "scrub_blocks": ("peerdist_scrub_blocks", "Cached blocks re-hashed by the background scrub."),
+    "scrub_bad_blocks": (
+        "peerdist_scrub_bad_blocks",
+        "Cached blocks the background scrub found damaged on disk (and dropped).",
+    ),
+    "store_heals": (
+        "peerdist_store_heals",
+        "Damaged store files (cache index, publications) set aside and rebuilt.",
+    ),
 }
 
 GAUGES: dict[str, tuple[str, str]] = {

@@ -90,7 +90,12 @@ class Engine:
         )
         self.adder = DataAdder(store, self.stats)
         self.publisher = Publisher(
-            store, publications, passphrase, self.check_enabled, self.check_writable
+            store,
+            self.commits,
+            publications,
+            passphrase,
+            self.check_enabled,
+            self.check_writable,
         )
         self.handles: dict[str, ContentHandle] = {}
         self.users = SegmentUsers(store.block_counts)
@@ -373,7 +378,10 @@ class Engine:
         self.check_writable()
         if not 0 <= offset <= MAX_OFFSET:
             raise errors.InvalidParameter(f"offset must be between 0 and {MAX_OFFSET}")
+        failures = self.commits.failures()
         out = await self.adder.add(h, offset, body, self.commits.kick)
+        # Durable before acknowledged: the 200 waits for the group commit of its blocks.
+        await self.commits.durable(failures)
         self.stats.bytes_from_origin += out.received
         if out.bad:
             bad_start, bad_end = out.bad[0]

@@ -26,6 +26,7 @@ BRIEF_KEYS = {
     *("reads_missing_data", "reads_timeout", "reads_no_more", "reads_aborted"),
     *("reads_stream_limit", "bad_blocks", "banned_peers", "peers_known"),
     "bad_blocks_from_disk",
+    *("scrub_blocks", "scrub_bad_blocks", "store_heals"),  # issue 8: the store checks itself
 }
 
 
