@@ -482,14 +482,16 @@ class BlockCache:
             return self.read_block(segment_id, index, expected=want)
 
     def _held_hash(self, seg: Seg, index: int) -> bytes | None:
+        """The hash block ``index`` is held under (written: staged or indexed), or None."""
+        if index not in seg.lengths:  # never held, or dropped (failed commit, verify...)
+            seg.hashes.pop(index, None)
+            staged = self._staging.get(seg.rowid, index)  # staged before a reload
+            return None if staged is None else staged[1]
         known = seg.hashes.get(index)
         if known is None:
             staged = self._staging.get(seg.rowid, index)
-            if staged is not None:
-                known = staged[1]
-            elif index in seg.lengths:
-                known = self._index.block_hash(seg.rowid, index)
-            if known is not None and index in seg.lengths:
+            known = staged[1] if staged is not None else self._index.block_hash(seg.rowid, index)
+            if known is not None:
                 seg.hashes[index] = known
         return known
 

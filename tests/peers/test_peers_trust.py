@@ -28,7 +28,7 @@ async def read_until_error(d: DaemonProcess, ci: bytes) -> tuple[bytes, dict]:
 
 async def test_a_block_corrupted_on_disk_is_not_served_to_peers(tmp_path: Path, netns: str) -> None:
     data = random.Random(91).randbytes(4 * BLOCK)
-    with nodes(tmp_path, netns, 2) as (a, b):
+    with nodes(tmp_path, netns, 2, PEERDISTD_CACHE_SCRUB_BYTES_PER_SECOND="0") as (a, b):
         ci = await publish(a, data)
         (seg_file,) = segment_files(tmp_path, "node1")
         flip_byte(seg_file, 2 * BLOCK + 77)
