@@ -272,6 +272,10 @@ class Daemon:
             "matches_sent": float(discovery.matches_sent),
             "matches_received": float(discovery.matches_received),
             "datagrams_dropped": float(sum(discovery.dropped.values())),
+            # Flow control ("Reads are streams"): busy answers peers gave us, and our own
+            # uploads in progress (the Active Client Count of [MS-PCCRR] 3.2.1).
+            "peer_busy_answers": float(swarm.stats.busy_answers),
+            "uploads_active": float(self.peer_node.server.active_uploads),
         }
 
     def _peer_list(self) -> list[Mapping[str, Any]]:

@@ -40,6 +40,11 @@ class PeerUnavailable(RemoteError):
     """Peers hold the data but none delivered it before the deadline."""
 
 
+class PeersBusy(PeerUnavailable):
+    """Every peer asked for a block answered busy: it is at its upload limit ([MS-PCCRR]
+    3.2.5.3). Asking again is the caller's flow-control window's decision."""
+
+
 class ConfigError(LocalError):
     """An invalid configuration value; ``key`` names it."""
 

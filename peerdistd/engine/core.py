@@ -388,6 +388,9 @@ class Engine:
             cache_evictions=usage.evictions,
             open_handles=len(self.handles),
             publications=self.publications.count(),
+            reads_queued=self.slots.queued_count,  # waiting for a transfer slot
+            transfer_slots_in_use=self.slots.in_use,
+            transfer_window=self.slots.capacity,  # slots the daemon and its peers grant now
         )
         for extra in self.extra_stats:
             snap.update(extra())
@@ -408,5 +411,6 @@ class Engine:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.slots.close()
         await self.commits.aclose()
         self.events.close()

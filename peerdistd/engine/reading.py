@@ -17,7 +17,7 @@ from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
-from peerdistd.errors import PeerUnavailable
+from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
 from peerdistd.store.blockcache import SegmentRecord
 
@@ -197,19 +197,21 @@ class BlockReader:
         key = (first.segment.segment_id, first.index)
         task = self._inflight.get(key)
         if task is None:
-            if "fail_blocked" in req.flags:
-                if not self.slots.try_acquire():
-                    self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
-                    raise errors.StreamLimitReached("no transfer slot is free")
-                queued = False
+            # Like a QUIC stream start: START_COMPLETE at once, saying whether the window had a
+            # slot; a queued read hears PEER_ACCEPTED when it gets one (if it asked to).
+            if self.slots.try_acquire():
+                self._start_complete(req, peer_accepted=True)
+            elif "fail_blocked" in req.flags:
+                self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
+                raise errors.StreamLimitReached("no transfer slot is free")
             else:
+                self._start_complete(req, peer_accepted=False)
                 try:
-                    queued = await self.slots.acquire(req.timeout)
+                    await self.slots.wait(req.timeout)
                 except TimeoutError:
                     raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
-            if queued and "indicate_peer_accept" in req.flags:
-                self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
-            self._start_complete(req, peer_accepted=True)
+                if "indicate_peer_accept" in req.flags:
+                    self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
             remaining = deadline - time.monotonic()
             try:
                 located = await self._locate(view, req.offset, remaining)
@@ -295,11 +297,26 @@ class BlockReader:
         self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
     ) -> bool:
         try:
-            data = await self.peers.fetch(
-                ref, view.algorithm, timeout=max(0.0, deadline - time.monotonic())
-            )
+            while True:
+                try:
+                    data = await self.peers.fetch(
+                        ref, view.algorithm, timeout=max(0.0, deadline - time.monotonic())
+                    )
+                    break
+                except PeersBusy:
+                    if not holds_slot:
+                        raise
+                    # The peers grant no slot now: back into the window's queue (first in
+                    # line), asking again when a slot frees or the back-off probe opens one.
+                    holds_slot = False
+                    try:
+                        await self.slots.busy(max(0.0, deadline - time.monotonic()))
+                    except TimeoutError:
+                        raise PeerUnavailable("every peer holding the block stayed busy") from None
+                    holds_slot = True
             if data is None:
                 return False
+            self.slots.granted()  # a peer sent the block: it had a slot for us
             self.store.add_segment(segment_record(view, ref))
             self.store.put_blocks(
                 ref.segment.segment_id, [(ref.index, data, ref.hash)], durable=False

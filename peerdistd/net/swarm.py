@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from peerdistd.errors import PeerUnavailable
+from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 MAX_BANS = 4096  # bounded: peers are remote input
 MAX_HOLDER_SEGMENTS = 8192
 MAX_PEER_STATS = 1024
-BUSY_BACKOFF = 0.05  # seconds before asking a busy peer set again
 
 
 @dataclass(slots=True)
@@ -155,15 +154,11 @@ class Swarm:
         # Different blocks start at different peers, so one read pulls from all of them.
         start = ref.index % len(candidates)
         queue = candidates[start:] + candidates[:start]
-        busy: list[str] = []
-        while queue or busy:
+        busy = 0
+        while queue:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise PeerUnavailable(f"no peer delivered block {ref.index} in time")
-            if not queue:  # everyone left was busy: give them a moment, then ask again
-                await asyncio.sleep(min(BUSY_BACKOFF, remaining))
-                queue, busy = busy, []
-                continue
             peer = queue.pop(0)
             if self.banned(peer):
                 continue
@@ -178,7 +173,7 @@ class Swarm:
                 )
             except PeerBusy:
                 self.stats.busy_answers += 1
-                busy.append(peer)
+                busy += 1
                 continue
             except PeerProtocolError as exc:
                 self.stats.peer_errors += 1
@@ -204,6 +199,10 @@ class Swarm:
             stats.bytes_from += len(data)
             stats.last_seen = time.time()
             return data
+        if busy:
+            # Those left are at their upload limit: not asked again here (no busy loop); the
+            # engine's flow-control window decides when ([MS-PCCRR] 3.2.5.3).
+            raise PeersBusy(f"{busy} peer(s) holding block {ref.index} answered busy")
         return None
 
     async def aclose(self) -> None:

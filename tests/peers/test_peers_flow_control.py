@@ -1,0 +1,98 @@
+"""The flow-control window of reads against real daemons ("Reads are streams" in docs/api.md):
+a serving peer at its upload limit grants no slot until one frees, and the reading node backs
+off instead of asking it again and again; fail_blocked fails at once while no slot is free;
+PEER_ACCEPTED goes exactly to reads that were queued; queued reads get slots in FIFO order.
+
+Two daemons in a namespace of the test's own: A (127.0.0.1) publishes with one upload slot,
+B (127.0.0.2) reads. The test takes A's slot itself with a request that never finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from tests.content import BLOCK
+from tests.peers.flow import (
+    WAIT,
+    block_read,
+    counters,
+    events,
+    open_handle,
+    publish,
+    slots_held,
+    two_nodes,
+    wait_counter,
+)
+
+HOLD = 1.0  # how long A stays at its upload limit while B's read waits (seconds)
+# Busy answers B may collect while A is busy for HOLD once its window is closed: backing off
+# from 50 ms, doubling, that is about five; asking again every 50 ms, as B did, is twenty per
+# fetch, and B had 32 fetches waiting.
+MAX_BUSY_ANSWERS = 8
+
+
+async def test_busy_peer_grants_no_slot_until_one_frees(tmp_path: Path, netns: str) -> None:
+    with two_nodes(tmp_path, netns) as (a, b):
+        data, ci = await publish(a)
+        async with b.session() as api:
+            h = await open_handle(api, ci)
+            with slots_held(netns, 1):
+                await wait_counter(a, "uploads_active", lambda v: v == 1)
+                read = asyncio.ensure_future(block_read(api, h, 0))
+                # Its fetch and those reading ahead found A busy: B's window closes.
+                await wait_counter(b, "transfer_window", lambda v: v == 0)
+                before = (await counters(b))["peer_busy_answers"]
+                await asyncio.sleep(HOLD)  # A stays at its limit for a while
+                assert not read.done()  # no slot was granted: the read waits
+                busy = (await counters(b))["peer_busy_answers"] - before
+                assert busy <= MAX_BUSY_ANSWERS, f"B asked the busy peer {busy:.0f} times"
+            got = await asyncio.wait_for(read, WAIT)  # the slot freed: the read proceeds
+            assert (got.status, got.body) == (200, data[:BLOCK])
+
+
+async def test_queued_reads_fail_blocked_peer_accepted_and_fifo(tmp_path: Path, netns: str) -> None:
+    with two_nodes(tmp_path, netns) as (a, b):
+        data, ci = await publish(a)
+        async with b.session() as api, events(b) as stream:
+            handles = [await open_handle(api, ci) for _ in range(5)]
+            reads: list[asyncio.Future[Any]] = []
+            with slots_held(netns, 1):
+                await wait_counter(a, "uploads_active", lambda v: v == 1)
+                # Read 0 (the last block: nothing to read ahead) got its slot at once; A then
+                # answered busy: B's window closes and the read waits for A.
+                flags = "indicate_peer_accept"
+                reads.append(asyncio.ensure_future(block_read(api, handles[0], 399 * BLOCK, flags)))
+                await wait_counter(b, "transfer_window", lambda v: v == 0)
+                # Now no transfer slot is free: fail_blocked fails at once.
+                failed = await asyncio.wait_for(
+                    block_read(api, handles[4], 300 * BLOCK, "fail_blocked"), WAIT
+                )
+                assert failed.status == 429 and b"STREAM_LIMIT_REACHED" in failed.body
+                # Reads 1-3 (distinct blocks, far apart) queue, one after the other.
+                for i, offset in enumerate((100, 200, 350), start=1):
+                    reads.append(
+                        asyncio.ensure_future(block_read(api, handles[i], offset * BLOCK, flags))
+                    )
+                    await wait_counter(b, "reads_queued", lambda v, i=i: v >= i)  # type: ignore[misc]
+            done = await asyncio.wait_for(asyncio.gather(*reads), WAIT)
+            for got, offset in zip(done, (399, 100, 200, 350), strict=True):
+                assert (got.status, got.body) == (200, data[offset * BLOCK : (offset + 1) * BLOCK])
+            seen: list[tuple[str, str, Any]] = []
+            ended = 0
+            while ended < 5:
+                name, event = await asyncio.wait_for(anext(stream), WAIT)
+                if event.get("handle") in handles:
+                    i = handles.index(event["handle"])
+                    seen.append((name, f"r{i}", event.get("peer_accepted")))
+                    ended += name == "SHUTDOWN_COMPLETE"
+    starts = {r: accepted for name, r, accepted in seen if name == "START_COMPLETE"}
+    # Read 0 was accepted at once; reads 1-3 were queued; read 4 never started.
+    assert starts == {"r0": True, "r1": False, "r2": False, "r3": False, "r4": False}
+    # PEER_ACCEPTED exactly for the queued reads, in the order they queued.
+    assert [r for name, r, _ in seen if name == "PEER_ACCEPTED"] == ["r1", "r2", "r3"]
+    # Each queued read heard START_COMPLETE before its PEER_ACCEPTED.
+    for r in ("r1", "r2", "r3"):
+        names = [name for name, who, _ in seen if who == r]
+        assert names == ["START_COMPLETE", "PEER_ACCEPTED", "SHUTDOWN_COMPLETE"], (r, names)
