@@ -389,6 +389,7 @@ class Engine:
             open_handles=len(self.handles),
             publications=self.publications.count(),
             reads_queued=self.slots.queued_count,  # waiting for a transfer slot
+            fetches_busy_waiting=self.slots.requeued_count,  # their peers answered busy
             transfer_slots_in_use=self.slots.in_use,
             transfer_window=self.slots.capacity,  # slots the daemon and its peers grant now
         )

@@ -49,7 +49,13 @@ class SlotPool:
 
     @property
     def queued_count(self) -> int:
-        return len(self._retry) + len(self._waiters)
+        """Reads waiting for their first slot."""
+        return len(self._waiters)
+
+    @property
+    def requeued_count(self) -> int:
+        """Fetches that had a slot, found their peers busy and wait to ask again."""
+        return len(self._retry)
 
     @property
     def free(self) -> int:

@@ -44,9 +44,13 @@ def two_nodes(
         ):
             started.append(
                 start_daemon(
-                    tmp_path, "--listen", f"{host}:8080", name=name, netns=netns,
+                    tmp_path,
+                    "--listen",
+                    f"{host}:8080",
+                    name=name,
+                    netns=netns,
                     env={"PEERDISTD_PEERS_ZEROCONF": "false", **env},
-                )  # fmt: skip
+                )
             )
         yield started[0], started[1]
     finally:
@@ -93,8 +97,7 @@ def slots_held(netns: str, count: int, addr: tuple[str, int] = A_ADDR) -> Iterat
     """``count`` upload slots of the peer at ``addr`` taken by requests that never finish;
     given back (the connections closed) on exit."""
     head = (
-        f"POST {MAGIC_PATH} HTTP/1.1\r\nHost: {addr[0]}:{addr[1]}\r\n"
-        "Content-Length: 100\r\n\r\n"
+        f"POST {MAGIC_PATH} HTTP/1.1\r\nHost: {addr[0]}:{addr[1]}\r\nContent-Length: 100\r\n\r\n"
     ).encode()
     conns: list[socket.socket] = []
     try:
