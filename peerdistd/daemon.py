@@ -275,6 +275,7 @@ class Daemon:
             # Flow control ("Reads are streams"): busy answers peers gave us, and our own
             # uploads in progress (the Active Client Count of [MS-PCCRR] 3.2.1).
             "peer_busy_answers": float(swarm.stats.busy_answers),
+            "peers_at_limit": float(swarm.windows.at_limit()),
             "uploads_active": float(self.peer_node.server.active_uploads),
         }
 

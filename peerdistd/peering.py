@@ -244,6 +244,7 @@ async def start_peer_node(
             request_timeout=peers.request_timeout_ms / 1000.0,
             ban_seconds=peers.ban_seconds,
             own_addresses=[advertise],
+            per_peer_limit=peers.max_inflight_per_peer,
         )
         stack.push_async_callback(swarm.aclose)
         mdns = None

@@ -388,10 +388,9 @@ class Engine:
             cache_evictions=usage.evictions,
             open_handles=len(self.handles),
             publications=self.publications.count(),
-            reads_queued=self.slots.queued_count,  # waiting for a transfer slot
-            fetches_busy_waiting=self.slots.requeued_count,  # their peers answered busy
+            reads_queued=self.reader.reads_queued,  # waiting for a transfer slot
+            fetches_waiting_for_peers=self.reader.fetches_waiting,  # their peers were busy
             transfer_slots_in_use=self.slots.in_use,
-            transfer_window=self.slots.capacity,  # slots the daemon and its peers grant now
         )
         for extra in self.extra_stats:
             snap.update(extra())
@@ -412,6 +411,5 @@ class Engine:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.slots.close()
         await self.commits.aclose()
         self.events.close()

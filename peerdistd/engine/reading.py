@@ -82,6 +82,8 @@ class BlockReader:
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
+        self.reads_queued = 0  # reads waiting for a transfer slot (here or at their peers)
+        self.fetches_waiting = 0  # fetches whose peers answered busy, waiting to ask again
 
     # -- local cache ---------------------------------------------------------------------
 
@@ -198,8 +200,10 @@ class BlockReader:
         task = self._inflight.get(key)
         if task is None:
             # Like a QUIC stream start: START_COMPLETE at once, saying whether the window had a
-            # slot; a queued read hears PEER_ACCEPTED when it gets one (if it asked to).
-            if self.slots.try_acquire():
+            # slot (here, and at a peer holding the block); a queued read hears PEER_ACCEPTED
+            # when it gets one, if it asked to.
+            seg_id = first.segment.segment_id
+            if not self.peers.at_limit(seg_id) and self.slots.try_acquire():
                 self._start_complete(req, peer_accepted=True)
             elif "fail_blocked" in req.flags:
                 self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
@@ -207,7 +211,7 @@ class BlockReader:
             else:
                 self._start_complete(req, peer_accepted=False)
                 try:
-                    await self.slots.wait(req.timeout)
+                    await self._queue(seg_id, deadline)
                 except TimeoutError:
                     raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
                 if "indicate_peer_accept" in req.flags:
@@ -246,6 +250,25 @@ class BlockReader:
         self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
         self.stats.bytes_from_cache += len(data) - peer_bytes
         return data, peer_bytes
+
+    async def _queue(self, segment_id: bytes, deadline: float) -> None:
+        """Wait, first-in first-out, until a peer holding the segment may have an upload slot
+        for us and a slot of our own is free; the slot is then held. TimeoutError at the
+        deadline. No slot of ours is held while the peers are at their limit."""
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        self.reads_queued += 1
+        try:
+            await self.peers.slot_freed(segment_id, timeout=left())
+            await self.slots.acquire(left())
+            while self.peers.at_limit(segment_id):  # the peers filled up meanwhile
+                self.slots.release()
+                await self.peers.slot_freed(segment_id, timeout=left())
+                await self.slots.requeue(left())
+        finally:
+            self.reads_queued -= 1
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
         wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
@@ -306,17 +329,14 @@ class BlockReader:
                 except PeersBusy:
                     if not holds_slot:
                         raise
-                    # The peers grant no slot now: back into the window's queue (first in
-                    # line), asking again when a slot frees or the back-off probe opens one.
+                    # The peers are at their upload limit: wait for one of their slots to
+                    # free holding none of ours, then take one again ahead of later reads.
                     holds_slot = False
-                    try:
-                        await self.slots.busy(max(0.0, deadline - time.monotonic()))
-                    except TimeoutError:
-                        raise PeerUnavailable("every peer holding the block stayed busy") from None
+                    self.slots.release()
+                    await self._wait_for_peers(ref.segment.segment_id, deadline)
                     holds_slot = True
             if data is None:
                 return False
-            self.slots.granted()  # a peer sent the block: it had a slot for us
             self.store.add_segment(segment_record(view, ref))
             self.store.put_blocks(
                 ref.segment.segment_id, [(ref.index, data, ref.hash)], durable=False
@@ -330,6 +350,17 @@ class BlockReader:
         finally:
             if holds_slot:
                 self.slots.release()
+
+    async def _wait_for_peers(self, segment_id: bytes, deadline: float) -> None:
+        """A fetch whose peers answered busy: a slot again once one of theirs frees."""
+        self.fetches_waiting += 1
+        try:
+            await self.peers.slot_freed(segment_id, timeout=max(0.0, deadline - time.monotonic()))
+            await self.slots.requeue(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise PeerUnavailable("every peer holding the block stayed at its limit") from None
+        finally:
+            self.fetches_waiting -= 1
 
     def _start_complete(self, req: ReadRequest, peer_accepted: bool, status: str = "OK") -> None:
         self.events.publish(

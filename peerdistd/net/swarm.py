@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.net.discovery import Discovery
+from peerdistd.net.peer_windows import Outcome, PeerWindows
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
@@ -62,6 +63,7 @@ class Swarm:
         request_timeout: float = 2.0,
         ban_seconds: float = 300.0,
         own_addresses: Sequence[str] = (),
+        per_peer_limit: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.discovery = discovery
@@ -71,6 +73,7 @@ class Swarm:
         self.ban_seconds = ban_seconds
         self.own = set(own_addresses)
         self.stats = SwarmStats()
+        self.windows = PeerWindows(per_peer_limit)  # upload slots each peer grants us
         self._clock = clock
         self._bans: OrderedDict[str, float] = OrderedDict()
         self._holders: OrderedDict[bytes, list[str]] = OrderedDict()
@@ -162,15 +165,11 @@ class Swarm:
             peer = queue.pop(0)
             if self.banned(peer):
                 continue
+            if not self.windows.free(peer):  # at the limit it grants us: not asked now
+                busy += 1
+                continue
             try:
-                data = await self.client.get_block(
-                    peer,
-                    seg.segment_id,
-                    ref.index,
-                    seg.secret,
-                    ref.end - ref.start,
-                    timeout=min(self.request_timeout, remaining),
-                )
+                data = await self._get_block(peer, ref, min(self.request_timeout, remaining))
             except PeerBusy:
                 self.stats.busy_answers += 1
                 busy += 1
@@ -205,7 +204,39 @@ class Swarm:
             raise PeersBusy(f"{busy} peer(s) holding block {ref.index} answered busy")
         return None
 
+    async def _get_block(self, peer: str, ref: BlockRef, timeout: float) -> bytes | None:
+        """One GETBLKS, counted in the peer's window of upload slots."""
+        seg = ref.segment
+        self.windows.begin(peer)
+        outcome: Outcome = "failed"
+        try:
+            data = await self.client.get_block(
+                peer, seg.segment_id, ref.index, seg.secret, ref.end - ref.start, timeout=timeout
+            )
+            outcome = "answered"
+            return data
+        except PeerBusy:
+            outcome = "busy"
+            raise
+        finally:
+            self.windows.end(peer, outcome)
+
+    # -- flow control ("Reads are streams") ------------------------------------------------
+
+    def at_limit(self, segment_id: bytes) -> bool:
+        """Every peer known to hold the segment is at the upload limit it grants us."""
+        holders = [p for p in self._holders.get(segment_id, ()) if not self.banned(p)]
+        return bool(holders) and not any(self.windows.free(p) for p in holders)
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+        """Return once a peer holding the segment may have an upload slot for us again (at
+        once if one may now); TimeoutError after ``timeout`` seconds."""
+        holders = [p for p in self._holders.get(segment_id, ()) if not self.banned(p)]
+        if holders:
+            await self.windows.wait(holders, timeout)
+
     async def aclose(self) -> None:
+        self.windows.close()
         for task in list(self._hints):
             task.cancel()
         if self._hints:

@@ -55,6 +55,12 @@ class ScriptedPeers:
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         self.hints.append(segment_ids)
 
+    def at_limit(self, segment_id: bytes) -> bool:
+        return False
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+        return None
+
 
 @pytest.fixture
 def stores(tmp_path: Path) -> Iterator[tuple[BlockCache, PublicationStore]]:

@@ -32,6 +32,33 @@ WAIT = 20.0  # bound on every wait for a condition (seconds)
 
 
 @contextlib.contextmanager
+def three_nodes(tmp_path: Path, netns: str) -> Iterator[tuple[DaemonProcess, ...]]:
+    """A serves with one upload slot, B reads, C serves with the default limit."""
+    started: list[DaemonProcess] = []
+    try:
+        for name, host, env in (
+            ("a", "127.0.0.1", {"PEERDISTD_PEERS_UPLOAD_LIMIT": "1"}),
+            ("b", "127.0.0.2", {}),
+            ("c", "127.0.0.3", {}),
+        ):
+            started.append(
+                start_daemon(
+                    tmp_path,
+                    "--listen",
+                    f"{host}:8080",
+                    name=name,
+                    netns=netns,
+                    env={"PEERDISTD_PEERS_ZEROCONF": "false", **env},
+                )
+            )
+        yield tuple(started)
+    finally:
+        for d in started:
+            d.stop()
+            d.notify.close()
+
+
+@contextlib.contextmanager
 def two_nodes(
     tmp_path: Path, netns: str, upload_limit: int = 1, **b_env: str
 ) -> Iterator[tuple[DaemonProcess, DaemonProcess]]:

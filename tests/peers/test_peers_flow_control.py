@@ -22,27 +22,31 @@ from tests.peers.flow import (
     open_handle,
     publish,
     slots_held,
+    three_nodes,
     two_nodes,
     wait_counter,
 )
 
+FETCHES = 8  # B's in-flight limit: its read and 7 blocks read ahead
 HOLD = 1.0  # how long A stays at its upload limit while B's read waits (seconds)
 # Busy answers B may collect while A is busy for HOLD once its window is closed: backing off
-# from 50 ms, doubling, that is about five; asking again every 50 ms, as B did, is twenty per
-# fetch, and B had 32 fetches waiting.
+# from 50 ms, doubling, that is four or five; asking again every 50 ms, as B did, is twenty
+# per fetch, and B had 8 fetches waiting.
 MAX_BUSY_ANSWERS = 8
 
 
 async def test_busy_peer_grants_no_slot_until_one_frees(tmp_path: Path, netns: str) -> None:
-    with two_nodes(tmp_path, netns) as (a, b):
+    with two_nodes(tmp_path, netns, PEERDISTD_PEERS_MAX_INFLIGHT=str(FETCHES)) as (a, b):
         data, ci = await publish(a)
         async with b.session() as api:
             h = await open_handle(api, ci)
             with slots_held(netns, 1):
                 await wait_counter(a, "uploads_active", lambda v: v == 1)
                 read = asyncio.ensure_future(block_read(api, h, 0))
-                # Its fetch and those reading ahead found A busy: B's window closes.
-                await wait_counter(b, "transfer_window", lambda v: v == 0)
+                # Its fetch and those reading ahead (as many as B's slots) found A busy: A
+                # grants B no slot now, and they all wait for one.
+                await wait_counter(b, "peers_at_limit", lambda v: v == 1)
+                await wait_counter(b, "fetches_waiting_for_peers", lambda v: v == FETCHES)
                 before = (await counters(b))["peer_busy_answers"]
                 await asyncio.sleep(HOLD)  # A stays at its limit for a while
                 assert not read.done()  # no slot was granted: the read waits
@@ -61,10 +65,10 @@ async def test_queued_reads_fail_blocked_peer_accepted_and_fifo(tmp_path: Path, 
             with slots_held(netns, 1):
                 await wait_counter(a, "uploads_active", lambda v: v == 1)
                 # Read 0 (the last block: nothing to read ahead) got its slot at once; A then
-                # answered busy: B's window closes and the read waits for A.
+                # answered busy: A grants B no slot now, and the read waits for A.
                 flags = "indicate_peer_accept"
                 reads.append(asyncio.ensure_future(block_read(api, handles[0], 399 * BLOCK, flags)))
-                await wait_counter(b, "transfer_window", lambda v: v == 0)
+                await wait_counter(b, "peers_at_limit", lambda v: v == 1)
                 # Now no transfer slot is free: fail_blocked fails at once.
                 failed = await asyncio.wait_for(
                     block_read(api, handles[4], 300 * BLOCK, "fail_blocked"), WAIT
@@ -96,3 +100,22 @@ async def test_queued_reads_fail_blocked_peer_accepted_and_fifo(tmp_path: Path, 
     for r in ("r1", "r2", "r3"):
         names = [name for name, who, _ in seen if who == r]
         assert names == ["START_COMPLETE", "PEER_ACCEPTED", "SHUTDOWN_COMPLETE"], (r, names)
+
+
+async def test_a_busy_peer_holds_up_no_read_from_another(tmp_path: Path, netns: str) -> None:
+    with three_nodes(tmp_path, netns) as (a, b, c):
+        data_a, ci_a = await publish(a, seed=61)
+        data_c, ci_c = await publish(c, seed=62)
+        async with b.session() as api:
+            h_a, h_c = await open_handle(api, ci_a), await open_handle(api, ci_c)
+            with slots_held(netns, 1):
+                await wait_counter(a, "uploads_active", lambda v: v == 1)
+                waiting = asyncio.ensure_future(block_read(api, h_a, 0))
+                await wait_counter(b, "peers_at_limit", lambda v: v == 1)
+                # C has slots: B reads from C at once, whatever waits for A meanwhile.
+                for offset in range(0, 16 * BLOCK, BLOCK):
+                    got = await asyncio.wait_for(block_read(api, h_c, offset), WAIT)
+                    assert (got.status, got.body) == (200, data_c[offset : offset + BLOCK])
+                assert not waiting.done()
+            got = await asyncio.wait_for(waiting, WAIT)
+            assert (got.status, got.body) == (200, data_a[:BLOCK])
