@@ -244,7 +244,8 @@ async def start_peer_node(
             request_timeout=peers.request_timeout_ms / 1000.0,
             ban_seconds=peers.ban_seconds,
             own_addresses=[advertise],
-            per_peer_limit=peers.max_inflight_per_peer,
+            # A peer that never said busy is limited only by our own in-flight limits.
+            window_limit=peers.max_inflight,
         )
         stack.push_async_callback(swarm.aclose)
         mdns = None

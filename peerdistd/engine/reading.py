@@ -263,7 +263,7 @@ class BlockReader:
         try:
             await self.peers.slot_freed(segment_id, timeout=left())
             await self.slots.acquire(left())
-            while self.peers.at_limit(segment_id):  # the peers filled up meanwhile
+            while self.peers.at_limit(segment_id):  # the peers filled up while we queued here
                 self.slots.release()
                 await self.peers.slot_freed(segment_id, timeout=left())
                 await self.slots.requeue(left())

@@ -5,6 +5,8 @@ that answered (block index modulo peer count picks the first peer to ask), each 
 bounded number of requests in flight (the client's per-host connection limit), and every
 block is verified against its hash before it is handed on ([MS-PCCRC] 4.1.2). A peer that
 sends a block that does not verify, or malformed answers, is banned for ``ban_seconds``.
+A peer at its upload limit (busy answers) is not asked again until the window of upload
+slots it grants us (:mod:`peer_windows`) has room; the engine waits for that.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from peerdistd.net.peer_windows import Outcome, PeerWindows
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
+from peerdistd.proto.pccrr import BlockRange
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class Swarm:
         request_timeout: float = 2.0,
         ban_seconds: float = 300.0,
         own_addresses: Sequence[str] = (),
-        per_peer_limit: int = 8,
+        window_limit: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.discovery = discovery
@@ -73,7 +76,7 @@ class Swarm:
         self.ban_seconds = ban_seconds
         self.own = set(own_addresses)
         self.stats = SwarmStats()
-        self.windows = PeerWindows(per_peer_limit)  # upload slots each peer grants us
+        self.windows = PeerWindows(window_limit, self._probe)  # upload slots peers grant us
         self._clock = clock
         self._bans: OrderedDict[str, float] = OrderedDict()
         self._holders: OrderedDict[bytes, list[str]] = OrderedDict()
@@ -207,7 +210,7 @@ class Swarm:
     async def _get_block(self, peer: str, ref: BlockRef, timeout: float) -> bytes | None:
         """One GETBLKS, counted in the peer's window of upload slots."""
         seg = ref.segment
-        self.windows.begin(peer)
+        self.windows.begin(peer, seg.segment_id)
         outcome: Outcome = "failed"
         try:
             data = await self.client.get_block(
@@ -223,6 +226,19 @@ class Swarm:
 
     # -- flow control ("Reads are streams") ------------------------------------------------
 
+    async def _probe(self, peer: str, segment_id: bytes) -> Outcome:
+        """Has a peer at its upload limit a slot again? A one-block GETBLKLIST tells."""
+        try:
+            await self.client.get_block_list(
+                peer, segment_id, [BlockRange(0, 1)], timeout=self.request_timeout
+            )
+        except PeerBusy:
+            self.stats.busy_answers += 1
+            return "busy"
+        except PeerError:
+            return "failed"
+        return "answered"
+
     def at_limit(self, segment_id: bytes) -> bool:
         """Every peer known to hold the segment is at the upload limit it grants us."""
         holders = [p for p in self._holders.get(segment_id, ()) if not self.banned(p)]
@@ -236,7 +252,7 @@ class Swarm:
             await self.windows.wait(holders, timeout)
 
     async def aclose(self) -> None:
-        self.windows.close()
+        await self.windows.aclose()
         for task in list(self._hints):
             task.cancel()
         if self._hints:
