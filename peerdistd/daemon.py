@@ -332,6 +332,7 @@ class Daemon:
             self.peer_node.swarm.ban_seconds = new.peers.ban_seconds
             self.peer_node.swarm.window = new.peers.discovery_window_ms / 1000.0
             self.peer_node.server.upload_limit = new.peers.upload_limit
+            self.peer_node.swarm.windows.limit = max(1, new.peers.max_inflight)
 
     def reload(self) -> None:
         """SIGHUP: apply what can change at run time; say what needs a restart."""

@@ -10,6 +10,9 @@ B (127.0.0.2) reads. The test takes A's slot itself with a request that never fi
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +86,27 @@ async def test_queued_reads_fail_blocked_peer_accepted_and_fifo(tmp_path: Path, 
             done = await asyncio.wait_for(asyncio.gather(*reads), WAIT)
             for got, offset in zip(done, (399, 100, 200, 350), strict=True):
                 assert (got.status, got.body) == (200, data[offset * BLOCK : (offset + 1) * BLOCK])
-            seen: list[tuple[str, str, Any]] = []
-            ended = 0
-            while ended < 5:
-                name, event = await asyncio.wait_for(anext(stream), WAIT)
-                if event.get("handle") in handles:
-                    i = handles.index(event["handle"])
-                    seen.append((name, f"r{i}", event.get("peer_accepted")))
-                    ended += name == "SHUTDOWN_COMPLETE"
+            seen = await _events_until_ended(stream, handles, ended=5)
+    _check_queued_events(seen)
+
+
+async def _events_until_ended(
+    stream: AsyncIterator[tuple[str, dict[str, Any]]], handles: list[str], ended: int
+) -> list[tuple[str, str, Any]]:
+    """(event, "r<i>" for handles[i], peer_accepted) until ``ended`` reads ended."""
+    seen: list[tuple[str, str, Any]] = []
+    while ended:
+        name, event = await asyncio.wait_for(anext(stream), WAIT)
+        if event.get("handle") in handles:
+            seen.append((name, f"r{handles.index(event['handle'])}", event.get("peer_accepted")))
+            ended -= name == "SHUTDOWN_COMPLETE"
+    return seen
+
+
+def _check_queued_events(seen: list[tuple[str, str, Any]]) -> None:
+    """Read 0 was accepted at once, reads 1-3 were queued in that order, read 4 never started
+    (fail_blocked)."""
     starts = {r: accepted for name, r, accepted in seen if name == "START_COMPLETE"}
-    # Read 0 was accepted at once; reads 1-3 were queued; read 4 never started.
     assert starts == {"r0": True, "r1": False, "r2": False, "r3": False, "r4": False}
     # PEER_ACCEPTED exactly for the queued reads, in the order they queued.
     assert [r for name, r, _ in seen if name == "PEER_ACCEPTED"] == ["r1", "r2", "r3"]
@@ -119,3 +133,40 @@ async def test_a_busy_peer_holds_up_no_read_from_another(tmp_path: Path, netns: 
                 assert not waiting.done()
             got = await asyncio.wait_for(waiting, WAIT)
             assert (got.status, got.body) == (200, data_a[:BLOCK])
+
+
+async def test_reads_queue_fifo_for_the_daemons_own_limit(tmp_path: Path, netns: str) -> None:
+    env = {
+        "PEERDISTD_PEERS_MAX_INFLIGHT": "1",
+        "PEERDISTD_PEERS_MAX_INFLIGHT_PER_PEER": "1",
+        "PEERDISTD_PEERS_REQUEST_TIMEOUT_MS": "60000",
+    }
+    with two_nodes(tmp_path, netns, upload_limit=64, **env) as (a, b):
+        data, ci = await publish(a)
+        async with b.session() as api, events(b) as stream:
+            handles = [await open_handle(api, ci) for _ in range(5)]
+            # One block through A, so B knows A holds the segment; then A stops answering.
+            warm = await open_handle(api, ci)
+            assert (await block_read(api, warm, 399 * BLOCK)).status == 200
+            os.kill(a.proc.pid, signal.SIGSTOP)
+            try:
+                flags = "indicate_peer_accept"
+                reads = [asyncio.ensure_future(block_read(api, handles[0], 0, flags))]
+                # Read 0 took B's only slot: every other read is blocked.
+                await wait_counter(b, "transfer_slots_in_use", lambda v: v == 1)
+                failed = await asyncio.wait_for(
+                    block_read(api, handles[4], 300 * BLOCK, "fail_blocked"), WAIT
+                )
+                assert failed.status == 429 and b"STREAM_LIMIT_REACHED" in failed.body
+                for i, offset in enumerate((100, 200, 350), start=1):
+                    reads.append(
+                        asyncio.ensure_future(block_read(api, handles[i], offset * BLOCK, flags))
+                    )
+                    await wait_counter(b, "reads_queued", lambda v, i=i: v >= i)  # type: ignore[misc]
+            finally:
+                os.kill(a.proc.pid, signal.SIGCONT)
+            done = await asyncio.wait_for(asyncio.gather(*reads), WAIT)
+            for got, offset in zip(done, (0, 100, 200, 350), strict=True):
+                assert (got.status, got.body) == (200, data[offset * BLOCK : (offset + 1) * BLOCK])
+            seen = await _events_until_ended(stream, handles, ended=5)
+    _check_queued_events(seen)
