@@ -43,6 +43,7 @@ class DaemonConfig:
 class CacheConfig:
     limit_bytes: int = 0  # 0 = use limit_percent of the cache file system
     limit_percent: float = 5.0
+    scrub_bytes_per_second: int = 4 * 1024 * 1024  # background re-hashing; 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,7 @@ RELOADABLE: frozenset[str] = frozenset(
     {
         *("daemon.enabled", "daemon.log_level", "daemon.handle_idle_timeout"),
         *("cache.limit_bytes", "cache.limit_percent"),
+        "cache.scrub_bytes_per_second",
         *("peers.upload_limit", "peers.max_inflight"),
         *("peers.ban_seconds", "peers.discovery_window_ms"),
     }

@@ -110,6 +110,7 @@ CHECKS: dict[str, Check] = {
     "daemon.log_format": _one_of("text", "json"),
     "cache.limit_bytes": _between(0),
     "cache.limit_percent": _between(0, 100),
+    "cache.scrub_bytes_per_second": _between(0),
     "content.version": _one_of(1, 2),
     "content.hash": _one_of("sha256", "sha384", "sha512"),
     "peers.listen": _endpoint(),

@@ -45,6 +45,11 @@ class PeersBusy(PeerUnavailable):
     3.2.5.3). Asking again is the caller's flow-control window's decision."""
 
 
+class StoreDamaged(LocalError):
+    """A store's SQLite file is damaged (not just busy or unreadable): it gets set aside and
+    rebuilt from what can be proven (see peerdistd.store.healing)."""
+
+
 class ConfigError(LocalError):
     """An invalid configuration value; ``key`` names it."""
 

@@ -154,6 +154,14 @@ def test_file_ints_are_accepted_for_floats(tmp_path: Path) -> None:
     [
         ("[cache]\nlimit_percent = 150", "cache.limit_percent: must be between 0 and 100, got 150"),
         ("[cache]\nlimit_bytes = -1", "cache.limit_bytes: must be at least 0, got -1"),
+        (
+            "[cache]\nscrub_bytes_per_second = -1",
+            "cache.scrub_bytes_per_second: must be at least 0, got -1",
+        ),
+        (
+            "[cache]\nscrub_bytes_per_second = 1.5",
+            "cache.scrub_bytes_per_second: must be an integer, got 1.5",
+        ),
         ("[cache]\nsize = 1", "cache.size: unknown key"),
         ("[caches]\nlimit_bytes = 1", "caches: unknown section (or not a [table])"),
         ("[daemon]\nenabled = 1", "daemon.enabled: must be a boolean, got 1"),
@@ -262,7 +270,7 @@ def test_reload_diff_splits_reloadable_keys() -> None:
 def test_reloadable_keys_exist() -> None:
     every = {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     assert every >= RELOADABLE
-    assert len(RELOADABLE) == 9
+    assert len(RELOADABLE) == 10  # + cache.scrub_bytes_per_second
 
 
 def test_config_values_are_frozen() -> None:
