@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
@@ -34,6 +35,9 @@ DEFAULT_TIMEOUT_MS = 5000
 MAX_TIMEOUT_MS = 3_600_000
 MAX_CONTENT_INFORMATION = 64 * 1024 * 1024  # covers a V1 description of ~128 GiB of content
 U64 = (1 << 64) - 1
+# The ``id`` of a new publication (openapi.json has the same pattern): printable ASCII
+# without space or '/', so it fits a URL path segment and a terminal as it is.
+PUBLICATION_ID = re.compile(r"[!-.0-~]{1,256}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -57,12 +61,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status == 413:
             return error_response(errors.InvalidParameter(f"request body too large: {exc.text}"))
         if exc.status in (404, 405):
+            # RFC 9110 15.5.6: a 405 names the methods the route has.
+            allow = exc.headers.get("Allow") if exc.status == 405 else None
             return web.json_response(
                 {
                     "error": "INVALID_PARAMETER",
                     "message": f"{request.method} {request.path}: {exc.reason}",
                 },
                 status=exc.status,
+                headers={"Allow": allow} if allow is not None else None,
             )
         raise
     except errors.PeerDistError as exc:
@@ -195,9 +202,11 @@ async def post_publication(request: web.Request) -> web.Response:
     uid = caller(request)
     version = q_int(request, "version", 1, 1, 2)
     name = request.query.get("hash", "sha256")
-    pub_id = request.query.get("id") or None
-    if pub_id is not None and (len(pub_id) > 256 or not pub_id.isprintable() or "/" in pub_id):
-        raise errors.InvalidParameter("id must be 1..256 printable characters without '/'")
+    pub_id = request.query.get("id")
+    if pub_id is not None and not PUBLICATION_ID.fullmatch(pub_id):
+        raise errors.InvalidParameter(
+            "id must be 1..256 printable ASCII characters, without spaces or '/'"
+        )
     if version == 2:
         algorithm = HashAlgorithm.TRUNCATED_SHA512
     else:
@@ -292,6 +301,7 @@ async def _read(request: web.Request, block: bool) -> web.Response:
             offset, available = engine.available(uid, handle_id)
             return web.Response(
                 status=200,
+                content_type="application/octet-stream",  # an empty body, as documented
                 headers={"PeerDist-Offset": str(offset), "PeerDist-Available": str(available)},
             )
         else:
