@@ -253,5 +253,9 @@ async def start_peer_node(
                 Mdns(node_id, adv_port, interfaces=interfaces, addresses=[adv_host])
             )
         node = PeerNode(swarm, advertise, server, discovery, mdns, served_to)
-        log.info("serving peers on %s, discovery on port %d", advertise, peers.discovery_port)
+        bound = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
+        log.info(
+            "serving peers on %s (advertised as %s), discovery on UDP port %d",
+            bound, advertise, peers.discovery_port,
+        )  # fmt: skip
         yield node

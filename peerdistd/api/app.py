@@ -21,6 +21,7 @@ from peerdistd import errors
 from peerdistd.api.peercred import peer_uid
 from peerdistd.engine.core import Engine, ReadResult
 from peerdistd.engine.events import Event
+from peerdistd.engine.stats import hit_ratios
 from peerdistd.proto.pccrc import HashAlgorithm
 from peerdistd.store.publications import Publication
 
@@ -156,6 +157,7 @@ def data_response(result: ReadResult) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     usage = engine.store.usage()
+    counters = dict(engine.stats_snapshot())
     body: dict[str, Any] = {
         "status": engine.status,
         "cache": {
@@ -165,7 +167,8 @@ async def get_status(request: web.Request) -> web.Response:
             "blocks": usage.blocks,
             "evictions": usage.evictions,
         },
-        "counters": dict(engine.stats_snapshot()),
+        "counters": counters,
+        "hit_ratio": hit_ratios(counters),
         "peers": request.app[PEERS](),
     }
     body.update(request.app[INFO]())
@@ -364,6 +367,7 @@ async def delete_cache(request: web.Request) -> web.Response:
     if caller(request) != 0:
         raise errors.AccessDenied("only root may flush the cache")
     freed = await asyncio.to_thread(request.app[ENGINE].store.flush)
+    log.info("cache flushed at uid 0's request: %d bytes freed", freed)
     return web.json_response({"freed": freed})
 
 

@@ -24,7 +24,7 @@ from peerdistd.engine.ports import BlockStore, NoPeers, PeerNetwork
 from peerdistd.engine.publishing import Publisher
 from peerdistd.engine.reading import BlockReader, ReadRequest
 from peerdistd.engine.slots import SlotPool
-from peerdistd.engine.stats import Counters
+from peerdistd.engine.stats import Counters, snapshot
 from peerdistd.engine.view import ContentView, ViewCache, view_from_bytes
 from peerdistd.proto.pccrc import ContentInformation
 from peerdistd.store.publications import PublicationStore
@@ -170,10 +170,11 @@ class Engine:
         return h
 
     def close(self, uid: int, handle_id: str) -> None:
-        h = self.handle(uid, handle_id)
-        self._close(h)
+        self._close(self.handle(uid, handle_id), "closed")
 
-    def _close(self, h: ContentHandle) -> None:
+    def _close(self, h: ContentHandle, why: str) -> None:
+        if not h.closed:
+            log.info("%s", h.summary(why))
         h.closed = True
         self.handles.pop(h.id, None)
         current = asyncio.current_task() if _loop_running() else None
@@ -188,9 +189,11 @@ class Engine:
         h = self.handle(uid, handle_id)
         async with h.add_lock:
             h.held.clear()
-        if h.view is None:
-            return 0
-        return await asyncio.to_thread(self.store.drop, h.view.segment_ids(0, 1 << 63))
+        freed = 0
+        if h.view is not None:
+            freed = await asyncio.to_thread(self.store.drop, h.view.segment_ids(0, 1 << 63))
+        log.info("flushed the content of handle %s of uid %d: %d bytes freed", h.id, uid, freed)
+        return freed
 
     def reclaim_idle(self, now: float | None = None) -> int:
         """Close handles idle past ``handle_idle_timeout`` with no read running."""
@@ -201,16 +204,14 @@ class Engine:
             if not h.active_reads and now - h.last_used > self.settings.handle_idle_timeout
         ]
         for h in idle:
-            log.info("reclaiming idle handle %s of uid %d", h.id, h.owner_uid)
-            self._close(h)
+            self._close(h, "reclaimed (idle)")
         return len(idle)
 
     def reclaim(self, uid: int, handle_id: str) -> None:
         """The caller went away with a read pending: give the handle back."""
         h = self.handles.get(handle_id)
         if h is not None and h.owner_uid == uid:
-            log.info("reclaiming handle %s: its client went away", handle_id)
-            self._close(h)
+            self._close(h, "reclaimed (its client went away)")
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -299,11 +300,12 @@ class Engine:
             status = exc.name
             self._count_failure(exc)
             if "shutdown_on_fail" in flags:
-                self._close(h)
+                self._close(h, f"closed (shutdown_on_fail: {exc.name})")
             raise
         finally:
             self.events.publish("SHUTDOWN_COMPLETE", handle=h.id, read_id=read_id, status=status)
         self.stats.reads_ok += 1
+        h.tally.read(len(data), from_peers)
         return ReadResult(offset, data, read_id, from_peers)
 
     def _count_failure(self, exc: errors.ApiError) -> None:
@@ -328,6 +330,7 @@ class Engine:
             raise errors.InvalidParameter("offset must be >= 0")
         out = await self.adder.add(h, offset, body, self.commits.kick)
         self.stats.bytes_from_origin += out.received
+        h.tally.from_origin += out.received
         if out.bad:
             bad_start, bad_end = out.bad[0]
             raise errors.InvalidData(
@@ -338,19 +341,17 @@ class Engine:
 
     # -- housekeeping --------------------------------------------------------------------
 
-    def stats_snapshot(self) -> Mapping[str, float]:
+    def stats_snapshot(self) -> Mapping[str, int]:
         usage = self.store.usage()
-        snap: dict[str, float] = dict(self.stats.as_dict())
-        snap.update(
+        return snapshot(
+            self.stats,
+            (extra() for extra in self.extra_stats),
             cache_bytes=usage.bytes_used,
             cache_limit_bytes=usage.limit_bytes,
             cache_evictions=usage.evictions,
             open_handles=len(self.handles),
             publications=self.publications.count(),
         )
-        for extra in self.extra_stats:
-            snap.update(extra())
-        return snap
 
     def _track(self, fut: asyncio.Future[bool]) -> None:
         self._tasks.add(fut)
@@ -358,7 +359,7 @@ class Engine:
 
     async def aclose(self) -> None:
         for h in list(self.handles.values()):
-            self._close(h)
+            self._close(h, "closed at shutdown")
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -143,8 +144,11 @@ def run(served: Served, *argv: str) -> int:
 def test_status_summary(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(served, "status") == 0
     out = capsys.readouterr().out
-    for text in ("AVAILABLE", "node-a", "1.0 KiB of 4.0 KiB (25%)", "75.0%", "3.0 MiB", "node-b"):
+    for text in ("AVAILABLE", "node-a", "1.0 KiB of 4.0 KiB (25%)", "3.0 MiB", "node-b"):
         assert text in out
+    # By bytes, as BranchCache counts: all 3 MiB came from peers, none from the origin.
+    assert re.search(r"hit ratio \(cache \+ peers\) *│ *100\.0%", out), out
+    assert re.search(r"local hit ratio \(cache\) *│ *0\.0%", out), out
 
 
 def test_status_json(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
