@@ -145,9 +145,12 @@ def test_status_schema_names_every_counter(doc: dict[str, Any]) -> None:
         "uptime",
         "cache",
         "counters",
+        "hit_ratio",
         "peers",
         "listen",
     }
     counters = set(schemas["Counters"]["properties"])
     assert {"bytes_from_cache", "bytes_from_peers", "bytes_from_origin", "peers_known"} <= counters
-    assert len(counters) == 19
+    assert "bytes_kept_off_wan" in counters
+    assert len(counters) == 20
+    assert all(c["type"] == "integer" for c in schemas["Counters"]["properties"].values())
