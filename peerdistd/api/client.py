@@ -31,8 +31,8 @@ from peerdistd.api.client_models import (
     error_from,
     malformed,
 )
-from peerdistd.config import default_paths
 from peerdistd.errors import ApiError, InvalidHandle, InvalidParameter, ServiceUnavailable
+from peerdistd.paths import default_paths
 
 __all__ = [
     "AddDataResult",
@@ -58,7 +58,7 @@ def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
     """The API socket to use when none is named.
 
     ``$PEERDISTD_SOCKET`` (or ``$PEERDISTD_DAEMON_SOCKET``, the daemon's own key) wins; else
-    the socket a daemon of this user would bind (``config.default_paths``) if it exists;
+    the socket a daemon of this user would bind (``paths.default_paths``) if it exists;
     else the system service's ``/run/peerdistd/api.sock``.
     """
     env = os.environ if environ is None else environ
