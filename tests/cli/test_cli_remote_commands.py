@@ -17,7 +17,7 @@ from aiohttp import web
 from peerdistd.cli import main
 
 PUB = {"id": "x", "size": 3, "version": 2, "algorithm": "sha512", "segments": 1, "created": 1.0}
-STATUS = {
+STATUS: dict[str, Any] = {
     "status": "AVAILABLE",
     "version": "0.1.0",
     "node_id": "node-a",
@@ -60,7 +60,7 @@ class Fake:
         if route == ("DELETE", "/v1/cache"):
             return web.json_response({"freed": 1536})
         if route == ("GET", "/v1/peers"):
-            peer = {**STATUS["peers"][0], "source": "discovery"}  # type: ignore[dict-item]
+            peer = {**STATUS["peers"][0], "source": "discovery"}
             return web.json_response({"peers": [peer]})
         if route == ("POST", "/v1/contents"):
             state = {"handle": "h", "complete": True, "version": 1, "size": len(CONTENT)}
@@ -158,7 +158,7 @@ def test_status_json(served: Served, capsys: pytest.CaptureFixture[str]) -> None
     assert doc["counters"] == STATUS["counters"]
     assert {k: v for k, v in doc["listen"].items() if v is not None} == STATUS["listen"]
     counters = {"bytes_from": 0, "bytes_to": 0, "bad_blocks": 0, "banned": False}
-    assert doc["peers"] == [{**STATUS["peers"][0], "last_seen": 0.0, "source": None, **counters}]  # type: ignore[dict-item]
+    assert doc["peers"] == [{**STATUS["peers"][0], "last_seen": 0.0, "source": None, **counters}]
 
 
 def test_publish_writes_content_information(
