@@ -36,7 +36,10 @@ class Staging:
         return self.staged.get(rowid, {}).get(index) or self.committing.get(rowid, {}).get(index)
 
     def count(self, rowid: int) -> int:
-        return len(self.staged.get(rowid, {}))
+        """Blocks of a segment staged or being committed: both are held (reads see them), and
+        a holder that counted only the staged ones answered discovery "no match" while a
+        group commit was syncing."""
+        return len(self.staged.get(rowid, {}).keys() | self.committing.get(rowid, {}).keys())
 
     def begin_commit(self) -> int:
         """Move every staged row to committing; returns their bytes."""
