@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import ipaddress
 import logging
 import os
 import socket
@@ -151,3 +152,28 @@ def named_listen_fds(
                 sock.detach()
             raise ConfigError("LISTEN_FDS", f"descriptor {fd} is not a socket: {exc}") from exc
     return result
+
+
+def check_local(sock: socket.socket) -> None:
+    """Refuse an inherited API socket that is not a Unix socket or loopback TCP.
+
+    The API is never served on a network (as ``daemon.api_tcp`` must be loopback): a socket
+    unit that says ``ListenStream=0.0.0.0:9600`` is a configuration error, and the daemon
+    refuses to start rather than serve (or silently drop) it.
+    """
+    if sock.family == socket.AF_UNIX:
+        return
+    where = f"fd {sock.fileno()}"
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = str(sock.getsockname()[0])
+        where = f"{host}:{sock.getsockname()[1]}"
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_loopback:
+            return
+    raise ConfigError(
+        "LISTEN_FDS",
+        f"the inherited API socket {where} is not a Unix socket or a loopback address; "
+        "the API must not be reachable from a network (use a loopback ListenStream=)",
+    )

@@ -11,18 +11,20 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from peerdistd import errors
+from peerdistd.api.failures import errors_middleware
 from peerdistd.api.peercred import peer_uid
 from peerdistd.engine.core import Engine, ReadResult
 from peerdistd.engine.events import Event
 from peerdistd.engine.stats import hit_ratios
 from peerdistd.proto.pccrc import HashAlgorithm
+from peerdistd.store.healing import iter_notes
 from peerdistd.store.publications import Publication
 
 log = logging.getLogger(__name__)
@@ -40,51 +42,13 @@ U64 = (1 << 64) - 1
 # without space or '/', so it fits a URL path segment and a terminal as it is.
 PUBLICATION_ID = re.compile(r"[!-.0-~]{1,256}")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(exc: errors.ApiError) -> web.Response:
-    return web.json_response(exc.to_json(), status=exc.status)
-
-
-ALWAYS_ALLOWED = frozenset({"/v1/status", "/v1/openapi.json"})
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        if not request.app[ENGINE].settings.enabled and request.path not in ALWAYS_ALLOWED:
-            raise errors.NotSupported("PeerDist is disabled by policy (daemon.enabled = false)")
-        return await handler(request)
-    except errors.ApiError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status == 413:
-            return error_response(errors.InvalidParameter(f"request body too large: {exc.text}"))
-        if exc.status in (404, 405):
-            # RFC 9110 15.5.6: a 405 names the methods the route has.
-            allow = exc.headers.get("Allow") if exc.status == 405 else None
-            return web.json_response(
-                {
-                    "error": "INVALID_PARAMETER",
-                    "message": f"{request.method} {request.path}: {exc.reason}",
-                },
-                status=exc.status,
-                headers={"Allow": allow} if allow is not None else None,
-            )
-        raise
-    except errors.PeerDistError as exc:
-        log.exception("internal error in %s %s", request.method, request.path)
-        return error_response(errors.ServiceUnavailable(f"internal error: {exc}"))
-
 
 def caller(request: web.Request) -> int:
-    uid = request.get("uid")
+    # Asked again each time (one getsockopt): a str key in the request's storage is
+    # deprecated in newer aiohttp, and RequestKey does not exist in older ones.
+    uid = peer_uid(request.transport.get_extra_info("socket") if request.transport else None)
     if uid is None:
-        uid = peer_uid(request.transport.get_extra_info("socket") if request.transport else None)
-        if uid is None:
-            raise errors.AccessDenied("cannot tell who is calling (no peer credentials)")
-        request["uid"] = uid
+        raise errors.AccessDenied("cannot tell who is calling (no peer credentials)")
     return int(uid)
 
 
@@ -160,6 +124,7 @@ async def get_status(request: web.Request) -> web.Response:
     counters = dict(engine.stats_snapshot())
     body: dict[str, Any] = {
         "status": engine.status,
+        "unavailable_reason": engine.unavailable_reason,
         "cache": {
             "bytes_used": usage.bytes_used,
             "limit_bytes": usage.limit_bytes,
@@ -170,6 +135,8 @@ async def get_status(request: web.Request) -> web.Response:
         "counters": counters,
         "hit_ratio": hit_ratios(counters),
         "peers": request.app[PEERS](),
+        # Damaged store files set aside and rebuilt since start (oldest first).
+        "store_notes": list(iter_notes(engine.store.notes(), engine.publications.notes())),
     }
     body.update(request.app[INFO]())
     return web.json_response(body)
@@ -177,12 +144,14 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_events(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    caller(request)
+    uid = caller(request)
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await resp.prepare(request)
-    subscription = engine.events.subscribe(Event("STATUS_CHANGED", {"status": engine.status}))
+    subscription = engine.events.subscribe(
+        Event("STATUS_CHANGED", {"status": engine.status}), uid=uid
+    )
     try:
         async for event in subscription:
             line = f"event: {event.name}\ndata: {json.dumps(event.data)}\n\n"
@@ -366,9 +335,27 @@ async def get_cache(request: web.Request) -> web.Response:
 async def delete_cache(request: web.Request) -> web.Response:
     if caller(request) != 0:
         raise errors.AccessDenied("only root may flush the cache")
-    freed = await asyncio.to_thread(request.app[ENGINE].store.flush)
-    log.info("cache flushed at uid 0's request: %d bytes freed", freed)
-    return web.json_response({"freed": freed})
+    raw = request.query.get("publications", "false").lower()
+    if raw not in ("true", "1", "false", "0"):
+        raise errors.InvalidParameter(f"publications must be true or false, got {raw!r}")
+    result = await request.app[ENGINE].flush_cache(include_publications=raw in ("true", "1"))
+    return web.json_response(result)
+
+
+async def post_cache_verify(request: web.Request) -> web.Response:
+    """Re-hash every cached block now; drop and report those that fail (root only)."""
+    if caller(request) != 0:
+        raise errors.AccessDenied("only root may verify the cache")
+    report = await asyncio.to_thread(request.app[ENGINE].store.verify)
+    return web.json_response(
+        {
+            "segments": report.segments,
+            "blocks": report.blocks,
+            "bad_blocks": report.bad_blocks,
+            "bytes_dropped": report.bytes_dropped,
+            "orphan_files": report.orphan_files,
+        }
+    )
 
 
 async def get_peers(request: web.Request) -> web.Response:
@@ -383,7 +370,8 @@ def make_app(
     peers: Callable[[], list[Mapping[str, Any]]] | None = None,
 ) -> web.Application:
     """The API application; the daemon serves it on the Unix socket (and loopback TCP)."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_CONTENT_INFORMATION)
+    middleware = errors_middleware(lambda: engine.settings.enabled, engine.cache_write_failed)
+    app = web.Application(middlewares=[middleware], client_max_size=MAX_CONTENT_INFORMATION)
     app[ENGINE] = engine
     app[INFO] = info or dict
     app[PEERS] = peers or list
@@ -405,5 +393,6 @@ def make_app(
     app.router.add_delete("/v1/contents/{h}", delete_content)
     app.router.add_get("/v1/cache", get_cache)
     app.router.add_delete("/v1/cache", delete_cache)
+    app.router.add_post("/v1/cache/verify", post_cache_verify)
     app.router.add_get("/v1/peers", get_peers)
     return app

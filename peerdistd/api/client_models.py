@@ -37,6 +37,22 @@ class CacheUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheVerifyReport:
+    """``POST /v1/cache/verify``: what was checked, and what failed and was dropped."""
+
+    segments: int
+    blocks: int
+    bad_blocks: int
+    bytes_dropped: int
+    orphan_files: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CacheVerifyReport:
+        keys = ("segments", "blocks", "bad_blocks", "bytes_dropped", "orphan_files")
+        return cls(*(int(d[k]) for k in keys))
+
+
+@dataclass(frozen=True, slots=True)
 class Peer:
     node_id: str
     address: str
@@ -80,6 +96,7 @@ class Status:
     counters: Mapping[str, int]
     peers: tuple[Peer, ...]
     listen: Listen
+    unavailable_reason: str | None = None  # why the cache cannot be written (UNAVAILABLE)
     # BranchCache's hit ratio by bytes (``branch``: cache + peers, ``local``: cache, each over
     # all bytes applications got); empty from a daemon that does not report it.
     hit_ratio: Mapping[str, float | None] = field(default_factory=dict)
@@ -87,6 +104,7 @@ class Status:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Status:
         listen = d["listen"]
+        reason = d.get("unavailable_reason")
         return cls(
             status=str(d["status"]),
             version=str(d["version"]),
@@ -105,6 +123,7 @@ class Status:
             listen=Listen(
                 str(listen["socket"]), listen.get("peers"), listen.get("tcp"), listen.get("metrics")
             ),
+            unavailable_reason=None if reason is None else str(reason),
         )
 
     def counter(self, name: str) -> int:

@@ -19,7 +19,12 @@ from peerdistd.engine.adding import AddOutcome, DataAdder
 from peerdistd.engine.commit import GroupCommit
 from peerdistd.engine.events import EventBus
 from peerdistd.engine.handle import ContentHandle
+from peerdistd.engine.handle import check_flags as _flags
+from peerdistd.engine.handle import loop_running as _loop_running
+from peerdistd.engine.handle import may_grow as _may_grow
+from peerdistd.engine.handle import ready as _ready
 from peerdistd.engine.held import HeldData
+from peerdistd.engine.owners import ALL, SegmentUsers
 from peerdistd.engine.ports import BlockStore, NoPeers, PeerNetwork
 from peerdistd.engine.publishing import Publisher
 from peerdistd.engine.reading import BlockReader, ReadRequest
@@ -72,7 +77,7 @@ class Engine:
         self.passphrase = passphrase
         self.settings = settings or EngineSettings()
         self.stats = stats or Counters()
-        self.events = EventBus()
+        self.events = EventBus(owner=self._owner_of)
         self.peers: PeerNetwork = peers or NoPeers()
         self.slots = SlotPool(self.settings.max_inflight)
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -81,12 +86,21 @@ class Engine:
             store, self.peers, self.slots, self.stats, self.events, self._track, self.commits.kick
         )
         self.adder = DataAdder(store, self.stats)
-        self.publisher = Publisher(store, publications, passphrase, self.check_enabled)
+        self.publisher = Publisher(
+            store,
+            self.commits,
+            publications,
+            passphrase,
+            self.check_enabled,
+            self.check_writable,
+        )
         self.handles: dict[str, ContentHandle] = {}
+        self.users = SegmentUsers(store.block_counts)
         self._views = ViewCache()
         # Gauges and counters of other parts (the peer network) merged into the snapshot.
         self.extra_stats: list[Callable[[], Mapping[str, float]]] = []
         self._status = "AVAILABLE" if self.settings.enabled else "DISABLED"
+        self.unavailable_reason: str | None = None  # why the cache cannot be written
 
     # -- status --------------------------------------------------------------------------
 
@@ -94,11 +108,20 @@ class Engine:
     def status(self) -> str:
         return self._status
 
-    def set_status(self, status: str) -> None:
+    def set_status(self, status: str, reason: str | None = None) -> None:
+        """UNAVAILABLE takes the ``reason`` the cache cannot be written (shown in status)."""
+        self.unavailable_reason = reason if status == "UNAVAILABLE" else None
         if status != self._status:
             self._status = status
             log.info("status changed to %s", status)
             self.events.publish("STATUS_CHANGED", status=status)
+
+    def cache_write_failed(self, reason: str) -> None:
+        """A write found the cache's file system full or read-only (the daemon's probe
+        sets AVAILABLE again once it can write)."""
+        if self._status == "AVAILABLE":
+            log.error("status UNAVAILABLE: %s", reason)
+            self.set_status("UNAVAILABLE", reason)
 
     def set_enabled(self, enabled: bool) -> None:
         self.settings.enabled = enabled
@@ -107,8 +130,13 @@ class Engine:
     def check_enabled(self) -> None:
         if not self.settings.enabled:
             raise errors.NotSupported("PeerDist is disabled by policy (daemon.enabled = false)")
+
+    def check_writable(self) -> None:
+        """Degraded, not dead: while the cache cannot be written only writes are refused."""
+        self.check_enabled()
         if self._status == "UNAVAILABLE":
-            raise errors.ServiceUnavailable("the cache is not usable right now")
+            reason = self.unavailable_reason or "unknown"
+            raise errors.ServiceUnavailable(f"the cache cannot be written right now: {reason}")
 
     # -- content handles (client side) ---------------------------------------------------
 
@@ -130,6 +158,7 @@ class Engine:
             flags=flag_set,
         )
         self.handles[handle.id] = handle
+        self.users.note(uid, view.segment_ids(0, ALL))
         if "immediate" in flag_set:
             self.peers.prefetch_hint(view.segment_ids())
         return handle
@@ -156,6 +185,7 @@ class Engine:
             raise errors.InvalidData("the new part changes the content range")
         h.ci_bytes = buf if _may_grow(view) else bytearray()
         h.view = view
+        self.users.note(h.owner_uid, view.segment_ids(0, ALL))
         self.adder.verify_held(h)
         return h
 
@@ -184,16 +214,28 @@ class Engine:
         # Held bytes go with the handle object (an add may still be finishing on them).
 
     async def flush(self, uid: int, handle_id: str) -> int:
-        """ClientFlushContent: drop this content's data from the local cache (and what the
-        handle held unverified); returns the bytes freed."""
+        """ClientFlushContent: drop what the handle held unverified and this content's
+        cached segments the caller may evict (see :mod:`peerdistd.engine.owners`); returns
+        the bytes freed."""
         h = self.handle(uid, handle_id)
         async with h.add_lock:
             h.held.clear()
         freed = 0
         if h.view is not None:
-            freed = await asyncio.to_thread(self.store.drop, h.view.segment_ids(0, 1 << 63))
+            published = await asyncio.to_thread(self.publications.segment_ids)
+            victims = self.users.evictable(uid, h.view, published, self.handles.values())
+            freed = await asyncio.to_thread(self.store.drop, victims) if victims else 0
         log.info("flushed the content of handle %s of uid %d: %d bytes freed", h.id, uid, freed)
         return freed
+
+    async def flush_cache(self, include_publications: bool = False) -> dict[str, int]:
+        """Root's cache flush: every segment not pinned, publications' kept unless asked."""
+        published = await asyncio.to_thread(self.publications.segment_ids)
+        keep = frozenset() if include_publications else published
+        freed = await asyncio.to_thread(self.store.flush, keep)
+        kept = 0 if include_publications else await asyncio.to_thread(self.store.bytes_of, keep)
+        log.info("cache flushed: %d bytes freed, %d kept for publications", freed, kept)
+        return {"freed": freed, "kept_for_publications": kept}
 
     def reclaim_idle(self, now: float | None = None) -> int:
         """Close handles idle past ``handle_idle_timeout`` with no read running."""
@@ -293,6 +335,8 @@ class Engine:
         read_id = secrets.token_hex(8)
         req = ReadRequest(h.id, read_id, offset, max_bytes, timeout, flags)
         status = "OPERATION_ABORTED"
+        if self._status == "UNAVAILABLE":  # peer data could not be cached: local only
+            req = ReadRequest(h.id, read_id, offset, max_bytes, 0.0, flags)
         try:
             data, from_peers = await self.reader.read(view, req)
             status = "OK"
@@ -303,7 +347,9 @@ class Engine:
                 self._close(h, f"closed (shutdown_on_fail: {exc.name})")
             raise
         finally:
-            self.events.publish("SHUTDOWN_COMPLETE", handle=h.id, read_id=read_id, status=status)
+            self.events.publish(
+                "SHUTDOWN_COMPLETE", uid=h.owner_uid, handle=h.id, read_id=read_id, status=status
+            )
         self.stats.reads_ok += 1
         h.tally.read(len(data), from_peers)
         return ReadResult(offset, data, read_id, from_peers)
@@ -326,9 +372,13 @@ class Engine:
     ) -> AddOutcome:
         """ClientAddData: verify the body block by block and cache what matches."""
         h = self.handle(uid, handle_id)
+        self.check_writable()
         if offset < 0:
             raise errors.InvalidParameter("offset must be >= 0")
+        failures = self.commits.failures()
         out = await self.adder.add(h, offset, body, self.commits.kick)
+        # Durable before acknowledged: the 200 waits for the group commit of its blocks.
+        await self.commits.durable(failures)
         self.stats.bytes_from_origin += out.received
         h.tally.from_origin += out.received
         if out.bad:
@@ -353,6 +403,10 @@ class Engine:
             publications=self.publications.count(),
         )
 
+    def _owner_of(self, handle_id: str) -> int | None:
+        h = self.handles.get(handle_id)
+        return None if h is None else h.owner_uid
+
     def _track(self, fut: asyncio.Future[bool]) -> None:
         self._tasks.add(fut)
         fut.add_done_callback(self._tasks.discard)
@@ -366,36 +420,3 @@ class Engine:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.commits.aclose()
         self.events.close()
-
-
-def _may_grow(view: ContentView) -> bool:
-    """Whether more content information may still be added to the handle.
-
-    V2 content information has no segment count: one that ends on a chunk boundary is
-    complete as it stands, yet more chunks may follow ([MS-PCCRC] 2.4).
-    """
-    return not view.complete or view.version == 2
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _flags(flags: Iterable[str], allowed: frozenset[str]) -> frozenset[str]:
-    flag_set = frozenset(f for f in flags if f)
-    unknown = flag_set - allowed
-    if unknown:
-        raise errors.InvalidParameter(
-            f"unknown flag(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
-        )
-    return flag_set
-
-
-def _ready(h: ContentHandle) -> ContentView:
-    if h.view is None:
-        raise errors.InvalidParameter("no content information header on this handle yet")
-    return h.view

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from peerdistd import errors
 from peerdistd.engine.held import HeldData
 from peerdistd.engine.view import ContentView
 
@@ -65,3 +67,36 @@ class ContentHandle:
             f"{size}-byte content; bytes from cache {t.from_cache}, from peers "
             f"{t.from_peers}, from origin {t.from_origin}"
         )
+
+
+def may_grow(view: ContentView) -> bool:
+    """Whether more content information may still be added to the handle.
+
+    V2 content information has no segment count: one that ends on a chunk boundary is
+    complete as it stands, yet more chunks may follow ([MS-PCCRC] 2.4).
+    """
+    return not view.complete or view.version == 2
+
+
+def loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def check_flags(flags: Iterable[str], allowed: frozenset[str]) -> frozenset[str]:
+    flag_set = frozenset(f for f in flags if f)
+    unknown = flag_set - allowed
+    if unknown:
+        raise errors.InvalidParameter(
+            f"unknown flag(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return flag_set
+
+
+def ready(h: ContentHandle) -> ContentView:
+    if h.view is None:
+        raise errors.InvalidParameter("no content information header on this handle yet")
+    return h.view

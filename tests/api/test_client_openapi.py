@@ -32,6 +32,7 @@ ROUTES = {
     ("post", "/v1/contents/{h}/flush"),
     ("get", "/v1/cache"),
     ("delete", "/v1/cache"),
+    ("post", "/v1/cache/verify"),
     ("get", "/v1/peers"),
     ("get", "/v1/openapi.json"),
 }
@@ -140,6 +141,7 @@ def test_status_schema_names_every_counter(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     assert set(schemas["Status"]["required"]) == {
         "status",
+        "unavailable_reason",
         "version",
         "node_id",
         "uptime",
@@ -148,9 +150,11 @@ def test_status_schema_names_every_counter(doc: dict[str, Any]) -> None:
         "hit_ratio",
         "peers",
         "listen",
+        "store_notes",
     }
     counters = set(schemas["Counters"]["properties"])
     assert {"bytes_from_cache", "bytes_from_peers", "bytes_from_origin", "peers_known"} <= counters
+    assert {"scrub_blocks", "scrub_bad_blocks", "store_heals"} <= counters
     assert "bytes_kept_off_wan" in counters
-    assert len(counters) == 20
+    assert len(counters) == 23
     assert all(c["type"] == "integer" for c in schemas["Counters"]["properties"].values())

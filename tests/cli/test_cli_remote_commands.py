@@ -58,7 +58,9 @@ class Fake:
         if route == ("GET", "/v1/cache"):
             return web.json_response(STATUS["cache"])
         if route == ("DELETE", "/v1/cache"):
-            return web.json_response({"freed": 1536})
+            if request.query.get("publications") == "true":
+                return web.json_response({"freed": 4096, "kept_for_publications": 0})
+            return web.json_response({"freed": 1536, "kept_for_publications": 2048})
         if route == ("GET", "/v1/peers"):
             peer = {**STATUS["peers"][0], "source": "discovery"}
             return web.json_response({"peers": [peer]})
@@ -197,7 +199,10 @@ def test_daemon_errors_are_one_line(served: Served, capsys: pytest.CaptureFixtur
 
 def test_cache_and_peers(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(served, "cache", "--flush") == 0
-    assert capsys.readouterr().out == "freed 1.5 KiB\n"
+    assert capsys.readouterr().out == "freed 1.5 KiB; kept 2.0 KiB for publications\n"
+    assert run(served, "cache", "--flush", "--include-publications") == 0
+    assert capsys.readouterr().out == "freed 4.0 KiB\n"
+    assert served.fake.seen[-1][:3] == ("DELETE", "/v1/cache", {"publications": "true"})
     assert run(served, "cache") == 0
     assert "16" in capsys.readouterr().out
     assert run(served, "peers") == 0

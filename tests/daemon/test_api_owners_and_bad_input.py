@@ -116,10 +116,11 @@ async def test_publications_and_handles_belong_to_their_uid(shared_daemon: Daemo
         async with api.post("/v1/contents", data=content_information(data).to_bytes()) as r:
             handle = (await r.json())["handle"]
     sock = shared_daemon.socket
+    # Another uid's publication answers exactly as an absent one (no existence oracle).
     denied = as_uid(NOBODY, "GET", "/v1/publications/roots/content-information", sock)
-    assert denied["status"] == 403 and json.loads(denied["body"])["error"] == "ACCESS_DENIED"
+    assert denied["status"] == 400 and json.loads(denied["body"])["error"] == "INVALID_PARAMETER"
     denied = as_uid(NOBODY, "DELETE", "/v1/publications/roots", sock)
-    assert denied["status"] == 403
+    assert denied["status"] == 400
     other = as_uid(NOBODY, "POST", f"/v1/contents/{handle}/stream-read?timeout_ms=0", sock)
     assert other["status"] == 404 and json.loads(other["body"])["error"] == "INVALID_HANDLE"
     listed = as_uid(NOBODY, "GET", "/v1/publications", sock)

@@ -126,7 +126,11 @@ async def test_missing_data_when_no_peer_has_it(tmp_path: Path, netns: str) -> N
     data = bytes(200) + bytes(range(100)) * 3000
     with nodes(tmp_path, netns, 2) as (a, b):
         ci = await publish(a, data)
-        async with a.session() as api, api.delete("/v1/cache") as r:
+        # Publications keep their blocks unless the flush asks for them too.
+        async with (
+            a.session() as api,
+            api.delete("/v1/cache", params={"publications": "true"}) as r,
+        ):
             assert r.status == 200
         async with b.session() as api:
             async with api.post("/v1/contents", data=ci) as r:

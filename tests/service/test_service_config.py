@@ -153,6 +153,14 @@ def test_file_ints_are_accepted_for_floats(tmp_path: Path) -> None:
     [
         ("[cache]\nlimit_percent = 150", "cache.limit_percent: must be between 0 and 100, got 150"),
         ("[cache]\nlimit_bytes = -1", "cache.limit_bytes: must be at least 0, got -1"),
+        (
+            "[cache]\nscrub_bytes_per_second = -1",
+            "cache.scrub_bytes_per_second: must be at least 0, got -1",
+        ),
+        (
+            "[cache]\nscrub_bytes_per_second = 1.5",
+            "cache.scrub_bytes_per_second: must be an integer, got 1.5",
+        ),
         ("[cache]\nsize = 1", "cache.size: unknown key"),
         ("[caches]\nlimit_bytes = 1", "caches: unknown section (or not a [table])"),
         ("[daemon]\nenabled = 1", "daemon.enabled: must be a boolean, got 1"),
@@ -261,7 +269,7 @@ def test_reload_diff_splits_reloadable_keys() -> None:
 def test_reloadable_keys_exist() -> None:
     every = {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     assert every >= RELOADABLE
-    assert len(RELOADABLE) == 9
+    assert len(RELOADABLE) == 10  # + cache.scrub_bytes_per_second
 
 
 def test_config_values_are_frozen() -> None:
@@ -282,8 +290,17 @@ def test_ensure_private_dir(tmp_path: Path) -> None:
     ensure_private_dir(link)
     plain = tmp_path / "file"
     plain.write_text("")
-    with pytest.raises(ConfigError, match=r"^daemon\.socket: cannot create .*/file: File exists$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^daemon\.socket: cannot create .*/file: File exists; set daemon\.socket to a "
+        r"path in a directory of your own$",
+    ):
         ensure_private_dir(plain)
+    # Named after the setting that chose the directory, the fix included.
+    with pytest.raises(
+        ConfigError, match=r"^daemon\.state_dir: cannot create .*; set daemon\.state_dir to a dir"
+    ):
+        ensure_private_dir(plain, key="daemon.state_dir")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create another user's files")
@@ -291,7 +308,7 @@ def test_ensure_private_dir_refuses_another_users_dir_or_link(tmp_path: Path) ->
     squatted = tmp_path / "squat"
     squatted.mkdir(mode=0o700)
     os.chown(squatted, 4242, 4242)
-    with pytest.raises(ConfigError, match="belongs to uid 4242"):
+    with pytest.raises(ConfigError, match=r"belongs to uid 4242, not to us .*; chown it to uid"):
         ensure_private_dir(squatted)
     mine = tmp_path / "mine"
     mine.mkdir()
