@@ -71,16 +71,15 @@ async def test_a_fetch_from_peers_is_a_hit_and_is_logged(tmp_path: Path, netns: 
         assert all(type(v) is int for v in as_json["counters"].values())
         assert as_json["hit_ratio"] == {"branch": 1.0, "local": 0.0}
 
-        async with a.session() as api:
-            async with api.delete("/v1/cache") as r:
-                freed = (await r.json())["freed"]
-            async with api.delete("/v1/publications/c") as r:
-                assert r.status == 204
+        async with b.session() as api, api.delete("/v1/cache") as r:
+            assert (await r.json())["freed"] == SIZE
+        async with a.session() as api, api.delete("/v1/publications/c") as r:
+            assert r.status == 204
         log_a, log_b = a.output(), b.output()
         assert re.search(r"node \w+: state in \S+node1-state, cache in \S+node1-cache \(", log_a)
         assert f"published 'c' for uid 0: {SIZE} bytes, V1 sha256, 1 segments" in log_a
-        assert f"cache flushed at uid 0's request: {freed} bytes freed" in log_a
         assert f"unpublished 'c' of uid 0 ({SIZE} bytes)" in log_a
+        assert f"cache flushed: {SIZE} bytes freed, 0 kept for publications" in log_b
         assert (
             f"handle {handle} of uid 0 closed: " in log_b
             and f"of a {SIZE}-byte content; bytes from cache 0, from peers {SIZE}, from origin 0"
@@ -94,8 +93,8 @@ async def test_origin_bytes_count_in_the_summary_and_the_ratio(tmp_path: Path, n
     with nodes(tmp_path, netns, 1) as (a,):
         ci = await publish(a, data)
         async with a.session() as api:  # the publisher's own cache would answer: empty it
-            async with api.delete("/v1/cache") as r:
-                assert r.status == 200
+            async with api.delete("/v1/cache", params={"publications": "true"}) as r:
+                assert r.status == 200 and (await r.json())["freed"] == len(data)
             async with api.post("/v1/contents", data=ci) as r:
                 h = str((await r.json())["handle"])
             async with api.put(f"/v1/contents/{h}/data", params={"offset": "0"}, data=data) as r:
