@@ -173,7 +173,7 @@ class Daemon:
         counters = Counters()
         peers = await self._start_peers(stack, store, counters)
         engine = Engine(
-            store,
+            store if self.peer_node is None else self.peer_node.engine_store(store),
             publications,
             passphrase,
             peers=peers,
@@ -182,6 +182,7 @@ class Daemon:
         )
         if self.peer_node is not None:
             engine.extra_stats.append(self._peer_stats)
+            engine.extra_stats.append(self.peer_node.hosted_stats)
         engine.extra_stats.append(self._store_stats)
         self.engine = engine
         stack.push_async_callback(engine.aclose)
@@ -250,7 +251,7 @@ class Daemon:
         )
         self.peer_node = node
         self.listening["peers"] = node.advertise
-        return node.swarm
+        return node.network
 
     async def _start_metrics(self, stack: contextlib.AsyncExitStack, engine: Engine) -> None:
         listen = self.config.metrics.listen
@@ -358,7 +359,11 @@ class Daemon:
         if self.peer_node is not None:
             self.peer_node.swarm.ban_seconds = new.peers.ban_seconds
             self.peer_node.swarm.window = new.peers.discovery_window_ms / 1000.0
-            self.peer_node.server.upload_limit = new.peers.upload_limit
+            self.peer_node.swarm.failures_to_ban = new.peers.failures_to_ban
+            self.peer_node.swarm.min_rate = float(new.peers.min_transfer_rate)
+            hosted = self.peer_node.hosted is not None  # a hosted cache has its own limit
+            limit = new.hosted_cache.upload_limit if hosted else new.peers.upload_limit
+            self.peer_node.server.upload_limit = limit
 
     def reload(self) -> None:
         """SIGHUP: apply what can change at run time; say what needs a restart."""

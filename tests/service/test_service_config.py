@@ -269,7 +269,9 @@ def test_reload_diff_splits_reloadable_keys() -> None:
 def test_reloadable_keys_exist() -> None:
     every = {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     assert every >= RELOADABLE
-    assert len(RELOADABLE) == 10  # + cache.scrub_bytes_per_second
+    # + cache.scrub_bytes_per_second, hosted_cache.upload_limit, peers.failures_to_ban,
+    # peers.min_transfer_rate
+    assert len(RELOADABLE) == 13
 
 
 def test_config_values_are_frozen() -> None:
@@ -317,3 +319,40 @@ def test_ensure_private_dir_refuses_another_users_dir_or_link(tmp_path: Path) ->
     os.lchown(trap, 4242, 4242)
     with pytest.raises(ConfigError, match="belongs to uid 4242"):
         ensure_private_dir(trap)
+
+
+def test_hosted_cache_keys_from_the_environment() -> None:
+    # The section's own name has an underscore: PEERDISTD_HOSTED_CACHE_SERVER still reaches it.
+    from peerdistd.config import load_config
+
+    env = {"PEERDISTD_HOSTED_CACHE_SERVER": "hc.branch:8443", "PEERDISTD_HOSTED_CACHE_ENABLED": "1"}
+    cfg = load_config(None, env, uid=0)
+    assert (cfg.hosted_cache.server, cfg.hosted_cache.enabled) == ("hc.branch:8443", True)
+    assert not cfg.peers.allow_plaintext and cfg.hosted_cache.listen == "0.0.0.0:443"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("", True),
+        ("dns-sd", True),
+        ("hc.branch1.example", True),
+        ("hc:8443", True),
+        ("10.0.0.5", True),
+        ("[fd00::5]:443", True),
+        ("hc:", False),
+        ("[fd00::5", False),
+        ("a b", False),
+        ("hc:70000", False),
+    ],
+)
+def test_hosted_cache_server_values(value: str, ok: bool) -> None:
+    from peerdistd.config import load_config
+    from peerdistd.errors import ConfigError
+
+    env = {"PEERDISTD_HOSTED_CACHE_SERVER": value}
+    if ok:
+        assert load_config(None, env, uid=0).hosted_cache.server == value
+    else:
+        with pytest.raises(ConfigError, match=r"hosted_cache\.server"):
+            load_config(None, env, uid=0)
