@@ -162,6 +162,11 @@ class Daemon:
         )
         stack.callback(store.close)
         self.store = store
+        usage = store.usage()
+        log.info(
+            "node %s: state in %s, cache in %s (%d of at most %d bytes used)",
+            self.node_id, paths.state_dir, paths.cache_dir, usage.bytes_used, usage.limit_bytes,
+        )  # fmt: skip
         self.scrubber = Scrubber(store)
         publications = PublicationStore.open(paths.state_dir / "publications.db")
         stack.callback(publications.close)

@@ -313,7 +313,11 @@ async def start_peer_node(
             node.network = HostedCacheFirst(
                 swarm, client, where, request_timeout=peers.request_timeout_ms / 1000.0
             )
-        log.info("serving peers on %s, discovery on port %d", advertise, peers.discovery_port)
+        bound = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
+        log.info(
+            "serving peers on %s (advertised as %s), discovery on UDP port %d",
+            bound, advertise, peers.discovery_port,
+        )  # fmt: skip
         yield node
 
 

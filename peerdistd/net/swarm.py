@@ -33,7 +33,14 @@ from peerdistd.net.hedging import LatencyWindow
 from peerdistd.net.peer_health import FAILURES_TO_BAN, PeerHealth, PeerStats
 from peerdistd.net.peer_windows import Outcome, PeerWindows
 from peerdistd.net.retrieval_client import RetrievalClient
-from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError, PeerSlow, Progress
+from peerdistd.net.types import (
+    PeerBusy,
+    PeerError,
+    PeerProtocolError,
+    PeerSlow,
+    PeerTimeout,
+    Progress,
+)
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
 from peerdistd.proto.pccrr import BlockRange
 
@@ -354,7 +361,8 @@ class Swarm:
         elif isinstance(exc, PeerError):  # timed out, too slow, unreachable, reset
             if isinstance(exc, PeerSlow):
                 self.stats.slow_answers += 1
-            self.health.failed(peer, exc.message)
+            stall = isinstance(exc, PeerTimeout) and not isinstance(exc, PeerSlow)
+            self.health.failed(peer, exc.message, stall=stall)
         else:
             # Not a PeerError: a defect of ours met by what this peer did. The read goes on
             # with the other holders (or MISSING_DATA); logged with its traceback, once.
