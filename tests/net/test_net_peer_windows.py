@@ -57,7 +57,7 @@ async def test_a_shut_window_opens_only_when_a_probe_is_answered() -> None:
 
 
 async def test_waiting_for_a_busy_peer_times_out() -> None:
-    windows = PeerWindows(8, Probes(*["busy"] * 10))
+    windows = PeerWindows(8, Probes(*("busy",) * 10))
     windows.begin(PEER, SEG)
     windows.end(PEER, "busy")
     with pytest.raises(TimeoutError):
