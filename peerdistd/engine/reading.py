@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from peerdistd import errors
 from peerdistd.engine.events import EventBus
+from peerdistd.engine.local_reads import LocalReads
 from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
-from peerdistd.errors import PeerUnavailable
+from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
 from peerdistd.store.blockcache import SegmentRecord
 
@@ -31,34 +32,6 @@ FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read y
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
 LOCATED_TTL = 10.0  # seconds a discovery answer is trusted for read-ahead
 LOCATED_LIMIT = 4096
-
-
-AHEAD_BYTES = 64 * 1024 * 1024  # bytes verified ahead for all readers together
-AHEAD_HANDLES = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Used:
-    """One block a local read took bytes from."""
-
-    segment_id: bytes
-    index: int
-    length: int  # bytes of it in the read
-    block_done: bool  # the read reached the block's end
-    hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Ahead:
-    view: ContentView
-    offset: int
-    max_bytes: int
-    task: asyncio.Future[tuple[bytes, list[Used]]]
-
-
-def _consume_exception(task: asyncio.Future[tuple[bytes, list[Used]]]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("read-ahead failed: %s", task.exception())
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,111 +92,20 @@ class BlockReader:
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
-        self._ahead: dict[str, Ahead] = {}  # handle id -> its next range, being verified
-        self._ahead_bytes = 0
+        self.locals = LocalReads(store, self._from_peers)
+        self.reads_queued = 0  # reads waiting for a transfer slot (here or at their peers)
+        self.fetches_waiting = 0  # fetches whose peers answered busy, waiting to ask again
 
     # -- local cache ---------------------------------------------------------------------
 
     def local(self, view: ContentView, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Consecutive cached bytes from ``offset`` (at most ``max_bytes``, within the range),
         and how many of them were fetched from peers and not read before."""
-        data, used = self._gather(view, offset, max_bytes)
-        return data, self._settle(used)
-
-    def _gather(self, view: ContentView, offset: int, max_bytes: int) -> tuple[bytes, list[Used]]:
-        """The cached bytes of :meth:`local` and the blocks they came from; thread-safe (the
-        store locks), so a worker thread can verify the next stream read ahead of time."""
-        limit = min(view.end, offset + max_bytes)
-        parts: list[bytes] = []
-        used: list[Used] = []
-        pos = offset
-        refs = list(view.blocks_from(offset, limit))
-        while refs and pos < limit:
-            # One run of consecutive blocks of one segment: one pread, each block re-hashed
-            # against this reader's own block hash.
-            first = refs[0]
-            seg = first.segment
-            run = [first]
-            while len(run) < len(refs) and refs[len(run)].segment is seg:
-                run.append(refs[len(run)])
-            refs = refs[len(run) :]
-            chunk = self.store.read_run(
-                seg.segment_id, first.index, [r.hash for r in run], pos - first.start, limit - pos
-            )
-            for ref in run:
-                got = min(ref.end, pos + len(chunk)) - max(ref.start, pos)
-                if got <= 0:
-                    break
-                used.append(
-                    Used(seg.segment_id, ref.index, got, pos + len(chunk) >= ref.end, ref.hash)
-                )
-            parts.append(chunk)
-            pos += len(chunk)
-            if pos < min(run[-1].end, limit):
-                break  # a block not held (or failed): the read stops there
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return data, used
-
-    def _settle(self, used: list[Used]) -> int:
-        """On the loop: LRU touches, and the bytes that peers supplied for this read."""
-        peer_bytes = 0
-        touched: set[bytes] = set()
-        for u in used:
-            touched.add(u.segment_id)
-            key = (u.segment_id, u.index)
-            if key in self._from_peers:
-                peer_bytes += u.length
-                if u.block_done:
-                    del self._from_peers[key]
-        for seg_id in touched:
-            self.store.touch(seg_id)
-        return peer_bytes
-
-    # -- verified read-ahead -------------------------------------------------------------
-    # A sequential reader's next range is read and hashed on a worker thread while this
-    # answer is sent (hashlib releases the GIL), so hashing on every read costs little
-    # latency. Bytes verified ahead are served only if every block is still held under the
-    # same hash when the read comes: never stale, never another reader's.
-
-    def _start_ahead(self, view: ContentView, req: ReadRequest, offset: int) -> None:
-        self._drop_ahead(req.handle)
-        if offset >= view.end:
-            return
-        # Least recently read first out (closed handles' entries age out this way too).
-        while self._ahead and (
-            len(self._ahead) >= AHEAD_HANDLES or self._ahead_bytes + req.max_bytes > AHEAD_BYTES
-        ):
-            self._drop_ahead(next(iter(self._ahead)))
-        task = asyncio.ensure_future(asyncio.to_thread(self._gather, view, offset, req.max_bytes))
-        task.add_done_callback(_consume_exception)
-        self._ahead[req.handle] = Ahead(view, offset, req.max_bytes, task)
-        self._ahead_bytes += req.max_bytes
+        return self.locals.local(view, offset, max_bytes)
 
     def drop_ahead(self, handle: str) -> None:
         """The handle is closed: forget what was read ahead for it."""
-        self._drop_ahead(handle)
-
-    def _drop_ahead(self, handle: str) -> Ahead | None:
-        ahead = self._ahead.pop(handle, None)
-        if ahead is not None:
-            self._ahead_bytes -= ahead.max_bytes
-        return ahead
-
-    async def _take_ahead(self, view: ContentView, req: ReadRequest) -> tuple[bytes, int] | None:
-        ahead = self._drop_ahead(req.handle)
-        if ahead is None or ahead.view is not view:
-            return None
-        if (ahead.offset, ahead.max_bytes) != (req.offset, req.max_bytes):
-            return None
-        try:
-            data, used = await ahead.task
-        except Exception:  # the read below meets the same error and reports it
-            return None
-        if not data or not all(
-            self.store.has_block(u.segment_id, u.index, expected=u.hash) for u in used
-        ):
-            return None  # dropped, evicted or replaced meanwhile: read it again
-        return data, self._settle(used)
+        self.locals.drop_ahead(handle)
 
     def _account(self, data: bytes, peer_bytes: int) -> None:
         """Bytes by source; a read counts as a hit only if nothing in it came from peers."""
@@ -280,13 +162,13 @@ class BlockReader:
     async def read(self, view: ContentView, req: ReadRequest) -> tuple[bytes, int]:
         """Bytes at ``req.offset`` (at least one) and how many of them came from peers;
         or MissingData / Timeout / StreamLimit."""
-        ahead = await self._take_ahead(view, req)
+        ahead = await self.locals.take_ahead(view, req.handle, req.offset, req.max_bytes)
         data, peer_bytes = ahead or self.local(view, req.offset, req.max_bytes)
         if data:
             self._account(data, peer_bytes)
             self._start_complete(req, peer_accepted=False)
             if len(data) == req.max_bytes:
-                self._start_ahead(view, req, req.offset + len(data))
+                self.locals.start_ahead(view, req.handle, req.offset + len(data), req.max_bytes)
             if peer_bytes and req.timeout > 0:
                 # A sequential reader is consuming what peers sent: keep the pipe full.
                 end = req.offset + len(data)
@@ -313,19 +195,23 @@ class BlockReader:
         key = (first.segment.segment_id, first.index)
         task = self._inflight.get(key)
         if task is None:
-            if "fail_blocked" in req.flags:
-                if not self.slots.try_acquire():
-                    self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
-                    raise errors.StreamLimitReached("no transfer slot is free")
-                queued = False
+            # Like a QUIC stream start: START_COMPLETE at once, saying whether the window had a
+            # slot (here, and at a peer holding the block); a queued read hears PEER_ACCEPTED
+            # when it gets one, if it asked to.
+            seg_id = first.segment.segment_id
+            if not self.peers.at_limit(seg_id) and self.slots.try_acquire():
+                self._start_complete(req, peer_accepted=True)
+            elif "fail_blocked" in req.flags:
+                self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
+                raise errors.StreamLimitReached("no transfer slot is free")
             else:
+                self._start_complete(req, peer_accepted=False)
                 try:
-                    queued = await self.slots.acquire(req.timeout)
+                    await self._queue(seg_id, deadline)
                 except TimeoutError:
                     raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
-            if queued and "indicate_peer_accept" in req.flags:
-                self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
-            self._start_complete(req, peer_accepted=True)
+                if "indicate_peer_accept" in req.flags:
+                    self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
             remaining = deadline - time.monotonic()
             try:
                 located = await self._locate(view, req.offset, remaining)
@@ -360,6 +246,25 @@ class BlockReader:
         self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
         self.stats.bytes_from_cache += len(data) - peer_bytes
         return data, peer_bytes
+
+    async def _queue(self, segment_id: bytes, deadline: float) -> None:
+        """Wait, first-in first-out, until a peer holding the segment may have an upload slot
+        for us and a slot of our own is free; the slot is then held. TimeoutError at the
+        deadline. No slot of ours is held while the peers are at their limit."""
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        self.reads_queued += 1
+        try:
+            await self.peers.slot_freed(segment_id, timeout=left())
+            await self.slots.acquire(left())
+            while self.peers.at_limit(segment_id):  # the peers filled up while we queued here
+                self.slots.release()
+                await self.peers.slot_freed(segment_id, timeout=left())
+                await self.slots.requeue(left())
+        finally:
+            self.reads_queued -= 1
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
         wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
@@ -411,9 +316,21 @@ class BlockReader:
         self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
     ) -> bool:
         try:
-            data = await self.peers.fetch(
-                ref, view.algorithm, timeout=max(0.0, deadline - time.monotonic())
-            )
+            while True:
+                try:
+                    data = await self.peers.fetch(
+                        ref, view.algorithm, timeout=max(0.0, deadline - time.monotonic())
+                    )
+                    break
+                except PeersBusy:
+                    if not holds_slot:
+                        raise
+                    # The peers are at their upload limit: wait for one of their slots to
+                    # free holding none of ours, then take one again ahead of later reads.
+                    holds_slot = False
+                    self.slots.release()
+                    await self._wait_for_peers(ref.segment.segment_id, deadline)
+                    holds_slot = True
             if data is None:
                 return False
             self.store.add_segment(segment_record(view, ref), full_list(view, ref))
@@ -429,6 +346,17 @@ class BlockReader:
         finally:
             if holds_slot:
                 self.slots.release()
+
+    async def _wait_for_peers(self, segment_id: bytes, deadline: float) -> None:
+        """A fetch whose peers answered busy: a slot again once one of theirs frees."""
+        self.fetches_waiting += 1
+        try:
+            await self.peers.slot_freed(segment_id, timeout=max(0.0, deadline - time.monotonic()))
+            await self.slots.requeue(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise PeerUnavailable("every peer holding the block stayed at its limit") from None
+        finally:
+            self.fetches_waiting -= 1
 
     def _start_complete(self, req: ReadRequest, peer_accepted: bool, status: str = "OK") -> None:
         self.events.publish(

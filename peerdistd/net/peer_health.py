@@ -5,9 +5,12 @@ A peer that fails in any other way (times out, trickles under the floor rate, re
 refuses connections) is *backed off*: asked last among a block's holders for a while, twice
 as long each time it fails again after a back-off ended (requests that were in flight together
 fail together: one incident). After ``failures_to_ban`` failed requests in a row it is banned
-like a peer that sent a bad block. A peer with requests outstanding past the hedge delay is
-asked last until they end, which is not a failure. Any good answer clears the record. Every
-table is bounded: peers are remote input.
+like a peer that sent a bad block. Requests that got no answer at all (a stall) count once per
+incident: one stall of an honest but overloaded holder, timing out all its in-flight requests
+together, backs it off and never bans it; a peer that keeps stalling after its back-offs
+does. A peer with requests outstanding past the hedge delay is asked last until they end,
+which is not a failure. Any good answer clears the record. Every table is bounded: peers are
+remote input.
 """
 
 from __future__ import annotations
@@ -94,13 +97,17 @@ class PeerHealth:
         self.peers.move_to_end(xaddr)
         return stats
 
-    def failed(self, peer: str, why: str) -> None:
-        """A request to ``peer`` failed by its fault (not a bad block): back off, maybe ban."""
+    def failed(self, peer: str, why: str, *, stall: bool = False) -> None:
+        """A request to ``peer`` failed by its fault (not a bad block): back off, maybe ban.
+
+        ``stall``: it got no answer at all in time; counted once per incident."""
         stats = self.peer(peer)
         stats.errors += 1
-        stats.failures += 1
         now = self._clock()
-        if stats.backoff_until <= now:  # not backing off yet: a new incident
+        new_incident = stats.backoff_until <= now
+        if new_incident or not stall:
+            stats.failures += 1
+        if new_incident:  # not backing off yet: a new incident
             backoff = min(BACKOFF_BASE * 2 ** min(stats.backoffs, 16), BACKOFF_MAX)
             stats.backoff_until = now + backoff
             stats.backoffs += 1

@@ -160,6 +160,22 @@ def test_a_failing_peer_is_asked_last_then_banned_and_a_good_answer_forgives() -
     assert not health.banned("a") and health.order(["a", "b"], 0) == ["a", "b"]
 
 
+def test_a_stall_of_many_requests_is_one_failure() -> None:
+    # An honest holder that stalls once times out every request it had in flight together:
+    # backed off, not banned; stalling again after its back-off counts again.
+    now = [0.0]
+    health = PeerHealth(ban_seconds=60, failures_to_ban=3, clock=lambda: now[0])
+    for _ in range(8):
+        health.failed("a", "timed out", stall=True)
+    assert not health.banned("a") and health.peer("a").failures == 1
+    now[0] = health.peer("a").backoff_until
+    health.failed("a", "timed out", stall=True)
+    now[0] = health.peer("a").backoff_until
+    assert not health.banned("a")
+    health.failed("a", "timed out", stall=True)  # the third incident in a row
+    assert health.banned("a")
+
+
 def test_back_off_doubles_per_incident() -> None:
     now = [0.0]
     health = PeerHealth(failures_to_ban=0, clock=lambda: now[0])
