@@ -39,7 +39,7 @@ def test_held_bytes_match_a_byte_model(ops: list[tuple[str, int, object]]) -> No
         spans = held.spans()
         assert all(a < b for a, b in spans)
         assert all(b < c for (_, b), (c, _) in itertools.pairwise(spans))
-        got = {}
+        got: dict[int, int] = {}
         for a, b in spans:
             piece = held.take(a, b)
             assert piece is not None
