@@ -66,6 +66,13 @@ class PeersConfig:
     request_timeout_ms: int = 2000  # [MS-PCCRR] Appendix A <9>: client request timer 2 s
     zeroconf: bool = True
     enabled: bool = True
+    # Single flight across the branch (docs/single-flight.md): peerdistd nodes agree who
+    # fetches each piece of a content from the origin.
+    single_flight: bool = True
+    piece_size: int = 1 << 20  # cap of a piece, bytes (lancache: larger slices stall waiters)
+    claim_ttl_ms: int = 2000  # a claim with no news for this long is taken over
+    claim_port: int = 3703  # UDP port of the claims' multicast group
+    fetch_workers: int = 4  # `peerdist fetch`: pieces read and fetched at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +187,8 @@ def _cross_checks(cfg: Config) -> None:
             f"must not exceed peers.max_inflight ({peers.max_inflight}), "
             f"got {peers.max_inflight_per_peer}",
         )
+    if peers.single_flight and peers.enabled and peers.claim_port == peers.discovery_port:
+        raise ConfigError("peers.claim_port", "must differ from peers.discovery_port")
     if listen and not cfg.metrics.allow_remote and not is_loopback("metrics.listen", listen):
         raise ConfigError(
             "metrics.listen",

@@ -109,5 +109,9 @@ CHECKS: dict[str, Check] = {
     "peers.max_inflight_per_peer": _between(1),
     "peers.ban_seconds": _between(0),
     "peers.request_timeout_ms": _between(1),
+    "peers.piece_size": _between(64 * 1024, 1 << 20),
+    "peers.claim_ttl_ms": _between(200, 60_000),
+    "peers.claim_port": _between(1, 65535),
+    "peers.fetch_workers": _between(1, 64),
     "metrics.listen": _endpoint(optional=True),
 }

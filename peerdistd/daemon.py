@@ -47,6 +47,7 @@ def engine_settings(config: Config) -> EngineSettings:
         enabled=config.daemon.enabled,
         max_inflight=config.peers.max_inflight,
         handle_idle_timeout=config.daemon.handle_idle_timeout,
+        piece_size=config.peers.piece_size,
     )
 
 
@@ -162,6 +163,7 @@ class Daemon:
             peers=peers,
             settings=engine_settings(cfg),
             stats=counters,
+            claims=self.peer_node.flight if self.peer_node is not None else None,
         )
         if self.peer_node is not None:
             engine.extra_stats.append(self._peer_stats)

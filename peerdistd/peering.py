@@ -20,6 +20,7 @@ from peerdistd.config import Config, PeersConfig
 from peerdistd.engine.stats import Counters
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.discovery_sockets import resolve_interfaces
+from peerdistd.net.flight import FlightNet
 from peerdistd.net.mdns import Mdns
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.net.retrieval_server import RetrievalServer
@@ -97,6 +98,7 @@ class PeerNode:
     discovery: Discovery
     mdns: Mdns | None = None
     served_to: ServedTo = field(default_factory=ServedTo)
+    flight: FlightNet | None = None  # single-flight claims (peers.single_flight)
 
     def peers(self) -> list[Mapping[str, Any]]:
         """Every peer known (zeroconf, discovery answers, clients served) with its counters."""
@@ -252,6 +254,17 @@ async def start_peer_node(
             mdns = await stack.enter_async_context(
                 Mdns(node_id, adv_port, interfaces=interfaces, addresses=[adv_host])
             )
-        node = PeerNode(swarm, advertise, server, discovery, mdns, served_to)
+        flight = None
+        if peers.single_flight:
+            flight = await stack.enter_async_context(
+                FlightNet(
+                    bytes.fromhex(node_id),
+                    advertise,
+                    interface_addresses=interfaces,
+                    port=peers.claim_port,
+                    ttl=peers.claim_ttl_ms / 1000.0,
+                )
+            )
+        node = PeerNode(swarm, advertise, server, discovery, mdns, served_to, flight)
         log.info("serving peers on %s, discovery on port %d", advertise, peers.discovery_port)
         yield node

@@ -18,6 +18,7 @@ from peerdistd import errors
 from peerdistd.engine.adding import AddOutcome, DataAdder
 from peerdistd.engine.commit import GroupCommit
 from peerdistd.engine.events import EventBus
+from peerdistd.engine.flight import ClaimNetwork, SingleFlight
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.handle import check_flags as _flags
 from peerdistd.engine.handle import loop_running as _loop_running
@@ -49,6 +50,7 @@ class EngineSettings:
     max_handles_per_uid: int = 4096
     held_limit: int = 64 * 1024 * 1024  # unverified bytes one handle may hold
     max_read: int = 16 * 1024 * 1024
+    piece_size: int = 1 << 20  # single flight's piece cap (peers.piece_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class Engine:
         peers: PeerNetwork | None = None,
         settings: EngineSettings | None = None,
         stats: Counters | None = None,
+        claims: ClaimNetwork | None = None,
     ) -> None:
         self.store = store
         self.publications = publications
@@ -85,6 +88,10 @@ class Engine:
         self.reader = BlockReader(
             store, self.peers, self.slots, self.stats, self.events, self._track, self.commits.kick
         )
+        self.flight: SingleFlight | None = None
+        if claims is not None:
+            self.flight = SingleFlight(store, claims, piece_cap=self.settings.piece_size)
+            self.reader.flight = self.flight
         self.adder = DataAdder(store, self.stats)
         self.publisher = Publisher(
             store, publications, passphrase, self.check_enabled, self.check_writable
@@ -201,6 +208,8 @@ class Engine:
     def _close(self, h: ContentHandle) -> None:
         h.closed = True
         self.handles.pop(h.id, None)
+        if self.flight is not None:
+            self.flight.closed(h.id)
         current = asyncio.current_task() if _loop_running() else None
         for task in list(h.pending):
             if task is not current:
@@ -369,6 +378,8 @@ class Engine:
             raise errors.InvalidParameter("offset must be >= 0")
         out = await self.adder.add(h, offset, body, self.commits.kick)
         self.stats.bytes_from_origin += out.received
+        if self.flight is not None and h.view is not None:
+            self.flight.added(h.view, offset, offset + out.received)
         if out.bad:
             bad_start, bad_end = out.bad[0]
             raise errors.InvalidData(

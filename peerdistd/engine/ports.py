@@ -61,6 +61,11 @@ class PeerNetwork(Protocol):
         """Start discovery for these segments now (the ``immediate`` open flag)."""
         ...
 
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
+        """``endpoint`` (a PCCRR ``ip:port``) holds blocks of these segments: ask it first
+        (single flight names the node that fetched a piece)."""
+        ...
+
 
 class NoPeers:
     """The peer network when peers are switched off: nobody ever has anything."""
@@ -74,4 +79,7 @@ class NoPeers:
         return None
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
+        return None
+
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
         return None

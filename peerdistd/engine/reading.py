@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from peerdistd import errors
 from peerdistd.engine.events import EventBus
+from peerdistd.engine.flight import Outcome, SingleFlight
 from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
@@ -82,6 +83,7 @@ class BlockReader:
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
+        self.flight: SingleFlight | None = None  # single flight across the branch, if on
 
     # -- local cache ---------------------------------------------------------------------
 
@@ -218,7 +220,7 @@ class BlockReader:
                 raise
             if first.segment.segment_id not in located:
                 self.slots.release()
-                raise errors.MissingData(req.offset, self.missing(view, req.offset, located))
+                return await self._unheld(view, req, first, deadline, located)
             task = self._start_fetch(view, first, deadline, holds_slot=True)
             self._read_ahead(
                 view,
@@ -237,13 +239,60 @@ class BlockReader:
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
         if not got:
             others = {k: v for k, v in located.items() if k != first.segment.segment_id}
-            raise errors.MissingData(req.offset, self.missing(view, req.offset, others))
+            return await self._unheld(view, req, first, deadline, others)
         data, peer_bytes = self.local(view, req.offset, req.max_bytes)
         if not data:  # evicted in between: practically impossible, but never lie
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {}))
         self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
         self.stats.bytes_from_cache += len(data) - peer_bytes
         return data, peer_bytes
+
+    async def _unheld(
+        self,
+        view: ContentView,
+        req: ReadRequest,
+        first: BlockRef,
+        deadline: float,
+        located: Mapping[bytes, int],
+    ) -> tuple[bytes, int]:
+        """No peer is known to hold the block at the offset. With single flight, the nodes
+        of the branch agree who fetches its piece from the origin (docs/single-flight.md):
+        MISSING_DATA for exactly that piece if it is ours, else wait (never past the read's
+        deadline) for the node that fetches it and take the blocks from it."""
+        missing = self.missing(view, req.offset, located)
+        if self.flight is None:
+            raise errors.MissingData(req.offset, missing)
+        for _attempt in range(3):
+            decision = await self.flight.decide(view, first, deadline, req.handle)
+            if decision is None:
+                break
+            clipped = max(1, min(missing, decision.piece.end - req.offset))
+            if decision.outcome is Outcome.MINE:
+                raise errors.MissingData(req.offset, clipped)
+            if decision.outcome is Outcome.TIMEOUT:
+                raise errors.Timeout(req.offset, clipped)
+            if decision.outcome is Outcome.HELD:
+                holds = {sid: 1 for sid, _i, _s in decision.piece.blocks}
+                self.peers.add_holder(list(holds), decision.endpoint)
+                key = (first.segment.segment_id, first.index)
+                task = self._inflight.get(key) or self._start_fetch(
+                    view, first, deadline, holds_slot=False
+                )
+                self._read_ahead(view, first.end, decision.piece.end, holds, deadline)
+                remaining = max(0.0, deadline - time.monotonic())
+                try:
+                    got = await asyncio.wait_for(asyncio.shield(task), remaining)
+                except (TimeoutError, PeerUnavailable):
+                    raise errors.Timeout(req.offset, clipped) from None
+                if not got:  # it no longer has it: the piece is free again
+                    self.flight.forget(decision.piece)
+                    continue
+            data, peer_bytes = self.local(view, req.offset, req.max_bytes)
+            if data:
+                self.stats.bytes_from_peers += peer_bytes
+                self.stats.bytes_from_cache += len(data) - peer_bytes
+                return data, peer_bytes
+        raise errors.MissingData(req.offset, missing)
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
         wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]

@@ -1,0 +1,206 @@
+"""The PeerDist fetch loop for applications: parallel reads, missing pieces from the origin.
+
+``workers`` tasks each take the next piece (at most :data:`UNIT` bytes, aligned to it) not yet
+taken and block-read it with the timeout; what the daemon reports missing (MISSING_DATA, or a
+TIMEOUT twice) is taken from the origin with a MissingDataRequest ([MS-PCCRTP] 3.1) and added
+back in :data:`ADD_CHUNK` pieces, so the node's claim shows progress and the branch can take
+the piece from it as it arrives (docs/single-flight.md). One client alone then fetches from
+the origin on several connections at once while it reads; nodes of a branch that start
+together fetch disjoint pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import IO
+
+import aiohttp
+
+from peerdistd.api.client import DEFAULT_READ_MAX, ContentHandle
+from peerdistd.errors import MissingData, RemoteError, ServiceUnavailable, Timeout
+from peerdistd.proto.pccrtp import missing_data_headers
+
+UNIT = 1 << 20  # the daemon's piece (peers.piece_size default); reads are aligned to it
+ADD_CHUNK = 256 * 1024  # origin bytes per add-data: the claim's progress, block-aligned
+TIMEOUT_RETRIES = 2  # a TIMEOUT means a claimant is still at it: ask again before the origin
+DEFAULT_WORKERS = 4
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+Progress = Callable[[int, int | None], None]
+"""Called with (bytes written so far, total or None)."""
+
+
+@dataclass(slots=True)
+class FetchCounts:
+    from_cache: int = 0
+    from_peers: int = 0
+    from_origin: int = 0
+    origin_requests: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.from_cache + self.from_peers + self.from_origin
+
+
+async def origin_range(
+    session: aiohttp.ClientSession, url: str, offset: int, length: int, chunk: int = 1 << 20
+) -> AsyncIterator[bytes]:
+    """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ``chunk``."""
+    last = offset + length - 1
+    # [MS-PCCRTP] 3.1: an identity request saying MissingDataRequest=true, never together
+    # with Accept-Encoding: peerdist (what iPXE sends per block).
+    headers = {"Range": f"bytes={offset}-{last}", **missing_data_headers()}
+    where = f"origin {url} (bytes {offset}-{last})"
+    got = 0
+    try:
+        async with session.get(url, headers=headers) as resp:
+            if resp.status != 206:
+                raise RemoteError(f"{where}: HTTP {resp.status} {resp.reason}, expected 206")
+            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if not match or (int(match[1]), int(match[2])) != (offset, last):
+                got_range = resp.headers.get("Content-Range")
+                raise RemoteError(f"{where}: answered Content-Range {got_range!r}")
+            if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+                raise RemoteError(f"{where}: answered Content-Encoding, expected identity")
+            while got < length:
+                data = await resp.content.readexactly(min(chunk, length - got))
+                got += len(data)
+                yield data
+            if await resp.content.read(1):
+                raise RemoteError(f"{where}: sent a body of the wrong length")
+    except asyncio.IncompleteReadError as exc:
+        raise RemoteError(f"{where}: sent a body of the wrong length") from exc
+    except aiohttp.ClientError as exc:
+        raise RemoteError(f"{where}: {exc!r}") from exc
+
+
+class _Writer:
+    """Writes pieces at their offsets: seeking if ``out`` can, else in order (pieces that
+    arrive early wait in memory; workers do not run more than ``ahead`` bytes ahead)."""
+
+    def __init__(self, out: IO[bytes], start: int, ahead: int) -> None:
+        self.out, self.start, self.ahead = out, start, ahead
+        try:
+            self.seekable = out.seekable()
+        except (AttributeError, ValueError):
+            self.seekable = False
+        self.flushed = start  # everything before is written (in-order mode)
+        self._early: dict[int, bytes] = {}
+        self.room = asyncio.Condition()
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.seekable:
+            self.out.seek(offset - self.start)
+            self.out.write(data)
+            return
+        self._early[offset] = data
+        while (chunk := self._early.pop(self.flushed, None)) is not None:
+            self.out.write(chunk)
+            self.flushed += len(chunk)
+
+    async def wait_room(self, offset: int) -> None:
+        if self.seekable:
+            return
+        async with self.room:
+            await self.room.wait_for(lambda: offset < self.flushed + self.ahead)
+
+    async def wrote(self) -> None:
+        if not self.seekable:
+            async with self.room:
+                self.room.notify_all()
+
+
+async def fetch_loop(
+    handle: ContentHandle,
+    origin: str,
+    out: IO[bytes],
+    *,
+    session: aiohttp.ClientSession,
+    workers: int = DEFAULT_WORKERS,
+    timeout_ms: int | None = None,
+    progress: Progress | None = None,
+    read_max: int = DEFAULT_READ_MAX,
+) -> FetchCounts:
+    """Write the content of ``handle`` (complete content information) to ``out``, reading
+    through the daemon and taking what it lacks from ``origin``; ``out`` starts at the range."""
+    if handle.range_offset is None or handle.size is None:
+        raise ServiceUnavailable("the content handle has no content information")
+    start, end = handle.range_offset, handle.range_offset + handle.size
+    counts = FetchCounts()
+    writer = _Writer(out, start, ahead=2 * max(1, workers) * UNIT)
+    cursor = start  # the next offset no worker has taken
+
+    def take() -> tuple[int, int] | None:
+        nonlocal cursor
+        if cursor >= end:
+            return None
+        unit = (cursor, min(end, (cursor // UNIT + 1) * UNIT))
+        cursor = unit[1]
+        return unit
+
+    def extend(unit_end: int, want: int) -> int:
+        """A gap runs past our unit: take its rest too if no worker took it yet."""
+        nonlocal cursor
+        if cursor == unit_end and want > unit_end:
+            cursor = min(want, end)
+            return cursor
+        return unit_end
+
+    def report() -> None:
+        if progress:
+            progress(counts.size, end - start)
+
+    async def from_origin(pos: int, length: int) -> None:
+        counts.origin_requests += 1
+        async for chunk in origin_range(session, origin, pos, length, ADD_CHUNK):
+            await handle.add_data(pos, chunk)
+            writer.write(pos, chunk)
+            pos += len(chunk)
+            counts.from_origin += len(chunk)
+            report()
+        await writer.wrote()
+
+    async def worker() -> None:
+        while (unit := take()) is not None:
+            pos, unit_end = unit
+            await writer.wait_room(pos)
+            timeouts = 0
+            while pos < unit_end:
+                try:
+                    read = await handle.block_read(
+                        pos, min(read_max, unit_end - pos), timeout_ms=timeout_ms
+                    )
+                except MissingData as gap:
+                    unit_end = extend(unit_end, gap.offset + gap.length)
+                    take_len = min(gap.length, unit_end - pos)
+                    await from_origin(pos, take_len)
+                    pos += take_len
+                    continue
+                except Timeout as gap:
+                    timeouts += 1
+                    if timeouts <= TIMEOUT_RETRIES:
+                        continue
+                    take_len = min(gap.length, unit_end - pos)
+                    await from_origin(pos, take_len)
+                    pos += take_len
+                    continue
+                if read.offset != pos or not read.data:
+                    raise ServiceUnavailable(f"peerdistd block read at {pos} answered badly")
+                data = read.data[: unit_end - pos]
+                writer.write(pos, data)
+                await writer.wrote()
+                counts.from_peers += min(read.from_peers, len(data))
+                counts.from_cache += len(data) - min(read.from_peers, len(data))
+                pos += len(data)
+                report()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(max(1, workers)):
+                group.create_task(worker())
+    except BaseExceptionGroup as failed:  # the first failure, as the caller knows it
+        raise failed.exceptions[0] from None
+    return counts
