@@ -131,20 +131,31 @@ def _systemd_dir(env: Mapping[str, str], name: str) -> Path | None:
     return Path(first) if first.startswith("/") else None
 
 
-def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
-    """Create ``path`` with ``mode`` if missing; refuse another user's directory (or symlink)."""
+def ensure_private_dir(path: Path, mode: int = 0o700, key: str = "daemon.socket") -> None:
+    """Create ``path`` with ``mode`` if missing; refuse another user's directory (or symlink).
+
+    ``key`` is the setting that chose ``path``: errors name it, and say how to fix them.
+    """
+    mine = (
+        "a path in a directory of your own" if key == "daemon.socket" else "a directory of your own"
+    )
+    change = f"set {key} to {mine}"
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
         link, info = path.lstat(), path.stat()
     except OSError as exc:
-        raise ConfigError("daemon.socket", f"cannot create {path}: {exc.strerror}") from exc
+        raise ConfigError(key, f"cannot create {path}: {exc.strerror}; {change}") from exc
     # A symlink is followed only if root or we made it: DynamicUser= makes $STATE_DIRECTORY a
     # root-owned link into /var/lib/private; one in /tmp made by someone else is an attack.
     owner = link.st_uid if link.st_uid != 0 or not stat.S_ISLNK(link.st_mode) else info.st_uid
     if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError("daemon.socket", f"{path} is not a directory")
+        raise ConfigError(key, f"{path} is not a directory; {change}")
     if owner != os.geteuid() or info.st_uid != os.geteuid():
-        raise ConfigError("daemon.socket", f"{path} belongs to uid {owner}, not to us")
+        raise ConfigError(
+            key,
+            f"{path} belongs to uid {owner}, not to us (uid {os.geteuid()}); "
+            f"chown it to uid {os.geteuid()}, or {change}",
+        )
     if stat.S_IMODE(info.st_mode) & ~mode:
         path.chmod(mode)
 
@@ -179,8 +190,18 @@ RELOADABLE: frozenset[str] = frozenset(
 )
 
 
+# sockaddr_un's sun_path holds 108 bytes on Linux, the terminating NUL included (unix(7)).
+MAX_SOCKET_PATH = 107
+
+
 def _cross_checks(cfg: Config) -> None:
     peers, listen = cfg.peers, cfg.metrics.listen
+    if len(os.fsencode(cfg.paths.socket)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            "daemon.socket",
+            f"{cfg.paths.socket} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path "
+            "may have; choose a shorter path",
+        )
     if peers.max_inflight_per_peer > peers.max_inflight:
         raise ConfigError(
             "peers.max_inflight_per_peer",
@@ -306,18 +327,31 @@ def default_config_path(uid: int | None = None, env: Mapping[str, str] | None = 
     return base / "peerdistd.toml"
 
 
+def _default_file_exists(path: Path) -> bool:
+    """Whether the default config file exists; a folder on its way we may not search is an
+    error (there may be a file we cannot see), said as one, not a traceback."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise ConfigError(
+            str(path),
+            f"cannot look for the configuration file: {exc.strerror}; make its folders "
+            "readable by this user, or name a file with --config",
+        ) from exc
+
+
 def _load(
     path: Path | None, env: Mapping[str, str] | None, uid: int | None
 ) -> tuple[Config | None, list[ConfigError]]:
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     problems: list[ConfigError] = []
-    if path is None:
-        # A default location that does not exist is fine; a named file must exist.
-        path = default_config_path(uid, env)
-        if not env.get(ENV_CONFIG) and not path.exists():
-            path = None
     try:
+        if path is None:
+            # A default location that does not exist is fine; a named file must exist.
+            path = default_config_path(uid, env)
+            if not env.get(ENV_CONFIG) and not _default_file_exists(path):
+                path = None
         if path is not None:
             raw = _read_file(path)
         config = _build(_gather(raw, env, problems), uid, env)

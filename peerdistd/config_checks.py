@@ -6,6 +6,7 @@ loader turns a message into ``ConfigError(key, message)``.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,17 @@ def _loopback_only(key: str, value: Any) -> str | None:
     return None if ok else f"must be a loopback address, got {value!r}"
 
 
+def _group(_: str, value: Any) -> str | None:
+    # Checked here, not only when the socket is bound: check-config and serve agree.
+    if not value:
+        return None
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        return f"no group {value!r} on this host; create it (groupadd {value}) or leave it empty"
+    return None
+
+
 def _ip_list(_: str, value: Any) -> str | None:
     for item in value:
         try:
@@ -90,6 +102,7 @@ def _ip_list(_: str, value: Any) -> str | None:
 
 CHECKS: dict[str, Check] = {
     "daemon.socket_mode": _octal_mode,
+    "daemon.socket_group": _group,
     "daemon.api_tcp": _loopback_only,
     "daemon.handle_idle_timeout": _between(1),
     "daemon.shutdown_timeout": _between(0),

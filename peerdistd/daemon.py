@@ -26,7 +26,7 @@ from aiohttp import web
 from peerdistd import __version__, errors
 from peerdistd.api.app import make_app
 from peerdistd.api.failures import ApiRunner
-from peerdistd.config import Config, diff_for_reload, ensure_private_dir, load_config
+from peerdistd.config import Config, MetricsConfig, diff_for_reload, ensure_private_dir, load_config
 from peerdistd.engine.core import Engine, EngineSettings
 from peerdistd.engine.ports import PeerNetwork
 from peerdistd.engine.stats import Counters
@@ -40,6 +40,7 @@ from peerdistd.systemd import Notifier, check_local, listen_fds, watchdog_interv
 log = logging.getLogger("peerdistd")
 
 HOUSEKEEPING_INTERVAL = 2.0  # watchdog, idle handles, the cache write probe
+DEFAULT_METRICS_LISTEN = MetricsConfig().listen
 
 
 def engine_settings(config: Config) -> EngineSettings:
@@ -106,6 +107,7 @@ class Daemon:
         self.engine: Engine | None = None
         self.store: BlockCache | None = None
         self.peer_node: PeerNode | None = None
+        self.bound_socket: tuple[Path, int] | None = None  # (path, inode) of a socket we bound
 
     def info(self) -> Mapping[str, Any]:
         return {
@@ -141,8 +143,8 @@ class Daemon:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config
         paths = cfg.paths
-        ensure_private_dir(paths.state_dir)
-        ensure_private_dir(paths.cache_dir)
+        ensure_private_dir(paths.state_dir, key="daemon.state_dir")
+        ensure_private_dir(paths.cache_dir, key="daemon.cache_dir")
         passphrase = load_or_create_secret(paths.secret_file)
         self.node_id = _node_id(paths.state_dir)
         store = BlockCache.open(
@@ -172,6 +174,7 @@ class Daemon:
         app = make_app(engine, info=self.info, peers=self._peer_list)
         runner = ApiRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
+        stack.callback(self._remove_socket)  # runs after the runner's clean-up below
         stack.push_async_callback(self._cleanup_runner, runner)
         await self._serve_api(runner)
         await self._start_metrics(stack, engine)
@@ -197,6 +200,7 @@ class Daemon:
             sock = bind_unix_socket(
                 cfg.paths.socket, int(cfg.daemon.socket_mode, 8), cfg.daemon.socket_group
             )
+            self.bound_socket = (cfg.paths.socket, cfg.paths.socket.stat().st_ino)
             where = str(cfg.paths.socket)
         await web.SockSite(runner, sock).start()
         self.listening["socket"] = where
@@ -207,6 +211,19 @@ class Daemon:
             await site.start()
             self.listening["tcp"] = site.name
             log.info("API also listening on %s", site.name)
+
+    def _remove_socket(self) -> None:
+        """A clean stop removes the socket file we bound, so no client finds a dead one.
+
+        Only ours: a socket handed over by systemd (socket activation) belongs to the .socket
+        unit and stays, and a file that is no longer our inode is someone else's.
+        """
+        if self.bound_socket is None:
+            return
+        path, inode = self.bound_socket
+        with contextlib.suppress(OSError):
+            if path.lstat().st_ino == inode:
+                path.unlink()
 
     async def _start_peers(
         self, stack: contextlib.AsyncExitStack, store: BlockCache, counters: Counters
@@ -228,9 +245,21 @@ class Daemon:
         from peerdistd.metrics import make_registry, start_metrics_server  # noqa: PLC0415
 
         host, _, port = listen.rpartition(":")
-        server = await stack.enter_async_context(
-            start_metrics_server(make_registry(engine), host.strip("[]"), int(port))
-        )
+        try:
+            server = await stack.enter_async_context(
+                start_metrics_server(make_registry(engine), host.strip("[]"), int(port))
+            )
+        except errors.ConfigError as exc:
+            if listen != DEFAULT_METRICS_LISTEN:
+                raise  # a port the admin chose must be served, or the start fails
+            # The embedded default taken (a second daemon on this host, say the system
+            # service beside `make run`): start without metrics rather than not at all.
+            log.warning(
+                "metrics off: %s (another peerdistd on this host?); set metrics.listen to a "
+                "free port, or '' to turn metrics off without this warning",
+                exc,
+            )
+            return
         self.listening["metrics"] = getattr(server, "url", listen)
 
     def _peer_stats(self) -> Mapping[str, float]:
@@ -408,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except errors.PeerDistError as exc:
         log.error("cannot start: %s", exc)
+        return 1
+    except OSError as exc:  # a file system that refuses (read-only, full): said, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("cannot start: %s%s; fix that path or choose another", where, exc.strerror)
         return 1
     return 0
 

@@ -157,3 +157,7 @@ API_ERRORS: dict[str, type[ApiError]] = {
         OperationAborted,
     )
 }
+
+
+class TransferInterrupted(RemoteError):
+    """A transfer from elsewhere (an origin) stopped part-way; asking again may succeed."""

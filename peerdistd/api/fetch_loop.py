@@ -12,6 +12,7 @@ together fetch disjoint pieces.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,13 +21,25 @@ from typing import IO
 import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, ContentHandle
-from peerdistd.errors import MissingData, RemoteError, ServiceUnavailable, Timeout
+from peerdistd.errors import (
+    MissingData,
+    RemoteError,
+    ServiceUnavailable,
+    Timeout,
+    TransferInterrupted,
+)
 from peerdistd.proto.pccrtp import missing_data_headers
 
 UNIT = 1 << 20  # the daemon's piece (peers.piece_size default); reads are aligned to it
 ADD_CHUNK = 256 * 1024  # origin bytes per add-data: the claim's progress, block-aligned
 TIMEOUT_RETRIES = 2  # a TIMEOUT means a claimant is still at it: ask again before the origin
 DEFAULT_WORKERS = 4
+# A range the origin cut short is asked again (its rest only) up to this many times in a row,
+# waiting ORIGIN_BACKOFF seconds before the first retry and twice as long before each next.
+ORIGIN_RETRIES = 3
+ORIGIN_BACKOFF = 0.5
+# Answers worth asking again: the origin is busy or failing for now (RFC 9110 15.5.9, 15.6).
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 Progress = Callable[[int, int | None], None]
@@ -48,7 +61,9 @@ class FetchCounts:
 async def origin_range(
     session: aiohttp.ClientSession, url: str, offset: int, length: int, chunk: int = 1 << 20
 ) -> AsyncIterator[bytes]:
-    """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ``chunk``."""
+    """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ``chunk``.
+
+    TransferInterrupted for what asking again may cure (a cut body, a reset, 5xx/429)."""
     last = offset + length - 1
     # [MS-PCCRTP] 3.1: an identity request saying MissingDataRequest=true, never together
     # with Accept-Encoding: peerdist (what iPXE sends per block).
@@ -58,7 +73,8 @@ async def origin_range(
     try:
         async with session.get(url, headers=headers) as resp:
             if resp.status != 206:
-                raise RemoteError(f"{where}: HTTP {resp.status} {resp.reason}, expected 206")
+                kind = TransferInterrupted if resp.status in _TRANSIENT_STATUS else RemoteError
+                raise kind(f"{where}: HTTP {resp.status} {resp.reason}, expected 206")
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if not match or (int(match[1]), int(match[2])) != (offset, last):
                 got_range = resp.headers.get("Content-Range")
@@ -66,15 +82,23 @@ async def origin_range(
             if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
                 raise RemoteError(f"{where}: answered Content-Encoding, expected identity")
             while got < length:
-                data = await resp.content.readexactly(min(chunk, length - got))
+                data = await resp.content.read(min(chunk, length - got))
+                if not data:
+                    break
                 got += len(data)
                 yield data
+            if got != length:
+                raise TransferInterrupted(f"{where}: sent {got} of {length} bytes")
             if await resp.content.read(1):
-                raise RemoteError(f"{where}: sent a body of the wrong length")
-    except asyncio.IncompleteReadError as exc:
-        raise RemoteError(f"{where}: sent a body of the wrong length") from exc
-    except aiohttp.ClientError as exc:
-        raise RemoteError(f"{where}: {exc!r}") from exc
+                raise RemoteError(f"{where}: sent a body of the wrong length (too long)")
+    except aiohttp.ClientConnectorError as exc:  # no origin there at all
+        raise RemoteError(f"{where}: {exc}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise TransferInterrupted(f"{where}: {exc!r}") from exc
+
+
+OriginGet = Callable[[aiohttp.ClientSession, str, int, int, int], AsyncIterator[bytes]]
+"""How the loop asks the origin for ``(session, url, offset, length, chunk size)``."""
 
 
 class _Writer:
@@ -119,6 +143,7 @@ async def fetch_loop(
     out: IO[bytes],
     *,
     session: aiohttp.ClientSession,
+    origin_get: OriginGet = origin_range,
     workers: int = DEFAULT_WORKERS,
     timeout_ms: int | None = None,
     progress: Progress | None = None,
@@ -154,13 +179,32 @@ async def fetch_loop(
             progress(counts.size, end - start)
 
     async def from_origin(pos: int, length: int) -> None:
-        counts.origin_requests += 1
-        async for chunk in origin_range(session, origin, pos, length, ADD_CHUNK):
-            await handle.add_data(pos, chunk)
-            writer.write(pos, chunk)
-            pos += len(chunk)
-            counts.from_origin += len(chunk)
-            report()
+        """The range from the origin; a cut is asked again from where it broke off."""
+        end_pos, failures = pos + length, 0
+        for attempt in itertools.count(1):
+            counts.origin_requests += 1
+            start = pos
+            buf = bytearray()  # added ADD_CHUNK at a time; a cut loses only what is here
+            try:
+                async for chunk in origin_get(session, origin, pos, end_pos - pos, ADD_CHUNK):
+                    buf += chunk
+                    while len(buf) >= ADD_CHUNK or (buf and pos + len(buf) == end_pos):
+                        take = bytes(buf[:ADD_CHUNK])
+                        del buf[:ADD_CHUNK]
+                        await handle.add_data(pos, take)
+                        writer.write(pos, take)
+                        pos += len(take)
+                        counts.from_origin += len(take)
+                        report()
+                break
+            except TransferInterrupted as exc:
+                # Bounded: ORIGIN_RETRIES in a row without a byte of progress.
+                failures = 1 if pos > start else failures + 1
+                if failures > ORIGIN_RETRIES:
+                    raise TransferInterrupted(
+                        f"{exc}; gave up after {attempt} attempts — try again later"
+                    ) from exc
+                await asyncio.sleep(ORIGIN_BACKOFF * 2 ** (failures - 1))
         await writer.wrote()
 
     async def worker() -> None:

@@ -13,9 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from peerdistd.cli.failures import report
 from peerdistd.cli.hash import node_secret_path
 from peerdistd.errors import PeerDistError
 from peerdistd.store.secret import import_exportkey, store_secret
+
+_HELP = (
+    "Take over a Windows server's BranchCache secret. With the secret that 'netsh branchcache "
+    "exportkey' wrote, content published here gets the same segment ids as on that Windows "
+    "server, so Linux and Windows publishers of the same bytes feed one branch cache."
+)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -23,11 +30,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "import-key",
         help="use a Windows server's exported BranchCache key as this node's secret",
-        description=__doc__,
+        description=_HELP,
     )
     p.add_argument("file", type=Path, metavar="FILE", help="file from netsh branchcache exportkey")
     p.add_argument(
-        "--passphrase-file", type=Path, metavar="P", help="file holding the export passphrase"
+        "--passphrase-file",
+        type=Path,
+        metavar="P",
+        help="file holding the export passphrase (default: ask on the terminal; without one, "
+        "the first line of standard input)",
     )
     p.add_argument(
         "--secret-file", type=Path, metavar="OUT", help="where to store it (default: the node's)"
@@ -40,12 +51,31 @@ def run_import_key(args: argparse.Namespace) -> int:
         if args.passphrase_file is not None:
             passphrase = args.passphrase_file.read_text("utf-8").rstrip("\r\n")
         else:
-            passphrase = getpass.getpass("export passphrase: ")
+            passphrase = _ask_passphrase()
         secret = import_exportkey(args.file, passphrase)
         target = args.secret_file or node_secret_path()
         store_secret(target, secret)
     except (PeerDistError, OSError, UnicodeDecodeError) as exc:
-        print(f"peerdist: error: {exc}", file=sys.stderr)
+        return report(exc)
+    except EOFError:
+        print(
+            "peerdist: error: no export passphrase: there is no terminal to ask on and "
+            "standard input is empty; give it with --passphrase-file FILE",
+            file=sys.stderr,
+        )
         return 1
     print(f"imported the server secret into {target}; restart peerdistd to use it")
     return 0
+
+
+def _ask_passphrase() -> str:
+    """Ask on the terminal; with none, the first line of standard input (EOFError if empty)."""
+    try:
+        with open("/dev/tty", "rb"):
+            pass
+    except OSError:  # no controlling terminal: a pipe or a service, not a person
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError from None
+        return line.rstrip("\r\n")
+    return getpass.getpass("export passphrase: ")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from peerdistd.api.client import PeerDistClient
 from peerdistd.api import fetch_loop
+from peerdistd.api.client import PeerDistClient
 from peerdistd.cli.fetching import FetchSummary, fetch
 from peerdistd.errors import RemoteError
 

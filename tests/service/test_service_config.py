@@ -283,8 +283,17 @@ def test_ensure_private_dir(tmp_path: Path) -> None:
     ensure_private_dir(link)
     plain = tmp_path / "file"
     plain.write_text("")
-    with pytest.raises(ConfigError, match=r"^daemon\.socket: cannot create .*/file: File exists$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^daemon\.socket: cannot create .*/file: File exists; set daemon\.socket to a "
+        r"path in a directory of your own$",
+    ):
         ensure_private_dir(plain)
+    # Named after the setting that chose the directory, the fix included.
+    with pytest.raises(
+        ConfigError, match=r"^daemon\.state_dir: cannot create .*; set daemon\.state_dir to a dir"
+    ):
+        ensure_private_dir(plain, key="daemon.state_dir")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create another user's files")
@@ -292,7 +301,7 @@ def test_ensure_private_dir_refuses_another_users_dir_or_link(tmp_path: Path) ->
     squatted = tmp_path / "squat"
     squatted.mkdir(mode=0o700)
     os.chown(squatted, 4242, 4242)
-    with pytest.raises(ConfigError, match="belongs to uid 4242"):
+    with pytest.raises(ConfigError, match=r"belongs to uid 4242, not to us .*; chown it to uid"):
         ensure_private_dir(squatted)
     mine = tmp_path / "mine"
     mine.mkdir()
