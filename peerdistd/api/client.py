@@ -291,14 +291,14 @@ class PeerDistClient:
         """The PeerDist fetch loop: write the content to ``out``, reading through the daemon
         with ``workers`` reads at once and fetching what the branch lacks from ``origin``
         (an HTTP URL serving ranges). See :mod:`peerdistd.api.fetch_loop`."""
-        from peerdistd.api.fetch_loop import fetch_loop  # noqa: PLC0415 (it imports us)
+        from peerdistd.api import fetch_loop as loop  # noqa: PLC0415 (it imports us)
 
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
         handle = await self.open_content(content_information, immediate=True)
         async with handle, aiohttp.ClientSession(timeout=timeout) as session:
             if not handle.complete:
                 await handle.complete_content_information()
-            return await fetch_loop(
+            return await loop.fetch_loop(
                 handle,
                 origin,
                 out,
@@ -306,6 +306,8 @@ class PeerDistClient:
                 workers=workers,
                 timeout_ms=timeout_ms,
                 progress=progress,
+                piece_bounds=loop.pieces_of(content_information),
+                block_bounds=loop.segments_of(content_information),
             )
 
 

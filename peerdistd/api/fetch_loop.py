@@ -12,9 +12,11 @@ together fetch disjoint pieces.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import itertools
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -22,12 +24,16 @@ import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, ContentHandle
 from peerdistd.errors import (
+    DecodeError,
     MissingData,
+    PeerDistError,
     RemoteError,
     ServiceUnavailable,
     Timeout,
     TransferInterrupted,
 )
+from peerdistd.proto.flight import piece_starts
+from peerdistd.proto.pccrc import ContentInformation
 from peerdistd.proto.pccrtp import missing_data_headers
 
 UNIT = 1 << 20  # the daemon's piece (peers.piece_size default); reads are aligned to it
@@ -101,6 +107,32 @@ OriginGet = Callable[[aiohttp.ClientSession, str, int, int, int], AsyncIterator[
 """How the loop asks the origin for ``(session, url, offset, length, chunk size)``."""
 
 
+def pieces_of(content_information: bytes, cap: int = UNIT) -> list[int]:
+    """Where the daemons' pieces start in this content (the same cut as theirs), so that
+    each worker reads and fetches whole pieces; [] if it does not parse (the daemon says)."""
+    try:
+        info = ContentInformation.parse(content_information)
+    except DecodeError:
+        return []
+    return piece_starts(info.version, info.segments, cap)
+
+
+def segments_of(content_information: bytes) -> list[int]:
+    """V2: where the segments start (each is one block: data added up to one is verified at
+    once, not held); V1: [] (its 64 KiB blocks divide ADD_CHUNK)."""
+    try:
+        info = ContentInformation.parse(content_information)
+    except DecodeError:
+        return []
+    return [seg.offset for seg in info.segments] if info.version == 2 else []
+
+
+def _cut(bounds: Sequence[int], pos: int, size: int) -> int:
+    """How much of ``size`` bytes at ``pos`` to add: up to the last block start in it."""
+    i = bisect.bisect_right(bounds, pos + size) - 1
+    return bounds[i] - pos if i >= 0 and bounds[i] > pos else size
+
+
 class _Writer:
     """Writes pieces at their offsets: seeking if ``out`` can, else in order (pieces that
     arrive early wait in memory; workers do not run more than ``ahead`` bytes ahead)."""
@@ -148,9 +180,13 @@ async def fetch_loop(
     timeout_ms: int | None = None,
     progress: Progress | None = None,
     read_max: int = DEFAULT_READ_MAX,
+    piece_bounds: Sequence[int] = (),
+    block_bounds: Sequence[int] = (),
 ) -> FetchCounts:
     """Write the content of ``handle`` (complete content information) to ``out``, reading
-    through the daemon and taking what it lacks from ``origin``; ``out`` starts at the range."""
+    through the daemon and taking what it lacks from ``origin``; ``out`` starts at the range.
+    ``piece_bounds``: where the daemons' pieces start (:func:`pieces_of`), else every UNIT;
+    ``block_bounds``: where V2 blocks (segments) start, so that added data ends on one."""
     if handle.range_offset is None or handle.size is None:
         raise ServiceUnavailable("the content handle has no content information")
     start, end = handle.range_offset, handle.range_offset + handle.size
@@ -158,11 +194,15 @@ async def fetch_loop(
     writer = _Writer(out, start, ahead=2 * max(1, workers) * UNIT)
     cursor = start  # the next offset no worker has taken
 
+    cuts = sorted(set(piece_bounds)) if piece_bounds else []
+
     def take() -> tuple[int, int] | None:
         nonlocal cursor
         if cursor >= end:
             return None
-        unit = (cursor, min(end, (cursor // UNIT + 1) * UNIT))
+        nxt = bisect.bisect_right(cuts, cursor)
+        stop = cuts[nxt] if nxt < len(cuts) else (cursor // UNIT + 1) * UNIT
+        unit = (cursor, min(end, stop))
         cursor = unit[1]
         return unit
 
@@ -178,26 +218,39 @@ async def fetch_loop(
         if progress:
             progress(counts.size, end - start)
 
+    cut_points = sorted(set(block_bounds))
+
+    async def add(pos: int, data: bytes) -> None:
+        await handle.add_data(pos, data)
+        writer.write(pos, data)
+        counts.from_origin += len(data)
+        report()
+
     async def from_origin(pos: int, length: int) -> None:
         """The range from the origin; a cut is asked again from where it broke off."""
         end_pos, failures = pos + length, 0
         for attempt in itertools.count(1):
             counts.origin_requests += 1
             start = pos
-            buf = bytearray()  # added ADD_CHUNK at a time; a cut loses only what is here
+            buf = bytearray()  # added about ADD_CHUNK at a time; a cut loses only what is here
+            pending: asyncio.Task[None] | None = None  # one add in flight while reading on
             try:
                 async for chunk in origin_get(session, origin, pos, end_pos - pos, ADD_CHUNK):
                     buf += chunk
                     while len(buf) >= ADD_CHUNK or (buf and pos + len(buf) == end_pos):
-                        take = bytes(buf[:ADD_CHUNK])
-                        del buf[:ADD_CHUNK]
-                        await handle.add_data(pos, take)
-                        writer.write(pos, take)
+                        take = bytes(buf[: _cut(cut_points, pos, len(buf))])
+                        del buf[: len(take)]
+                        if pending is not None:
+                            await pending
+                        pending = asyncio.ensure_future(add(pos, take))
                         pos += len(take)
-                        counts.from_origin += len(take)
-                        report()
+                if pending is not None:
+                    await pending
                 break
             except TransferInterrupted as exc:
+                if pending is not None:  # what was handed to the daemon stays done
+                    await pending
+                    pending = None
                 # Bounded: ORIGIN_RETRIES in a row without a byte of progress.
                 failures = 1 if pos > start else failures + 1
                 if failures > ORIGIN_RETRIES:
@@ -205,6 +258,11 @@ async def fetch_loop(
                         f"{exc}; gave up after {attempt} attempts — try again later"
                     ) from exc
                 await asyncio.sleep(ORIGIN_BACKOFF * 2 ** (failures - 1))
+            finally:
+                if pending is not None and not pending.done():  # failing: stop the add
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, PeerDistError):
+                        await pending
         await writer.wrote()
 
     async def worker() -> None:

@@ -17,7 +17,7 @@ from typing import BinaryIO
 import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, PeerDistClient
-from peerdistd.api.fetch_loop import DEFAULT_WORKERS, fetch_loop
+from peerdistd.api.fetch_loop import DEFAULT_WORKERS, fetch_loop, pieces_of, segments_of
 from peerdistd.cli.failures import origin_reason, transport_reason
 from peerdistd.errors import RemoteError, TransferInterrupted
 from peerdistd.proto.pccrtp import missing_data_headers
@@ -115,6 +115,8 @@ async def fetch(
             timeout_ms=timeout_ms,
             progress=progress,
             read_max=read_max,
+            piece_bounds=pieces_of(content_information),
+            block_bounds=segments_of(content_information),
         )
         # No ClientFlushContent here: it removes the content from the cache (DESIGN.md), and
         # what came from the origin is what this node should now serve to the branch.

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # How many segments one discovery round asks about, and how many blocks a missed read
 # fetches ahead (bounded again by the slot pool): enough to keep a peer link busy.
 LOCATE_SEGMENTS = 32
+LOCATE_AHEAD = 4  # batches of LOCATE_SEGMENTS asked about ahead of a reader (V2: ~8 MiB)
+HINT_AGAIN = 2.0  # seconds before the same batch is asked about ahead again
 READ_AHEAD_BLOCKS = 64
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
@@ -83,6 +85,7 @@ class BlockReader:
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
+        self._hinted: OrderedDict[bytes, float] = OrderedDict()  # segment id -> ask again at
         self.flight: SingleFlight | None = None  # single flight across the branch, if on
 
     # -- local cache ---------------------------------------------------------------------
@@ -295,7 +298,7 @@ class BlockReader:
         raise errors.MissingData(req.offset, missing)
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
-        wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
+        wanted = self.hint(view, offset)
         self.stats.discovery_attempts += 1
         located = await self.peers.locate(wanted, timeout=max(0.0, timeout))
         if located:
@@ -307,6 +310,30 @@ class BlockReader:
             while len(self._located) > LOCATED_LIMIT:
                 self._located.popitem(last=False)
         return located
+
+    def hint(self, view: ContentView, offset: int, *, reading: bool = True) -> list[bytes]:
+        """The segments a read at ``offset`` asks about, after starting discovery, off the
+        read's path, for the next ones (answers, "nobody" too, are remembered a while): with
+        V2's small segments a reader would otherwise wait a discovery window every few MiB.
+        Each segment is asked about once while its answer is fresh, never a whole content at
+        once (a large V2 content has thousands of segments). ``reading`` False (the
+        ``immediate`` open flag): ask about the first ones too."""
+        ids = view.segment_ids(offset, view.end)[: (LOCATE_AHEAD + 1) * LOCATE_SEGMENTS]
+        wanted = ids[:LOCATE_SEGMENTS]
+        now = time.monotonic()
+        if reading:
+            for sid in wanted:  # asked about by the read itself
+                self._hinted[sid] = now + HINT_AGAIN
+        later = ids[LOCATE_SEGMENTS:] if reading else ids
+        fresh = [sid for sid in later if self._hinted.get(sid, 0.0) <= now]
+        for sid in fresh:
+            self._hinted[sid] = now + HINT_AGAIN
+            self._hinted.move_to_end(sid)
+        while len(self._hinted) > LOCATED_LIMIT:
+            self._hinted.popitem(last=False)
+        if fresh:
+            self.peers.prefetch_hint(fresh)
+        return wanted
 
     def _located_now(self) -> Mapping[bytes, int]:
         """Segments some peer was recently found to hold (for read-ahead without probing)."""

@@ -15,11 +15,13 @@ Only :class:`DecodeError` escapes :func:`parse`; a datagram is capped at
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
 from peerdistd.errors import DecodeError
+from peerdistd.proto.pccrc_segment import Segment
 
 MAGIC: Final = b"PDsf"
 VERSION: Final = 1
@@ -150,3 +152,23 @@ def _pull_sized(data: bytes, pos: int, what: str) -> tuple[bytes, int]:
 
 def _printable_ascii(raw: bytes) -> bool:
     return all(0x21 <= b < 0x7F for b in raw)
+
+
+def piece_starts(version: int, segments: Sequence[Segment], cap: int) -> list[int]:
+    """Where the pieces of ``segments`` start (content offsets, ascending): every node and
+    every application computes the same cut (docs/single-flight.md, "Pieces").
+
+    V1: ``cap // block size`` blocks of one segment, counted from its first block. V2 (one
+    block per segment): the segments whose start lies in one ``cap``-sized stretch of the
+    content form a piece, so a piece starts at the first segment starting in each stretch.
+    """
+    starts: list[int] = []
+    last_bucket = -1
+    for seg in segments:
+        if version == 1:
+            per = max(1, cap // seg.block_size)
+            starts += [seg.block_span(i)[0] for i in range(0, seg.block_count, per)]
+        elif seg.offset // cap != last_bucket:
+            last_bucket = seg.offset // cap
+            starts.append(seg.offset)
+    return starts
