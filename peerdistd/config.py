@@ -43,6 +43,7 @@ class DaemonConfig:
 class CacheConfig:
     limit_bytes: int = 0  # 0 = use limit_percent of the cache file system
     limit_percent: float = 5.0
+    scrub_bytes_per_second: int = 4 * 1024 * 1024  # background re-hashing; 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,29 @@ class PeersConfig:
     claim_ttl_ms: int = 2000  # a claim with no news for this long is taken over
     claim_port: int = 3703  # UDP port of the claims' multicast group
     fetch_workers: int = 4  # `peerdist fetch`: pieces read and fetched at once
+    # [MS-PCCRR] 2.2.3 CryptoAlgoId 0: serve unencrypted blocks to peers that ask for them.
+    allow_plaintext: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HostedCacheConfig:
+    """MS-PCHC: this node as the branch's hosted cache (server), or offering to one (client)."""
+
+    enabled: bool = False  # server role: take offers, pull and serve what is offered
+    listen: str = "0.0.0.0:443"  # [MS-PCHC] 2.1: v1.0 offers over HTTPS on 443
+    certificate: str = ""  # PEM; "" = <state_dir>/hosted-cache-cert.pem, self-signed if absent
+    private_key: str = ""  # PEM; "" = <state_dir>/hosted-cache-key.pem
+    upload_limit: int = 1024  # [MS-PCCRR] 2.5: a hosted cache serves 1024 uploads at once
+    pull_slots: int = 16  # blocks pulled from offerers at once
+    offerer_rate: int = 0  # bytes per second pulled from one offerer; 0 = no limit
+    pull_queue: int = 4096  # offered segments waiting to be pulled; more are not taken
+    unverified_limit_bytes: int = 1 << 30  # v2-offered blocks, kept encrypted and unverified
+    unverified_per_offerer_bytes: int = 256 << 20  # of which one offerer may fill this much
+    server: str = ""  # client role: the hosted cache, "host" or "host:port"; "dns-sd" = find it
+    server_v2_port: int = 80  # where it takes v2.0 offers (its PCCRR port)
+    offer_version: int = 1  # 1 = INITIAL_OFFER + SEGMENT_INFO over HTTPS; 2 = BATCHED_OFFER
+    ca_file: str = ""  # CA bundle to check its certificate; "" = the system's
+    offer_queue: int = 1024  # completed segments waiting to be offered; more are skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +193,7 @@ class Config:
     content: ContentConfig = field(default_factory=ContentConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    hosted_cache: HostedCacheConfig = field(default_factory=HostedCacheConfig)
     paths: Paths = field(default_factory=default_paths)
 
 
@@ -178,14 +203,17 @@ SECTIONS: dict[str, type[Any]] = {
     "content": ContentConfig,
     "peers": PeersConfig,
     "metrics": MetricsConfig,
+    "hosted_cache": HostedCacheConfig,
 }
 
 RELOADABLE: frozenset[str] = frozenset(
     {
         *("daemon.enabled", "daemon.log_level", "daemon.handle_idle_timeout"),
         *("cache.limit_bytes", "cache.limit_percent"),
+        "cache.scrub_bytes_per_second",
         *("peers.upload_limit", "peers.max_inflight"),
         *("peers.ban_seconds", "peers.discovery_window_ms"),
+        "hosted_cache.upload_limit",
     }
 )
 
@@ -280,7 +308,10 @@ def _gather(raw: Mapping[str, Any], env: Mapping[str, str], problems: list[Confi
         given += [(section, key, value) for key, value in table.items()]
     for name, text in env.items():
         if name.startswith(ENV_PREFIX) and name != ENV_CONFIG:
-            section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+            rest = name[len(ENV_PREFIX) :].lower()
+            # The longest section that prefixes it: "hosted_cache" has an underscore itself.
+            section = max((s for s in values if rest.startswith(f"{s}_")), key=len, default="")
+            key = rest[len(section) + 1 :]
             if section not in values:
                 continue  # not a key override (e.g. PEERDISTD_SOCKET, read by the client)
             if key not in values[section]:

@@ -29,10 +29,12 @@ from peerdistd.api.failures import ApiRunner
 from peerdistd.config import Config, MetricsConfig, diff_for_reload, ensure_private_dir, load_config
 from peerdistd.engine.core import Engine, EngineSettings
 from peerdistd.engine.ports import PeerNetwork
+from peerdistd.engine.scrub import run_scrub
 from peerdistd.engine.stats import Counters
 from peerdistd.logs import LEVELS, setup_logging
 from peerdistd.peering import PeerNode, start_peer_node
 from peerdistd.store.blockcache import BlockCache
+from peerdistd.store.cache_scrub import Scrubber
 from peerdistd.store.publications import PublicationStore
 from peerdistd.store.secret import load_or_create_secret
 from peerdistd.systemd import Notifier, check_local, listen_fds, watchdog_interval
@@ -106,16 +108,21 @@ class Daemon:
         self.listening: dict[str, Any] = {}
         self.engine: Engine | None = None
         self.store: BlockCache | None = None
+        self.scrubber: Scrubber | None = None
         self.peer_node: PeerNode | None = None
         self.bound_socket: tuple[Path, int] | None = None  # (path, inode) of a socket we bound
 
     def info(self) -> Mapping[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "version": __version__,
             "node_id": self.node_id,
             "uptime": round(time.time() - self.started, 3),
             "listen": self.listening,
         }
+        if self.scrubber is not None:
+            rate = self.config.cache.scrub_bytes_per_second
+            info["scrub"] = {"bytes_per_second": rate, **self.scrubber.stats.as_json()}
+        return info
 
     async def run(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -126,13 +133,15 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             stack.callback(self._remove_signal_handlers, loop)
             housekeeping = asyncio.ensure_future(self._housekeeping())
+            scrub = asyncio.ensure_future(self._scrub())  # store.cache_scrub, engine.scrub
             self.notifier.ready(f"serving on {self.listening.get('socket')}")
             await self.stopping.wait()
             self.notifier.stopping()
             log.info("shutting down")
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
+            for task in (housekeeping, scrub):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         log.info("stopped")
 
     @staticmethod
@@ -154,12 +163,13 @@ class Daemon:
         )
         stack.callback(store.close)
         self.store = store
+        self.scrubber = Scrubber(store)
         publications = PublicationStore.open(paths.state_dir / "publications.db")
         stack.callback(publications.close)
         counters = Counters()
         peers = await self._start_peers(stack, store, counters)
         engine = Engine(
-            store,
+            store if self.peer_node is None else self.peer_node.engine_store(store),
             publications,
             passphrase,
             peers=peers,
@@ -169,6 +179,8 @@ class Daemon:
         )
         if self.peer_node is not None:
             engine.extra_stats.append(self._peer_stats)
+            engine.extra_stats.append(self.peer_node.hosted_stats)
+        engine.extra_stats.append(self._store_stats)
         self.engine = engine
         stack.push_async_callback(engine.aclose)
         app = make_app(engine, info=self.info, peers=self._peer_list)
@@ -236,7 +248,7 @@ class Daemon:
         )
         self.peer_node = node
         self.listening["peers"] = node.advertise
-        return node.swarm
+        return node.network
 
     async def _start_metrics(self, stack: contextlib.AsyncExitStack, engine: Engine) -> None:
         listen = self.config.metrics.listen
@@ -275,6 +287,22 @@ class Daemon:
             "matches_received": float(discovery.matches_received),
             "datagrams_dropped": float(sum(discovery.dropped.values())),
         }
+
+    def _store_stats(self) -> Mapping[str, float]:
+        assert self.store is not None and self.scrubber is not None
+        stats = self.scrubber.stats
+        return {
+            "scrub_blocks": float(stats.blocks_checked),
+            "scrub_bad_blocks": float(stats.bad_blocks),
+            "store_heals": float(len(self.store.notes()) + len(self._publication_notes())),
+        }
+
+    def _publication_notes(self) -> list[Any]:
+        return [] if self.engine is None else self.engine.publications.notes()
+
+    async def _scrub(self) -> None:
+        assert self.scrubber is not None
+        await run_scrub(self.scrubber.step, lambda: self.config.cache.scrub_bytes_per_second)
 
     def _peer_list(self) -> list[Mapping[str, Any]]:
         return [] if self.peer_node is None else self.peer_node.peers()
@@ -328,7 +356,9 @@ class Daemon:
         if self.peer_node is not None:
             self.peer_node.swarm.ban_seconds = new.peers.ban_seconds
             self.peer_node.swarm.window = new.peers.discovery_window_ms / 1000.0
-            self.peer_node.server.upload_limit = new.peers.upload_limit
+            hosted = self.peer_node.hosted is not None  # a hosted cache has its own limit
+            limit = new.hosted_cache.upload_limit if hosted else new.peers.upload_limit
+            self.peer_node.server.upload_limit = limit
 
     def reload(self) -> None:
         """SIGHUP: apply what can change at run time; say what needs a restart."""

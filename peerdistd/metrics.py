@@ -64,6 +64,15 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "peerdist_bad_blocks",
         "Blocks from peers or applications that failed verification.",
     ),
+    "scrub_blocks": ("peerdist_scrub_blocks", "Cached blocks re-hashed by the background scrub."),
+    "scrub_bad_blocks": (
+        "peerdist_scrub_bad_blocks",
+        "Cached blocks the background scrub found damaged on disk (and dropped).",
+    ),
+    "store_heals": (
+        "peerdist_store_heals",
+        "Damaged store files (cache index, publications) set aside and rebuilt.",
+    ),
 }
 
 GAUGES: dict[str, tuple[str, str]] = {

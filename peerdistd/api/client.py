@@ -23,6 +23,7 @@ import aiohttp
 from peerdistd.api.client_models import (
     AddDataResult,
     CacheUsage,
+    CacheVerifyReport,
     Event,
     Listen,
     Peer,
@@ -47,6 +48,7 @@ __all__ = [
     "SYSTEM_SOCKET",
     "AddDataResult",
     "CacheUsage",
+    "CacheVerifyReport",
     "ContentHandle",
     "Event",
     "Listen",
@@ -268,6 +270,12 @@ class PeerDistClient:
         doc = await self._json("DELETE", path)
         with malformed():
             return int(doc["freed"]), int(doc.get("kept_for_publications", 0))
+
+    async def verify_cache(self) -> CacheVerifyReport:
+        """Re-hash the whole block cache, dropping what fails (root only)."""
+        doc = await self._json("POST", "/v1/cache/verify")
+        with malformed():
+            return CacheVerifyReport.from_json(doc)
 
     async def peers(self) -> list[Peer]:
         doc = await self._json("GET", "/v1/peers")

@@ -19,7 +19,7 @@ from peerdistd.errors import PeerDistError
 
 COMMAND_MODULES = (
     "peerdistd.cli.hash",  # hash, inspect: no daemon needed
-    "peerdistd.cli.key",  # import-key: a Windows server secret
+    "peerdistd.cli.key",  # import-key, set-key: a Windows server secret
     "peerdistd.cli.remote",  # status, publish, fetch, ...: clients of the local API
     "peerdistd.cli.origin",  # origin: an HTTP origin handing out content information (PCCRTP)
 )

@@ -194,7 +194,19 @@ def _fetch_report(s: FetchSummary) -> str:
     )
 
 
+async def _cache_verify(client: PeerDistClient) -> int:
+    """``peerdist cache verify``: exit status 1 when damaged blocks were found (and dropped)."""
+    r = await client.verify_cache()
+    print(
+        f"checked {r.blocks} blocks in {r.segments} segments: {r.bad_blocks} bad"
+        f" ({human_bytes(r.bytes_dropped)} dropped), {r.orphan_files} stray files removed"
+    )
+    return 1 if r.bad_blocks else 0
+
+
 async def _cache(client: PeerDistClient, args: argparse.Namespace) -> int:
+    if args.action == "verify":
+        return await _cache_verify(client)
     if args.flush:
         freed, kept = await client.flush_cache_report(args.include_publications)
         note = f"; kept {human_bytes(kept)} for publications" if kept else ""
@@ -333,6 +345,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
 
     p = _add(subparsers, common, "cache", _cache, "show the block cache's use")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("verify",),
+        help="verify: re-hash every cached block now, drop and report those that fail (root)",
+    )
     p.add_argument("--flush", action="store_true", help="empty the block cache (root only)")
     p.add_argument(
         "--include-publications",
