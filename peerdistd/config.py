@@ -65,6 +65,8 @@ class PeersConfig:
     max_inflight_per_peer: int = 8
     ban_seconds: int = 300
     request_timeout_ms: int = 2000  # [MS-PCCRR] Appendix A <9>: client request timer 2 s
+    failures_to_ban: int = 8  # failed requests in a row (timeouts, slow, resets); 0 = never
+    min_transfer_rate: int = 65536  # bytes/s a block answer must reach; 0 = no floor
     zeroconf: bool = True
     enabled: bool = True
     # Single flight across the branch (docs/single-flight.md): peerdistd nodes agree who
@@ -213,6 +215,7 @@ RELOADABLE: frozenset[str] = frozenset(
         "cache.scrub_bytes_per_second",
         *("peers.upload_limit", "peers.max_inflight"),
         *("peers.ban_seconds", "peers.discovery_window_ms"),
+        *("peers.failures_to_ban", "peers.min_transfer_rate"),
         "hosted_cache.upload_limit",
     }
 )

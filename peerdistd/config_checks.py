@@ -166,5 +166,7 @@ CHECKS: dict[str, Check] = {
     "peers.claim_ttl_ms": _between(200, 60_000),
     "peers.claim_port": _between(1, 65535),
     "peers.fetch_workers": _between(1, 64),
+    "peers.failures_to_ban": _between(0),
+    "peers.min_transfer_rate": _between(0),
     "metrics.listen": _endpoint(optional=True),
 }

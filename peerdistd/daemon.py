@@ -356,6 +356,8 @@ class Daemon:
         if self.peer_node is not None:
             self.peer_node.swarm.ban_seconds = new.peers.ban_seconds
             self.peer_node.swarm.window = new.peers.discovery_window_ms / 1000.0
+            self.peer_node.swarm.failures_to_ban = new.peers.failures_to_ban
+            self.peer_node.swarm.min_rate = float(new.peers.min_transfer_rate)
             hosted = self.peer_node.hosted is not None  # a hosted cache has its own limit
             limit = new.hosted_cache.upload_limit if hosted else new.peers.upload_limit
             self.peer_node.server.upload_limit = limit

@@ -285,6 +285,8 @@ async def start_peer_node(
             window=peers.discovery_window_ms / 1000.0,
             request_timeout=peers.request_timeout_ms / 1000.0,
             ban_seconds=peers.ban_seconds,
+            failures_to_ban=peers.failures_to_ban,
+            min_rate=float(peers.min_transfer_rate),
             own_addresses=[advertise],
         )
         stack.push_async_callback(swarm.aclose)
