@@ -15,6 +15,7 @@ import io
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,13 @@ from aiohttp import web
 
 from peerdistd.api.client import PeerDistClient
 from peerdistd.errors import MissingData, Timeout
+from peerdistd.proto import blockcrypto, pccrr
+from peerdistd.proto.pccrc import ContentInformation
+from peerdistd.proto.pccrd import GROUP_V4, PORT, Probe, new_message_id, parse_probe_match
+from peerdistd.proto.pccrr import Blk, BlockRange, CryptoAlgo, GetBlks
+from tests.content import BLOCK
 from tests.harness import DaemonProcess, start_daemon
+from tests.peers.test_peers_conformance import in_netns, post
 
 MIB = 1 << 20
 
@@ -216,3 +223,50 @@ def test_stalled_claimant_never_holds_a_read_past_its_timeout(tmp_path: Path, ne
                 os.kill(a.proc.pid, signal.SIGCONT)
 
         asyncio.run(run())
+
+
+def test_ipxe_shaped_client_gets_blocks_from_a_claimant_mid_piece(
+    tmp_path: Path, netns: str
+) -> None:
+    """iPXE knows nothing of claims: a PCCRD probe and a GETBLKS to a node that is fetching a
+    piece find the blocks it holds so far (BlockCount = blocks held), and get them."""
+    data = random.Random(95).randbytes(2 * MIB)
+    ci = content_information(tmp_path, data, 1)
+    seg = ContentInformation.parse(ci).segments[0]
+    with nodes(tmp_path, netns, 1) as (a,):
+
+        async def claim_half() -> None:
+            async with PeerDistClient(a.socket) as client:
+                handle = await client.open_content(ci)
+                try:
+                    await handle.block_read(0, MIB)
+                    raise AssertionError("expected MISSING_DATA")
+                except MissingData as gap:
+                    assert (gap.offset, gap.length) == (0, MIB)
+                await handle.add_data(0, data[: 5 * BLOCK])  # 5 of the piece's 16 blocks
+                # The handle stays open (its claim with it) while iPXE asks.
+                counts = in_netns(netns, lambda: probe(seg.segment_id))
+                assert counts == {seg.segment_id: 5}
+                request = GetBlks(seg.segment_id, (BlockRange(3, 1),), crypto=CryptoAlgo.AES_128)
+                status, answer = post(netns, pccrr.serialize(request))
+                msg = pccrr.parse_response(answer)
+                assert status == 200 and isinstance(msg, Blk) and msg.block_index == 3
+                plain = blockcrypto.decrypt(msg.crypto, seg.secret, msg.iv, msg.block, BLOCK)
+                assert plain == data[3 * BLOCK : 4 * BLOCK]
+
+        asyncio.run(claim_half())
+
+
+def probe(segment_id: bytes) -> dict[bytes, int]:
+    """One PCCRD V1 probe from 127.0.0.99 to the group; the counts of the first ProbeMatch."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.99", 0))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.99"))
+        sock.settimeout(5)
+        probe = Probe(new_message_id(), (segment_id,), 1)
+        sock.sendto(probe.to_bytes(), (GROUP_V4, PORT))
+        data, _ = sock.recvfrom(65536)
+        return parse_probe_match(data, {probe.message_id: probe.segment_ids}).counts
+    finally:
+        sock.close()
