@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -269,3 +270,54 @@ def test_fetch_summary_is_frozen() -> None:
     summary = FetchSummary(1, 1, 0, 0, 0, 0.1)
     with pytest.raises(AttributeError):
         summary.size = 2  # type: ignore[misc]
+
+
+class Pipe(io.RawIOBase):
+    """An output that cannot seek (stdout): bytes must arrive in order."""
+
+    def __init__(self) -> None:
+        self.got = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.got += data
+        return len(data)
+
+
+async def test_workers_fetch_pieces_in_parallel_and_write_in_order() -> None:
+    """Four workers over 2-block pieces: every piece from the origin once, output in order."""
+    daemon = ContentDaemon(CONTENT, local={3}, peers={7, 8})
+    daemon.piece = 2 * BLOCK
+    origin = Origin(CONTENT)
+    out = Pipe()
+    async with servers(daemon, origin) as (client, url):
+        handle = await client.open_content(b"CI")
+        async with handle, aiohttp.ClientSession() as session:
+            counts = await fetch_loop.fetch_loop(
+                handle,
+                url,
+                out,  # type: ignore[arg-type]
+                session=session,
+                workers=4,
+                piece_bounds=range(0, len(CONTENT), 2 * BLOCK),
+            )
+    assert bytes(out.got) == CONTENT
+    assert (counts.from_cache, counts.from_peers) == (BLOCK, 2 * BLOCK)
+    assert counts.from_origin == len(CONTENT) - 3 * BLOCK
+    asked = sorted(
+        tuple(int(x) for x in r["Range"].removeprefix("bytes=").split("-")) for r in origin.requests
+    )
+    # Each missing block exactly once, never past its piece.
+    assert asked == [
+        (0, 2 * BLOCK - 1),
+        (2 * BLOCK, 3 * BLOCK - 1),
+        (4 * BLOCK, 6 * BLOCK - 1),
+        (6 * BLOCK, 7 * BLOCK - 1),
+        (9 * BLOCK, 10 * BLOCK - 1),
+        (10 * BLOCK, len(CONTENT) - 1),
+    ]
