@@ -62,7 +62,9 @@ class PeerNetwork(Protocol):
     ) -> bytes | None:
         """The block's plaintext, already verified against ``ref.hash`` with ``algorithm``;
         ``None`` if no peer has it. Raises :class:`peerdistd.errors.PeerUnavailable` if the
-        timeout ran out while peers were still being tried."""
+        timeout ran out while peers were still being tried, and its subclass
+        :class:`peerdistd.errors.PeersBusy` if every peer holding it is at its upload limit
+        (then :meth:`slot_freed` says when to ask again)."""
         ...
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
@@ -72,6 +74,16 @@ class PeerNetwork(Protocol):
     def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
         """``endpoint`` (a PCCRR ``ip:port``) holds blocks of these segments: ask it first
         (single flight names the node that fetched a piece)."""
+        ...
+
+    def at_limit(self, segment_id: bytes) -> bool:
+        """Every peer known to hold the segment is at the upload limit it grants us (its
+        busy answers said so): a fetch now would not be served."""
+        ...
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+        """Return once a peer holding the segment may have an upload slot for us again (at
+        once if one may now); TimeoutError after ``timeout`` seconds."""
         ...
 
 
@@ -90,4 +102,10 @@ class NoPeers:
         return None
 
     def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
+        return None
+
+    def at_limit(self, segment_id: bytes) -> bool:
+        return False
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
         return None

@@ -17,16 +17,15 @@ from peerdistd.config import (
     CacheConfig,
     Config,
     DaemonConfig,
-    Paths,
     check_config,
     default_config_path,
-    default_paths,
     diff_for_reload,
     ensure_private_dir,
     load_config,
 )
 from peerdistd.config_checks import parse_endpoint
 from peerdistd.errors import ConfigError
+from peerdistd.paths import Paths, default_paths
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "peerdistd.toml"
