@@ -51,6 +51,7 @@ def engine_settings(config: Config) -> EngineSettings:
         max_inflight=config.peers.max_inflight,
         handle_idle_timeout=config.daemon.handle_idle_timeout,
         held_total_limit=config.daemon.held_limit_bytes,
+        piece_size=config.peers.piece_size,
     )
 
 
@@ -180,6 +181,7 @@ class Daemon:
             peers=peers,
             settings=engine_settings(cfg),
             stats=counters,
+            claims=self.peer_node.flight if self.peer_node is not None else None,
         )
         if self.peer_node is not None:
             engine.extra_stats.append(self._peer_stats)

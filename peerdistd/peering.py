@@ -29,6 +29,7 @@ from peerdistd.hosted import (
 from peerdistd.hosted import offerer as make_offerer
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.discovery_sockets import resolve_interfaces
+from peerdistd.net.flight import FlightNet
 from peerdistd.net.hosted_cache_client import HostedCacheFirst, Offerer
 from peerdistd.net.mdns import Mdns
 from peerdistd.net.retrieval_client import RetrievalClient
@@ -114,6 +115,7 @@ class PeerNode:
     hosted: HostedCacheServer | None = None
     offerer: Offerer | None = None
     network: PeerNetwork | None = None
+    flight: FlightNet | None = None  # single-flight claims (peers.single_flight)
 
     def __post_init__(self) -> None:
         if self.network is None:
@@ -313,6 +315,16 @@ async def start_peer_node(
             )
             node.network = HostedCacheFirst(
                 swarm, client, where, request_timeout=peers.request_timeout_ms / 1000.0
+            )
+        if peers.single_flight:
+            node.flight = await stack.enter_async_context(
+                FlightNet(
+                    bytes.fromhex(node_id),
+                    advertise,
+                    interface_addresses=interfaces,
+                    port=peers.claim_port,
+                    ttl=peers.claim_ttl_ms / 1000.0,
+                )
             )
         bound = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
         log.info(

@@ -18,6 +18,7 @@ from peerdistd import errors
 from peerdistd.engine.adding import AddOutcome, DataAdder
 from peerdistd.engine.commit import GroupCommit
 from peerdistd.engine.events import EventBus
+from peerdistd.engine.flight import ClaimNetwork, SingleFlight
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.handle import check_flags as _flags
 from peerdistd.engine.handle import loop_running as _loop_running
@@ -51,6 +52,7 @@ class EngineSettings:
     held_limit: int = 64 * 1024 * 1024  # unverified bytes one handle may hold
     held_total_limit: int = 256 * 1024 * 1024  # ... and every handle together
     max_read: int = 16 * 1024 * 1024
+    piece_size: int = 1 << 20  # single flight's piece cap (peers.piece_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class Engine:
         peers: PeerNetwork | None = None,
         settings: EngineSettings | None = None,
         stats: Counters | None = None,
+        claims: ClaimNetwork | None = None,
     ) -> None:
         self.store = store
         self.publications = publications
@@ -88,6 +91,10 @@ class Engine:
         self.reader = BlockReader(
             store, self.peers, self.slots, self.stats, self.events, self._track, self.commits.kick
         )
+        self.flight: SingleFlight | None = None
+        if claims is not None:
+            self.flight = SingleFlight(store, claims, piece_cap=self.settings.piece_size)
+            self.reader.flight = self.flight
         self.adder = DataAdder(store, self.stats)
         self.publisher = Publisher(
             store,
@@ -163,7 +170,7 @@ class Engine:
         self.handles[handle.id] = handle
         self.users.note(uid, view.segment_ids(0, ALL))
         if "immediate" in flag_set:
-            self.peers.prefetch_hint(view.segment_ids())
+            self.reader.hint(view, view.start, reading=False)
         return handle
 
     def handle(self, uid: int, handle_id: str) -> ContentHandle:
@@ -210,6 +217,8 @@ class Engine:
             log.info("%s", h.summary(why))
         h.closed = True
         self.handles.pop(h.id, None)
+        if self.flight is not None:
+            self.flight.closed(h.id)
         current = asyncio.current_task() if _loop_running() else None
         for task in list(h.pending):
             if task is not current:
@@ -387,6 +396,8 @@ class Engine:
         await self.commits.durable(failures)
         self.stats.bytes_from_origin += out.received
         h.tally.from_origin += out.received
+        if self.flight is not None and h.view is not None:
+            self.flight.added(h.view, offset, offset + out.received)
         if out.bad:
             bad_start, bad_end = out.bad[0]
             raise errors.InvalidData(

@@ -81,6 +81,11 @@ class PeerNetwork(Protocol):
         """Start discovery for these segments now (the ``immediate`` open flag)."""
         ...
 
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
+        """``endpoint`` (a PCCRR ``ip:port``) holds blocks of these segments: ask it first
+        (single flight names the node that fetched a piece)."""
+        ...
+
     def at_limit(self, segment_id: bytes) -> bool:
         """Every peer known to hold the segment is at the upload limit it grants us (its
         busy answers said so): a fetch now would not be served."""
@@ -104,6 +109,9 @@ class NoPeers:
         return None
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
+        return None
+
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
         return None
 
     def at_limit(self, segment_id: bytes) -> bool:

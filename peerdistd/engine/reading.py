@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from peerdistd import errors
 from peerdistd.engine.events import EventBus
+from peerdistd.engine.flight import Outcome, SingleFlight
 from peerdistd.engine.local_reads import LocalReads
 from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.slots import SlotPool
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 # How many segments one discovery round asks about, and how many blocks a missed read
 # fetches ahead (bounded again by the slot pool): enough to keep a peer link busy.
 LOCATE_SEGMENTS = 32
+LOCATE_AHEAD = 4  # batches of LOCATE_SEGMENTS asked about ahead of a reader (V2: ~8 MiB)
+HINT_AGAIN = 2.0  # seconds before the same batch is asked about ahead again
 READ_AHEAD_BLOCKS = 64
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
@@ -93,6 +96,9 @@ class BlockReader:
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
         self.locals = LocalReads(store, self._from_peers)
+        self._hinted: OrderedDict[bytes, float] = OrderedDict()  # segment id -> ask again at
+        self.flight: SingleFlight | None = None  # single flight across the branch, if on
+
         self.reads_queued = 0  # reads waiting for a transfer slot (here or at their peers)
         self.fetches_waiting = 0  # fetches whose peers answered busy, waiting to ask again
 
@@ -220,7 +226,7 @@ class BlockReader:
                 raise
             if first.segment.segment_id not in located:
                 self.slots.release()
-                raise errors.MissingData(req.offset, self.missing(view, req.offset, located))
+                return await self._unheld(view, req, first, deadline, located)
             task = self._start_fetch(view, first, deadline, holds_slot=True)
             self._read_ahead(
                 view,
@@ -239,13 +245,60 @@ class BlockReader:
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
         if not got:
             others = {k: v for k, v in located.items() if k != first.segment.segment_id}
-            raise errors.MissingData(req.offset, self.missing(view, req.offset, others))
+            return await self._unheld(view, req, first, deadline, others)
         data, peer_bytes = self.local(view, req.offset, req.max_bytes)
         if not data:  # evicted in between: practically impossible, but never lie
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {}))
         self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
         self.stats.bytes_from_cache += len(data) - peer_bytes
         return data, peer_bytes
+
+    async def _unheld(
+        self,
+        view: ContentView,
+        req: ReadRequest,
+        first: BlockRef,
+        deadline: float,
+        located: Mapping[bytes, int],
+    ) -> tuple[bytes, int]:
+        """No peer is known to hold the block at the offset. With single flight, the nodes
+        of the branch agree who fetches its piece from the origin (docs/single-flight.md):
+        MISSING_DATA for exactly that piece if it is ours, else wait (never past the read's
+        deadline) for the node that fetches it and take the blocks from it."""
+        missing = self.missing(view, req.offset, located)
+        if self.flight is None:
+            raise errors.MissingData(req.offset, missing)
+        for _attempt in range(3):
+            decision = await self.flight.decide(view, first, deadline, req.handle)
+            if decision is None:
+                break
+            clipped = max(1, min(missing, decision.piece.end - req.offset))
+            if decision.outcome is Outcome.MINE:
+                raise errors.MissingData(req.offset, clipped)
+            if decision.outcome is Outcome.TIMEOUT:
+                raise errors.Timeout(req.offset, clipped)
+            if decision.outcome is Outcome.HELD:
+                holds = {sid: 1 for sid, _i, _s in decision.piece.blocks}
+                self.peers.add_holder(list(holds), decision.endpoint)
+                key = (first.segment.segment_id, first.index)
+                task = self._inflight.get(key) or self._start_fetch(
+                    view, first, deadline, holds_slot=False
+                )
+                self._read_ahead(view, first.end, decision.piece.end, holds, deadline)
+                remaining = max(0.0, deadline - time.monotonic())
+                try:
+                    got = await asyncio.wait_for(asyncio.shield(task), remaining)
+                except (TimeoutError, PeerUnavailable):
+                    raise errors.Timeout(req.offset, clipped) from None
+                if not got:  # it no longer has it: the piece is free again
+                    self.flight.forget(decision.piece)
+                    continue
+            data, peer_bytes = self.local(view, req.offset, req.max_bytes)
+            if data:
+                self.stats.bytes_from_peers += peer_bytes
+                self.stats.bytes_from_cache += len(data) - peer_bytes
+                return data, peer_bytes
+        raise errors.MissingData(req.offset, missing)
 
     async def _queue(self, segment_id: bytes, deadline: float) -> None:
         """Wait, first-in first-out, until a peer holding the segment may have an upload slot
@@ -267,7 +320,7 @@ class BlockReader:
             self.reads_queued -= 1
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
-        wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
+        wanted = self.hint(view, offset)
         self.stats.discovery_attempts += 1
         located = await self.peers.locate(wanted, timeout=max(0.0, timeout))
         if located:
@@ -279,6 +332,30 @@ class BlockReader:
             while len(self._located) > LOCATED_LIMIT:
                 self._located.popitem(last=False)
         return located
+
+    def hint(self, view: ContentView, offset: int, *, reading: bool = True) -> list[bytes]:
+        """The segments a read at ``offset`` asks about, after starting discovery, off the
+        read's path, for the next ones (answers, "nobody" too, are remembered a while): with
+        V2's small segments a reader would otherwise wait a discovery window every few MiB.
+        Each segment is asked about once while its answer is fresh, never a whole content at
+        once (a large V2 content has thousands of segments). ``reading`` False (the
+        ``immediate`` open flag): ask about the first ones too."""
+        ids = view.segment_ids(offset, view.end)[: (LOCATE_AHEAD + 1) * LOCATE_SEGMENTS]
+        wanted = ids[:LOCATE_SEGMENTS]
+        now = time.monotonic()
+        if reading:
+            for sid in wanted:  # asked about by the read itself
+                self._hinted[sid] = now + HINT_AGAIN
+        later = ids[LOCATE_SEGMENTS:] if reading else ids
+        fresh = [sid for sid in later if self._hinted.get(sid, 0.0) <= now]
+        for sid in fresh:
+            self._hinted[sid] = now + HINT_AGAIN
+            self._hinted.move_to_end(sid)
+        while len(self._hinted) > LOCATED_LIMIT:
+            self._hinted.popitem(last=False)
+        if fresh:
+            self.peers.prefetch_hint(fresh)
+        return wanted
 
     def _located_now(self) -> Mapping[bytes, int]:
         """Segments some peer was recently found to hold (for read-ahead without probing)."""

@@ -77,6 +77,15 @@ class Fake:
             self.offset = len(CONTENT)
             gap = {"error": "MISSING_DATA", "message": "", "offset": 0, "length": len(CONTENT)}
             return web.json_response(gap, status=424)
+        if route == ("POST", "/v1/contents/h/block-read"):  # the fetch loop's reads
+            start = int(request.query["offset"])
+            if start < len(self.added):
+                end = min(len(self.added), start + int(request.query["max"]))
+                return web.Response(
+                    body=self.added[start:end], headers={"PeerDist-Offset": str(start)}
+                )
+            gap = {"error": "MISSING_DATA", "message": "", "offset": start}
+            return web.json_response({**gap, "length": len(CONTENT) - start}, status=424)
         if route == ("PUT", "/v1/contents/h/data"):
             self.added += body
             n = len(body)
