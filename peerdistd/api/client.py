@@ -12,10 +12,10 @@ import io
 import json
 import os
 import stat
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -40,6 +40,9 @@ from peerdistd.api.client_sockets import (
     unreachable,
 )
 from peerdistd.errors import ApiError, InvalidHandle, InvalidParameter, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from peerdistd.api.fetch_loop import FetchCounts
 
 __all__ = [
     "SYSTEM_SOCKET",
@@ -282,6 +285,38 @@ class PeerDistClient:
     async def openapi(self) -> dict[str, Any]:
         doc = await self._json("GET", "/v1/openapi.json")
         return dict(doc)
+
+    async def fetch_to(
+        self,
+        content_information: bytes,
+        origin: str,
+        out: IO[bytes],
+        *,
+        workers: int = 4,
+        timeout_ms: int | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> FetchCounts:
+        """The PeerDist fetch loop: write the content to ``out``, reading through the daemon
+        with ``workers`` reads at once and fetching what the branch lacks from ``origin``
+        (an HTTP URL serving ranges). See :mod:`peerdistd.api.fetch_loop`."""
+        from peerdistd.api import fetch_loop as loop  # noqa: PLC0415 (it imports us)
+
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+        handle = await self.open_content(content_information, immediate=True)
+        async with handle, aiohttp.ClientSession(timeout=timeout) as session:
+            if not handle.complete:
+                await handle.complete_content_information()
+            return await loop.fetch_loop(
+                handle,
+                origin,
+                out,
+                session=session,
+                workers=workers,
+                timeout_ms=timeout_ms,
+                progress=progress,
+                piece_bounds=loop.pieces_of(content_information),
+                block_bounds=loop.segments_of(content_information),
+            )
 
 
 class ContentHandle:

@@ -25,6 +25,7 @@ import aiohttp
 from rich.console import Console
 
 from peerdistd.api.client import PeerDistClient
+from peerdistd.api.fetch_loop import DEFAULT_WORKERS
 from peerdistd.cli.failures import SOCKET_HELP, report, warn
 from peerdistd.cli.fetching import FetchSummary, fetch, origin_range
 from peerdistd.cli.pccrtp_client import fetch_url, plain_download
@@ -35,7 +36,8 @@ from peerdistd.cli.progress import (
     progress_bar,
     status_view,
 )
-from peerdistd.errors import InvalidParameter, PeerDistError, ServiceUnavailable
+from peerdistd.config import load_config
+from peerdistd.errors import ConfigError, InvalidParameter, PeerDistError, ServiceUnavailable
 from peerdistd.proto.pccrtp import ProtocolVersion
 
 __all__ = ["FetchSummary", "fetch", "fetch_url", "origin_range", "register", "run"]
@@ -118,6 +120,7 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
         content_information = await asyncio.to_thread(args.content_info.read_bytes)
     err = _stderr()
     to_stdout = str(args.output) == "-"
+    workers = args.workers or _default_workers()
     # Written beside OUT and renamed when complete, so OUT is never a partial file.
     part = args.output.with_name(args.output.name + ".part")
     out = sys.stdout.buffer if to_stdout else await asyncio.to_thread(part.open, "wb")
@@ -139,6 +142,7 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
                     version={v.text: v for v in ProtocolVersion}[args.peerdist_version],
                     timeout_ms=args.timeout_ms,
                     progress=progress,
+                    workers=workers,
                 )
             else:
                 summary = await fetch(
@@ -148,6 +152,7 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
                     out,
                     timeout_ms=args.timeout_ms,
                     progress=progress,
+                    workers=workers,
                 )
         out.flush()
         if not to_stdout:
@@ -332,6 +337,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="'-': stdout")
     p.add_argument("--timeout-ms", type=_natural, metavar="N", help="peer timeout (default 5000)")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="pieces read and fetched from the origin at once (default: peers.fetch_workers, 4)",
+    )
 
     p = _add(subparsers, common, "cache", _cache, "show the block cache's use")
     p.add_argument(
@@ -348,6 +359,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
 
     _add(subparsers, common, "peers", _peers, "list the peers known")
+
+
+def _workers(text: str) -> int:
+    value = _natural(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be 1..64: {text!r}")
+    return value
+
+
+def _default_workers() -> int:
+    """``peers.fetch_workers`` of the configuration this user's daemon would read, else 4."""
+    try:
+        return load_config().peers.fetch_workers
+    except ConfigError:
+        return DEFAULT_WORKERS
 
 
 _FETCH_EPILOG = (

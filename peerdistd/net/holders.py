@@ -110,6 +110,15 @@ class HolderDirectory:
         if trail is not None:
             trail.served(peer)
 
+    def named(self, segment_id: bytes, peer: str) -> None:
+        """``peer`` holds blocks of ``segment_id`` by another node's word (single flight: it
+        fetched them from the origin): asked first, for ``ttl`` seconds, without discovery."""
+        entry = self._fresh(segment_id)
+        others = {} if entry is None or entry.guessed else entry.holders
+        others.pop(peer, None)
+        lacking = set() if entry is None else {k for k in entry.lacking if k[0] != peer}
+        self._put(segment_id, _Entry(self._clock() + self.ttl, {peer: 1, **others}, False, lacking))
+
     def lacks(self, segment_id: bytes, peer: str, index: int) -> None:
         """``peer`` answered that it does not hold block ``index`` of ``segment_id``.
 
