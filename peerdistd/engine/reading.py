@@ -222,11 +222,12 @@ class BlockReader:
                 self.slots.release()
                 return await self._unheld(view, req, first, deadline, located)
             task = self._start_fetch(view, first, deadline, holds_slot=True)
-            ahead_end = max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES)
-            # Read ahead once the block the application waits for is in: started together,
-            # the read-ahead's requests and verifications delay it (bench_locate: 5x).
-            task.add_done_callback(
-                lambda _t: self._read_ahead(view, first.end, ahead_end, located, deadline)
+            self._read_ahead(
+                view,
+                first.end,
+                max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES),
+                located,
+                deadline,
             )
         else:
             self._start_complete(req, peer_accepted=True)

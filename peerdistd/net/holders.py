@@ -2,16 +2,18 @@
 
 Discovery answers ([MS-PCCRD] ProbeMatch: XAddrs and BlockCount per segment) and blocks a
 peer actually delivered both feed it; a peer that said "not held" (an empty MSG_BLK, [MS-PCCRR]
-2.2.4.2) or was banned leaves it. Every answer — "these peers hold it" and "nobody does" — is
+2.2.4.2) leaves it (for that block; for the segment when it was only a guess), banned peers are
+never offered. The one policy: every answer — "these peers hold it" and "nobody does" — is
 trusted for ``ttl`` seconds from when it was learnt; a peer that delivers a block of a segment
-renews that segment's entry. At most ``size`` segments are remembered (the least recently
-learnt go first).
+renews that segment's entry. Past that, "nobody" is asked again by discovery, while holders are
+*guessed*: asked directly, and the first lack or failure sends the read back to discovery at
+once. At most ``size`` segments are remembered (the least recently learnt go first).
 
-A content's segments are asked about a window at a time (``link``): segments linked
-together share a *trail*, the peers that most recently delivered blocks of that content. A
-later segment nobody has answered for yet is then first asked of those peers directly instead
-of waiting for a discovery round; the swarm falls back to discovery at once when they lack it.
-A segment with neither an answer nor a trail is left to BranchCache discovery.
+A content's segments are asked about a window at a time (``link``): segments linked together
+share a *trail*, the peers that most recently delivered blocks of that content. A later
+segment nobody has answered for yet is then first asked of those peers directly instead of
+waiting for a discovery round. A segment with neither an answer nor a trail is left to
+BranchCache discovery.
 """
 
 from __future__ import annotations
@@ -159,10 +161,16 @@ class HolderDirectory:
             self._trails.popitem(last=False)
 
     def guess(self, segment_id: bytes, usable: Callable[[str], bool]) -> list[str]:
-        """Record the content trail's ``usable`` peers as the provisional holders of
-        ``segment_id`` (which must have no fresh answer) and return them."""
+        """Record as the provisional holders of ``segment_id`` (which must have no fresh
+        answer) the ``usable`` peers of its content's trail, then those of its expired answer,
+        and return them."""
         trail = self._trails.get(segment_id)
-        peers = [p for p in trail.peers if usable(p)] if trail is not None else []
+        stale = self._entries.get(segment_id)
+        candidates = [
+            *(trail.peers if trail is not None else ()),
+            *(stale.holders if stale else ()),
+        ]
+        peers = [p for p in dict.fromkeys(candidates) if usable(p)]
         if peers:
             self._put(segment_id, _Entry(self._clock() + self.ttl, dict.fromkeys(peers, 1), True))
         return peers
@@ -171,11 +179,8 @@ class HolderDirectory:
 
     def _fresh(self, segment_id: bytes) -> _Entry | None:
         entry = self._entries.get(segment_id)
-        if entry is None:
-            return None
-        if entry.expires <= self._clock():
-            del self._entries[segment_id]
-            return None
+        if entry is None or entry.expires <= self._clock():
+            return None  # an expired entry stays: its holders are still worth a guess
         return entry
 
     def _put(self, segment_id: bytes, entry: _Entry) -> None:

@@ -189,7 +189,7 @@ async def test_a_partial_holder_lacking_the_block_sends_the_reader_to_another_ho
             assert swarm.peer(address(p)).failures == 0 and not swarm.banned(address(p))
 
 
-async def test_the_swarm_trusts_an_answer_for_one_ttl() -> None:
+async def test_the_swarm_trusts_an_answer_for_one_ttl_then_asks_its_holders_directly() -> None:
     clock = Clock()
     async with RetrievalServer(Source({A: [0, 1]}), "127.0.0.1", 0) as p:
         answers = Answers()
@@ -199,5 +199,18 @@ async def test_the_swarm_trusts_an_answer_for_one_ttl() -> None:
             assert await swarm.locate([A, B], timeout=1.0) == {A: 2}  # "nobody" for B, too
             assert len(answers.rounds) == 1
             clock.now += swarm.holders.ttl
-            await swarm.locate([A, B], timeout=1.0)
-            assert answers.rounds == [(A, B), (A, B)]
+            assert await swarm.locate([A, B], timeout=1.0) == {A: 1}
+            assert answers.rounds == [(A, B), (B,)]  # "nobody" asked again; P guessed for A
+            assert swarm.holders.guessed(A)
+
+
+def test_a_holder_named_by_single_flight_comes_first_and_replaces_a_guess() -> None:
+    directory = HolderDirectory()
+    directory.link([A, B])
+    directory.learn({A: {"p:1": 2}})
+    directory.served(A, "p:1")
+    directory.guess(B, lambda _: True)
+    directory.named(B, "q:1")  # its word beats the trail's guess
+    assert directory.holders(B) == {"q:1": 1} and not directory.guessed(B)
+    directory.named(A, "q:1")
+    assert list(directory.holders(A) or ()) == ["q:1", "p:1"]
