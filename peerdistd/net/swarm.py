@@ -225,13 +225,15 @@ class Swarm:
             known = self._usable(sid) or {}
         if not known:
             return None  # nobody holds it, as discovery answered just now
+        guessed = self.holders.guessed(sid)
         queue = self._queue(sid, known, ref.index)
         asked = set(queue)
-        data = (await self._race(ref, algorithm, queue, deadline))[0] if queue else None
-        if data is None and not probed and self._clock() < deadline:
-            # The holders we knew lacked it (a guess from the content's trail, a partial
-            # holder, a stale answer) or failed (one died mid-read): ask the LAN once more
-            # and try those we have not asked yet.
+        data, failed = await self._race(ref, algorithm, queue, deadline) if queue else (None, False)
+        if data is None and (failed or guessed) and not probed and self._clock() < deadline:
+            # The holders we guessed lacked it, or those we knew failed (one died mid-read):
+            # ask the LAN once more and try those we have not asked yet. Partial holders a
+            # discovery answer named that lack this block are not a reason to probe again
+            # (with many readers of a partly fetched content that would flood the LAN).
             await self._relocate(sid, deadline - self._clock())
             fresh = self._usable(sid) or {}
             queue = [p for p in self._queue(sid, fresh, ref.index) if p not in asked]

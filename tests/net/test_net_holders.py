@@ -173,20 +173,24 @@ async def test_a_wrong_guess_falls_back_to_discovery_at_once_without_blame() -> 
             assert swarm.holders.holders(B) == {address(q): 2}
 
 
-async def test_a_partial_holder_lacking_the_block_sends_the_reader_to_another_holder() -> None:
-    # P holds block 0 of A only (it is still downloading); the first answer named only P.
-    # Its empty MSG_BLK for block 1 means "not held": the LAN is asked again and Q found.
+async def test_a_partial_holder_lacking_a_block_is_passed_over_without_blame() -> None:
+    # P holds block 0 of A only (it is still downloading). Its empty MSG_BLK for block 1 means
+    # "not held": Q is asked, P is neither failed nor banned, and is not asked for block 1
+    # again while the answer holds (it still is for block 0).
     async with (
         RetrievalServer(Source({A: [0]}), "127.0.0.1", 0) as p,
         RetrievalServer(Source({A: [0, 1]}), "127.0.0.1", 0) as q,
     ):
         answers = Answers()
-        answers.answers[A] = [[address(p)], [address(p), address(q)]]
+        answers.answers[A] = [[address(q), address(p)]]  # block 1 is asked of P first
         async with swarm_with(answers) as swarm:
-            assert await swarm.fetch(ref(A, 0), HashAlgorithm.SHA256, timeout=2.0) == block(A, 0)
-            assert await swarm.fetch(ref(A, 1), HashAlgorithm.SHA256, timeout=2.0) == block(A, 1)
-            assert len(answers.rounds) == 2
+            for _ in range(2):
+                got = await swarm.fetch(ref(A, 1), HashAlgorithm.SHA256, timeout=2.0)
+                assert got == block(A, 1)
+            assert not swarm.holders.may_hold(A, address(p), 1)
+            assert swarm.holders.may_hold(A, address(p), 0)
             assert swarm.peer(address(p)).failures == 0 and not swarm.banned(address(p))
+            assert len(answers.rounds) == 1
 
 
 async def test_the_swarm_trusts_an_answer_for_one_ttl_then_asks_its_holders_directly() -> None:
