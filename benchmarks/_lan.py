@@ -1,0 +1,182 @@
+"""A branch office made of network namespaces: the LAN, a shaped WAN link, the processes in it.
+
+One namespace per host, each with one veth (``eth0``) on a bridge in a namespace of its own
+(``tests/netns.py``: ULA addresses from a /64 that nothing on this machine uses, so no packet
+ever leaves the namespaces we make). Host 1 is the origin: its link is the WAN, shaped with tc
+in both directions (``tbf`` at ``--mbit``, optionally with ``netem`` delay under it); the bytes
+the origin puts on that link are read from its own ``eth0`` transmit counter. Host 2 is the
+caching box (nginx), hosts 3.. are the clients. Every process started here is remembered and
+killed when the block ends, whatever ended it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.netns import BridgedLan, Host, bridged_lan
+
+ORIGIN_PORT = 8000
+CACHE_PORT = 3128
+PEER_PORT = 8080
+
+
+def ip(*args: str) -> str:
+    done = subprocess.run(["ip", *args], check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def tc(netns: str, *args: str) -> None:
+    cmd = ["ip", "netns", "exec", netns, "tc", *args]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"tc {' '.join(args)} in {netns}: {done.stderr.strip()}")
+
+
+def shape(netns: str, dev: str, mbit: float, delay_ms: float) -> None:
+    """Egress of ``dev``: a token bucket at ``mbit`` (tc-tbf(8)); with ``delay_ms``, netem under
+    it adds the one-way delay. The bucket (64 KiB) holds one GSO packet of a veth, so tbf never
+    has to split one; 50 ms of queue before tbf drops, as a WAN router's buffer would."""
+    tbf = f"qdisc replace dev {dev} root handle 1: tbf rate {mbit}mbit burst 64kb latency 50ms"
+    tc(netns, *tbf.split())
+    if delay_ms > 0:
+        tc(netns, *f"qdisc add dev {dev} parent 1:1 handle 10: netem delay {delay_ms}ms".split())
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    lan: BridgedLan
+    mbit: float
+    delay_ms: float
+
+    @property
+    def origin(self) -> Host:
+        return self.lan.hosts[0]
+
+    @property
+    def cache(self) -> Host:
+        return self.lan.hosts[1]
+
+    @property
+    def clients(self) -> tuple[Host, ...]:
+        return self.lan.hosts[2:]
+
+    def wan_tx_bytes(self) -> int:
+        """Bytes the origin has put on its link (its eth0's transmit counter, rtnetlink)."""
+        return link_stats(self.origin)["tx"]["bytes"]
+
+    def origin_url(self, name: str) -> str:
+        return f"http://[{self.origin.address}]:{ORIGIN_PORT}/{name}"
+
+    def cache_url(self, name: str) -> str:
+        return f"http://[{self.cache.address}]:{CACHE_PORT}/{name}"
+
+
+def link_stats(host: Host) -> dict[str, dict[str, int]]:
+    (link,) = json.loads(ip("-n", host.netns, "-s", "-j", "link", "show", host.ifname))
+    return dict(link["stats64"])
+
+
+@contextlib.contextmanager
+def branch(clients: int, mbit: float, delay_ms: float) -> Iterator[Branch]:
+    """The origin, the cache box and ``clients`` client hosts; the origin's link shaped."""
+    with bridged_lan(2 + clients) as lan:
+        origin = lan.hosts[0]
+        shape(origin.netns, origin.ifname, mbit, delay_ms / 2)
+        # The bridge's port of the origin link (p1, tests/netns.py): the upstream direction.
+        shape(lan.bridge_netns, "p1", mbit, delay_ms / 2)
+        yield Branch(lan, mbit, delay_ms)
+
+
+def udp_drops(netns: str) -> int:
+    """Datagrams the kernel dropped for full socket buffers in ``netns``, IPv4 and IPv6
+    (``RcvbufErrors`` of /proc/net/snmp and ``Udp6RcvbufErrors`` of /proc/net/snmp6)."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, "cat", "/proc/net/snmp", "/proc/net/snmp6"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    total = 0
+    udp_head: list[str] = []
+    for line in out.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "Udp:" and not udp_head:
+            udp_head = words
+        elif words[0] == "Udp:":
+            total += int(words[udp_head.index("RcvbufErrors")])
+        elif words[0] == "Udp6RcvbufErrors":
+            total += int(words[1])
+    return total
+
+
+@dataclass
+class Procs:
+    """Processes started in namespaces; all killed by :meth:`kill_all` (the finally of a run)."""
+
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    running: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    def popen(self, netns: str, cmd: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", netns, *cmd], stdout=out, stderr=subprocess.STDOUT
+            )
+        self.started.append(proc)
+        return proc
+
+    async def run(self, netns: str, cmd: Sequence[str], limit: float) -> tuple[float, float, str]:
+        """Run ``cmd`` in ``netns`` to its end: (started at, seconds taken, its output)."""
+        started = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            *cmd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self.running.append(proc)
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), limit)
+        except TimeoutError:
+            raise RuntimeError(f"{cmd[0]} in {netns} took over {limit:.0f} s") from None
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            self.running.remove(proc)
+        took = time.perf_counter() - started
+        text = output.decode(errors="replace").strip()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:2])} in {netns} failed ({proc.returncode}): {text}")
+        return started, took, text
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(ValueError):
+            self.started.remove(proc)
+
+    def kill_all(self) -> None:
+        for aproc in self.running:
+            with contextlib.suppress(ProcessLookupError):
+                aproc.kill()
+        for proc in list(self.started):
+            self.stop(proc, 5.0)
