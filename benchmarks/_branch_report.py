@@ -31,6 +31,7 @@ class Row:
     seconds: list[float] = field(default_factory=list)  # each client's completion time
     start_spread_ms: float = 0.0  # first to last client start ("at once": goal < 100)
     origin_requests: int = 0  # requests the origin logged during the row
+    origin_retransmits: int = 0  # TCP segments the origin sent twice (WAN bytes include them)
     udp_rcvbuf_drops: int = 0  # datagrams dropped for full buffers in the client hosts
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before, after
     direct_one_s: float | None = None  # one direct download of this size, same run
@@ -102,6 +103,9 @@ def table(rows: list[Row], unavailable: dict[str, str | None]) -> str:
         if key not in keys:
             keys.append(key)
     lines = [
+        "Each cell: WAN bytes / content size, then p50/max completion time / one direct download"
+        " (one after another: the first client's; later clients in seconds).",
+        "",
         "| clients | " + " | ".join(WAYS) + " |",
         "|---|" + "---|" * len(WAYS),
     ]
@@ -123,7 +127,7 @@ def absolute(rows: list[Row]) -> str:
         lines.append(
             f"   {label(r.size, r.clients, r.together):28} {r.way:9}:"
             f" WAN {r.wan_bytes / 2**20:7.1f} MiB, {r.origin_requests:4} origin requests,"
-            f" times [{times}] s,"
+            f" {r.origin_retransmits} retransmits, times [{times}] s,"
             f" start spread {r.start_spread_ms:.0f} ms, UDP drops {r.udp_rcvbuf_drops},"
             f" load {r.load[0]:.1f}->{r.load[1]:.1f}"
         )

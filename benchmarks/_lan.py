@@ -96,28 +96,44 @@ def branch(clients: int, mbit: float, delay_ms: float) -> Iterator[Branch]:
         yield Branch(lan, mbit, delay_ms)
 
 
-def udp_drops(netns: str) -> int:
-    """Datagrams the kernel dropped for full socket buffers in ``netns``, IPv4 and IPv6
-    (``RcvbufErrors`` of /proc/net/snmp and ``Udp6RcvbufErrors`` of /proc/net/snmp6)."""
+def snmp(netns: str) -> dict[str, int]:
+    """The kernel's protocol counters in ``netns`` (/proc/net/snmp as ``Udp:RcvbufErrors``...,
+    /proc/net/snmp6 as ``Udp6RcvbufErrors``...): IPv4 and IPv6 are counted apart."""
     out = subprocess.run(
         ["ip", "netns", "exec", netns, "cat", "/proc/net/snmp", "/proc/net/snmp6"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    total = 0
-    udp_head: list[str] = []
+    found: dict[str, int] = {}
+    heads: dict[str, list[str]] = {}
     for line in out.splitlines():
         words = line.split()
-        if not words:
+        if len(words) < 2:
             continue
-        if words[0] == "Udp:" and not udp_head:
-            udp_head = words
-        elif words[0] == "Udp:":
-            total += int(words[udp_head.index("RcvbufErrors")])
-        elif words[0] == "Udp6RcvbufErrors":
-            total += int(words[1])
-    return total
+        if words[0].endswith(":"):  # snmp: a line of names, then a line of values
+            if words[0] not in heads:
+                heads[words[0]] = words[1:]
+            else:
+                for name, value in zip(heads[words[0]], words[1:], strict=False):
+                    with contextlib.suppress(ValueError):
+                        found[words[0] + name] = int(value)
+        else:
+            with contextlib.suppress(ValueError):
+                found[words[0]] = int(words[1])
+    return found
+
+
+def udp_drops(netns: str) -> int:
+    """Datagrams dropped for full socket buffers in ``netns`` (IPv4 + IPv6 RcvbufErrors):
+    discovery probes and answers a daemon never saw."""
+    got = snmp(netns)
+    return got.get("Udp:RcvbufErrors", 0) + got.get("Udp6RcvbufErrors", 0)
+
+
+def tcp_retransmits(netns: str) -> int:
+    """TCP segments sent again from ``netns`` (IPv4 and IPv6 share this counter)."""
+    return snmp(netns).get("Tcp:RetransSegs", 0)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Any
 
 from benchmarks import _branch_report as report
 from benchmarks._branch_lan import lan_speed
-from benchmarks._lan import ORIGIN_PORT, Branch, Procs, branch, udp_drops
+from benchmarks._lan import ORIGIN_PORT, Branch, Procs, branch, tcp_retransmits, udp_drops
 from benchmarks._nodes import REPO, parse_size, run, scratch, write_random
 from benchmarks._ways import PEERDIST, Direct, Nginx, Peerdistd, Way, sha256, wait_until
 from peerdistd.proto.pccrtp import ProtocolVersion, request_headers
@@ -97,6 +97,7 @@ class Bench:
         try:
             await way.start(where, count)
             wan0, req0 = self.lan.wan_tx_bytes(), self.origin_requests()
+            retrans0 = tcp_retransmits(self.lan.origin.netns)
             drops0 = sum(udp_drops(h.netns) for h in hosts)
             load0 = os.getloadavg()[0]
             jobs = [
@@ -109,6 +110,7 @@ class Bench:
                 done = [await job for job in jobs]
             row.wan_bytes = self.lan.wan_tx_bytes() - wan0
             row.origin_requests = self.origin_requests() - req0
+            row.origin_retransmits = tcp_retransmits(self.lan.origin.netns) - retrans0
             row.udp_rcvbuf_drops = sum(udp_drops(h.netns) for h in hosts) - drops0
             row.load = (load0, os.getloadavg()[0])
             row.seconds = [took for _, took, _ in done]
