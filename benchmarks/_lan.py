@@ -136,6 +136,10 @@ def tcp_retransmits(netns: str) -> int:
     return snmp(netns).get("Tcp:RetransSegs", 0)
 
 
+class Overtime(RuntimeError):
+    """A command ran past its limit (and was killed)."""
+
+
 @dataclass
 class Procs:
     """Processes started in namespaces; all killed by :meth:`kill_all` (the finally of a run)."""
@@ -167,7 +171,7 @@ class Procs:
         try:
             output, _ = await asyncio.wait_for(proc.communicate(), limit)
         except TimeoutError:
-            raise RuntimeError(f"{cmd[0]} in {netns} took over {limit:.0f} s") from None
+            raise Overtime(f"{cmd[0]} in {netns} took over {limit:.0f} s") from None
         finally:
             if proc.returncode is None:
                 proc.kill()

@@ -179,7 +179,7 @@ async def bench(args: argparse.Namespace, root: Path, lan: Branch, procs: Procs)
                   f"{report.cell(r, None)}", flush=True)  # fmt: skip
     lan_figures: dict[str, Any] = {}
     if args.lan_size:
-        lan_figures = await lan_speed(b, args.lan_size, args.lan_version)
+        lan_figures = await lan_speed(b, args.lan_size, args.lan_versions, args.lan_limit)
     load1 = os.getloadavg()
     print()
     print(report.table(rows, unavailable))
@@ -218,6 +218,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     def counts(text: str) -> list[int]:
         return [int(t) for t in text.split(",") if t]
 
+    def versions(text: str) -> list[int]:
+        got = [int(t) for t in text.split(",") if t]
+        if not got or set(got) - {1, 2}:
+            raise argparse.ArgumentTypeError("versions are 1 and/or 2")
+        return got
+
     def words(choices: tuple[str, ...]) -> Any:
         def parse(text: str) -> list[str]:
             got = [t for t in text.split(",") if t]
@@ -241,13 +247,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--peerdist-version", choices=("1.0", "1.1"), default="1.1",
         help="what peerdist fetch speaks to the origin: 1.1 gets V2, 1.0 V1 (1.1)")  # fmt: skip
     add("--lan-size", type=parse_size, default=1 << 30, help="LAN speed test size, 0: skip (1G)")
-    add("--lan-version", type=int, choices=(1, 2), default=2, help="its content info (2)")
+    add("--lan-versions", type=versions, default=[1, 2], help="its content info versions (1,2)")
+    add("--lan-limit", type=float, default=60.0, help="stop a LAN fetch after S s (60)")
     add("--no-install", dest="install", action="store_false", help="never apt-get nginx")
     add("--quick", action="store_true", help="smoke run: 16 MiB, N=1,3, LAN 16 MiB")
     add("--json", type=Path, default=RESULTS, help=f"figures as JSON ({RESULTS.relative_to(REPO)})")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.sizes, args.clients, args.lan_size = [16 << 20], [1, 3], 16 << 20
+    if args.quick:  # new defaults; what the command line says still wins
+        parser.set_defaults(sizes=[16 << 20], clients=[1, 3], lan_size=16 << 20)
+        args = parser.parse_args(argv)
     if args.big and (1 << 30) not in args.sizes:
         args.sizes.append(1 << 30)
     if args.twenty and 20 not in args.clients:
