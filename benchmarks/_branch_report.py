@@ -128,7 +128,8 @@ def absolute(rows: list[Row]) -> str:
             f"   {label(r.size, r.clients, r.together):28} {r.way:9}:"
             f" WAN {r.wan_bytes / 2**20:7.1f} MiB, {r.origin_requests:4} origin requests,"
             f" {r.origin_retransmits} retransmits, times [{times}] s,"
-            f" start spread {r.start_spread_ms:.0f} ms, UDP drops {r.udp_rcvbuf_drops},"
+            + (f" start spread {r.start_spread_ms:.1f} ms," if r.together else "")
+            + f" UDP drops {r.udp_rcvbuf_drops},"
             f" load {r.load[0]:.1f}->{r.load[1]:.1f}"
         )
         ranges = r.extra.get("origin_range_requests")

@@ -155,8 +155,17 @@ class Procs:
         self.started.append(proc)
         return proc
 
-    async def run(self, netns: str, cmd: Sequence[str], limit: float) -> tuple[float, float, str]:
-        """Run ``cmd`` in ``netns`` to its end: (started at, seconds taken, its output)."""
+    async def run(
+        self, netns: str, cmd: Sequence[str], limit: float, gate: asyncio.Barrier | None = None
+    ) -> tuple[float, float, str]:
+        """Run ``cmd`` in ``netns`` to its end: (started at, seconds taken, its output).
+
+        With ``gate``, the process is made first (``ip netns exec`` and a shell waiting on its
+        stdin) and ``cmd`` starts once every party of the barrier is there too: N clients
+        then start within a millisecond of each other, not one fork after another.
+        """
+        if gate is not None:
+            cmd = ["sh", "-c", 'read -r _ && exec "$@"', "sh", *cmd]
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             "ip",
@@ -164,11 +173,18 @@ class Procs:
             "exec",
             netns,
             *cmd,
+            stdin=asyncio.subprocess.PIPE if gate else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
         self.running.append(proc)
         try:
+            if gate is not None:
+                assert proc.stdin is not None
+                await gate.wait()
+                started = time.perf_counter()
+                proc.stdin.write(b"go\n")
+                proc.stdin.close()
             output, _ = await asyncio.wait_for(proc.communicate(), limit)
         except TimeoutError:
             raise Overtime(f"{cmd[0]} in {netns} took over {limit:.0f} s") from None

@@ -28,6 +28,7 @@ import shutil
 import signal
 import sys
 import time
+from asyncio import Barrier
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,10 @@ class Bench:
             retrans0 = tcp_retransmits(self.lan.origin.netns)
             drops0 = sum(udp_drops(h.netns) for h in hosts)
             load0 = os.getloadavg()[0]
+            # Every client's process is made before its clock starts; at once, all of them.
+            gate = Barrier(count) if together else None
             jobs = [
-                self.procs.run(h.netns, way.command(i, name, out), limit)
+                self.procs.run(h.netns, way.command(i, name, out), limit, gate or Barrier(1))
                 for i, (h, out) in enumerate(zip(hosts, outs, strict=True))
             ]
             if together:
@@ -114,8 +117,9 @@ class Bench:
             row.udp_rcvbuf_drops = sum(udp_drops(h.netns) for h in hosts) - drops0
             row.load = (load0, os.getloadavg()[0])
             row.seconds = [took for _, took, _ in done]
-            starts = [started for started, _, _ in done]
-            row.start_spread_ms = (max(starts) - min(starts)) * 1000
+            if together:
+                starts = [started for started, _, _ in done]
+                row.start_spread_ms = (max(starts) - min(starts)) * 1000
             row.extra = await way.finish([text for _, _, text in done])
             expected = sha256(self.www / name)
             wrong = [o.name for o in outs if await asyncio.to_thread(sha256, o) != expected]
