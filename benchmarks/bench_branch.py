@@ -139,9 +139,13 @@ class Bench:
 
 
 def shapes(args: argparse.Namespace) -> Iterator[tuple[int, int, bool]]:
-    """(size, clients, together) of every row, in the order they run."""
+    """(size, clients, together) of every row, in the order they run. One client always comes
+    first when direct runs: one direct download is every other row's yardstick."""
     for size in args.sizes:
-        for count in args.clients:
+        counts = args.clients
+        if "direct" in args.ways and 1 not in counts:
+            counts = [1, *counts]
+        for count in counts:
             if count == 1 or "at-once" in args.modes:
                 yield size, count, True
             if count > 1 and "one-after-another" in args.modes:
@@ -177,6 +181,8 @@ async def bench(args: argparse.Namespace, root: Path, lan: Branch, procs: Procs)
         for way in ways:
             if way.name == "direct" and count > 1 and not args.direct_rows:
                 continue  # N times one download by construction; --direct-rows measures it
+            if way.name != "direct" and count not in args.clients:
+                continue  # the yardstick's row, added for direct alone
             r = await b.row(way, size, names[size], count, together)
             rows.append(r)
             print(f"   {report.label(size, count, together):28} {way.name:9}: "
