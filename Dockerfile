@@ -18,7 +18,7 @@ RUN groupadd --system --gid "${UID}" peerdistd \
     && useradd --system --uid "${UID}" --gid peerdistd --no-create-home \
         --home-dir /var/lib/peerdistd --shell /usr/sbin/nologin peerdistd \
     && install -d -o peerdistd -g peerdistd -m 0700 /var/lib/peerdistd /var/cache/peerdistd \
-    && install -d -o peerdistd -g peerdistd -m 0755 /run/peerdistd
+    && install -d -o peerdistd -g peerdistd -m 0700 /run/peerdistd
 # Install offline from the wheels. Peers connect to port 80 (Windows cannot be told otherwise):
 # let the non-root daemon bind it with the file capability cap_net_bind_service+ep on the
 # interpreter (the raw vfs_cap_data, revision 2, that `setcap` would write; no libcap needed).

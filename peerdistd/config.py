@@ -43,6 +43,7 @@ class DaemonConfig:
 class CacheConfig:
     limit_bytes: int = 0  # 0 = use limit_percent of the cache file system
     limit_percent: float = 5.0
+    scrub_bytes_per_second: int = 4 * 1024 * 1024  # background re-hashing; 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +65,33 @@ class PeersConfig:
     max_inflight_per_peer: int = 8
     ban_seconds: int = 300
     request_timeout_ms: int = 2000  # [MS-PCCRR] Appendix A <9>: client request timer 2 s
+    failures_to_ban: int = 8  # failed requests in a row (timeouts, slow, resets); 0 = never
+    min_transfer_rate: int = 65536  # bytes/s a block answer must reach; 0 = no floor
     zeroconf: bool = True
     enabled: bool = True
+    # [MS-PCCRR] 2.2.3 CryptoAlgoId 0: serve unencrypted blocks to peers that ask for them.
+    allow_plaintext: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HostedCacheConfig:
+    """MS-PCHC: this node as the branch's hosted cache (server), or offering to one (client)."""
+
+    enabled: bool = False  # server role: take offers, pull and serve what is offered
+    listen: str = "0.0.0.0:443"  # [MS-PCHC] 2.1: v1.0 offers over HTTPS on 443
+    certificate: str = ""  # PEM; "" = <state_dir>/hosted-cache-cert.pem, self-signed if absent
+    private_key: str = ""  # PEM; "" = <state_dir>/hosted-cache-key.pem
+    upload_limit: int = 1024  # [MS-PCCRR] 2.5: a hosted cache serves 1024 uploads at once
+    pull_slots: int = 16  # blocks pulled from offerers at once
+    offerer_rate: int = 0  # bytes per second pulled from one offerer; 0 = no limit
+    pull_queue: int = 4096  # offered segments waiting to be pulled; more are not taken
+    unverified_limit_bytes: int = 1 << 30  # v2-offered blocks, kept encrypted and unverified
+    unverified_per_offerer_bytes: int = 256 << 20  # of which one offerer may fill this much
+    server: str = ""  # client role: the hosted cache, "host" or "host:port"; "dns-sd" = find it
+    server_v2_port: int = 80  # where it takes v2.0 offers (its PCCRR port)
+    offer_version: int = 1  # 1 = INITIAL_OFFER + SEGMENT_INFO over HTTPS; 2 = BATCHED_OFFER
+    ca_file: str = ""  # CA bundle to check its certificate; "" = the system's
+    offer_queue: int = 1024  # completed segments waiting to be offered; more are skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,20 +150,31 @@ def _systemd_dir(env: Mapping[str, str], name: str) -> Path | None:
     return Path(first) if first.startswith("/") else None
 
 
-def ensure_private_dir(path: Path, mode: int = 0o700) -> None:
-    """Create ``path`` with ``mode`` if missing; refuse another user's directory (or symlink)."""
+def ensure_private_dir(path: Path, mode: int = 0o700, key: str = "daemon.socket") -> None:
+    """Create ``path`` with ``mode`` if missing; refuse another user's directory (or symlink).
+
+    ``key`` is the setting that chose ``path``: errors name it, and say how to fix them.
+    """
+    mine = (
+        "a path in a directory of your own" if key == "daemon.socket" else "a directory of your own"
+    )
+    change = f"set {key} to {mine}"
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
         link, info = path.lstat(), path.stat()
     except OSError as exc:
-        raise ConfigError("daemon.socket", f"cannot create {path}: {exc.strerror}") from exc
+        raise ConfigError(key, f"cannot create {path}: {exc.strerror}; {change}") from exc
     # A symlink is followed only if root or we made it: DynamicUser= makes $STATE_DIRECTORY a
     # root-owned link into /var/lib/private; one in /tmp made by someone else is an attack.
     owner = link.st_uid if link.st_uid != 0 or not stat.S_ISLNK(link.st_mode) else info.st_uid
     if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError("daemon.socket", f"{path} is not a directory")
+        raise ConfigError(key, f"{path} is not a directory; {change}")
     if owner != os.geteuid() or info.st_uid != os.geteuid():
-        raise ConfigError("daemon.socket", f"{path} belongs to uid {owner}, not to us")
+        raise ConfigError(
+            key,
+            f"{path} belongs to uid {owner}, not to us (uid {os.geteuid()}); "
+            f"chown it to uid {os.geteuid()}, or {change}",
+        )
     if stat.S_IMODE(info.st_mode) & ~mode:
         path.chmod(mode)
 
@@ -151,6 +188,7 @@ class Config:
     content: ContentConfig = field(default_factory=ContentConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    hosted_cache: HostedCacheConfig = field(default_factory=HostedCacheConfig)
     paths: Paths = field(default_factory=default_paths)
 
 
@@ -160,20 +198,34 @@ SECTIONS: dict[str, type[Any]] = {
     "content": ContentConfig,
     "peers": PeersConfig,
     "metrics": MetricsConfig,
+    "hosted_cache": HostedCacheConfig,
 }
 
 RELOADABLE: frozenset[str] = frozenset(
     {
         *("daemon.enabled", "daemon.log_level", "daemon.handle_idle_timeout"),
         *("cache.limit_bytes", "cache.limit_percent"),
+        "cache.scrub_bytes_per_second",
         *("peers.upload_limit", "peers.max_inflight"),
         *("peers.ban_seconds", "peers.discovery_window_ms"),
+        *("peers.failures_to_ban", "peers.min_transfer_rate"),
+        "hosted_cache.upload_limit",
     }
 )
 
 
+# sockaddr_un's sun_path holds 108 bytes on Linux, the terminating NUL included (unix(7)).
+MAX_SOCKET_PATH = 107
+
+
 def _cross_checks(cfg: Config) -> None:
     peers, listen = cfg.peers, cfg.metrics.listen
+    if len(os.fsencode(cfg.paths.socket)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            "daemon.socket",
+            f"{cfg.paths.socket} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path "
+            "may have; choose a shorter path",
+        )
     if peers.max_inflight_per_peer > peers.max_inflight:
         raise ConfigError(
             "peers.max_inflight_per_peer",
@@ -250,7 +302,10 @@ def _gather(raw: Mapping[str, Any], env: Mapping[str, str], problems: list[Confi
         given += [(section, key, value) for key, value in table.items()]
     for name, text in env.items():
         if name.startswith(ENV_PREFIX) and name != ENV_CONFIG:
-            section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+            rest = name[len(ENV_PREFIX) :].lower()
+            # The longest section that prefixes it: "hosted_cache" has an underscore itself.
+            section = max((s for s in values if rest.startswith(f"{s}_")), key=len, default="")
+            key = rest[len(section) + 1 :]
             if section not in values:
                 continue  # not a key override (e.g. PEERDISTD_SOCKET, read by the client)
             if key not in values[section]:
@@ -297,18 +352,31 @@ def default_config_path(uid: int | None = None, env: Mapping[str, str] | None = 
     return base / "peerdistd.toml"
 
 
+def _default_file_exists(path: Path) -> bool:
+    """Whether the default config file exists; a folder on its way we may not search is an
+    error (there may be a file we cannot see), said as one, not a traceback."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise ConfigError(
+            str(path),
+            f"cannot look for the configuration file: {exc.strerror}; make its folders "
+            "readable by this user, or name a file with --config",
+        ) from exc
+
+
 def _load(
     path: Path | None, env: Mapping[str, str] | None, uid: int | None
 ) -> tuple[Config | None, list[ConfigError]]:
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     problems: list[ConfigError] = []
-    if path is None:
-        # A default location that does not exist is fine; a named file must exist.
-        path = default_config_path(uid, env)
-        if not env.get(ENV_CONFIG) and not path.exists():
-            path = None
     try:
+        if path is None:
+            # A default location that does not exist is fine; a named file must exist.
+            path = default_config_path(uid, env)
+            if not env.get(ENV_CONFIG) and not _default_file_exists(path):
+                path = None
         if path is not None:
             raw = _read_file(path)
         config = _build(_gather(raw, env, problems), uid, env)

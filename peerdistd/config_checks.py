@@ -6,13 +6,14 @@ loader turns a message into ``ConfigError(key, message)``.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 from collections.abc import Callable
 from typing import Any
 
 from peerdistd.errors import ConfigError
 
-__all__ = ["CHECKS", "LOG_LEVELS", "Check", "is_loopback", "parse_endpoint"]
+__all__ = ["CHECKS", "LOG_LEVELS", "Check", "is_loopback", "parse_endpoint", "split_server"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -79,6 +80,17 @@ def _loopback_only(key: str, value: Any) -> str | None:
     return None if ok else f"must be a loopback address, got {value!r}"
 
 
+def _group(_: str, value: Any) -> str | None:
+    # Checked here, not only when the socket is bound: check-config and serve agree.
+    if not value:
+        return None
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        return f"no group {value!r} on this host; create it (groupadd {value}) or leave it empty"
+    return None
+
+
 def _ip_list(_: str, value: Any) -> str | None:
     for item in value:
         try:
@@ -88,8 +100,37 @@ def _ip_list(_: str, value: Any) -> str | None:
     return None
 
 
+def _server(_: str, value: Any) -> str | None:
+    """ "", "dns-sd", "host", "host:port", "[v6]" or "[v6]:port"."""
+    if value in ("", "dns-sd"):
+        return None
+    try:
+        split_server(value, 443)
+    except ValueError:
+        return f"must be a host name or address, optionally with :port, got {value!r}"
+    return None
+
+
+def split_server(value: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of a hosted_cache.server value; ValueError if it is not one."""
+    host, port = value, default_port
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket:
+            raise ValueError(value)
+        if rest:
+            port = int(rest.removeprefix(":")) if rest.startswith(":") else -1
+    elif value.count(":") == 1:
+        host, _, text = value.partition(":")
+        port = int(text)
+    if not host or any(c.isspace() or c in "/@" for c in host) or not 0 < port < 65536:
+        raise ValueError(value)
+    return host, port
+
+
 CHECKS: dict[str, Check] = {
     "daemon.socket_mode": _octal_mode,
+    "daemon.socket_group": _group,
     "daemon.api_tcp": _loopback_only,
     "daemon.handle_idle_timeout": _between(1),
     "daemon.shutdown_timeout": _between(0),
@@ -97,7 +138,19 @@ CHECKS: dict[str, Check] = {
     "daemon.log_format": _one_of("text", "json"),
     "cache.limit_bytes": _between(0),
     "cache.limit_percent": _between(0, 100),
+    "cache.scrub_bytes_per_second": _between(0),
     "content.version": _one_of(1, 2),
+    "hosted_cache.listen": _endpoint(),
+    "hosted_cache.upload_limit": _between(1),
+    "hosted_cache.pull_slots": _between(1, 1024),
+    "hosted_cache.offerer_rate": _between(0),
+    "hosted_cache.pull_queue": _between(1),
+    "hosted_cache.unverified_limit_bytes": _between(0),
+    "hosted_cache.unverified_per_offerer_bytes": _between(0),
+    "hosted_cache.server": _server,
+    "hosted_cache.server_v2_port": _between(1, 65535),
+    "hosted_cache.offer_version": _one_of(1, 2),
+    "hosted_cache.offer_queue": _between(1),
     "content.hash": _one_of("sha256", "sha384", "sha512"),
     "peers.listen": _endpoint(),
     "peers.advertise": _endpoint(optional=True, reachable=True),
@@ -109,5 +162,7 @@ CHECKS: dict[str, Check] = {
     "peers.max_inflight_per_peer": _between(1),
     "peers.ban_seconds": _between(0),
     "peers.request_timeout_ms": _between(1),
+    "peers.failures_to_ban": _between(0),
+    "peers.min_transfer_rate": _between(0),
     "metrics.listen": _endpoint(optional=True),
 }

@@ -26,13 +26,15 @@ from aiohttp import web
 from peerdistd import __version__, errors
 from peerdistd.api.app import make_app
 from peerdistd.api.failures import ApiRunner
-from peerdistd.config import Config, diff_for_reload, ensure_private_dir, load_config
+from peerdistd.config import Config, MetricsConfig, diff_for_reload, ensure_private_dir, load_config
 from peerdistd.engine.core import Engine, EngineSettings
 from peerdistd.engine.ports import PeerNetwork
+from peerdistd.engine.scrub import run_scrub
 from peerdistd.engine.stats import Counters
 from peerdistd.logs import LEVELS, setup_logging
 from peerdistd.peering import PeerNode, start_peer_node
 from peerdistd.store.blockcache import BlockCache
+from peerdistd.store.cache_scrub import Scrubber
 from peerdistd.store.publications import PublicationStore
 from peerdistd.store.secret import load_or_create_secret
 from peerdistd.systemd import Notifier, check_local, listen_fds, watchdog_interval
@@ -40,6 +42,7 @@ from peerdistd.systemd import Notifier, check_local, listen_fds, watchdog_interv
 log = logging.getLogger("peerdistd")
 
 HOUSEKEEPING_INTERVAL = 2.0  # watchdog, idle handles, the cache write probe
+DEFAULT_METRICS_LISTEN = MetricsConfig().listen
 
 
 def engine_settings(config: Config) -> EngineSettings:
@@ -50,9 +53,15 @@ def engine_settings(config: Config) -> EngineSettings:
     )
 
 
+def socket_dir_mode(mode: int, group: str) -> int:
+    """The socket directory's mode: 0700 (a per-user daemon's) unless other users are meant to
+    reach the socket, through ``daemon.socket_group`` or a mode open to everyone."""
+    return 0o755 if group or mode & 0o007 else 0o700
+
+
 def bind_unix_socket(path: Path, mode: int, group: str) -> socket.socket:
     """Bind the API socket; a stale socket file of a dead daemon is replaced, a live one not."""
-    ensure_private_dir(path.parent, 0o755)
+    ensure_private_dir(path.parent, socket_dir_mode(mode, group))
     if path.is_socket():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -98,15 +107,21 @@ class Daemon:
         self.listening: dict[str, Any] = {}
         self.engine: Engine | None = None
         self.store: BlockCache | None = None
+        self.scrubber: Scrubber | None = None
         self.peer_node: PeerNode | None = None
+        self.bound_socket: tuple[Path, int] | None = None  # (path, inode) of a socket we bound
 
     def info(self) -> Mapping[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "version": __version__,
             "node_id": self.node_id,
             "uptime": round(time.time() - self.started, 3),
             "listen": self.listening,
         }
+        if self.scrubber is not None:
+            rate = self.config.cache.scrub_bytes_per_second
+            info["scrub"] = {"bytes_per_second": rate, **self.scrubber.stats.as_json()}
+        return info
 
     async def run(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -117,13 +132,15 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             stack.callback(self._remove_signal_handlers, loop)
             housekeeping = asyncio.ensure_future(self._housekeeping())
+            scrub = asyncio.ensure_future(self._scrub())  # store.cache_scrub, engine.scrub
             self.notifier.ready(f"serving on {self.listening.get('socket')}")
             await self.stopping.wait()
             self.notifier.stopping()
             log.info("shutting down")
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
+            for task in (housekeeping, scrub):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         log.info("stopped")
 
     @staticmethod
@@ -134,8 +151,8 @@ class Daemon:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config
         paths = cfg.paths
-        ensure_private_dir(paths.state_dir)
-        ensure_private_dir(paths.cache_dir)
+        ensure_private_dir(paths.state_dir, key="daemon.state_dir")
+        ensure_private_dir(paths.cache_dir, key="daemon.cache_dir")
         passphrase = load_or_create_secret(paths.secret_file)
         self.node_id = _node_id(paths.state_dir)
         store = BlockCache.open(
@@ -145,12 +162,13 @@ class Daemon:
         )
         stack.callback(store.close)
         self.store = store
+        self.scrubber = Scrubber(store)
         publications = PublicationStore.open(paths.state_dir / "publications.db")
         stack.callback(publications.close)
         counters = Counters()
         peers = await self._start_peers(stack, store, counters)
         engine = Engine(
-            store,
+            store if self.peer_node is None else self.peer_node.engine_store(store),
             publications,
             passphrase,
             peers=peers,
@@ -159,11 +177,14 @@ class Daemon:
         )
         if self.peer_node is not None:
             engine.extra_stats.append(self._peer_stats)
+            engine.extra_stats.append(self.peer_node.hosted_stats)
+        engine.extra_stats.append(self._store_stats)
         self.engine = engine
         stack.push_async_callback(engine.aclose)
         app = make_app(engine, info=self.info, peers=self._peer_list)
         runner = ApiRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
+        stack.callback(self._remove_socket)  # runs after the runner's clean-up below
         stack.push_async_callback(self._cleanup_runner, runner)
         await self._serve_api(runner)
         await self._start_metrics(stack, engine)
@@ -189,6 +210,7 @@ class Daemon:
             sock = bind_unix_socket(
                 cfg.paths.socket, int(cfg.daemon.socket_mode, 8), cfg.daemon.socket_group
             )
+            self.bound_socket = (cfg.paths.socket, cfg.paths.socket.stat().st_ino)
             where = str(cfg.paths.socket)
         await web.SockSite(runner, sock).start()
         self.listening["socket"] = where
@@ -199,6 +221,19 @@ class Daemon:
             await site.start()
             self.listening["tcp"] = site.name
             log.info("API also listening on %s", site.name)
+
+    def _remove_socket(self) -> None:
+        """A clean stop removes the socket file we bound, so no client finds a dead one.
+
+        Only ours: a socket handed over by systemd (socket activation) belongs to the .socket
+        unit and stays, and a file that is no longer our inode is someone else's.
+        """
+        if self.bound_socket is None:
+            return
+        path, inode = self.bound_socket
+        with contextlib.suppress(OSError):
+            if path.lstat().st_ino == inode:
+                path.unlink()
 
     async def _start_peers(
         self, stack: contextlib.AsyncExitStack, store: BlockCache, counters: Counters
@@ -211,7 +246,7 @@ class Daemon:
         )
         self.peer_node = node
         self.listening["peers"] = node.advertise
-        return node.swarm
+        return node.network
 
     async def _start_metrics(self, stack: contextlib.AsyncExitStack, engine: Engine) -> None:
         listen = self.config.metrics.listen
@@ -220,9 +255,21 @@ class Daemon:
         from peerdistd.metrics import make_registry, start_metrics_server  # noqa: PLC0415
 
         host, _, port = listen.rpartition(":")
-        server = await stack.enter_async_context(
-            start_metrics_server(make_registry(engine), host.strip("[]"), int(port))
-        )
+        try:
+            server = await stack.enter_async_context(
+                start_metrics_server(make_registry(engine), host.strip("[]"), int(port))
+            )
+        except errors.ConfigError as exc:
+            if listen != DEFAULT_METRICS_LISTEN:
+                raise  # a port the admin chose must be served, or the start fails
+            # The embedded default taken (a second daemon on this host, say the system
+            # service beside `make run`): start without metrics rather than not at all.
+            log.warning(
+                "metrics off: %s (another peerdistd on this host?); set metrics.listen to a "
+                "free port, or '' to turn metrics off without this warning",
+                exc,
+            )
+            return
         self.listening["metrics"] = getattr(server, "url", listen)
 
     def _peer_stats(self) -> Mapping[str, float]:
@@ -238,6 +285,22 @@ class Daemon:
             "matches_received": float(discovery.matches_received),
             "datagrams_dropped": float(sum(discovery.dropped.values())),
         }
+
+    def _store_stats(self) -> Mapping[str, float]:
+        assert self.store is not None and self.scrubber is not None
+        stats = self.scrubber.stats
+        return {
+            "scrub_blocks": float(stats.blocks_checked),
+            "scrub_bad_blocks": float(stats.bad_blocks),
+            "store_heals": float(len(self.store.notes()) + len(self._publication_notes())),
+        }
+
+    def _publication_notes(self) -> list[Any]:
+        return [] if self.engine is None else self.engine.publications.notes()
+
+    async def _scrub(self) -> None:
+        assert self.scrubber is not None
+        await run_scrub(self.scrubber.step, lambda: self.config.cache.scrub_bytes_per_second)
 
     def _peer_list(self) -> list[Mapping[str, Any]]:
         return [] if self.peer_node is None else self.peer_node.peers()
@@ -291,7 +354,11 @@ class Daemon:
         if self.peer_node is not None:
             self.peer_node.swarm.ban_seconds = new.peers.ban_seconds
             self.peer_node.swarm.window = new.peers.discovery_window_ms / 1000.0
-            self.peer_node.server.upload_limit = new.peers.upload_limit
+            self.peer_node.swarm.failures_to_ban = new.peers.failures_to_ban
+            self.peer_node.swarm.min_rate = float(new.peers.min_transfer_rate)
+            hosted = self.peer_node.hosted is not None  # a hosted cache has its own limit
+            limit = new.hosted_cache.upload_limit if hosted else new.peers.upload_limit
+            self.peer_node.server.upload_limit = limit
 
     def reload(self) -> None:
         """SIGHUP: apply what can change at run time; say what needs a restart."""
@@ -400,6 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except errors.PeerDistError as exc:
         log.error("cannot start: %s", exc)
+        return 1
+    except OSError as exc:  # a file system that refuses (read-only, full): said, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("cannot start: %s%s; fix that path or choose another", where, exc.strerror)
         return 1
     return 0
 

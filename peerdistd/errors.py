@@ -40,6 +40,11 @@ class PeerUnavailable(RemoteError):
     """Peers hold the data but none delivered it before the deadline."""
 
 
+class StoreDamaged(LocalError):
+    """A store's SQLite file is damaged (not just busy or unreadable): it gets set aside and
+    rebuilt from what can be proven (see peerdistd.store.healing)."""
+
+
 class ConfigError(LocalError):
     """An invalid configuration value; ``key`` names it."""
 
@@ -157,3 +162,7 @@ API_ERRORS: dict[str, type[ApiError]] = {
         OperationAborted,
     )
 }
+
+
+class TransferInterrupted(RemoteError):
+    """A transfer from elsewhere (an origin) stopped part-way; asking again may succeed."""

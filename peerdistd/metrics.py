@@ -64,6 +64,15 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "peerdist_bad_blocks",
         "Blocks from peers or applications that failed verification.",
     ),
+    "scrub_blocks": ("peerdist_scrub_blocks", "Cached blocks re-hashed by the background scrub."),
+    "scrub_bad_blocks": (
+        "peerdist_scrub_bad_blocks",
+        "Cached blocks the background scrub found damaged on disk (and dropped).",
+    ),
+    "store_heals": (
+        "peerdist_store_heals",
+        "Damaged store files (cache index, publications) set aside and rebuilt.",
+    ),
 }
 
 GAUGES: dict[str, tuple[str, str]] = {
@@ -71,7 +80,10 @@ GAUGES: dict[str, tuple[str, str]] = {
     "cache_limit_bytes": ("peerdist_cache_limit_bytes", "Size limit of the block cache in bytes."),
     "open_handles": ("peerdist_open_handles", "Open content handles of local applications."),
     "publications": ("peerdist_publications", "Published contents held by this node."),
-    "banned_peers": ("peerdist_banned_peers", "Peers currently ignored after sending bad blocks."),
+    "banned_peers": (
+        "peerdist_banned_peers",
+        "Peers currently ignored after bad blocks or repeated failures.",
+    ),
     "peers_known": ("peerdist_peers_known", "Peers seen recently through discovery."),
 }
 

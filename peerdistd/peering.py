@@ -9,17 +9,27 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from peerdistd import errors
 from peerdistd.config import Config, PeersConfig
+from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.stats import Counters
+from peerdistd.hosted import (
+    HostedCacheServer,
+    OfferingStore,
+    hosted_cache_address,
+    start_hosted_cache,
+)
+from peerdistd.hosted import offerer as make_offerer
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.discovery_sockets import resolve_interfaces
+from peerdistd.net.hosted_cache_client import HostedCacheFirst, Offerer
 from peerdistd.net.mdns import Mdns
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.net.retrieval_server import RetrievalServer
@@ -89,7 +99,10 @@ class ServedTo:
 
 @dataclass
 class PeerNode:
-    """The running peer side: the swarm (the engine's peer network) and what it advertises."""
+    """The running peer side: the swarm, what it advertises and hosted cache mode's parts.
+
+    ``network`` is what the engine reads through: the swarm, or the hosted cache first.
+    """
 
     swarm: Swarm
     advertise: str
@@ -97,6 +110,26 @@ class PeerNode:
     discovery: Discovery
     mdns: Mdns | None = None
     served_to: ServedTo = field(default_factory=ServedTo)
+    hosted: HostedCacheServer | None = None
+    offerer: Offerer | None = None
+    network: PeerNetwork | None = None
+
+    def __post_init__(self) -> None:
+        if self.network is None:
+            self.network = self.swarm
+
+    def engine_store(self, cache: BlockCache) -> BlockStore:
+        """The block store the engine writes through: offering completed segments if a hosted
+        cache is configured (hosted_cache.server)."""
+        return cache if self.offerer is None else OfferingStore(cache, self.offerer.offer)
+
+    def hosted_stats(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.hosted is not None:
+            out |= self.hosted.puller.stats.snapshot()
+        if self.offerer is not None:
+            out |= self.offerer.stats.snapshot()
+        return out
 
     def peers(self) -> list[Mapping[str, Any]]:
         """Every peer known (zeroconf, discovery answers, clients served) with its counters."""
@@ -163,8 +196,9 @@ def _unspecified(host: str) -> bool:
 async def start_peer_node(
     config: Config, cache: BlockCache, counters: Counters, node_id: str
 ) -> AsyncIterator[PeerNode]:
-    """Start serving and finding peers as ``config.peers`` says; stop them on exit."""
-    peers = config.peers
+    """Start serving and finding peers as ``config.peers`` says, and hosted cache mode as
+    ``config.hosted_cache`` says; stop them all on exit."""
+    peers, hc = config.peers, config.hosted_cache
     host, port = _split(peers.listen)
     source = CacheSource(cache)
 
@@ -173,17 +207,39 @@ async def start_peer_node(
 
     served_to = ServedTo()
     async with contextlib.AsyncExitStack() as stack:
-        try:
-            server = await stack.enter_async_context(
+        client = await stack.enter_async_context(
+            RetrievalClient(
+                connections_per_peer=peers.max_inflight_per_peer,
+                local_host=None if _unspecified(host) else host,
+            )
+        )
+        hosted: HostedCacheServer | None = None
+        if hc.enabled:
+            if peers.advertise:
+                name = _split(peers.advertise)[0]
+            else:
+                name = host if not _unspecified(host) else socket.gethostname()
+            hosted = await stack.enter_async_context(
+                start_hosted_cache(config, cache, client, name)
+            )
+
+        async def serve(on_port: int) -> RetrievalServer:
+            return await stack.enter_async_context(
                 RetrievalServer(
                     source,
                     host,
-                    port,
-                    upload_limit=peers.upload_limit,
+                    on_port,
+                    upload_limit=hc.upload_limit if hosted else peers.upload_limit,
                     on_served=served,
                     on_served_to=served_to,
+                    allow_plaintext=peers.allow_plaintext,
+                    sealed=hosted.sealed if hosted else None,
+                    offers=hosted.intake if hosted else None,
                 )
             )
+
+        try:
+            server = await serve(port)
         except PermissionError:
             if port >= 1024 or peers.listen != DEFAULT_LISTEN:
                 raise errors.ConfigError(
@@ -196,17 +252,7 @@ async def start_peer_node(
                 peers.listen,
                 UNPRIVILEGED_PORT,
             )
-            port = UNPRIVILEGED_PORT
-            server = await stack.enter_async_context(
-                RetrievalServer(
-                    source,
-                    host,
-                    port,
-                    upload_limit=peers.upload_limit,
-                    on_served=served,
-                    on_served_to=served_to,
-                )
-            )
+            server = await serve(UNPRIVILEGED_PORT)
         except OSError as exc:
             raise errors.ConfigError(
                 "peers.listen", f"cannot listen on {peers.listen}: {exc.strerror}"
@@ -231,18 +277,14 @@ async def start_peer_node(
                 port=peers.discovery_port,
             )
         )
-        client = await stack.enter_async_context(
-            RetrievalClient(
-                connections_per_peer=peers.max_inflight_per_peer,
-                local_host=None if _unspecified(host) else host,
-            )
-        )
         swarm = Swarm(
             discovery,
             client,
             window=peers.discovery_window_ms / 1000.0,
             request_timeout=peers.request_timeout_ms / 1000.0,
             ban_seconds=peers.ban_seconds,
+            failures_to_ban=peers.failures_to_ban,
+            min_rate=float(peers.min_transfer_rate),
             own_addresses=[advertise],
         )
         stack.push_async_callback(swarm.aclose)
@@ -250,8 +292,36 @@ async def start_peer_node(
         if peers.zeroconf:
             adv_host, adv_port = _split(advertise)
             mdns = await stack.enter_async_context(
-                Mdns(node_id, adv_port, interfaces=interfaces, addresses=[adv_host])
+                Mdns(
+                    node_id,
+                    adv_port,
+                    interfaces=interfaces,
+                    addresses=[adv_host],
+                    hosted_cache=hosted is not None,
+                )
             )
-        node = PeerNode(swarm, advertise, server, discovery, mdns, served_to)
+        node = PeerNode(swarm, advertise, server, discovery, mdns, served_to, hosted=hosted)
+        if hc.server:
+            where = hosted_cache_address(config, _dns_sd(mdns))
+            node.offerer = await stack.enter_async_context(
+                make_offerer(
+                    config, where, _split(advertise)[1], None if _unspecified(host) else host
+                )
+            )
+            node.network = HostedCacheFirst(
+                swarm, client, where, request_timeout=peers.request_timeout_ms / 1000.0
+            )
         log.info("serving peers on %s, discovery on port %d", advertise, peers.discovery_port)
         yield node
+
+
+def _dns_sd(mdns: Mdns | None) -> Callable[[], str | None]:
+    """The address of the first hosted cache announced with DNS-SD, when there is one."""
+
+    def find() -> str | None:
+        for peer in mdns.peers().values() if mdns is not None else ():
+            if peer.hosted_cache and peer.addresses:
+                return peer.addresses[0]
+        return None
+
+    return find

@@ -82,7 +82,9 @@ def start_daemon(
     name: str = "node",
     netns: str | None = None,
     prefix: Sequence[str] = (),
+    metrics: str | None = "",
 ) -> DaemonProcess:
+    """``metrics`` None: no --metrics flag, the daemon's own default (in a netns only)."""
     root.mkdir(parents=True, exist_ok=True)
     notify_path = root / f"{name}-notify.sock"
     with contextlib.suppress(FileNotFoundError):
@@ -108,8 +110,7 @@ def start_daemon(
         str(root / f"{name}-cache"),
         "--socket",
         str(sock),
-        "--metrics",
-        "",
+        *(["--metrics", metrics] if metrics is not None else []),
         *args,
     ]
     if "--listen" not in args:

@@ -22,6 +22,7 @@ from peerdistd.api.peercred import peer_uid
 from peerdistd.engine.core import Engine, ReadResult
 from peerdistd.engine.events import Event
 from peerdistd.proto.pccrc import HashAlgorithm
+from peerdistd.store.healing import iter_notes
 from peerdistd.store.publications import Publication
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ async def get_status(request: web.Request) -> web.Response:
         },
         "counters": dict(engine.stats_snapshot()),
         "peers": request.app[PEERS](),
+        # Damaged store files set aside and rebuilt since start (oldest first).
+        "store_notes": list(iter_notes(engine.store.notes(), engine.publications.notes())),
     }
     body.update(request.app[INFO]())
     return web.json_response(body)
@@ -329,6 +332,22 @@ async def delete_cache(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def post_cache_verify(request: web.Request) -> web.Response:
+    """Re-hash every cached block now; drop and report those that fail (root only)."""
+    if caller(request) != 0:
+        raise errors.AccessDenied("only root may verify the cache")
+    report = await asyncio.to_thread(request.app[ENGINE].store.verify)
+    return web.json_response(
+        {
+            "segments": report.segments,
+            "blocks": report.blocks,
+            "bad_blocks": report.bad_blocks,
+            "bytes_dropped": report.bytes_dropped,
+            "orphan_files": report.orphan_files,
+        }
+    )
+
+
 async def get_peers(request: web.Request) -> web.Response:
     caller(request)
     return web.json_response({"peers": request.app[PEERS]()})
@@ -364,5 +383,6 @@ def make_app(
     app.router.add_delete("/v1/contents/{h}", delete_content)
     app.router.add_get("/v1/cache", get_cache)
     app.router.add_delete("/v1/cache", delete_cache)
+    app.router.add_post("/v1/cache/verify", post_cache_verify)
     app.router.add_get("/v1/peers", get_peers)
     return app

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import stat
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +23,7 @@ import aiohttp
 from peerdistd.api.client_models import (
     AddDataResult,
     CacheUsage,
+    CacheVerifyReport,
     Event,
     Listen,
     Peer,
@@ -31,12 +33,19 @@ from peerdistd.api.client_models import (
     error_from,
     malformed,
 )
-from peerdistd.config import default_paths
+from peerdistd.api.client_sockets import (
+    SYSTEM_SOCKET,
+    default_socket_path,
+    socket_candidates,
+    unreachable,
+)
 from peerdistd.errors import ApiError, InvalidHandle, InvalidParameter, ServiceUnavailable
 
 __all__ = [
+    "SYSTEM_SOCKET",
     "AddDataResult",
     "CacheUsage",
+    "CacheVerifyReport",
     "ContentHandle",
     "Event",
     "Listen",
@@ -46,30 +55,13 @@ __all__ = [
     "ReadResult",
     "Status",
     "default_socket_path",
+    "socket_candidates",
 ]
 
 DEFAULT_READ_MAX = 1 << 20
 READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
 _UPLOAD_CHUNK = 1 << 20
 _OCTETS = {"Content-Type": "application/octet-stream"}
-
-
-def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The API socket to use when none is named.
-
-    ``$PEERDISTD_SOCKET`` (or ``$PEERDISTD_DAEMON_SOCKET``, the daemon's own key) wins; else
-    the socket a daemon of this user would bind (``config.default_paths``) if it exists;
-    else the system service's ``/run/peerdistd/api.sock``.
-    """
-    env = os.environ if environ is None else environ
-    for name in ("PEERDISTD_SOCKET", "PEERDISTD_DAEMON_SOCKET"):
-        if env.get(name):
-            return Path(env[name])
-    own = default_paths(env=env).socket
-    return own if own.exists() else SYSTEM_SOCKET
-
-
-SYSTEM_SOCKET = Path("/run/peerdistd/api.sock")
 
 
 class PeerDistClient:
@@ -136,13 +128,16 @@ class PeerDistClient:
                     raise error_from(resp.status, await resp.read())
                 yield resp
         except aiohttp.ClientConnectorError as exc:
-            reason = exc.strerror or str(exc)
+            raise ServiceUnavailable(unreachable(self.where, exc.os_error)) from exc
+        except aiohttp.ServerDisconnectedError as exc:
             raise ServiceUnavailable(
-                f"cannot reach peerdistd at {self.where}: {reason} — is it running?"
+                f"peerdistd at {self.where} closed the connection before answering "
+                "(did it stop or restart?)"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise ServiceUnavailable(
-                f"connection to peerdistd at {self.where} failed: {exc!r}"
+                f"connection to peerdistd at {self.where} failed: {reason}"
             ) from exc
 
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
@@ -198,12 +193,14 @@ class PeerDistClient:
         if isinstance(data, Path):
             try:
                 handle = await asyncio.to_thread(data.open, "rb")
-                size = os.fstat(handle.fileno()).st_size
+                info = os.fstat(handle.fileno())
             except OSError as exc:
                 raise InvalidParameter(f"cannot read {data}: {exc.strerror or exc}") from exc
             body = _file_chunks(handle, 4 << 20)
-            # A known length spares both sides chunked transfer coding.
-            headers["Content-Length"] = str(size)
+            if stat.S_ISREG(info.st_mode):
+                # A known length spares both sides chunked transfer coding. A pipe (say
+                # <(cmd)) has st_size 0 and no length until its end: it goes chunked.
+                headers["Content-Length"] = str(info.st_size)
         else:
             body = data
         doc = await self._json(
@@ -270,6 +267,12 @@ class PeerDistClient:
         doc = await self._json("DELETE", path)
         with malformed():
             return int(doc["freed"]), int(doc.get("kept_for_publications", 0))
+
+    async def verify_cache(self) -> CacheVerifyReport:
+        """Re-hash the whole block cache, dropping what fails (root only)."""
+        doc = await self._json("POST", "/v1/cache/verify")
+        with malformed():
+            return CacheVerifyReport.from_json(doc)
 
     async def peers(self) -> list[Peer]:
         doc = await self._json("GET", "/v1/peers")

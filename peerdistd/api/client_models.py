@@ -37,6 +37,22 @@ class CacheUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheVerifyReport:
+    """``POST /v1/cache/verify``: what was checked, and what failed and was dropped."""
+
+    segments: int
+    blocks: int
+    bad_blocks: int
+    bytes_dropped: int
+    orphan_files: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CacheVerifyReport:
+        keys = ("segments", "blocks", "bad_blocks", "bytes_dropped", "orphan_files")
+        return cls(*(int(d[k]) for k in keys))
+
+
+@dataclass(frozen=True, slots=True)
 class Peer:
     node_id: str
     address: str

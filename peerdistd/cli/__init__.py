@@ -11,11 +11,15 @@ import importlib
 import sys
 from collections.abc import Callable
 
+import aiohttp
+
 from peerdistd import __version__
+from peerdistd.cli.failures import report
+from peerdistd.errors import PeerDistError
 
 COMMAND_MODULES = (
     "peerdistd.cli.hash",  # hash, inspect: no daemon needed
-    "peerdistd.cli.key",  # import-key: a Windows server secret
+    "peerdistd.cli.key",  # import-key, set-key: a Windows server secret
     "peerdistd.cli.remote",  # status, publish, fetch, ...: clients of the local API
     "peerdistd.cli.origin",  # origin: an HTTP origin handing out content information (PCCRTP)
 )
@@ -46,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except (PeerDistError, OSError, aiohttp.ClientError) as exc:
+        # What a command did not catch itself is still said in one line, not a traceback.
+        return report(exc)
 
 
 if __name__ == "__main__":

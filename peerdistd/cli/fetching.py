@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ from typing import BinaryIO
 import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, AddDataResult, ContentHandle, PeerDistClient
+from peerdistd.cli.failures import origin_reason, transport_reason
 from peerdistd.errors import (
     MissingData,
     NoMore,
@@ -25,6 +27,7 @@ from peerdistd.errors import (
     RemoteError,
     ServiceUnavailable,
     Timeout,
+    TransferInterrupted,
 )
 from peerdistd.proto.pccrtp import missing_data_headers
 
@@ -36,6 +39,12 @@ ORIGIN_CHUNK = 1 << 20
 # again: nodes that start together then share what each fetched instead of all taking the
 # whole content from the WAN.
 ORIGIN_SLICE = 4 << 20
+# A range the origin cut short is asked again (its rest only) up to this many times in a row,
+# waiting ORIGIN_BACKOFF seconds before the first retry and twice as long before each next.
+ORIGIN_RETRIES = 3
+ORIGIN_BACKOFF = 0.5
+# Answers worth asking again: the origin is busy or failing for now (RFC 9110 15.5.9, 15.6).
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
@@ -65,7 +74,8 @@ async def origin_range(
     try:
         async with session.get(url, headers=headers) as resp:
             if resp.status != 206:
-                raise RemoteError(f"{where}: HTTP {resp.status} {resp.reason}, expected 206")
+                kind = TransferInterrupted if resp.status in _TRANSIENT_STATUS else RemoteError
+                raise kind(f"{where}: HTTP {resp.status} {resp.reason}, expected 206")
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if not match or (int(match[1]), int(match[2])) != (offset, last):
                 got_range = resp.headers.get("Content-Range")
@@ -78,10 +88,17 @@ async def origin_range(
                     break
                 got += len(chunk)
                 yield chunk
-            if got != length or await resp.content.read(1):
-                raise RemoteError(f"{where}: sent a body of the wrong length")
-    except aiohttp.ClientError as exc:
-        raise RemoteError(f"{where}: {exc!r}") from exc
+            if got != length:
+                raise TransferInterrupted(
+                    f"{where}: sent a body of the wrong length ({got} of {length} bytes)"
+                )
+            if await resp.content.read(1):
+                raise RemoteError(f"{where}: sent a body of the wrong length (too long)")
+    except aiohttp.ClientConnectorError as exc:  # no origin there at all: say so at once
+        raise RemoteError(f"{where}: {origin_reason(exc)}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # Reset, cut mid-body, timed out: a second try may well pass.
+        raise TransferInterrupted(f"{where}: {transport_reason(exc)}") from exc
 
 
 async def _add_from_origin(
@@ -153,13 +170,28 @@ async def fetch(
                 progress(from_cache + from_peers + from_origin, handle.size)
 
         async def from_origin_slice(offset: int, length: int) -> None:
+            """The range from the origin; a cut is asked again from where it broke off."""
             nonlocal from_origin, requests
-            requests += 1
-            chunks = origin_range(origin_session, origin, offset, length)
-            async for n in _add_from_origin(handle, offset, chunks, out):
-                from_origin += n
-                if progress:
-                    progress(from_cache + from_peers + from_origin, handle.size)
+            done = failures = 0
+            for attempt in itertools.count(1):
+                requests += 1
+                start = offset + done
+                chunks = origin_range(origin_session, origin, start, length - done)
+                try:
+                    async for n in _add_from_origin(handle, start, chunks, out):
+                        done += n
+                        from_origin += n
+                        if progress:
+                            progress(from_cache + from_peers + from_origin, handle.size)
+                    return
+                except TransferInterrupted as exc:
+                    # Bounded: ORIGIN_RETRIES in a row without a byte of progress.
+                    failures = 1 if offset + done > start else failures + 1
+                    if failures > ORIGIN_RETRIES:
+                        raise TransferInterrupted(
+                            f"{exc}; gave up after {attempt} attempts — try again later"
+                        ) from exc
+                    await asyncio.sleep(ORIGIN_BACKOFF * 2 ** (failures - 1))
 
         async def fill_gap(offset: int, length: int) -> None:
             """A range the daemon reported missing: take a slice of it from the origin, then

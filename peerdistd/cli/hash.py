@@ -78,9 +78,18 @@ def run_hash(args: argparse.Namespace) -> int:
                 offset=args.offset,
                 length=args.length,
             )
-        _write(args.output, info.to_bytes())
+        data = info.to_bytes()
+        _write(args.output, data)
     except (PeerDistError, OSError, _Fail) as exc:
         return _error(exc)
+    # What was written, on stderr when the content information itself went to stdout.
+    where = "standard output" if args.output == "-" else args.output
+    print(
+        f"wrote {where}: content information V{info.version} ({info.algorithm.label}), "
+        f"{len(data)} bytes, {len(info.segments)} segments, for {info.length} bytes of content "
+        f"from offset {info.start}",
+        file=sys.stderr if args.output == "-" else sys.stdout,
+    )
     return 0
 
 

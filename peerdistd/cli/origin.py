@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from peerdistd.api.client import PeerDistClient, default_socket_path
+from peerdistd.api.client import PeerDistClient
+from peerdistd.cli.failures import SOCKET_HELP, transport_reason, warn
+from peerdistd.errors import ServiceUnavailable
 from peerdistd.origin import DEFAULT_HASH_WAIT, running_origin
 
 _HELP = (
@@ -38,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="PATH",
         type=Path,
         default=None,
-        help=f"the daemon's API socket (default: {default_socket_path()})",
+        help=SOCKET_HELP,
     )
     p.add_argument(
         "--max-version",
@@ -65,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_serve(args))
     except OSError as exc:  # the listen address, typically
-        print(f"peerdist: error: {exc}", file=sys.stderr)
+        host, port = args.listen
+        print(
+            f"peerdist: error: cannot serve on {host}:{port}: {transport_reason(exc)}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -87,6 +93,12 @@ async def _serve(args: argparse.Namespace) -> None:
             hash_wait=args.hash_wait,
         ) as origin,
     ):
+        try:
+            await client.status()
+        except ServiceUnavailable as exc:
+            # Still serve: files go out as plain bytes until the daemon is there to hash them.
+            why = exc.message.removesuffix(" — is it running?")
+            warn(f"{why}; serving plain bytes only (no PeerDist) until it runs")
         print(f"serving {args.folder} at {origin.url}/ (peerdistd at {client.where})", flush=True)
         await stop.wait()
     print(origin.stats.summary(), flush=True)

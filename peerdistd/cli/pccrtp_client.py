@@ -15,12 +15,13 @@ from typing import BinaryIO
 import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, PeerDistClient
+from peerdistd.cli.failures import origin_reason
 from peerdistd.cli.fetching import ORIGIN_CHUNK, FetchSummary, ProgressCallback, fetch
 from peerdistd.errors import DecodeError, RemoteError
 from peerdistd.proto.pccrc import ContentInformation
 from peerdistd.proto.pccrtp import Answer, ProtocolVersion, parse_answer, request_headers
 
-__all__ = ["MAX_CONTENT_INFORMATION", "fetch_url"]
+__all__ = ["MAX_CONTENT_INFORMATION", "fetch_url", "plain_download"]
 
 # The daemon takes at most this much too (api/app.py): V1 for ~128 GiB of content.
 MAX_CONTENT_INFORMATION = 64 * 1024 * 1024
@@ -58,8 +59,8 @@ async def fetch_url(
                     size, 0, 0, size, 1, time.monotonic() - started, False, 0, _why_plain(answer)
                 )
             info = await _read_capped(resp, url)
-    except aiohttp.ClientError as exc:
-        raise RemoteError(f"origin {url}: {exc!r}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RemoteError(f"origin {url}: {origin_reason(exc)}") from exc
     _check(info, answer, url)
     summary = await fetch(
         client, info, url, out, timeout_ms=timeout_ms, progress=progress, read_max=read_max
@@ -67,6 +68,25 @@ async def fetch_url(
     return dataclasses.replace(
         summary, seconds=time.monotonic() - started, content_info_bytes=len(info)
     )
+
+
+async def plain_download(
+    url: str, out: BinaryIO, *, note: str, progress: ProgressCallback | None = None
+) -> FetchSummary:
+    """One plain GET of ``url`` into ``out``: what a fetch does when peerdistd cannot help."""
+    started = time.monotonic()
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url) as resp,
+        ):
+            if resp.status != 200:
+                raise RemoteError(f"origin {url}: HTTP {resp.status} {resp.reason}")
+            size = await _stream(resp, out, progress)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RemoteError(f"origin {url}: {origin_reason(exc)}") from exc
+    return FetchSummary(size, 0, 0, size, 1, time.monotonic() - started, False, 0, note)
 
 
 def _why_plain(answer: Answer) -> str:

@@ -11,11 +11,13 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from peerdistd.api.client import CacheUsage, Peer, Status
 from peerdistd.cli.fetching import ProgressCallback
@@ -63,7 +65,8 @@ def cache_table(cache: CacheUsage) -> Table:
 def peers_table(peers: Iterable[Peer], now: float | None = None) -> Table:
     now = time.time() if now is None else now
     table = Table(title="Peers", title_justify="left")
-    table.add_column("node id", overflow="fold")
+    # A node id is 32 hex digits: whole on one line, never folded (the address may wrap).
+    table.add_column("node id", no_wrap=True, min_width=32)
     table.add_column("address", no_wrap=True)
     table.add_column("last seen")
     table.add_column("source", no_wrap=True)
@@ -120,14 +123,24 @@ def status_view(status: Status) -> RenderableType:
     return Group(service, cache_table(status.cache), sources, peers_table(status.peers))
 
 
+class _SpeedColumn(ProgressColumn):
+    """Transfer speed in the units of the sizes beside it (rich's own column says MB/s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(
+            "?" if speed is None else human_bytes(speed) + "/s", style="progress.data.speed"
+        )
+
+
 @contextlib.contextmanager
 def progress_bar(console: Console, description: str) -> Iterator[ProgressCallback]:
     """A transfer progress bar on ``console``; yields the callback that moves it."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        DownloadColumn(binary_units=True),  # KiB, MiB, ... as everywhere else in peerdist
+        _SpeedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:

@@ -14,20 +14,20 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from rich.console import Console
 
-from peerdistd.api.client import (
-    PeerDistClient,
-    default_socket_path,
-)
+from peerdistd.api.client import PeerDistClient
+from peerdistd.cli.failures import SOCKET_HELP, report, warn
 from peerdistd.cli.fetching import FetchSummary, fetch, origin_range
-from peerdistd.cli.pccrtp_client import fetch_url
+from peerdistd.cli.pccrtp_client import fetch_url, plain_download
 from peerdistd.cli.progress import (
     cache_table,
     human_bytes,
@@ -35,10 +35,7 @@ from peerdistd.cli.progress import (
     progress_bar,
     status_view,
 )
-from peerdistd.errors import (
-    ApiError,
-    PeerDistError,
-)
+from peerdistd.errors import InvalidParameter, PeerDistError, ServiceUnavailable
 from peerdistd.proto.pccrtp import ProtocolVersion
 
 __all__ = ["FetchSummary", "fetch", "fetch_url", "origin_range", "register", "run"]
@@ -62,8 +59,19 @@ async def _status(client: PeerDistClient, args: argparse.Namespace) -> int:
     return 0
 
 
+_STDIN_CHUNK = 4 << 20
+
+
+async def _stdin_chunks() -> AsyncIterator[bytes]:
+    """Standard input a chunk at a time, off the event loop: a pipe is never held whole."""
+    while chunk := await asyncio.to_thread(sys.stdin.buffer.read, _STDIN_CHUNK):
+        yield chunk
+
+
 async def _publish(client: PeerDistClient, args: argparse.Namespace) -> int:
-    pub = await client.publish(args.file, id=args.id, version=args.version, hash=args.hash)
+    # "-" is standard input; a path may be a pipe too (<(cmd)): both are streamed.
+    body = _stdin_chunks() if str(args.file) == "-" else args.file
+    pub = await client.publish(body, id=args.id, version=args.version, hash=args.hash)
     if args.content_info is not None:
         _write_file(args.content_info, await client.content_information(pub.id))
     print(
@@ -77,9 +85,23 @@ async def _content_info(client: PeerDistClient, args: argparse.Namespace) -> int
     if (args.offset is None) != (args.length is None):
         print("peerdist: error: give both --offset and --length, or neither", file=sys.stderr)
         return 2
-    info = await client.content_information(
-        args.id, offset=args.offset, length=args.length, version=args.version
-    )
+    try:
+        info = await client.content_information(
+            args.id, offset=args.offset, length=args.length, version=args.version
+        )
+    except InvalidParameter:
+        pub = None if args.version is None else await client.publication(args.id)
+        if pub is None or pub.version == args.version:
+            raise
+        # The daemon hands out only the version a publication was made with; say how to get
+        # the other one in this command's terms, not the API's.
+        print(
+            f"peerdist: error: {args.id!r} was published with content information "
+            f"V{pub.version}; for V{args.version}, publish it again: "
+            f"peerdist publish FILE --id {args.id} --version {args.version}",
+            file=sys.stderr,
+        )
+        return 1
     _write_file(args.output, info)
     return 0
 
@@ -100,10 +122,16 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
     part = args.output.with_name(args.output.name + ".part")
     out = sys.stdout.buffer if to_stdout else await asyncio.to_thread(part.open, "wb")
     try:
+        if (why := await _unreachable(client)) is not None:  # said before the bar is drawn
+            warn(f"{why}; downloading {origin} directly, without peers or cache")
         with (
             progress_bar(err, "fetch") if err.is_terminal else contextlib.nullcontext() as progress
         ):
-            if content_information is None:  # ask the origin for it (MS-PCCRTP)
+            if why is not None:
+                summary = await plain_download(
+                    origin, out, note="peerdistd was not reachable", progress=progress
+                )
+            elif content_information is None:  # ask the origin for it (MS-PCCRTP)
                 summary = await fetch_url(
                     client,
                     origin,
@@ -133,6 +161,17 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _unreachable(client: PeerDistClient) -> str | None:
+    """Why the daemon cannot be reached (not running, no access), or None if it answers."""
+    try:
+        await client.status()
+    except ServiceUnavailable as exc:
+        if isinstance(exc.__cause__, aiohttp.ClientError | OSError):
+            return exc.message.removesuffix(" — is it running?")
+        raise
+    return None
+
+
 def _fetch_report(s: FetchSummary) -> str:
     rate = human_bytes(s.size / s.seconds) + "/s" if s.seconds > 0 else "-"
     head = f"fetched {human_bytes(s.size)} in {s.seconds:.2f} s ({rate}): "
@@ -150,7 +189,19 @@ def _fetch_report(s: FetchSummary) -> str:
     )
 
 
+async def _cache_verify(client: PeerDistClient) -> int:
+    """``peerdist cache verify``: exit status 1 when damaged blocks were found (and dropped)."""
+    r = await client.verify_cache()
+    print(
+        f"checked {r.blocks} blocks in {r.segments} segments: {r.bad_blocks} bad"
+        f" ({human_bytes(r.bytes_dropped)} dropped), {r.orphan_files} stray files removed"
+    )
+    return 1 if r.bad_blocks else 0
+
+
 async def _cache(client: PeerDistClient, args: argparse.Namespace) -> int:
+    if args.action == "verify":
+        return await _cache_verify(client)
     if args.flush:
         freed, kept = await client.flush_cache_report(args.include_publications)
         note = f"; kept {human_bytes(kept)} for publications" if kept else ""
@@ -173,24 +224,47 @@ def _write_file(path: Path, data: bytes) -> None:
         path.write_bytes(data)
 
 
+# SIGTERM and SIGHUP end a command the way Ctrl-C does: cancelled, its clean-up run (a
+# fetch removes OUT.part), exit 128 + the signal's number as a shell reports it.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def run(command: Command, args: argparse.Namespace) -> int:
     """Run one subcommand against the daemon; errors become one line and exit 1."""
+    stopped_by: list[int] = []
 
     async def main() -> int:
-        async with PeerDistClient(args.socket) as client:
-            return await command(client, args)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(sig: int) -> None:
+            stopped_by.append(sig)
+            task.cancel()
+
+        # Signals reach the main thread only (main() may run in another, from a program).
+        # A signal already ignored stays ignored: `nohup peerdist fetch ...` outlives its terminal.
+        main_thread = threading.current_thread() is threading.main_thread()
+        signals = [
+            s for s in _STOP_SIGNALS if main_thread and signal.getsignal(s) != signal.SIG_IGN
+        ]
+        for sig in signals:
+            loop.add_signal_handler(sig, stop, sig)
+        try:
+            async with PeerDistClient(args.socket) as client:
+                return await command(client, args)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
     try:
         return asyncio.run(main())
-    except ApiError as exc:
-        # Transport failures already read as a sentence; the daemon's errors get their NAME.
-        transport = isinstance(exc.__cause__, aiohttp.ClientError | OSError)
-        named = transport or exc.name in exc.message
-        detail = exc.message if named else f"{exc.message} ({exc.name})"
-        print(f"peerdist: error: {detail}", file=sys.stderr)
-    except (PeerDistError, OSError) as exc:
-        print(f"peerdist: error: {exc}", file=sys.stderr)
-    return 1
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        return 128 + stopped_by[0]
+    except (PeerDistError, OSError, aiohttp.ClientError) as exc:
+        return report(exc)
 
 
 def _add(
@@ -215,13 +289,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="PATH",
         type=Path,
         default=None,
-        help=f"the daemon's API socket (default: {default_socket_path()})",
+        help=SOCKET_HELP,
     )
     p = _add(subparsers, common, "status", _status, "show the daemon's state, cache and peers")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
 
     p = _add(subparsers, common, "publish", _publish, "publish a file for peers to share")
-    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument(
+        "file", type=Path, metavar="FILE", help="the content: a file, a pipe, or - for stdin"
+    )
     p.add_argument("--id", help="content id (default: one is assigned)")
     p.add_argument("--version", type=int, choices=(1, 2), default=1)
     p.add_argument("--hash", choices=("sha256", "sha384", "sha512"), default="sha256")
@@ -238,6 +314,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("id", metavar="ID")
 
     p = _add(subparsers, common, "fetch", _fetch, "get content through peers, else the origin")
+    p.epilog = _FETCH_EPILOG
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("url", nargs="?", metavar="URL", type=_http_url, help="the origin's URL")
     where.add_argument("--origin", metavar="URL", type=_http_url, help="the same, as an option")
@@ -257,6 +334,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--timeout-ms", type=_natural, metavar="N", help="peer timeout (default 5000)")
 
     p = _add(subparsers, common, "cache", _cache, "show the block cache's use")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("verify",),
+        help="verify: re-hash every cached block now, drop and report those that fail (root)",
+    )
     p.add_argument("--flush", action="store_true", help="empty the block cache (root only)")
     p.add_argument(
         "--include-publications",
@@ -265,6 +348,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
 
     _add(subparsers, common, "peers", _peers, "list the peers known")
+
+
+_FETCH_EPILOG = (
+    "OUT is written as OUT.part and renamed when complete. A fetch that fails or is "
+    "interrupted (Ctrl-C, SIGTERM) removes OUT.part; what it got is in peerdistd's cache, so "
+    "running it again continues from there at local speed. A range the origin cuts short is "
+    "asked again (3 times, with backoff). If peerdistd is not reachable, the URL is "
+    "downloaded directly from the origin, with a warning."
+)
 
 
 def _natural(text: str) -> int:

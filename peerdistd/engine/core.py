@@ -87,7 +87,12 @@ class Engine:
         )
         self.adder = DataAdder(store, self.stats)
         self.publisher = Publisher(
-            store, publications, passphrase, self.check_enabled, self.check_writable
+            store,
+            self.commits,
+            publications,
+            passphrase,
+            self.check_enabled,
+            self.check_writable,
         )
         self.handles: dict[str, ContentHandle] = {}
         self.users = SegmentUsers(store.block_counts)
@@ -367,7 +372,10 @@ class Engine:
         self.check_writable()
         if offset < 0:
             raise errors.InvalidParameter("offset must be >= 0")
+        failures = self.commits.failures()
         out = await self.adder.add(h, offset, body, self.commits.kick)
+        # Durable before acknowledged: the 200 waits for the group commit of its blocks.
+        await self.commits.durable(failures)
         self.stats.bytes_from_origin += out.received
         if out.bad:
             bad_start, bad_end = out.bad[0]

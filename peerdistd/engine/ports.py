@@ -6,12 +6,13 @@ of ``peerdistd.net`` in here; tests may plug in the same real parts with peers s
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
-from peerdistd.store.blockcache import CacheUsage, SegmentRecord
+from peerdistd.store.blockcache import CacheUsage, SegmentRecord, VerifyReport
+from peerdistd.store.healing import StoreNote
 
 
 class BlockStore(Protocol):
@@ -28,6 +29,13 @@ class BlockStore(Protocol):
     @property
     def staged_bytes(self) -> int: ...
     def commit_staged(self) -> int: ...
+    def staging_ticket(self) -> int: ...
+    @property
+    def committed_batch(self) -> int: ...
+    @property
+    def commit_failures(self) -> int: ...
+    def notes(self) -> list[StoreNote]: ...
+    def verify(self, hasher: Callable[[int, bytes], bytes] | None = None) -> VerifyReport: ...
     def has_block(self, segment_id: bytes, index: int) -> bool: ...
     def held_blocks(self, segment_id: bytes) -> list[int]: ...
     def read_block(

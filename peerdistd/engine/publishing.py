@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from peerdistd import errors
+from peerdistd.engine.commit import GroupCommit
 from peerdistd.engine.ports import BlockStore
 from peerdistd.proto.pccrc import ContentInformation, HashAlgorithm, server_secret_key
 from peerdistd.store.blockcache import SegmentRecord
@@ -53,6 +54,7 @@ def store_segments(
 
 async def publish_stream(
     store: BlockStore,
+    commits: GroupCommit,
     body: AsyncIterator[bytes],
     *,
     pub_id: str,
@@ -69,6 +71,7 @@ async def publish_stream(
     # Two ordered stages on their own threads: hashing the next bytes overlaps with writing
     # the segments the previous bytes completed, and both overlap with receiving.
     loop = asyncio.get_running_loop()
+    failures = commits.failures()
     size = 0
     batch: list[bytes] = []
     batched = 0
@@ -88,6 +91,7 @@ async def publish_stream(
                 storing = loop.run_in_executor(
                     store_stage, store_segments, store, version, algorithm, done
                 )
+                commits.kick()  # earlier segments sync while later ones are hashed
             hashing = None if next_hash is None else loop.run_in_executor(hash_stage, next_hash)
 
         try:
@@ -108,8 +112,9 @@ async def publish_stream(
             for fut in (hashing, storing):
                 if fut is not None:
                     await asyncio.gather(fut, return_exceptions=True)
-    # Durable before the publication is acknowledged: one sync for the whole content.
-    await asyncio.to_thread(store.commit_staged)
+    # Durable before the publication is acknowledged: the 201 waits for the group commit
+    # that holds the last of its blocks (and, batches committing in order, all the others).
+    await commits.durable(failures)
     ci: ContentInformation = hasher.content_information()
     return Publication(
         id=pub_id,
@@ -132,12 +137,14 @@ class Publisher:
     def __init__(
         self,
         store: BlockStore,
+        commits: GroupCommit,
         publications: PublicationStore,
         passphrase: bytes,
         check_enabled: Callable[[], None],
         check_writable: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        self.commits = commits
         self.publications = publications
         self.passphrase = passphrase
         self.check_enabled = check_enabled
@@ -159,6 +166,7 @@ class Publisher:
             raise errors.AccessDenied(f"publication {pub_id!r} belongs to another user")
         pub = await publish_stream(
             self.store,
+            self.commits,
             body,
             pub_id=pub_id,
             owner_uid=uid,
@@ -166,7 +174,9 @@ class Publisher:
             algorithm=algorithm,
             passphrase=self.passphrase,
         )
-        self.publications.add(pub)
+        # synchronous=FULL: on stable storage when add returns, before the 201 (in a thread:
+        # the fsync must not stall the event loop).
+        await asyncio.to_thread(self.publications.add, pub)
         return pub
 
     def publication(self, uid: int, pub_id: str) -> Publication:

@@ -20,13 +20,9 @@ from typing import Protocol
 
 from peerdistd.errors import ConfigError, DecodeError
 from peerdistd.logs import RateLimitedLogger
-from peerdistd.net.discovery_sockets import (
-    NetInterface,
-    join_group,
-    listener_socket,
-    resolve_interfaces,
-    unicast_socket,
-)
+from peerdistd.net.discovery_links import Links, Transport
+from peerdistd.net.discovery_sockets import NetInterface, resolve_interfaces
+from peerdistd.net.discovery_watch import AddressWatch
 from peerdistd.proto.pccrd import (
     APP_MAX_DELAY_MS,
     GROUP_V4,
@@ -89,23 +85,6 @@ class DiscoveryStats:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, owner: Discovery, via: NetInterface | None) -> None:
-        self._owner, self._via = owner, via
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._owner._datagram(data, addr, self._via)
-
-    def error_received(self, exc: Exception) -> None:
-        self._owner._remote_log.warning(("send", type(exc)), "discovery send failed: %s", exc)
-        self._owner.stats.dropped["send_error"] += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
 @dataclass(slots=True)
 class _Pending:
     ids: tuple[bytes, ...]
@@ -158,6 +137,7 @@ class Discovery:
         max_delay_ms: int = APP_MAX_DELAY_MS,
         instance_id: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        recheck_interval: float = 30.0,
     ) -> None:
         if not 0 < port < 65536:
             raise ConfigError("peers.discovery_port", f"{port} is not a UDP port")
@@ -174,11 +154,15 @@ class Discovery:
         self._cache = _HitCache(cache_ttl, cache_size, clock)
         self._remote_log = RateLimitedLogger(log)
         self._pending: dict[str, _Pending] = {}
-        self._unicast: dict[str, tuple[NetInterface, asyncio.DatagramTransport]] = {}
-        self._senders: list[tuple[NetInterface, asyncio.DatagramTransport]] = []
-        self._endpoints: list[tuple[asyncio.DatagramTransport, _Endpoint]] = []
-        self._listeners: dict[socket.AddressFamily, asyncio.DatagramTransport] = {}
-        self._joined: set[tuple[socket.AddressFamily, int]] = set()
+        self._links = Links(
+            self.groups,
+            port,
+            strict=interface_addresses is not None,
+            on_datagram=self._datagram,
+            on_error=self._send_error,
+        )
+        # Addresses come and go, and a tentative IPv6 one becomes usable: re-check then.
+        self._watch = AddressWatch(self.refresh, interval=recheck_interval)
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._timer_ids = itertools.count()
         # Built here so a bad ``advertise`` fails at once; interfaces are set on entry.
@@ -190,6 +174,14 @@ class Discovery:
             rate_limit=rate_limit,
             clock=clock,
         )
+
+    @property
+    def _unicast(self) -> dict[str, tuple[NetInterface, Transport]]:
+        return self._links.unicast
+
+    @property
+    def _senders(self) -> list[tuple[NetInterface, Transport]]:
+        return self._links.senders
 
     @property
     def interfaces(self) -> list[NetInterface]:
@@ -206,10 +198,11 @@ class Discovery:
         self._responder.interfaces = tuple(i.local for i in interfaces)
         try:
             for iface in interfaces:
-                await self._open_interface(iface)
+                await self._links.open(iface, at_start=True)
             if not self._unicast:
-                raise ConfigError("peers.interfaces", "no interface could run discovery")
+                log.warning("discovery waits for an interface address it can use")
             self._responder.interfaces = tuple(i.local for i in self.interfaces)
+            self._watch.start()
         except BaseException:
             await self.aclose()
             raise
@@ -222,17 +215,16 @@ class Discovery:
 
     async def aclose(self) -> None:
         """Cancel planned answers and close every socket."""
+        await self._watch.aclose()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for transport, _ in self._endpoints:
-            transport.close()
-        await asyncio.gather(*(ep.closed for _, ep in self._endpoints))
-        self._endpoints.clear()
-        self._unicast.clear()
-        self._senders.clear()
-        self._listeners.clear()
-        self._joined.clear()
+        await self._links.aclose()
+
+    async def refresh(self) -> None:
+        """Open addresses that appeared or became usable since start; close those gone."""
+        await self._links.update(resolve_interfaces(self.interface_addresses, missing_ok=True))
+        self._responder.interfaces = tuple(i.local for i in self.interfaces)
 
     async def find(
         self, segment_ids: Sequence[bytes], *, window: float = 0.3, version: int = 1
@@ -257,39 +249,6 @@ class Discovery:
     def forget(self, segment_ids: Sequence[bytes]) -> None:
         """Drop cached answers, so the next :meth:`find` asks the network again."""
         self._cache.forget(segment_ids)
-
-    async def _open_interface(self, iface: NetInterface) -> None:
-        group = self.groups[iface.family]
-        try:
-            transport = await self._endpoint(unicast_socket(iface, group), iface)
-            self._unicast[iface.local.address] = (iface, transport)
-            if (iface.family, iface.index) in self._joined:
-                return  # one membership and one copy of each probe per interface and family
-            listener = self._listeners.get(iface.family)
-            if listener is None:
-                lsock = listener_socket(iface.family, group, self.port)
-                listener = self._listeners[iface.family] = await self._endpoint(lsock, None)
-            join_group(listener.get_extra_info("socket"), iface, group)
-            self._joined.add((iface.family, iface.index))
-            self._senders.append((iface, transport))
-        except OSError as exc:
-            self._unicast.pop(iface.local.address, None)
-            if self.interface_addresses is not None:
-                raise ConfigError("peers.interfaces", f"{iface.local.address}: {exc}") from exc
-            log.warning("discovery skips %s (%s): %s", iface.name, iface.local.address, exc)
-
-    async def _endpoint(
-        self, sock: socket.socket, via: NetInterface | None
-    ) -> asyncio.DatagramTransport:
-        try:
-            transport, endpoint = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _Endpoint(self, via), sock=sock
-            )
-        except BaseException:
-            sock.close()
-            raise
-        self._endpoints.append((transport, endpoint))
-        return transport
 
     async def _probe(
         self, segment_ids: list[bytes], window: float, version: int
@@ -388,6 +347,10 @@ class Discovery:
         if len(pending.hits) == len(pending.ids):
             pending.covered.set()
         self._emit("match_received", _peer(addr), tuple(counts))
+
+    def _send_error(self, exc: Exception) -> None:
+        self._remote_log.warning(("send", type(exc)), "discovery send failed: %s", exc)
+        self.stats.dropped["send_error"] += 1
 
     def _drop(self, reason: str, addr: Address, detail: str = "") -> None:
         self.stats.dropped[reason] += 1

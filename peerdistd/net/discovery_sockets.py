@@ -43,8 +43,11 @@ class NetInterface:
         return self.local.address.partition("%")[0]
 
 
-def resolve_interfaces(addresses: Sequence[str] | None) -> list[NetInterface]:
-    """The interfaces of ``addresses`` (each must be on one), or every address of every one."""
+def resolve_interfaces(
+    addresses: Sequence[str] | None, *, missing_ok: bool = False
+) -> list[NetInterface]:
+    """The interfaces of ``addresses`` (each must be on one, unless ``missing_ok``: one gone
+    for now is left out), or every address of every one."""
     known: list[NetInterface] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
@@ -58,7 +61,14 @@ def resolve_interfaces(addresses: Sequence[str] | None) -> list[NetInterface]:
         # multicast, and no peer is ever there on a real LAN).
         lan = [k for k in known if not ipaddress.ip_address(k.host).is_loopback]
         return lan or known
-    return [_interface_of(a, known) for a in dict.fromkeys(addresses)]
+    found = []
+    for address in dict.fromkeys(addresses):
+        try:
+            found.append(_interface_of(address, known))
+        except ConfigError:
+            if not missing_ok:
+                raise
+    return found
 
 
 def _interface_of(address: str, known: list[NetInterface]) -> NetInterface:
@@ -127,3 +137,13 @@ def join_group(sock: socket.socket, iface: NetInterface, group: str) -> None:
     else:
         mreq6 = _MREQ6.pack(socket.inet_pton(socket.AF_INET6, group), iface.index)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq6)
+
+
+def leave_group(sock: socket.socket, iface: NetInterface, group: str) -> None:
+    """Undo :func:`join_group` (IP_DROP_MEMBERSHIP / IPV6_LEAVE_GROUP)."""
+    if iface.family == socket.AF_INET:
+        mreq = _MREQN.pack(socket.inet_aton(group), socket.inet_aton(iface.host), iface.index)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_DROP_MEMBERSHIP, mreq)
+    else:
+        mreq6 = _MREQ6.pack(socket.inet_pton(socket.AF_INET6, group), iface.index)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_LEAVE_GROUP, mreq6)

@@ -90,6 +90,7 @@ class ServerConnection(asyncio.Protocol):
         self._activity = 0
         self._idle_mark = 0
         self._idle: asyncio.TimerHandle | None = None
+        self.request_path = b""  # the path of the request being answered
 
     # asyncio callbacks
 
@@ -145,6 +146,10 @@ class ServerConnection(asyncio.Protocol):
             self._head = dataclasses.replace(self._head, keep_alive=False)
         else:
             self._close()
+
+    def drop(self) -> None:
+        """Close without answering the request being answered (a malformed offer, MS-PCHC)."""
+        self._close()
 
     def abort(self) -> None:
         self._closing = True
@@ -227,7 +232,11 @@ class ServerConnection(asyncio.Protocol):
     def _answer(self, head: RequestHead, body: bytes | bytearray) -> None:
         self._head, self._chunks, self._continued = None, None, False
         self._served += 1
+        self.request_path = head.path  # for a handler that serves several paths
         status, answer, extra = self._handler.answer(self, body, busy=not self._slot)
+        if self._closing:  # the handler dropped the connection instead of answering
+            self._release_slot()
+            return
         self._reply(head, status, answer, extra)
         if not self._write_paused:
             self._release_slot()

@@ -8,43 +8,40 @@ buffers of their exact size; no task per request. Every failure comes out as a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Final
 
-from peerdistd.errors import DecodeError
 from peerdistd.net.http11_pool import PeerPools
 from peerdistd.net.types import (
     BUSY_HEADER,
     PeerBusy,
     PeerError,
     PeerProtocolError,
+    PeerSlow,
     PeerTimeout,
     PeerUnreachable,
+    Progress,
 )
-from peerdistd.proto import blockcrypto, pccrr
+from peerdistd.proto import pccrr_client
 from peerdistd.proto.pccrr import (
     MAGIC_PATH,
     MAX_RESPONSE_SIZE,
     TRANSPORT_HEADER_SIZE,
-    V1_0,
-    V2_0,
     Blk,
     BlkList,
     BlockRange,
     CryptoAlgo,
-    GetBlkList,
-    GetBlks,
-    NegoReq,
-    NegoResp,
     ProtocolVersion,
 )
-from peerdistd.proto.pccrr_server import normalise_ranges
+from peerdistd.proto.pccrr_client import Outcome, UnexpectedAnswer
 
 __all__ = [
     "PeerBusy",
     "PeerError",
     "PeerProtocolError",
+    "PeerSlow",
     "PeerTimeout",
     "PeerUnreachable",
     "RetrievalClient",
@@ -97,23 +94,43 @@ class RetrievalClient:
         *,
         crypto: int = CryptoAlgo.AES_128,
         timeout: float = REQUEST_TIMEOUT,
+        min_rate: float = 0.0,
+        progress: Progress | None = None,
     ) -> bytes | None:
-        """The block's plaintext cut to ``block_length``, or None if the peer lacks it."""
-        request = GetBlks(segment_id, (BlockRange(index, 1),), crypto=crypto)
-        answer, busy = await self._exchange(peer, pccrr.serialize(request), timeout)
-        if not isinstance(answer, Blk):
-            raise _unexpected(peer, answer, "GETBLKS")
-        # The checks iPXE's peerblk.c makes: same segment id and block index.
-        if answer.segment_id != segment_id or answer.block_index != index:
-            raise PeerProtocolError(peer, f"MSG_BLK for another block ({answer.block_index})")
-        if not answer.block:
-            if busy:
-                raise PeerBusy(peer, "upload limit reached")
-            return None
-        try:
-            return blockcrypto.decrypt(answer.crypto, secret, answer.iv, answer.block, block_length)
-        except DecodeError as exc:
-            raise PeerProtocolError(peer, f"undecryptable MSG_BLK: {exc}") from exc
+        """The block's plaintext cut to ``block_length``, or None if the peer lacks it.
+
+        An answer slower than ``min_rate`` bytes per second (0: no floor) fails as PeerSlow;
+        ``progress`` learns when the request was sent.
+        """
+        request = pccrr_client.block_request(segment_id, index, crypto)
+        body, busy = await self._exchange(
+            peer, request, timeout, (block_length, min_rate), progress
+        )
+        with _translated(peer):
+            answer = pccrr_client.parse_block(
+                body, segment_id, index, secret, block_length, busy=busy
+            )
+        if answer.outcome is Outcome.BUSY:
+            raise PeerBusy(peer, "upload limit reached")
+        return answer.data if answer.outcome is Outcome.BLOCK else None
+
+    async def get_block_cipher(
+        self,
+        peer: str,
+        segment_id: bytes,
+        index: int,
+        *,
+        crypto: int = CryptoAlgo.AES_128,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> Blk | None:
+        """The MSG_BLK for the block still encrypted (the caller tries its keys), or None."""
+        request = pccrr_client.block_request(segment_id, index, crypto)
+        body, busy = await self._exchange(peer, request, timeout)
+        with _translated(peer):
+            answer = pccrr_client.block_cipher(body, segment_id, index, busy=busy)
+        if answer is Outcome.BUSY:
+            raise PeerBusy(peer, "upload limit reached")
+        return None if isinstance(answer, Outcome) else answer
 
     async def get_block_list(
         self,
@@ -125,18 +142,11 @@ class RetrievalClient:
     ) -> BlkList:
         """Which blocks of ``ranges`` the peer holds (MSG_BLKLIST), checked against the ask."""
         wanted = tuple(ranges)
-        request = GetBlkList(segment_id, wanted)
-        covered = normalise_ranges(wanted)
-        answer, busy = await self._exchange(peer, pccrr.serialize(request), timeout)
-        if not isinstance(answer, BlkList):
-            raise _unexpected(peer, answer, "GETBLKLIST")
-        if answer.segment_id != segment_id:
-            raise PeerProtocolError(peer, "MSG_BLKLIST for another segment")
-        # [MS-PCCRR] 3.1.5.2: every range returned must lie within what was asked for.
-        for got in answer.ranges:
-            if got.count and not any(w.index <= got.index and got.end <= w.end for w in covered):
-                raise PeerProtocolError(peer, f"MSG_BLKLIST range {got} was not asked for")
-        if busy and not answer.ranges:
+        request = pccrr_client.block_list_request(segment_id, wanted)
+        body, busy = await self._exchange(peer, request, timeout)
+        with _translated(peer):
+            answer = pccrr_client.parse_block_list(body, segment_id, wanted, busy=busy)
+        if isinstance(answer, Outcome):
             raise PeerBusy(peer, "upload limit reached")
         return answer
 
@@ -144,25 +154,27 @@ class RetrievalClient:
         self, peer: str, *, timeout: float = REQUEST_TIMEOUT
     ) -> tuple[ProtocolVersion, ProtocolVersion]:
         """The (min, max) protocol versions the peer supports (MSG_NEGO_REQ, 2.2.4.1)."""
-        answer, _ = await self._exchange(peer, pccrr.serialize(NegoReq(V1_0, V2_0)), timeout)
-        if not isinstance(answer, NegoResp):
-            raise _unexpected(peer, answer, "NEGO_REQ")
-        return answer.min_version, answer.max_version
+        body, _ = await self._exchange(peer, pccrr_client.nego_request(), timeout)
+        with _translated(peer):
+            return pccrr_client.parse_nego(body)
 
     async def _exchange(
-        self, peer: str, request: bytes, timeout: float
-    ) -> tuple[pccrr.Response, bool]:
-        """POST one message; the parsed answer and whether it was marked busy."""
-        answer = await self._pool.exchange(peer, request, timeout)
-        busy = answer.fields.get(_BUSY_FIELD) == b"1"
-        try:
-            return pccrr.parse_response(answer.body), busy
-        except DecodeError as exc:
-            raise PeerProtocolError(peer, f"malformed answer: {exc}") from exc
+        self,
+        peer: str,
+        request: bytes,
+        timeout: float,
+        floor: tuple[int, float] | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[bytes | bytearray, bool]:
+        """POST one message; the answer's body and whether it was marked busy."""
+        answer = await self._pool.exchange(peer, request, timeout, floor=floor, progress=progress)
+        return answer.body, answer.fields.get(_BUSY_FIELD) == b"1"
 
 
-def _unexpected(peer: str, answer: pccrr.Response, asked: str) -> PeerProtocolError:
-    if isinstance(answer, NegoResp):  # 3.2.5: the peer does not speak our major version
-        span = f"{answer.min_version}..{answer.max_version}"
-        return PeerProtocolError(peer, f"peer only speaks PCCRR {span}")
-    return PeerProtocolError(peer, f"MSG_{answer.MSG_TYPE.name} in answer to {asked}")
+@contextlib.contextmanager
+def _translated(peer: str) -> Iterator[None]:
+    """The sans-IO client's verdicts as this layer's PeerProtocolError."""
+    try:
+        yield
+    except UnexpectedAnswer as exc:
+        raise PeerProtocolError(peer, str(exc)) from exc

@@ -13,13 +13,14 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 from peerdistd.net.http11 import HeadCache, RequestHead, http_date, parse_request_head
 from peerdistd.net.http11_server import Refusal, ServerConnection
 from peerdistd.net.types import BUSY_HEADER, BlockSource
+from peerdistd.proto import pchc
 from peerdistd.proto.pccrr import MAGIC_PATH, MAX_REQUEST_SIZE
-from peerdistd.proto.pccrr_server import ReplyKind, RetrievalResponder
+from peerdistd.proto.pccrr_server import ReplyKind, RetrievalResponder, SealedSource
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,14 @@ _MAGIC: Final = MAGIC_PATH.encode()
 _BUSY_LINE: Final = f"{BUSY_HEADER}: 1\r\n".encode()
 _NOT_FOUND: Final[Refusal] = (404, "", b"")
 _NOT_ALLOWED: Final[Refusal] = (405, "", b"Allow: POST\r\n")
+
+
+class OfferAnswerer(Protocol):
+    """A hosted cache's intake of MS-PCHC v2.0 offers, which share the PCCRR port."""
+
+    def answer(
+        self, conn: ServerConnection, body: bytes | bytearray, version: int
+    ) -> tuple[int, bytes | bytearray, bytes]: ...
 
 
 class RetrievalServer:
@@ -52,8 +61,11 @@ class RetrievalServer:
         on_served_to: Callable[[str, int], object] | None = None,
         upload_timeout: float = UPLOAD_TIMEOUT,
         allow_plaintext: bool = False,
+        sealed: SealedSource | None = None,
+        offers: OfferAnswerer | None = None,
     ) -> None:
-        self._responder = RetrievalResponder(source, allow_plaintext=allow_plaintext)
+        self._responder = RetrievalResponder(source, allow_plaintext=allow_plaintext, sealed=sealed)
+        self._offers = offers  # [MS-PCHC] 2.1: v2.0 offers come to this port, by path
         self._host, self._port = host, port
         self._upload_limit = upload_limit
         self._on_served = on_served
@@ -127,11 +139,15 @@ class RetrievalServer:
     # the Handler of the connections
 
     def check(self, head: RequestHead) -> Refusal | None:
-        if head.path != _MAGIC:  # 2.1: exact case, trailing slash
+        if head.path != _MAGIC and not self._is_offer(head.path):  # 2.1: exact case, slash
             return _NOT_FOUND
         if head.method != b"POST":
             return _NOT_ALLOWED
         return None
+
+    def _is_offer(self, path: bytes) -> bool:
+        # PROTOCOLS.md 4: case-insensitive, with or without the trailing slash.
+        return self._offers is not None and pchc.route(path.decode("latin-1")) == 2
 
     def take_slot(self) -> bool:
         if self._active >= self._upload_limit:
@@ -145,6 +161,8 @@ class RetrievalServer:
     def answer(
         self, conn: ServerConnection, body: bytes | bytearray, *, busy: bool
     ) -> tuple[int, bytes | bytearray, bytes]:
+        if self._offers is not None and conn.request_path != _MAGIC:
+            return self._offers.answer(conn, body, 2)
         reply = self._responder.respond(body, busy=busy)
         if reply.block_bytes and self._on_served is not None:
             self._on_served(reply.block_bytes)

@@ -20,6 +20,8 @@ TRANSPORT_HEADER_SIZE: Final = 4
 MAX_REQUEST_SIZE: Final = 98304  # 2.2: request messages are 16..98304 bytes
 MAX_RESPONSE_SIZE: Final = 393216  # 2.2 / pitfall 7: a 64 KiB block needs more than 96 KiB
 MAX_BLOCK_RANGES: Final = 256  # 2.2.4.2/2.2.4.3: effective range count 1..256
+# A count of 0 still parses: Microsoft's conformance suite sends GETBLKLIST with no ranges and
+# expects an empty BLKLIST; what zero means is the server's decision (pccrr_server).
 REQUEST_ID_SIZE: Final = 16  # 2.2.4.4
 
 _U32 = struct.Struct(">I")
@@ -224,8 +226,8 @@ class _Reader:
     def ranges(self, limit: int | None) -> tuple[BlockRange, ...]:
         count = self.u32()
         # Cap the count before allocating: by the spec limit and by the bytes actually left.
-        if limit is not None and not 1 <= count <= limit:
-            raise DecodeError(f"range count {count} outside 1..{limit}", self.pos - 4)
+        if limit is not None and count > limit:
+            raise DecodeError(f"range count {count} outside 0..{limit}", self.pos - 4)
         if count * 8 > self.end - self.pos:
             raise DecodeError(f"{count} ranges overrun the message", self.pos - 4)
         start, self.pos = self.pos, self.pos + count * 8

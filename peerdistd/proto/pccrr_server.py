@@ -64,6 +64,27 @@ class BlockSource(Protocol):
         ...
 
 
+class Sealed(Protocol):
+    """A block kept encrypted as another peer sent it (a hosted cache's unverified copy)."""
+
+    @property
+    def crypto(self) -> int: ...
+
+    @property
+    def iv(self) -> bytes: ...
+
+    @property
+    def block(self) -> bytes: ...
+
+
+class SealedSource(Protocol):
+    """Blocks held only in encrypted form, served as they are (MS-PCHC v2 offers)."""
+
+    def held_blocks(self, segment_id: bytes) -> Sequence[int]: ...
+
+    def get(self, segment_id: bytes, index: int) -> Sealed | None: ...
+
+
 class ReplyKind(Enum):
     NEGOTIATE = "negotiate"
     BLOCK = "block"
@@ -93,8 +114,10 @@ class RetrievalResponder:
         *,
         allow_plaintext: bool = False,
         iv_factory: Callable[[], bytes] = blockcrypto.new_iv,
+        sealed: SealedSource | None = None,
     ) -> None:
         self._source = source
+        self._sealed = sealed  # a hosted cache's unverified blocks, after the verified ones
         # DESIGN.md flow 3: knowing a segment id must not be enough to read it, so a request
         # for CryptoAlgoId 0 is answered with AES-128 unless plaintext is explicitly allowed.
         self._allow_plaintext = allow_plaintext
@@ -138,14 +161,20 @@ class RetrievalResponder:
 
     def _block(self, msg: GetBlks, busy: bool) -> Reply:
         wanted = [r.index for r in msg.ranges if r.count > 0]
-        if not wanted:
-            return Reply(ReplyKind.DROP, reason="GETBLKS names no block")
-        index = min(wanted)  # 3.2.5.3: several blocks asked for -> the lowest one
         segment_id = msg.segment_id
+        if not wanted:
+            # Microsoft's conformance suite sends {index 0, count 0} and expects the "not held"
+            # answer (3.2.5.3: SizeOfBlock 0) for the index it named, not a dropped request.
+            index = msg.ranges[0].index if msg.ranges else 0
+            empty = serialize_response(_empty_blk(segment_id, index))
+            return Reply(ReplyKind.MISSING, empty, reason="GETBLKS names no block")
+        index = min(wanted)  # 3.2.5.3: several blocks asked for -> the lowest one
         if busy:
             return Reply(ReplyKind.BUSY, serialize_response(_empty_blk(segment_id, index)))
         secret = self._source.segment_secret(segment_id)
         data = None if secret is None else self._source.read_block(segment_id, index)
+        if secret is None and self._sealed is not None:
+            return self._sealed_block(self._sealed, segment_id, index)
         if secret is None or data is None:
             return Reply(ReplyKind.MISSING, serialize_response(_empty_blk(segment_id, index)))
         algo = self._choose_algo(msg.crypto, secret)
@@ -164,17 +193,41 @@ class RetrievalResponder:
         blockcrypto.encrypt_into(algo, secret, iv, data, memoryview(frame)[hole : hole + size])
         return Reply(ReplyKind.BLOCK, frame, block_bytes=len(data))
 
+    def _sealed_block(self, sealed: SealedSource, segment_id: bytes, index: int) -> Reply:
+        """A kept MSG_BLK served as the offerer sent it: we cannot decrypt it (MS-PCHC v2)."""
+        found = sealed.get(segment_id, index)
+        if found is None:
+            return Reply(ReplyKind.MISSING, serialize_response(_empty_blk(segment_id, index)))
+        held = sealed.held_blocks(segment_id)
+        after = bisect.bisect_right(held, index)
+        next_index = held[after] if after < len(held) else 0
+        msg = Blk(segment_id, index, next_index, found.block, b"", found.iv, crypto=found.crypto)
+        body = serialize_response(msg)
+        if len(body) - TRANSPORT_HEADER_SIZE > MAX_RESPONSE_SIZE:
+            empty = serialize_response(_empty_blk(segment_id, index))
+            return Reply(ReplyKind.MISSING, empty, reason="kept block too big to serve")
+        return Reply(ReplyKind.BLOCK, body, block_bytes=len(found.block))
+
+    def _held(self, segment_id: bytes) -> list[int]:
+        """Blocks held for the segment: verified ones, else kept encrypted ones."""
+        if self._source.segment_secret(segment_id) is not None:
+            return sorted(set(self._source.held_blocks(segment_id)))
+        if self._sealed is not None:
+            return sorted(set(self._sealed.held_blocks(segment_id)))
+        return []
+
     def _block_list(self, msg: GetBlkList, busy: bool) -> Reply:
         if busy:  # 3.2.5.2: busy -> an empty block range list
             return Reply(ReplyKind.BUSY, serialize_response(BlkList(msg.segment_id, ())))
-        known = self._source.segment_secret(msg.segment_id) is not None
-        held = sorted(set(self._source.held_blocks(msg.segment_id))) if known else []
+        held = self._held(msg.segment_id)
         ranges, next_index = intersect_ranges(msg.ranges, held)
         answer = BlkList(msg.segment_id, ranges, next_index)
         return Reply(ReplyKind.BLOCK_LIST, serialize_response(answer))
 
     def _segment_list(self, msg: GetSegList) -> Reply:
-        held = [i for i, s in enumerate(msg.segment_ids) if self._source.held_blocks(s)]
+        if not msg.segment_ids:  # what Windows does and Microsoft's suite expects: no answer
+            return Reply(ReplyKind.DROP, reason="GETSEGLIST names no segment")
+        held = [i for i, s in enumerate(msg.segment_ids) if self._held(s)]
         # 2.2.5.4: SegmentRanges index into the request's list of segment ids.
         answer = SegList(msg.request_id, tuple(_runs(held)))
         return Reply(ReplyKind.SEGMENT_LIST, serialize_response(answer))

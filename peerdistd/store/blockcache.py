@@ -2,12 +2,13 @@
 
 Layout: ``index.sqlite`` (see :mod:`peerdistd.store.index`) plus one sparse file per segment
 (see :mod:`peerdistd.store.cache_files`), block ``i`` at ``i * block_size``. A write is
-pwrite, then fdatasync, then the index row in a transaction: kill -9 at any point leaves at
-worst data without a row (never served, overwritten later), and the fdatasync before COMMIT
-keeps that true across a power loss too, at one fdatasync per ``put_blocks`` call (batch
-blocks to amortise it). ``sync=False`` skips it: still safe against kill -9, but after a power
-loss a row could outlive its data (a hole reads as zeros), so keep it for tests and benches.
-A new file's directory entry is not synced: if it is lost, its rows find no file and drop.
+pwrite, then fdatasync (and fsync of a new file's directory), then the index row in a
+transaction whose COMMIT fsyncs the WAL: kill -9 at any point leaves at worst data without a
+row (never served, overwritten later), and the syncs before COMMIT keep that true across a
+power loss too. Writes acknowledged to clients are staged and group-committed (one fdatasync
+per file and one transaction per batch, see cache_staging); a request is answered once the
+batch holding its blocks is committed. ``sync=False`` skips the syncs: still safe against
+kill -9, but after a power loss a row could outlive its data, so keep it for tests and benches.
 Reads look the block up in an in-memory map of the segment (loaded once, at most 512 rows),
 check the file is long enough and pread it: a truncated file loses its blocks, never serves
 them. Eviction is LRU by segment with a logical clock; touches are batched into the next
@@ -31,7 +32,9 @@ from peerdistd.errors import (
     ServiceUnavailable,
     VerificationError,
 )
+from peerdistd.store.cache_commit import commit_staged
 from peerdistd.store.cache_files import SegmentFiles
+from peerdistd.store.cache_heal import HEALING, healing
 from peerdistd.store.cache_open import cache_limit, lock_directory, open_index
 from peerdistd.store.cache_segments import Seg, SegmentTable
 from peerdistd.store.cache_staging import Staging
@@ -45,6 +48,7 @@ from peerdistd.store.cache_types import (
     check_segment_id,
 )
 from peerdistd.store.cache_verify import verify_cache
+from peerdistd.store.healing import StoreNote
 from peerdistd.store.index import CacheIndex, db_errors
 
 __all__ = ["BlockCache", "CacheUsage", "SegmentRecord", "VerifyReport"]
@@ -75,6 +79,9 @@ class BlockCache:
         self._closed = False
         # Blocks written (visible to reads), not yet synced nor indexed: see cache_staging.
         self._staging = Staging()
+        self._commit_done = threading.Condition(self._lock)  # a commit finished
+        self._commit_failures = 0
+        self._notes: list[StoreNote] = []  # heals of a damaged index (store.healing)
 
     @classmethod
     def open(
@@ -94,23 +101,35 @@ class BlockCache:
         limit = cache_limit(directory, limit_bytes, limit_percent)
         lock_fd = lock_directory(directory)
         try:
-            cache = cls(directory, open_index(directory), lock_fd, limit, sync)
+            index, note = open_index(directory)
+            cache = cls(directory, index, lock_fd, limit, sync)
         except BaseException:
             os.close(lock_fd)
             raise
-        with cache._lock, db_errors("open"):
-            cache._empty_trash()
-            cache._make_room(0, keep=None)
+        cache._notes.extend([note] if note else [])
+        cache._tidy()
         return cache
+
+    @healing
+    def _tidy(self) -> None:
+        with self._lock, db_errors("open"):
+            self._empty_trash()
+            self._make_room(0, keep=None)
+
+    def notes(self) -> list[StoreNote]:
+        """Each time a damaged index was set aside and rebuilt since open (for the status)."""
+        with self._lock:
+            return list(self._notes)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             try:
-                self._commit_staged_locked()
+                commit_staged(self)  # holding the lock throughout: nothing else runs now
             finally:
                 self._closed = True
+                self._commit_done.notify_all()
             try:
                 with db_errors("close"), self._index.transaction():
                     self._flush_touches()
@@ -184,6 +203,11 @@ class BlockCache:
                 check_block(seg.record, index, view.nbytes, digest)
                 known = new[index][1] if index in new else None
                 staged = self._staging.get(seg.rowid, index)
+                if staged is not None and durable and staged[1] == digest:
+                    # Durable on return means now, not with that block's batch: it is
+                    # written, synced and indexed here, and leaves the batch.
+                    self._staging.drop_blocks(seg.rowid, [index])
+                    staged = None
                 if staged is not None:
                     known = staged[1]
                 elif index in seg.lengths:
@@ -197,20 +221,24 @@ class BlockCache:
                 self._touch(seg)
                 return
             self._make_room(sum(v.nbytes for v, _ in new.values()), keep=seg.rowid)
+            created = seg.fd is None and not self._files.path(seg.rowid).exists()
             fd = self._table.fd(seg, create=True)
             assert fd is not None
             for index, (view, _) in new.items():
                 self._files.write(fd, index * seg.record.block_size, view)
             if not durable:
-                self._staging.add(seg.rowid, ((i, v.nbytes, d) for i, (v, d) in new.items()))
+                new_rows = [(i, v.nbytes, d) for i, (v, d) in new.items()]
+                self._staging.add(seg.rowid, new_rows, created=created)
                 seg.lengths.update((i, v.nbytes) for i, (v, _) in new.items())
                 self._touch(seg)
                 return
             if self._sync:
                 self._files.sync(fd)  # data durable before the row that vouches for it
+                if created:
+                    self._files.sync_dirs([seg.rowid])
             self._clock += 1
             rows = [(index, view.nbytes, digest) for index, (view, digest) in new.items()]
-            with self._index.transaction():
+            with self._index.transaction(durable=self._sync):
                 self._index.insert_blocks(seg.rowid, rows, self._clock)
                 self._touched.pop(seg.rowid, None)
                 self._flush_touches()
@@ -221,56 +249,31 @@ class BlockCache:
         """Bytes written by ``put_blocks(durable=False)`` not committed yet."""
         return self._staging.bytes
 
+    def staging_ticket(self) -> int:
+        """The commit batch that makes every block staged so far durable (see
+        :attr:`committed_batch`); take it after the ``put_blocks`` calls it must cover."""
+        with self._lock:
+            return self._staging.ticket()
+
+    @property
+    def committed_batch(self) -> int:
+        """Every batch up to this one is synced and indexed (or counted in commit_failures)."""
+        return self._staging.committed
+
+    @property
+    def commit_failures(self) -> int:
+        """Commits that failed (their blocks were forgotten, never indexed) since open."""
+        return self._commit_failures
+
     def commit_staged(self) -> int:
-        """Make every staged block durable and indexed; returns the bytes committed.
+        """Make every block staged before the call durable and indexed; returns the bytes.
 
-        The fdatasync runs without the cache's lock, so reads and writes of other blocks go
-        on meanwhile; only the index rows are written under it.
+        One commit at a time (a second caller waits for the first, then commits what was
+        staged meanwhile): batches are indexed in order, each only after its own data was
+        synced, and the sync runs without the cache's lock (see cache_commit). A failure
+        forgets the batch's blocks, counts it in :attr:`commit_failures` and raises.
         """
-        with self._lock:
-            if self._closed or not self._staging:
-                return 0
-            committed = self._staging.begin_commit()
-            rowids = list(self._staging.committing)
-            fds = [fd for rowid in rowids if (fd := self._files.open(rowid)) is not None]
-        try:
-            if self._sync:
-                for fd in fds:  # data durable before the rows that vouch for it
-                    self._files.sync(fd)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        with self._lock:
-            if self._closed:
-                return 0
-            return self._insert_committing(committed)
-
-    def _commit_staged_locked(self) -> int:
-        """The same, holding the lock throughout (at close)."""
-        if not self._staging:
-            return 0
-        committed = self._staging.begin_commit()
-        if self._sync:
-            for rowid in self._staging.committing:
-                fd = self._files.open(rowid)
-                if fd is not None:
-                    try:
-                        self._files.sync(fd)
-                    finally:
-                        os.close(fd)
-        return self._insert_committing(committed)
-
-    def _insert_committing(self, committed: int) -> int:
-        committing = self._staging.end_commit()
-        with db_errors("commit_staged"):
-            self._clock += 1
-            with self._index.transaction():
-                for rowid, rows in committing.items():
-                    self._index.insert_blocks(
-                        rowid, [(i, n, h) for i, (n, h) in rows.items()], self._clock
-                    )
-                self._flush_touches()
-        return committed
+        return commit_staged(self)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -500,3 +503,8 @@ class BlockCache:
         if trash:
             with self._index.transaction():
                 self._index.clear_trash(trash)
+
+
+# A damaged index met at run time is rebuilt and the call retried (see cache_heal).
+for _name in HEALING:
+    setattr(BlockCache, _name, healing(getattr(BlockCache, _name)))

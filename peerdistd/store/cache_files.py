@@ -83,6 +83,26 @@ class SegmentFiles:
         except OSError as exc:
             raise LocalError(f"cannot sync the block cache: {exc}") from exc
 
+    def sync_dirs(self, rowids: list[int]) -> None:
+        """fsync the directories naming these (new) files, and the fan-out above them, so a
+        synced file cannot lose its name in a power loss (fsync(2): the entry is separate)."""
+        if not rowids:
+            return
+        dirs = {self.path(rowid).parent for rowid in rowids}
+        for path in (*sorted(dirs), self.data):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # dropped meanwhile
+            except OSError as exc:
+                raise LocalError(f"cannot sync the block cache directory {path}: {exc}") from exc
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise LocalError(f"cannot sync the block cache directory {path}: {exc}") from exc
+            finally:
+                os.close(fd)
+
     def remove(self, rowid: int) -> None:
         try:
             self.path(rowid).unlink()

@@ -1,8 +1,9 @@
 """Opening a cache directory: its size limit, its lock, and an index that is never corrupt.
 
 The directory is locked with ``flock`` so two daemons never share one cache. An index SQLite
-cannot read (or of an unknown schema) is deleted with every data file it described: a cache
-can always be refilled, and data without its index rows must never be served.
+cannot read (or of an unknown schema), or that fails ``PRAGMA quick_check``, is set aside and
+replaced by one holding only what it still proves (peerdistd.store.healing): data without a
+provable row is removed, never served.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pathlib import Path
 
 from peerdistd.errors import ConfigError, LocalError
 from peerdistd.store.cache_files import SegmentFiles
+from peerdistd.store.healing import StoreNote, heal, salvage_cache
 from peerdistd.store.index import CacheIndex
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.sqlite"
-# Left by verify when SQLite finds the index damaged: the next open starts the cache empty.
+# Left by older versions' verify when SQLite found the index damaged: the next open heals it.
 RESET_MARKER = "index.corrupt"
 
 
@@ -44,17 +46,41 @@ def lock_directory(directory: Path) -> int:
     return fd
 
 
-def open_index(directory: Path) -> CacheIndex:
-    """Open the directory's index; a corrupt one is replaced by an empty cache."""
-    marker = directory / RESET_MARKER
-    index = None if marker.exists() else CacheIndex.open(directory / INDEX_FILE)
+def open_index(directory: Path) -> tuple[CacheIndex, StoreNote | None]:
+    """Open the directory's index; a damaged one is set aside and rebuilt (with a note).
+
+    ``PRAGMA quick_check`` runs at every open: O(index size), milliseconds for a cache of
+    gigabytes, and the only way to find a damaged page before a request trips on it.
+    """
+    path = directory / INDEX_FILE
+    index = CacheIndex.open(path)
+    reason = None
     if index is None:
-        log.warning("cache index in %s is corrupt; starting an empty cache", directory)
-        for suffix in ("", "-wal", "-shm"):
-            (directory / (INDEX_FILE + suffix)).unlink(missing_ok=True)
-        SegmentFiles(directory).wipe()
-        marker.unlink(missing_ok=True)
-        index = CacheIndex.open(directory / INDEX_FILE)
+        reason = "SQLite cannot read it"
+    elif (directory / RESET_MARKER).exists():
+        reason = "an earlier verify found it damaged"
+    elif not index.quick_check():
+        reason = "PRAGMA quick_check failed"
+    if reason is None:
+        assert index is not None
+        return index, None
+    if index is not None:
+        index.close()
+    return rebuild_index(directory, reason)
+
+
+def rebuild_index(directory: Path, reason: str) -> tuple[CacheIndex, StoreNote]:
+    """Set the index aside, start a fresh one with what the old one proves (store.healing)."""
+    path = directory / INDEX_FILE
+    fresh: list[CacheIndex] = []
+
+    def rebuild(aside: Path) -> tuple[int, int]:
+        index = CacheIndex.open(path)
         if index is None:
             raise LocalError(f"cannot create a cache index in {directory}")
-    return index
+        fresh.append(index)
+        return salvage_cache(aside, index, SegmentFiles(directory))
+
+    note = heal("cache", path, reason, rebuild)
+    (directory / RESET_MARKER).unlink(missing_ok=True)
+    return fresh[0], note

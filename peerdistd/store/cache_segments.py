@@ -39,6 +39,9 @@ class SegmentTable:
         self._limit = limit
         self._segs: OrderedDict[bytes, Seg] = OrderedDict()
 
+    def segments(self) -> list[Seg]:
+        return list(self._segs.values())
+
     def loaded(self, segment_id: bytes) -> Seg | None:
         return self._segs.get(segment_id)
 

@@ -1,7 +1,8 @@
 """``BlockCache.verify``: check the index, re-hash every held block, clean the data tree.
 
-SQLite's quick_check runs first: a damaged index leaves a marker so the next open starts the
-cache empty (a damaged row could vouch for bytes that were never verified). Then one segment
+SQLite's quick_check runs first: a damaged index is set aside and rebuilt from what it still
+proves (see cache_heal) before the blocks are checked (a damaged row could vouch for bytes
+that were never verified). Then one segment
 at a time under the cache lock, so the daemon keeps serving from another thread in between:
 blocks whose bytes are missing, short or differently hashed lose their rows; files no row
 names (a crash between a commit and an unlink, or planted there) and non-regular entries are
@@ -13,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from peerdistd.errors import LocalError, PeerDistError
+from peerdistd.errors import PeerDistError, StoreDamaged
 from peerdistd.store.cache_files import SegmentFiles
-from peerdistd.store.cache_open import RESET_MARKER
 from peerdistd.store.cache_types import VerifyReport
 from peerdistd.store.index import db_errors
 
@@ -35,9 +35,8 @@ def _matches(hasher: Hasher, algorithm: int, data: bytes, digest: bytes) -> bool
 def verify_cache(cache: BlockCache, hasher: Hasher) -> VerifyReport:
     """Check every block of ``cache`` with ``hasher(algorithm, data)``; drop what fails."""
     with cache._lock, db_errors("verify"):
-        if not cache._index.quick_check():
-            (cache.directory / RESET_MARKER).touch()
-            raise LocalError("the cache index is damaged; the cache restarts empty at next open")
+        if not cache._index.quick_check():  # verify() heals it and runs again
+            raise StoreDamaged("PRAGMA quick_check failed during verify")
         segments = cache._index.all_segments()
     blocks = bad = dropped = 0
     for rowid, record in segments:

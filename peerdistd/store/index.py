@@ -2,9 +2,11 @@
 
 WAL mode with ``synchronous=NORMAL``: a commit survives kill -9 at once (it is in the WAL,
 written before COMMIT returns) and a power loss may roll back the last commits, which only
-forgets blocks, never invents one. A block row is inserted only after its data was written
-(and fdatasync'ed, see blockcache), so every row describes bytes that are on disk. Totals live
-in a one-row table updated in the same transactions, so opening never scans the index.
+forgets blocks, never invents one. The commits that acknowledge data to a client (group
+commits, durable puts) are ``durable`` ones: they fsync the WAL too. A block row is inserted
+only after its data was written (and fdatasync'ed, see blockcache), so every row describes
+bytes that are on disk. Totals live in a one-row table updated in the same transactions, so
+opening never scans the index.
 Segment files are named by the AUTOINCREMENT row id (never reused, never derived from peer
 bytes); dropped segments go through ``trash`` so a crash between commit and unlink leaves a
 list of files to remove, not orphans.
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from peerdistd.errors import LocalError
+from peerdistd.errors import LocalError, StoreDamaged
 from peerdistd.store.cache_types import SegmentRecord
 
 SCHEMA_VERSION = 1
@@ -59,14 +61,17 @@ class Totals:
 
 @contextmanager
 def db_errors(what: str) -> Iterator[None]:
-    """Translate sqlite3 errors into LocalError at the store boundary."""
+    """Translate sqlite3 errors into LocalError at the store boundary; a damaged file into
+    StoreDamaged, which the store answers by healing (peerdistd.store.healing)."""
     try:
         yield
     except sqlite3.Error as exc:
+        if is_corruption(exc):
+            raise StoreDamaged(f"{what}: {exc}") from exc
         raise LocalError(f"cache index: {what}: {exc}") from exc
 
 
-def _is_corruption(exc: sqlite3.Error) -> bool:
+def is_corruption(exc: sqlite3.Error) -> bool:
     # OperationalError (locked, cannot open, disk I/O) is environmental, not a bad file.
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
@@ -96,7 +101,7 @@ class CacheIndex:
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
-            if _is_corruption(exc):
+            if is_corruption(exc):
                 return None
             raise LocalError(f"cache index {path}: {exc}") from exc
         return cls(db)
@@ -106,16 +111,27 @@ class CacheIndex:
             self._db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    def transaction(self, *, durable: bool = False) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+        ``durable``: the COMMIT also fsyncs the WAL (``synchronous=FULL`` for this one), for
+        rows that acknowledge data to a client; the WAL is sequential, so every earlier
+        commit (segment rows...) becomes durable with it.
+        """
         with db_errors("transaction"):
-            self._db.execute("BEGIN IMMEDIATE")
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")
             try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
 
     def quick_check(self) -> bool:
         """SQLite's own consistency check of every page (O(size): for verify, not open)."""
@@ -139,16 +155,30 @@ class CacheIndex:
         row = self._db.execute(_SELECT_SEGMENTS + " WHERE segment_id = ?", (segment_id,)).fetchone()
         return None if row is None else (row[0], SegmentRecord(*row[1:]))
 
-    def insert_segment(self, record: SegmentRecord, clock: int) -> int:
+    def insert_segment(self, record: SegmentRecord, clock: int, rowid: int | None = None) -> int:
+        """Add a segment; ``rowid`` keeps the one it had (salvage: its file is named by it)."""
         cur = self._db.execute(
-            "INSERT INTO segments(segment_id, version, algorithm, hod, secret, length,"
-            " block_size, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.segment_id, record.version, record.algorithm, record.hod, record.secret,
-             record.length, record.block_size, clock),
+            "INSERT INTO segments(id, segment_id, version, algorithm, hod, secret, length,"
+            " block_size, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (rowid, record.segment_id, record.version, record.algorithm, record.hod,
+             record.secret, record.length, record.block_size, clock),
         )  # fmt: skip
         self._db.execute("UPDATE totals SET segments = segments + 1")
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def segment_by_rowid(self, rowid: int) -> SegmentRecord | None:
+        row = self._db.execute(_SELECT_SEGMENTS + " WHERE id = ?", (rowid,)).fetchone()
+        return None if row is None else SegmentRecord(*row[1:])
+
+    def blocks_after(self, rowid: int, index: int, limit: int) -> list[tuple[int, int, int, bytes]]:
+        """(segment rowid, index, length, hash) of the next ``limit`` blocks after this one."""
+        rows = self._db.execute(
+            "SELECT seg, idx, length, hash FROM blocks WHERE (seg, idx) > (?, ?)"
+            " ORDER BY seg, idx LIMIT ?",
+            (rowid, index, limit),
+        ).fetchall()
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
     def blocks(self, rowid: int) -> list[tuple[int, int, bytes]]:
         """(index, length, hash) of every held block of a segment."""

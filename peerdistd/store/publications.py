@@ -1,24 +1,39 @@
 """The content-information store: what each uid published, surviving restart and kill -9.
 
 Its own SQLite file (WAL, ``synchronous=FULL``): publications are few and precious, so every
-commit is fsync'ed, unlike the block cache whose rows can be lost safely. Segment ids are kept
-as one concatenated blob (all of a publication's ids have its algorithm's digest size). A file
-SQLite cannot read is moved aside to ``<name>.corrupt`` and the store starts empty.
+commit is fsync'ed before ``add`` returns (and so before publish answers 201). Segment ids are
+kept as one concatenated blob (all of a publication's ids have its algorithm's digest size).
+A damaged file (``PRAGMA quick_check`` at open, a corruption error at run time) is set aside
+as ``<name>.damaged-<time>`` and replaced by one holding every publication it still proves
+(see peerdistd.store.healing).
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from peerdistd.errors import AccessDenied, DecodeError, InvalidParameter, LocalError
+from peerdistd.errors import (
+    AccessDenied,
+    DecodeError,
+    InvalidParameter,
+    LocalError,
+    PeerDistError,
+    StoreDamaged,
+)
+from peerdistd.proto.pccrc import ContentInformation
 from peerdistd.store.cache_types import DIGEST_SIZE
+from peerdistd.store.healing import StoreNote, heal, open_damaged, scan
 from peerdistd.store.index import db_errors
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +86,11 @@ def _row_to_publication(row: tuple[Any, ...]) -> Publication:
     return Publication(pub_id, owner, version, algorithm, size, bytes(info), created, segment_ids)
 
 
+def _values(pub: Publication) -> tuple[Any, ...]:
+    return (pub.id, pub.owner_uid, pub.version, pub.algorithm, pub.size,
+            pub.content_information, pub.created, b"".join(pub.segment_ids))  # fmt: skip
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
@@ -84,32 +104,111 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-class PublicationStore:
-    """Publications by id; every call is one short SQLite statement under a lock."""
+def _quick_check(db: sqlite3.Connection) -> bool:
+    try:
+        return db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError:
+        return False
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+
+def _salvage(aside: Path, path: Path) -> tuple[sqlite3.Connection, int, int]:
+    """A fresh store at ``path`` with every publication of ``aside`` that still reads whole
+    and is consistent (its content information parses and names its segment ids)."""
+    with db_errors("create publication store"):
+        db = _connect(path)
+    good: builtins.list[Publication] = []
+    dropped = 0
+    old = open_damaged(aside)
+    for row in scan(old, f"SELECT rowid, {_COLUMNS} FROM publications ORDER BY rowid"):  # noqa: S608
+        try:
+            pub = _row_to_publication(row[1:])
+            _check(pub)
+            ids = tuple(
+                s.segment_id for s in ContentInformation.parse(pub.content_information).segments
+            )
+            if ids != pub.segment_ids:
+                raise DecodeError("segment ids differ from the content information's")
+        except (PeerDistError, TypeError, ValueError):
+            dropped += 1
+            continue
+        good.append(pub)
+    if old is not None:
+        old.close()
+    with db_errors("salvage publications"):
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(_INSERT, [_values(pub) for pub in good])
+        db.execute("COMMIT")
+    return db, len(good), dropped
+
+
+class PublicationStore:
+    """Publications by id; every call is one short SQLite statement under a lock.
+
+    A damaged file (at open: ``PRAGMA quick_check``; at run time: a corruption error) is set
+    aside and replaced by one with every publication it still proves (store.healing), noted
+    in :meth:`notes` for the status; the call that met the damage then runs again.
+    """
+
+    def __init__(self, db: sqlite3.Connection, path: Path | None = None) -> None:
         self._db = db
+        self._path = path
         self._lock = threading.Lock()
+        self._notes: list[StoreNote] = []
 
     @classmethod
     def open(cls, path: Path) -> PublicationStore:
         """Open or create the store file at ``path``."""
         path = Path(path)
+        reason = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            return cls(_connect(path))
+            db = _connect(path)
+            if _quick_check(db):
+                return cls(db, path)
+            db.close()
+            reason = "PRAGMA quick_check failed"
         except sqlite3.OperationalError as exc:
             raise LocalError(f"publication store {path}: {exc}") from exc
-        except sqlite3.DatabaseError:
-            log.warning("publication store %s is corrupt; moved aside, starting empty", path)
+        except sqlite3.DatabaseError as exc:
+            reason = str(exc)
         except OSError as exc:
             raise LocalError(f"publication store {path}: {exc}") from exc
-        for suffix in ("", "-wal", "-shm"):
-            damaged = path.with_name(path.name + suffix)
-            if damaged.exists():
-                damaged.replace(damaged.with_name(damaged.name + ".corrupt"))
-        with db_errors("create publication store"):
-            return cls(_connect(path))
+        store = cls(sqlite3.connect(":memory:"), path)
+        store._heal_locked(reason)
+        return store
+
+    def notes(self) -> builtins.list[StoreNote]:
+        """Each time a damaged file was set aside and rebuilt (for the status)."""
+        with self._lock:
+            return builtins.list(self._notes)
+
+    def _heal_locked(self, reason: str) -> None:
+        if self._path is None:
+            raise LocalError(f"publication store damaged: {reason}")
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        made: builtins.list[sqlite3.Connection] = []
+
+        def rebuild(aside: Path) -> tuple[int, int]:
+            db, kept, dropped = _salvage(aside, self._path)  # type: ignore[arg-type]
+            made.append(db)
+            return kept, dropped
+
+        self._notes.append(heal("publications", self._path, reason, rebuild))
+        self._db = made[0]
+
+    def _run(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` under the lock; a damaged file is healed and ``fn`` runs once more."""
+        with self._lock:
+            try:
+                with db_errors(what):
+                    return fn()
+            except StoreDamaged as exc:
+                self._heal_locked(str(exc))
+                with db_errors(what):
+                    return fn()
 
     def close(self) -> None:
         with self._lock, db_errors("close"):
@@ -118,7 +217,8 @@ class PublicationStore:
     def add(self, pub: Publication) -> None:
         """Store ``pub``, replacing an existing id of the same owner (AccessDenied otherwise)."""
         _check(pub)
-        with self._lock, db_errors("add"):
+
+        def add() -> None:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
@@ -126,35 +226,32 @@ class PublicationStore:
                 ).fetchone()
                 if row is not None and row[0] != pub.owner_uid:
                     raise AccessDenied(f"publication {pub.id!r} belongs to another user")
-                self._db.execute(
-                    _INSERT,
-                    (pub.id, pub.owner_uid, pub.version, pub.algorithm, pub.size,
-                     pub.content_information, pub.created, b"".join(pub.segment_ids)),
-                )  # fmt: skip
+                self._db.execute(_INSERT, _values(pub))
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
+        self._run("add", add)
+
     def get(self, pub_id: str) -> Publication | None:
-        with self._lock, db_errors("get"):
-            row = self._db.execute(
-                f"SELECT {_COLUMNS} FROM publications WHERE id = ?",  # noqa: S608
-                (pub_id,),
-            ).fetchone()
+        query = f"SELECT {_COLUMNS} FROM publications WHERE id = ?"  # noqa: S608
+        row = self._run("get", lambda: self._db.execute(query, (pub_id,)).fetchone())
         return None if row is None else _row_to_publication(row)
 
     def list(self, owner_uid: int | None = None) -> builtins.list[Publication]:
         """Publications (of one owner if given), oldest first."""
         query = f"SELECT {_COLUMNS} FROM publications"  # noqa: S608
-        with self._lock, db_errors("list"):
+
+        def rows() -> builtins.list[Any]:
             if owner_uid is None:
-                rows = self._db.execute(query + " ORDER BY created, id").fetchall()
-            else:
-                rows = self._db.execute(
-                    query + " WHERE owner_uid = ? ORDER BY created, id", (owner_uid,)
-                ).fetchall()
-        return [_row_to_publication(row) for row in rows]
+                return self._db.execute(query + " ORDER BY created, id").fetchall()
+            return self._db.execute(
+                query + " WHERE owner_uid = ? ORDER BY created, id", (owner_uid,)
+            ).fetchall()
+
+        return [_row_to_publication(row) for row in self._run("list", rows)]
 
     def segment_ids(self) -> set[bytes]:
         """Every segment id some publication names (their blocks are kept by cache flushes)."""
@@ -169,11 +266,14 @@ class PublicationStore:
 
     def count(self) -> int:
         """How many publications there are (cheap: no content information is read)."""
-        with self._lock, db_errors("count"):
-            (n,) = self._db.execute("SELECT count(*) FROM publications").fetchone()
-        return int(n)
+
+        def count() -> int:
+            return int(self._db.execute("SELECT count(*) FROM publications").fetchone()[0])
+
+        return self._run("count", count)
 
     def remove(self, pub_id: str) -> bool:
-        with self._lock, db_errors("remove"):
-            cur = self._db.execute("DELETE FROM publications WHERE id = ?", (pub_id,))
-            return cur.rowcount > 0
+        def remove() -> bool:
+            return self._db.execute("DELETE FROM publications WHERE id = ?", (pub_id,)).rowcount > 0
+
+        return self._run("remove", remove)

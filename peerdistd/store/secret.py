@@ -1,7 +1,9 @@
 """The node's server secret on disk (PROTOCOLS.md 1.2): 32 random bytes, mode 0600.
 
 The file holds the server passphrase; Ks for each content-information version is derived
-from it with ``peerdistd.proto.pccrc.server_secret_key``.
+from it with ``peerdistd.proto.pccrc.server_secret_key``. A secret taken from Windows (an
+export file, or a ``netsh branchcache set key passphrase=`` text) may have another length,
+so any length from 1 to MAX_SECRET_SIZE bytes is accepted.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 from peerdistd.errors import ConfigError
 from peerdistd.proto.exportkey import MAX_EXPORT_SIZE, decrypt_exportkey
 
-SECRET_SIZE = 32
+SECRET_SIZE = 32  # what a new node makes
+MAX_SECRET_SIZE = 4096  # a passphrase of 1024 UTF-16 characters needs at most this
 SECRET_FILE = "server-secret"  # noqa: S105 - a file name, not a secret
 _KEY = "server_secret"
 
@@ -36,8 +39,10 @@ def load_or_create_secret(path: Path) -> bytes:
 
 def store_secret(path: Path, secret: bytes, *, replace: bool = True) -> None:
     """Write ``secret`` to ``path`` with mode 0600, all or nothing (temp file, fsync, link)."""
-    if len(secret) != SECRET_SIZE:
-        raise ConfigError(_KEY, f"a server secret is {SECRET_SIZE} bytes, not {len(secret)}")
+    if not 1 <= len(secret) <= MAX_SECRET_SIZE:
+        raise ConfigError(
+            _KEY, f"a server secret is 1 to {MAX_SECRET_SIZE} bytes, not {len(secret)}"
+        )
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
@@ -81,11 +86,11 @@ def _read(path: Path) -> bytes:
                 _KEY,
                 f"{path} is accessible by group or others (mode {mode & 0o777:o}); chmod 600 it",
             )
-        data = os.read(fd, SECRET_SIZE + 1)
+        data = os.read(fd, MAX_SECRET_SIZE + 1)
     finally:
         os.close(fd)
-    if len(data) != SECRET_SIZE:
-        raise ConfigError(_KEY, f"{path} holds {len(data)} bytes, not {SECRET_SIZE}")
+    if not 1 <= len(data) <= MAX_SECRET_SIZE:
+        raise ConfigError(_KEY, f"{path} holds {len(data)} bytes, not 1 to {MAX_SECRET_SIZE}")
     return data
 
 

@@ -32,6 +32,7 @@ ROUTES = {
     ("post", "/v1/contents/{h}/flush"),
     ("get", "/v1/cache"),
     ("delete", "/v1/cache"),
+    ("post", "/v1/cache/verify"),
     ("get", "/v1/peers"),
     ("get", "/v1/openapi.json"),
 }
@@ -148,7 +149,9 @@ def test_status_schema_names_every_counter(doc: dict[str, Any]) -> None:
         "counters",
         "peers",
         "listen",
+        "store_notes",
     }
     counters = set(schemas["Counters"]["properties"])
     assert {"bytes_from_cache", "bytes_from_peers", "bytes_from_origin", "peers_known"} <= counters
-    assert len(counters) == 19
+    assert {"scrub_blocks", "scrub_bad_blocks", "store_heals"} <= counters
+    assert len(counters) == 22

@@ -170,3 +170,41 @@ def test_import_key_takes_over_a_windows_secret(tmp_path: Path, env: dict[str, s
     assert server_secret_key(secret.read_bytes(), 1).hex() == v1["expected"]["server_secret_Ks_hex"]
     wrong = peerdist("import-key", export, "--passphrase-file", export, env=env)
     assert wrong.returncode == 1 and wrong.stderr.startswith(b"peerdist: error:")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_set_key_passphrase_gives_the_segment_ids_of_windows(
+    tmp_path: Path, content: Path, env: dict[str, str], version: int
+) -> None:
+    """``netsh branchcache set key passphrase="server secret"`` (what Microsoft's suite gives
+    its Windows content server): Ks = H(UTF-16LE text), as the suite derives it."""
+    (tmp_path / "pass").write_text("server secret\n")
+    out = peerdist("set-key", "--passphrase-file", tmp_path / "pass", env=env)
+    assert out.returncode == 0, out.stderr
+    secret = tmp_path / "state" / "server-secret"
+    assert secret.read_bytes() == "server secret".encode("utf-16-le")
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    ci = tmp_path / "x.ci"
+    assert peerdist("hash", content, "-o", ci, "--version", str(version), env=env).returncode == 0
+    info = ContentInformation.parse(ci.read_bytes())
+    magic = "MS_P2P_CACHING\0".encode("utf-16-le")
+    text = "server secret".encode("utf-16-le")
+    for seg in info.segments:
+        data = DATA[seg.offset : seg.offset + seg.length]
+        if version == 1:
+            blocks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+            hod = hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).digest()
+            kp = hmac.new(hashlib.sha256(text).digest(), hod, "sha256").digest()
+            segment_id = hmac.new(kp, hod + magic, "sha256").digest()
+        else:
+            hod = hashlib.sha512(data).digest()[:32]
+            kp = hmac.new(hashlib.sha512(text).digest()[:32], hod, "sha512").digest()[:32]
+            segment_id = hmac.new(kp, hod + magic, "sha512").digest()[:32]
+        assert (seg.hod, seg.secret, seg.segment_id) == (hod, kp, segment_id)
+
+
+def test_set_key_refuses_an_empty_passphrase(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "pass").write_text("\n")
+    out = peerdist("set-key", "--passphrase-file", tmp_path / "pass", env=env)
+    assert out.returncode == 1 and out.stderr.startswith(b"peerdist: error:")
+    assert not (tmp_path / "state" / "server-secret").exists()

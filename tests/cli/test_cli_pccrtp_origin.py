@@ -277,3 +277,20 @@ async def test_a_publication_withdrawn_behind_its_back_is_published_again(
     await client.unpublish(key_of(folder / "f.bin").publication_id(2))
     status, headers, again = await get(http, origin.url + "/f.bin", IPXE_GET)
     assert (status, headers["Content-Encoding"], again) == (200, "peerdist", first)
+
+
+async def test_once_hashed_for_one_version_the_other_is_ready_too(
+    folder: Path, client: PeerDistClient, http: aiohttp.ClientSession
+) -> None:
+    # Microsoft's suite asks for V1, then for V2 of the same file, and expects peerdist both
+    # times (not identity with MakeHashRequest for the second version).
+    async with running_origin(folder, client, port=0, hash_wait=0) as origin:
+        status, headers, body = await get(http, origin.url + "/f.bin", WIN7_GET)
+        assert headers.get("X-P2P-PeerDistEx") == "MakeHashRequest=true"
+        await origin.publisher.settle()
+        status, headers, body = await get(http, origin.url + "/f.bin", WIN7_GET)
+        assert (status, headers["Content-Encoding"]) == (200, "peerdist")
+        assert ContentInformation.parse(body).version == 1
+        status, headers, body = await get(http, origin.url + "/f.bin", IPXE_GET)
+        assert (status, headers.get("Content-Encoding")) == (200, "peerdist")
+        assert ContentInformation.parse(body).version == 2

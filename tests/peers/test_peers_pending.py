@@ -24,7 +24,9 @@ async def _frozen_holder_setup(tmp_path: Path, netns: str):  # type: ignore[no-u
                      env={"PEERDISTD_PEERS_ZEROCONF": "false"})  # fmt: skip
     b = start_daemon(
         tmp_path, "--listen", "127.0.0.2:8080", name="b", netns=netns,
-        env={"PEERDISTD_PEERS_ZEROCONF": "false", "PEERDISTD_PEERS_REQUEST_TIMEOUT_MS": "60000"},
+        # A frozen holder, asked with a long request timer and no floor rate: reads pend.
+        env={"PEERDISTD_PEERS_ZEROCONF": "false", "PEERDISTD_PEERS_REQUEST_TIMEOUT_MS": "60000",
+             "PEERDISTD_PEERS_MIN_TRANSFER_RATE": "0"},
     )  # fmt: skip
     data = random.Random(51).randbytes(SIZE)
     async with a.session() as api:

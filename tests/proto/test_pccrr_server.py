@@ -182,7 +182,7 @@ def test_getseglist_lists_indexes_of_held_segments(responder: RetrievalResponder
         (struct.pack(">IIII", 1, 5, 16, 0), "not a request"),
         (struct.pack(">IIII", 1, 3, 99, 0), "MsgSize 99"),
         (struct.pack(">IIII", 1, 9, 16, 0), "unknown MsgType"),
-        (pccrr.serialize(GetBlks(SEG, (BlockRange(4, 0),))), "names no block"),
+        (pccrr.serialize(GetSegList(bytes(16), ())), "names no segment"),
         (bytes(pccrr.MAX_REQUEST_SIZE + 1), "request of 98305 bytes"),
     ],
 )
@@ -217,3 +217,53 @@ def test_the_biggest_servable_block_fills_at_most_a_maximal_response() -> None:
     assert isinstance(pccrr.parse_response(served.body), Blk)
     refused = responder.respond(pccrr.serialize(GetBlks(SEG, (BlockRange(1, 1),))))
     assert refused.kind is ReplyKind.MISSING
+
+
+@pytest.mark.parametrize(
+    ("ranges", "index"), [((BlockRange(0, 0),), 0), ((BlockRange(7, 0),), 7), ((), 0)]
+)
+def test_getblks_naming_no_block_gets_size_zero_for_the_index_named(
+    responder: RetrievalResponder, ranges: tuple[BlockRange, ...], index: int
+) -> None:
+    # What Microsoft's conformance suite expects: the "not held" MSG_BLK, not a drop.
+    reply = responder.respond(pccrr.serialize(GetBlks(SEG, ranges)))
+    assert reply.kind is ReplyKind.MISSING
+    assert pccrr.parse_response(reply.body) == Blk(SEG, index)
+
+
+def test_getblklist_with_no_ranges_gets_an_empty_list(responder: RetrievalResponder) -> None:
+    msg = ask(responder, GetBlkList(SEG, ()))
+    assert isinstance(msg, BlkList) and msg.segment_id == SEG and msg.ranges == ()
+
+
+class SealedBlock:
+    def __init__(self, crypto: int, iv: bytes, block: bytes) -> None:
+        self.crypto, self.iv, self.block = crypto, iv, block
+
+
+class SealedBlocks:
+    def __init__(self, blocks: dict[tuple[bytes, int], SealedBlock]) -> None:
+        self.blocks = blocks
+
+    def held_blocks(self, segment_id: bytes) -> Sequence[int]:
+        return sorted(i for s, i in self.blocks if s == segment_id)
+
+    def get(self, segment_id: bytes, index: int) -> SealedBlock | None:
+        return self.blocks.get((segment_id, index))
+
+
+def test_sealed_blocks_are_served_as_kept() -> None:
+    # A hosted cache's copy of a v2-offered block: served byte for byte, never decrypted.
+    other = b"\x77" * 32
+    sealed = SealedBlocks(
+        {(other, 0): SealedBlock(1, IV, b"c" * 48), (other, 4): SealedBlock(1, IV, b"d" * 16)}
+    )
+    responder = RetrievalResponder(MemorySource({}, {}), sealed=sealed)
+    msg = ask(responder, GetBlks(other, (BlockRange(0, 1),)))
+    assert msg == Blk(other, 0, 4, b"c" * 48, b"", IV, crypto=1)
+    assert ask(responder, GetBlks(other, (BlockRange(1, 1),))) == Blk(other, 1)
+    assert ask(responder, GetBlkList(other, (BlockRange(0, 9),))) == BlkList(
+        other, (BlockRange(0, 1), BlockRange(4, 1)), 0
+    )
+    rid = bytes(16)
+    assert ask(responder, GetSegList(rid, (SEG, other))) == SegList(rid, (BlockRange(1, 1),))

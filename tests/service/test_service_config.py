@@ -154,6 +154,14 @@ def test_file_ints_are_accepted_for_floats(tmp_path: Path) -> None:
     [
         ("[cache]\nlimit_percent = 150", "cache.limit_percent: must be between 0 and 100, got 150"),
         ("[cache]\nlimit_bytes = -1", "cache.limit_bytes: must be at least 0, got -1"),
+        (
+            "[cache]\nscrub_bytes_per_second = -1",
+            "cache.scrub_bytes_per_second: must be at least 0, got -1",
+        ),
+        (
+            "[cache]\nscrub_bytes_per_second = 1.5",
+            "cache.scrub_bytes_per_second: must be an integer, got 1.5",
+        ),
         ("[cache]\nsize = 1", "cache.size: unknown key"),
         ("[caches]\nlimit_bytes = 1", "caches: unknown section (or not a [table])"),
         ("[daemon]\nenabled = 1", "daemon.enabled: must be a boolean, got 1"),
@@ -262,7 +270,9 @@ def test_reload_diff_splits_reloadable_keys() -> None:
 def test_reloadable_keys_exist() -> None:
     every = {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     assert every >= RELOADABLE
-    assert len(RELOADABLE) == 9
+    # + cache.scrub_bytes_per_second, hosted_cache.upload_limit, peers.failures_to_ban,
+    # peers.min_transfer_rate
+    assert len(RELOADABLE) == 13
 
 
 def test_config_values_are_frozen() -> None:
@@ -283,8 +293,17 @@ def test_ensure_private_dir(tmp_path: Path) -> None:
     ensure_private_dir(link)
     plain = tmp_path / "file"
     plain.write_text("")
-    with pytest.raises(ConfigError, match=r"^daemon\.socket: cannot create .*/file: File exists$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^daemon\.socket: cannot create .*/file: File exists; set daemon\.socket to a "
+        r"path in a directory of your own$",
+    ):
         ensure_private_dir(plain)
+    # Named after the setting that chose the directory, the fix included.
+    with pytest.raises(
+        ConfigError, match=r"^daemon\.state_dir: cannot create .*; set daemon\.state_dir to a dir"
+    ):
+        ensure_private_dir(plain, key="daemon.state_dir")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create another user's files")
@@ -292,7 +311,7 @@ def test_ensure_private_dir_refuses_another_users_dir_or_link(tmp_path: Path) ->
     squatted = tmp_path / "squat"
     squatted.mkdir(mode=0o700)
     os.chown(squatted, 4242, 4242)
-    with pytest.raises(ConfigError, match="belongs to uid 4242"):
+    with pytest.raises(ConfigError, match=r"belongs to uid 4242, not to us .*; chown it to uid"):
         ensure_private_dir(squatted)
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -301,3 +320,40 @@ def test_ensure_private_dir_refuses_another_users_dir_or_link(tmp_path: Path) ->
     os.lchown(trap, 4242, 4242)
     with pytest.raises(ConfigError, match="belongs to uid 4242"):
         ensure_private_dir(trap)
+
+
+def test_hosted_cache_keys_from_the_environment() -> None:
+    # The section's own name has an underscore: PEERDISTD_HOSTED_CACHE_SERVER still reaches it.
+    from peerdistd.config import load_config
+
+    env = {"PEERDISTD_HOSTED_CACHE_SERVER": "hc.branch:8443", "PEERDISTD_HOSTED_CACHE_ENABLED": "1"}
+    cfg = load_config(None, env, uid=0)
+    assert (cfg.hosted_cache.server, cfg.hosted_cache.enabled) == ("hc.branch:8443", True)
+    assert not cfg.peers.allow_plaintext and cfg.hosted_cache.listen == "0.0.0.0:443"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("", True),
+        ("dns-sd", True),
+        ("hc.branch1.example", True),
+        ("hc:8443", True),
+        ("10.0.0.5", True),
+        ("[fd00::5]:443", True),
+        ("hc:", False),
+        ("[fd00::5", False),
+        ("a b", False),
+        ("hc:70000", False),
+    ],
+)
+def test_hosted_cache_server_values(value: str, ok: bool) -> None:
+    from peerdistd.config import load_config
+    from peerdistd.errors import ConfigError
+
+    env = {"PEERDISTD_HOSTED_CACHE_SERVER": value}
+    if ok:
+        assert load_config(None, env, uid=0).hosted_cache.server == value
+    else:
+        with pytest.raises(ConfigError, match=r"hosted_cache\.server"):
+            load_config(None, env, uid=0)

@@ -5,11 +5,16 @@ for a bad one; ``peerdistd serve`` refuses the same file with exit 2 before bind
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.cli.clitools import as_nobody
 
 REPO = Path(__file__).resolve().parents[2]
 PEERDISTD = Path(sys.executable).parent / "peerdistd"
@@ -160,3 +165,120 @@ def test_serve_refuses_what_check_config_refuses(tmp_path: Path) -> None:
     first = checked.stderr.splitlines()[0].removeprefix("peerdistd: ")
     assert result(done) == (2, "", f"peerdistd: configuration error: {first}\n")
     assert not run.exists() and not (tmp_path / "s").exists()  # nothing made, nothing bound
+
+
+def test_a_missing_socket_group_is_refused_by_both(tmp_path: Path) -> None:
+    path = write(tmp_path, "[daemon]\nsocket_group = 'nosuchgroup'\n")
+    problem = (
+        "daemon.socket_group: no group 'nosuchgroup' on this host; create it "
+        "(groupadd nosuchgroup) or leave it empty"
+    )
+    assert result(check(tmp_path, "--config", str(path))) == (1, "", f"peerdistd: {problem}\n")
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [str(PEERDISTD), "serve", "--config", str(path), "--no-peers", "--metrics", ""],
+        env=admin_env(tmp_path, RUNTIME_DIRECTORY=str(run), STATE_DIRECTORY=str(tmp_path / "s")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result(done) == (2, "", f"peerdistd: configuration error: {problem}\n")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("key", ["state_dir", "cache_dir"])
+def test_a_directory_that_cannot_be_made_names_its_setting(tmp_path: Path, key: str) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    dirs = {"state_dir": tmp_path / "state", "cache_dir": tmp_path / "cache"}
+    dirs[key] = tmp_path / "file" / "sub"
+    done = subprocess.run(
+        [
+            *(str(PEERDISTD), "serve", "--no-peers", "--metrics", "", "--log-format", "text"),
+            *("--socket", str(tmp_path / "api.sock")),
+            *("--state-dir", str(dirs["state_dir"]), "--cache-dir", str(dirs["cache_dir"])),
+        ],
+        env=admin_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert (
+        f"cannot start: daemon.{key}: cannot create {dirs[key]}: Not a directory; "
+        f"set daemon.{key} to a directory of your own" in done.stderr
+    )
+    assert "daemon.socket" not in done.stderr
+
+
+def test_an_unreadable_config_folder_is_one_line_not_a_traceback() -> None:
+    from peerdistd.daemon import main  # imported before the fork: nobody may not read it
+
+    home = Path(tempfile.mkdtemp(prefix="pdhome"))
+    try:
+        home.chmod(0o755)
+        (home / ".config").mkdir(mode=0o000)
+
+        def run(*argv: str) -> Callable[[], int]:
+            def child() -> int:
+                for name in list(os.environ):
+                    if name.startswith(("PEERDISTD_", "XDG_")) or name.endswith("DIRECTORY"):
+                        del os.environ[name]
+                os.environ["HOME"] = str(home)
+                return main(list(argv))
+
+            return child
+
+        problem = (
+            f"{home}/.config/peerdistd/peerdistd.toml: cannot look for the configuration "
+            "file: Permission denied; make its folders readable by this user, or name a file "
+            "with --config"
+        )
+        assert as_nobody(run("check-config")) == (1, f"peerdistd: {problem}\n")
+        served = as_nobody(run("serve", "--no-peers", "--metrics", ""))
+        assert served == (2, f"peerdistd: configuration error: {problem}\n")
+    finally:
+        shutil.rmtree(home)
+
+
+def test_a_file_the_daemon_cannot_write_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "node-id.tmp").mkdir(parents=True)  # where the node id is written first
+    done = subprocess.run(
+        [
+            *(str(PEERDISTD), "serve", "--no-peers", "--metrics", "", "--log-format", "text"),
+            *("--socket", str(tmp_path / "api.sock"), "--state-dir", str(state)),
+            *("--cache-dir", str(tmp_path / "cache")),
+        ],
+        env=admin_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith(
+        f"cannot start: {state}/node-id.tmp: Is a directory; fix that path or choose another"
+    )
+    assert not (tmp_path / "api.sock").exists()
+
+
+def test_a_socket_path_too_long_is_refused_by_both(tmp_path: Path) -> None:
+    long = str(tmp_path / ("x" * 100) / "api.sock")  # never created: refused first
+    path = write(tmp_path, f"[daemon]\nsocket = '{long}'\n")
+    problem = (
+        f"daemon.socket: {long} is longer than the 107 bytes a Unix socket path may have; "
+        "choose a shorter path"
+    )
+    assert result(check(tmp_path, "--config", str(path))) == (1, "", f"peerdistd: {problem}\n")
+    done = subprocess.run(
+        [str(PEERDISTD), "serve", "--config", str(path), "--no-peers", "--metrics", ""],
+        env=admin_env(tmp_path, STATE_DIRECTORY=str(tmp_path / "s")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result(done) == (2, "", f"peerdistd: configuration error: {problem}\n")

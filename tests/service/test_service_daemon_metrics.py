@@ -43,6 +43,7 @@ def two_nodes(tmp_path: Path, netns: str) -> Iterator[tuple[DaemonProcess, Daemo
                     env={
                         "PEERDISTD_PEERS_ZEROCONF": "false",
                         "PEERDISTD_CACHE_LIMIT_BYTES": str(CACHE_LIMIT),
+                        "PEERDISTD_CACHE_SCRUB_BYTES_PER_SECOND": "0",  # exact counts below
                     },
                 )
             )
@@ -161,6 +162,9 @@ async def test_counters_after_publish_peer_read_and_add_data(tmp_path: Path, net
         "peerdist_cache_misses_total": 4,
         "peerdist_cache_evictions_total": 0,
         "peerdist_bad_blocks_total": 0,
+        "peerdist_scrub_blocks_total": 0,
+        "peerdist_scrub_bad_blocks_total": 0,
+        "peerdist_store_heals_total": 0,
         "peerdist_banned_peers": 0,
         "peerdist_cache_bytes": PEER_DATA + ORIGIN_DATA,
         "peerdist_cache_limit_bytes": 0,
@@ -184,6 +188,9 @@ async def test_counters_after_publish_peer_read_and_add_data(tmp_path: Path, net
         "peerdist_cache_misses_total": 0,
         "peerdist_cache_evictions_total": 0,
         "peerdist_bad_blocks_total": 0,
+        "peerdist_scrub_blocks_total": 0,
+        "peerdist_scrub_bad_blocks_total": 0,
+        "peerdist_store_heals_total": 0,
         "peerdist_banned_peers": 0,
         "peerdist_cache_bytes": PEER_DATA,
         "peerdist_cache_limit_bytes": 0,

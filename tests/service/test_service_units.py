@@ -55,9 +55,9 @@ def systemd_analyze() -> str:
 def verifiable_units(tmp_path: Path) -> tuple[Path, Path]:
     # verify checks that ExecStart's binary exists: point it at this venv's peerdistd.
     text = SERVICE.read_text()
-    assert "\nExecStart=/usr/bin/peerdistd serve\n" in text
+    assert "\nExecStart=/opt/peerdistd/bin/peerdistd serve\n" in text
     service = tmp_path / "peerdistd.service"
-    service.write_text(text.replace("/usr/bin/peerdistd", str(BIN / "peerdistd")))
+    service.write_text(text.replace("/opt/peerdistd/bin/peerdistd", str(BIN / "peerdistd")))
     socket_unit = tmp_path / "peerdistd.socket"
     shutil.copy(SOCKET, socket_unit)
     return service, socket_unit
@@ -102,7 +102,7 @@ def test_service_unit_settings() -> None:
         "Type": ["notify"],
         "NotifyAccess": ["main"],
         "WatchdogSec": ["30"],
-        "ExecStart": ["/usr/bin/peerdistd serve"],
+        "ExecStart": ["/opt/peerdistd/bin/peerdistd serve"],
         "ExecReload": ["kill -HUP $MAINPID"],
         "Restart": ["on-failure"],
         "DynamicUser": ["yes"],

@@ -38,13 +38,21 @@ def test_group_or_world_access_is_refused(tmp_path: Path, mode: int) -> None:
         load_or_create_secret(path)
 
 
-@pytest.mark.parametrize("size", [0, 31, 33])
+@pytest.mark.parametrize("size", [0, 4097])
 def test_wrong_size_is_refused(tmp_path: Path, size: int) -> None:
     path = tmp_path / "server-secret"
     path.write_bytes(b"x" * size)
     path.chmod(0o600)
     with pytest.raises(ConfigError, match=f"holds {size} bytes"):
         load_or_create_secret(path)
+
+
+@pytest.mark.parametrize("size", [1, 26, 31, 33, 4096])
+def test_secrets_of_other_lengths_are_kept(tmp_path: Path, size: int) -> None:
+    # Windows secrets need not be 32 bytes: a netsh passphrase is its UTF-16LE text.
+    path = tmp_path / "server-secret"
+    store_secret(path, b"k" * size)
+    assert load_or_create_secret(path) == b"k" * size
 
 
 def test_a_directory_or_symlink_is_refused(tmp_path: Path) -> None:
@@ -64,7 +72,7 @@ def test_store_secret_replaces_atomically(tmp_path: Path) -> None:
     store_secret(path, b"b" * 32)
     assert load_or_create_secret(path) == b"b" * 32
     with pytest.raises(ConfigError):
-        store_secret(path, b"short")
+        store_secret(path, b"")
     with pytest.raises(FileExistsError):
         store_secret(path, b"c" * 32, replace=False)
 

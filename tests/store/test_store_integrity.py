@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from peerdistd.errors import LocalError
 from peerdistd.store.blockcache import BlockCache, SegmentRecord
 from peerdistd.store.cache_types import ALG_SHA256, block_digest, derive_segment_id
 from peerdistd.store.index import CacheIndex
@@ -124,7 +123,7 @@ def test_verify_removes_files_no_row_names(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["garbage", "schema"])
-def test_corrupt_index_starts_an_empty_cache(tmp_path: Path, damage: str) -> None:
+def test_corrupt_index_is_set_aside_and_rebuilt(tmp_path: Path, damage: str) -> None:
     record, rows = filled(tmp_path)
     index = tmp_path / "index.sqlite"
     if damage == "garbage":
@@ -133,10 +132,15 @@ def test_corrupt_index_starts_an_empty_cache(tmp_path: Path, damage: str) -> Non
         with sqlite3.connect(index) as db:
             db.execute("PRAGMA user_version = 99")
     with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
-        assert c.segment(record.segment_id) is None
-        assert c.read_block(record.segment_id, 0) is None
-        assert c.usage().bytes_used == 0
-        assert not (tmp_path / "data").exists()
+        if damage == "garbage":
+            assert c.segment(record.segment_id) is None
+            assert c.read_block(record.segment_id, 0) is None
+            assert c.usage().bytes_used == 0
+            assert not list((tmp_path / "data").rglob("*.seg"))  # nothing vouches for them
+        else:  # another schema: its rows are still read, and kept where the bytes prove them
+            assert c.held_blocks(record.segment_id) == [i for i, _, _ in rows]
+        assert [n.store for n in c.notes()] == ["cache"]
+        assert Path(c.notes()[0].set_aside).exists()  # kept for the administrator
         c.add_segment(record)
         c.put_blocks(record.segment_id, rows)
         assert_all_verified(c)
@@ -303,24 +307,36 @@ def test_two_threads_write_and_read_concurrently(tmp_path: Path) -> None:
         assert_all_verified(c)
 
 
-def test_damaged_index_pages_found_by_verify_reset_the_cache(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pages", ["lru-index", "last-two"])
+def test_damaged_index_pages_are_set_aside_and_what_they_prove_kept(
+    tmp_path: Path, pages: str
+) -> None:
     with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as c:
         for seed in range(40):
             record, rows = v1_segment(seed, blocks=2)
             c.add_segment(record)
             c.put_blocks(record.segment_id, rows)
         c._index._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        lru_page = c._index._db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'segments_lru'"
+        ).fetchone()[0]
     index = tmp_path / "index.sqlite"
     size = index.stat().st_size
-    with index.open("r+b") as f:  # smash the last pages: rows, not the schema page
-        f.seek(size - 2 * 4096)
-        f.write(bytes(range(256)) * 32)
-    with (
-        BlockCache.open(tmp_path, limit_bytes=1 << 30) as c,
-        pytest.raises(LocalError, match="damaged"),
-    ):
-        c.verify()
+    with index.open("r+b") as f:
+        if pages == "lru-index":  # an index page: every row is still there to salvage
+            f.seek((lru_page - 1) * 4096)
+            f.write(bytes(4096))
+        else:  # the last pages: rows (here the segment records), not the schema page
+            f.seek(size - 2 * 4096)
+            f.write(bytes(range(256)) * 32)
     with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
-        assert c.usage().blocks == 0 and c.usage().segments == 0
-        assert not (tmp_path / "data").exists()
+        (note,) = c.notes()
+        assert note.store == "cache" and "quick_check" in note.reason
+        assert Path(note.set_aside).exists()
+        assert c.usage().blocks == note.kept
+        if pages == "lru-index":
+            assert note.kept == 80
         assert_all_verified(c)
+        report = c.verify()
+        assert (report.bad_blocks, report.orphan_files) == (0, 0)
+        assert c.notes() == [note]  # healed once, at open

@@ -78,8 +78,11 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
     assert store.list() == []
     store.add(pub())
     assert store.get("a") == pub()
+    (note,) = store.notes()
     store.close()
-    assert (tmp_path / "p.sqlite.corrupt").read_bytes() == b"garbage" * 1000
+    assert note.store == "publications" and (note.kept, note.dropped) == (0, 0)
+    assert Path(note.set_aside).read_bytes() == b"garbage" * 1000
+    assert Path(note.set_aside).name.startswith("p.sqlite.damaged-")
 
 
 CHILD = textwrap.dedent(

@@ -1,0 +1,162 @@
+"""Sans-IO MS-PCCRR client rules: what to send, and whether an answer is the one asked for.
+
+The driver (``net.retrieval_client``) moves the bytes and says whether the answer came marked
+busy; every judgement about the answer is made here ([MS-PCCRR] 3.1.5; PROTOCOLS.md 2.5):
+same segment id and block index, block-list ranges inside the request, busy vs "not held",
+and NEGO_RESP to a request in a version the peer does not speak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from peerdistd.errors import DecodeError, RemoteError
+from peerdistd.proto import blockcrypto, pccrr
+from peerdistd.proto.pccrr import (
+    V1_0,
+    V2_0,
+    Blk,
+    BlkList,
+    BlockRange,
+    CryptoAlgo,
+    GetBlkList,
+    GetBlks,
+    NegoReq,
+    NegoResp,
+    ProtocolVersion,
+)
+from peerdistd.proto.pccrr_server import normalise_ranges
+
+
+class UnexpectedAnswer(RemoteError):
+    """A peer's answer that does not parse or does not match the request."""
+
+
+class Outcome(Enum):
+    BLOCK = "block"  # the block came (plaintext in ``BlockAnswer.data``)
+    MISSING = "missing"  # SizeOfBlock 0: the peer does not hold it
+    BUSY = "busy"  # an empty answer marked busy: the peer is at its upload limit
+
+
+@dataclass(frozen=True, slots=True)
+class BlockAnswer:
+    outcome: Outcome
+    data: bytes = b""
+    crypto: int = CryptoAlgo.NONE
+
+
+def block_request(segment_id: bytes, index: int, crypto: int = CryptoAlgo.AES_128) -> bytes:
+    """MSG_GETBLKS for one block (iPXE and Windows' "simple download", Appendix A <10>)."""
+    return pccrr.serialize(GetBlks(segment_id, (BlockRange(index, 1),), crypto=crypto))
+
+
+def block_list_request(segment_id: bytes, ranges: Iterable[BlockRange]) -> bytes:
+    return pccrr.serialize(GetBlkList(segment_id, tuple(ranges)))
+
+
+def nego_request() -> bytes:
+    return pccrr.serialize(NegoReq(V1_0, V2_0))
+
+
+def _parse(body: bytes | bytearray | memoryview, asked: str) -> pccrr.Response:
+    try:
+        answer = pccrr.parse_response(body)
+    except DecodeError as exc:
+        raise UnexpectedAnswer(f"malformed answer: {exc}") from exc
+    if isinstance(answer, NegoResp) and asked != "NEGO_REQ":
+        # 3.2.5: a server that does not speak our major version answers NEGO_RESP.
+        span = f"{answer.min_version}..{answer.max_version}"
+        raise UnexpectedAnswer(f"peer only speaks PCCRR {span}")
+    return answer
+
+
+def block_cipher(
+    body: bytes | bytearray | memoryview, segment_id: bytes, index: int, *, busy: bool
+) -> Blk | Outcome:
+    """The MSG_BLK answering GETBLKS for (segment_id, index) still encrypted, or an outcome.
+
+    The checks iPXE's peerblk.c makes (PROTOCOLS.md 2.5): MSG_BLK, same segment id, same
+    block index. An empty block is "missing", or "busy" when the answer was marked busy.
+    """
+    answer = _parse(body, "GETBLKS")
+    if not isinstance(answer, Blk):
+        raise UnexpectedAnswer(f"MSG_{answer.MSG_TYPE.name} in answer to GETBLKS")
+    if answer.segment_id != segment_id or answer.block_index != index:
+        raise UnexpectedAnswer(f"MSG_BLK for another block ({answer.block_index})")
+    if not answer.block:
+        return Outcome.BUSY if busy else Outcome.MISSING
+    return answer
+
+
+def decrypt_block(
+    answer: Blk, secret: bytes, block_length: int, *, either_reading: bool = False
+) -> list[bytes]:
+    """The plaintexts of ``answer`` cut to ``block_length`` (2.4); the caller hashes them.
+
+    Normally one: the key is the first keylen bytes of Kp. With ``either_reading`` also the
+    reading of Microsoft's conformance suite, which encrypts with the whole 32-byte Kp
+    (AES-256) whatever CryptoAlgoId says (PROTOCOLS.md 4); a hosted cache accepts what
+    verifies under either.
+    """
+    readings = [answer.crypto]
+    short_key = answer.crypto in (CryptoAlgo.AES_128, CryptoAlgo.AES_192)
+    if either_reading and short_key and len(secret) >= 32:
+        readings.append(CryptoAlgo.AES_256)
+    out, why = [], "no key"
+    for algo in readings:
+        try:
+            out.append(blockcrypto.decrypt(algo, secret, answer.iv, answer.block, block_length))
+        except DecodeError as exc:
+            why = str(exc)
+    if not out:
+        raise UnexpectedAnswer(f"undecryptable MSG_BLK: {why}")
+    return out
+
+
+def parse_block(
+    body: bytes | bytearray | memoryview,
+    segment_id: bytes,
+    index: int,
+    secret: bytes,
+    block_length: int,
+    *,
+    busy: bool,
+) -> BlockAnswer:
+    """The answer to :func:`block_request`, decrypted with the segment secret."""
+    answer = block_cipher(body, segment_id, index, busy=busy)
+    if isinstance(answer, Outcome):
+        return BlockAnswer(answer)
+    (data,) = decrypt_block(answer, secret, block_length)
+    return BlockAnswer(Outcome.BLOCK, data, answer.crypto)
+
+
+def parse_block_list(
+    body: bytes | bytearray | memoryview,
+    segment_id: bytes,
+    wanted: Iterable[BlockRange],
+    *,
+    busy: bool,
+) -> BlkList | Outcome:
+    """The answer to :func:`block_list_request`, checked against what was asked (3.1.5.2)."""
+    answer = _parse(body, "GETBLKLIST")
+    if not isinstance(answer, BlkList):
+        raise UnexpectedAnswer(f"MSG_{answer.MSG_TYPE.name} in answer to GETBLKLIST")
+    if answer.segment_id != segment_id:
+        raise UnexpectedAnswer("MSG_BLKLIST for another segment")
+    covered = normalise_ranges(wanted)
+    for got in answer.ranges:
+        if got.count and not any(w.index <= got.index and got.end <= w.end for w in covered):
+            raise UnexpectedAnswer(f"MSG_BLKLIST range {got} was not asked for")
+    if busy and not answer.ranges:
+        return Outcome.BUSY
+    return answer
+
+
+def parse_nego(body: bytes | bytearray | memoryview) -> tuple[ProtocolVersion, ProtocolVersion]:
+    """The (min, max) versions of a NEGO_RESP (2.2.5.1)."""
+    answer = _parse(body, "NEGO_REQ")
+    if not isinstance(answer, NegoResp):
+        raise UnexpectedAnswer(f"MSG_{answer.MSG_TYPE.name} in answer to NEGO_REQ")
+    return answer.min_version, answer.max_version
