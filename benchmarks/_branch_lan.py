@@ -40,7 +40,7 @@ async def lan_speed(b: Bench, size: int, versions: list[int], limit: float) -> d
     lines = []
     a: DaemonProcess | None = None
     try:
-        a = _node(where, a_host, "a")
+        a = _node(b, where, a_host, "a")
         out = where / "plain.out"
         with PlainServer.start(path, host=str(a_host.address), netns=a_host.netns) as plain:
             port = plain.where.rpartition(":")[2]
@@ -70,7 +70,7 @@ async def lan_speed(b: Bench, size: int, versions: list[int], limit: float) -> d
         lines.append(f"FAILED: {result['error']}")
     finally:
         if a is not None:
-            _stop(a)
+            _stop(b, a)
         (b.www / name).unlink(missing_ok=True)
     result["summary"] = "\n              ".join(lines)
     return result
@@ -92,7 +92,7 @@ async def _peer_run(
     publish = [PEERDIST, "publish", str(path), "--id", f"lan-v{version}", "--version",
                str(version), "--content-info", str(ci), "--socket", str(a.socket)]  # fmt: skip
     _, publish_s, _ = await b.procs.run(a_host.netns, publish, 900)
-    node_b = _node(where, b_host, f"b{version}")
+    node_b = _node(b, where, b_host, f"b{version}")
     out = where / f"b{version}.out"
     run: dict[str, Any] = {"version": version, "publish_s": publish_s, "ok": False}
     try:
@@ -125,16 +125,20 @@ async def _peer_run(
             counters_b=got,
         )
     finally:
-        _stop(node_b)
+        _stop(b, node_b)
     return run
 
 
-def _node(where: Path, host: Host, label: str) -> DaemonProcess:
+def _node(b: Bench, where: Path, host: Host, label: str) -> DaemonProcess:
     listen = ["--listen", host.endpoint(PEER_PORT)]
-    return start_daemon(where, *listen, name=label, netns=host.netns, env=NODE_ENV)
+    d = start_daemon(where, *listen, name=label, netns=host.netns, env=NODE_ENV)
+    b.procs.started.append(d.proc)  # killed with the rest, whatever ends the run
+    return d
 
 
-def _stop(d: DaemonProcess) -> None:
+def _stop(b: Bench, d: DaemonProcess) -> None:
     with contextlib.suppress(Exception):
         d.stop()
     d.notify.close()
+    with contextlib.suppress(ValueError):
+        b.procs.started.remove(d.proc)

@@ -105,8 +105,8 @@ class Nginx(Way):
 class Peerdistd(Way):
     name = "peerdistd"
 
-    def __init__(self, branch: Branch, peerdist_version: str) -> None:
-        self.branch = branch
+    def __init__(self, branch: Branch, procs: Procs, peerdist_version: str) -> None:
+        self.branch, self.procs = branch, procs
         self.version = peerdist_version
         self.nodes: list[DaemonProcess] = []
 
@@ -116,7 +116,9 @@ class Peerdistd(Way):
         def one(i: int) -> DaemonProcess:
             host = hosts[i]
             listen = ["--listen", host.endpoint(PEER_PORT)]
-            return start_daemon(row, *listen, name=f"c{i + 1}", netns=host.netns, env=NODE_ENV)
+            d = start_daemon(row, *listen, name=f"c{i + 1}", netns=host.netns, env=NODE_ENV)
+            self.procs.started.append(d.proc)  # killed with the rest, whatever ends the run
+            return d
 
         # Started side by side: one after another, twenty daemons take a minute on 2 cores.
         with ThreadPoolExecutor(max_workers=min(8, count)) as pool:
@@ -153,6 +155,8 @@ class Peerdistd(Way):
             with contextlib.suppress(Exception):
                 d.stop()
             d.notify.close()
+            with contextlib.suppress(ValueError):
+                self.procs.started.remove(d.proc)
         self.nodes = []
 
 

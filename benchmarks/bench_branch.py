@@ -163,7 +163,7 @@ async def bench(args: argparse.Namespace, root: Path, lan: Branch, procs: Procs)
         elif name == "nginx":
             way = Nginx(lan, procs, args.install)
         else:
-            way = Peerdistd(lan, args.peerdist_version)
+            way = Peerdistd(lan, procs, args.peerdist_version)
         unavailable[name] = way.unavailable
         if way.unavailable:
             print(f"   {name}: unavailable: {way.unavailable}", flush=True)
