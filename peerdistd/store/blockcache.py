@@ -289,6 +289,21 @@ class BlockCache:
             seg = self._table.load(segment_id)
             return [] if seg is None else sorted(seg.lengths)
 
+    def block_hashes(self, segment_id: bytes) -> dict[int, bytes]:
+        """Index -> hash of every held block of a segment (staged ones too), as verified when
+        each was stored: what a V1 offer of the segment names ([MS-PCHC] 2.2.1.3)."""
+        check_segment_id(segment_id)
+        with self._lock, db_errors("block_hashes"):
+            seg = self._table.load(segment_id)
+            if seg is None:
+                return {}
+            found = {index: bytes(digest) for index, _, digest in self._index.blocks(seg.rowid)}
+            for index in seg.lengths.keys() - found.keys():
+                staged = self._staging.get(seg.rowid, index)
+                if staged is not None:
+                    found[index] = staged[1]
+            return found
+
     def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
         """Held block count of each held segment among ``segment_ids`` (staged ones too)."""
         for segment_id in segment_ids:
