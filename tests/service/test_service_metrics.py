@@ -10,9 +10,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from peerdistd.errors import ConfigError
-from peerdistd.net.hosted_cache_client import OfferStats
-from peerdistd.net.hosted_cache_pull import PullStats
-from peerdistd.net.swarm import SwarmStats
 from peerdistd.metrics import (
     COUNTERS,
     GAUGES,
@@ -22,6 +19,9 @@ from peerdistd.metrics import (
     make_registry,
     start_metrics_server,
 )
+from peerdistd.net.hosted_cache_client import OfferStats
+from peerdistd.net.hosted_cache_pull import PullStats
+from peerdistd.net.swarm import SwarmStats
 
 BRIEF_KEYS = {
     *("bytes_from_cache", "bytes_from_peers", "bytes_from_origin", "bytes_served_to_peers"),
