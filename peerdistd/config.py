@@ -35,6 +35,7 @@ class DaemonConfig:
     api_tcp: str = ""  # optional loopback "127.0.0.1:PORT"
     handle_idle_timeout: float = 600.0
     shutdown_timeout: float = 10.0
+    held_limit_bytes: int = 256 * 1024 * 1024  # unverified added bytes, all handles together
     log_level: str = "info"
     log_format: str = "text"
 

@@ -134,6 +134,7 @@ CHECKS: dict[str, Check] = {
     "daemon.api_tcp": _loopback_only,
     "daemon.handle_idle_timeout": _between(1),
     "daemon.shutdown_timeout": _between(0),
+    "daemon.held_limit_bytes": _between(0),
     "daemon.log_level": _one_of(*LOG_LEVELS),
     "daemon.log_format": _one_of("text", "json"),
     "cache.limit_bytes": _between(0),

@@ -50,6 +50,7 @@ def engine_settings(config: Config) -> EngineSettings:
         enabled=config.daemon.enabled,
         max_inflight=config.peers.max_inflight,
         handle_idle_timeout=config.daemon.handle_idle_timeout,
+        held_total_limit=config.daemon.held_limit_bytes,
     )
 
 
@@ -293,6 +294,11 @@ class Daemon:
             "matches_sent": float(discovery.matches_sent),
             "matches_received": float(discovery.matches_received),
             "datagrams_dropped": float(sum(discovery.dropped.values())),
+            # Flow control ("Reads are streams"): busy answers peers gave us, and our own
+            # uploads in progress (the Active Client Count of [MS-PCCRR] 3.2.1).
+            "peer_busy_answers": float(swarm.stats.busy_answers),
+            "peers_at_limit": float(swarm.windows.at_limit()),
+            "uploads_active": float(self.peer_node.server.active_uploads),
         }
 
     def _store_stats(self) -> Mapping[str, float]:
@@ -368,6 +374,7 @@ class Daemon:
             hosted = self.peer_node.hosted is not None  # a hosted cache has its own limit
             limit = new.hosted_cache.upload_limit if hosted else new.peers.upload_limit
             self.peer_node.server.upload_limit = limit
+            self.peer_node.swarm.windows.limit = max(1, new.peers.max_inflight)
 
     def reload(self) -> None:
         """SIGHUP: apply what can change at run time; say what needs a restart."""

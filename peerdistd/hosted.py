@@ -58,7 +58,10 @@ class CacheSink:
             return []
 
     def accept_segment(self, segment: Segment, algorithm: HashAlgorithm) -> None:
-        self.cache.add_segment(_record(segment, algorithm))
+        # A V1 SEGMENT_INFO lists every block hash (HoD is their hash): it proves the blocks,
+        # so they are served to peers (docs/trust.md).
+        full = algorithm.version == 1 and len(segment.block_hashes) == segment.block_count
+        self.cache.add_segment(_record(segment, algorithm), segment.block_hashes if full else None)
 
     def put_block(self, segment_id: bytes, index: int, data: bytes, block_hash: bytes) -> None:
         # Staged: readable at once, made durable by commit() with the segment's other blocks.
@@ -255,8 +258,8 @@ class OfferingStore:
         self._offer = offer
         self._records: OrderedDict[bytes, tuple[SegmentRecord, dict[int, bytes]]] = OrderedDict()
 
-    def add_segment(self, record: SegmentRecord) -> None:
-        self.cache.add_segment(record)
+    def add_segment(self, record: SegmentRecord, hashes: Sequence[bytes] | None = None) -> None:
+        self.cache.add_segment(record, hashes)
         if record.segment_id not in self._records:
             self._records[record.segment_id] = (record, {})
             while len(self._records) > MAX_PENDING_SEGMENTS:
@@ -335,16 +338,30 @@ class OfferingStore:
     def verify(self, hasher: Callable[[int, bytes], bytes] | None = None) -> VerifyReport:
         return self.cache.verify(hasher)
 
-    def has_block(self, segment_id: bytes, index: int) -> bool:
-        return self.cache.has_block(segment_id, index)
+    def has_block(self, segment_id: bytes, index: int, expected: bytes | None = None) -> bool:
+        return self.cache.has_block(segment_id, index, expected)
 
     def held_blocks(self, segment_id: bytes) -> list[int]:
         return self.cache.held_blocks(segment_id)
 
+    def matching_blocks(self, segment_id: bytes, hashes: Sequence[bytes]) -> set[int]:
+        return self.cache.matching_blocks(segment_id, hashes)
+
     def read_block(
-        self, segment_id: bytes, index: int, start: int = 0, length: int | None = None
+        self,
+        segment_id: bytes,
+        index: int,
+        start: int = 0,
+        length: int | None = None,
+        *,
+        expected: bytes,
     ) -> bytes | None:
-        return self.cache.read_block(segment_id, index, start, length)
+        return self.cache.read_block(segment_id, index, start, length, expected=expected)
+
+    def read_run(
+        self, segment_id: bytes, first: int, expected: Sequence[bytes], start: int, length: int
+    ) -> bytes:
+        return self.cache.read_run(segment_id, first, expected, start, length)
 
     def pin(self, segment_id: bytes) -> AbstractContextManager[None]:
         return self.cache.pin(segment_id)

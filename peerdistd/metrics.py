@@ -64,6 +64,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "peerdist_bad_blocks",
         "Blocks from peers or applications that failed verification.",
     ),
+    "bad_blocks_from_disk": (
+        "peerdist_bad_blocks_from_disk",
+        "Cached blocks whose bytes no longer hashed to their hash on a read: dropped.",
+    ),
     "scrub_blocks": ("peerdist_scrub_blocks", "Cached blocks re-hashed by the background scrub."),
     "scrub_bad_blocks": (
         "peerdist_scrub_bad_blocks",

@@ -46,7 +46,8 @@ class CacheSource:
     """The block cache seen by the retrieval server and the discovery responder.
 
     Peer input reaches the cache through here, so hostile ids (wrong sizes) that the cache
-    rejects with DecodeError simply mean "not held".
+    rejects with DecodeError simply mean "not held". Peers see only proven blocks, re-hashed
+    on every send (docs/trust.md): a peer cannot say which content information it holds.
     """
 
     def __init__(self, cache: BlockCache) -> None:
@@ -61,19 +62,19 @@ class CacheSource:
 
     def held_blocks(self, segment_id: bytes) -> Sequence[int]:
         try:
-            return self.cache.held_blocks(segment_id)
+            return self.cache.proven_blocks(segment_id)
         except errors.PeerDistError:
             return []
 
     def read_block(self, segment_id: bytes, index: int) -> bytes | None:
         try:
-            return self.cache.read_block(segment_id, index)
+            return self.cache.read_proven(segment_id, index)
         except errors.PeerDistError:
             return None
 
     def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
         try:
-            return self.cache.block_counts(segment_ids)
+            return self.cache.block_counts(segment_ids, proven_only=True)
         except errors.PeerDistError:
             return {}
 
@@ -286,6 +287,8 @@ async def start_peer_node(
             failures_to_ban=peers.failures_to_ban,
             min_rate=float(peers.min_transfer_rate),
             own_addresses=[advertise],
+            # A peer that never said busy is limited only by our own in-flight limits.
+            window_limit=peers.max_inflight,
         )
         stack.push_async_callback(swarm.aclose)
         mdns = None

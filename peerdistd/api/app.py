@@ -144,6 +144,7 @@ async def get_status(request: web.Request) -> web.Response:
             "segments": usage.segments,
             "blocks": usage.blocks,
             "evictions": usage.evictions,
+            "bad_blocks_from_disk": usage.bad_blocks_from_disk,
         },
         "counters": counters,
         "hit_ratio": hit_ratios(counters),
@@ -345,6 +346,7 @@ async def get_cache(request: web.Request) -> web.Response:
             "segments": usage.segments,
             "blocks": usage.blocks,
             "evictions": usage.evictions,
+            "bad_blocks_from_disk": usage.bad_blocks_from_disk,
         }
     )
 

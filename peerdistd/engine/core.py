@@ -23,7 +23,7 @@ from peerdistd.engine.handle import check_flags as _flags
 from peerdistd.engine.handle import loop_running as _loop_running
 from peerdistd.engine.handle import may_grow as _may_grow
 from peerdistd.engine.handle import ready as _ready
-from peerdistd.engine.held import HeldData
+from peerdistd.engine.held import HeldBudget, HeldData
 from peerdistd.engine.owners import ALL, SegmentUsers
 from peerdistd.engine.ports import BlockStore, NoPeers, PeerNetwork
 from peerdistd.engine.publishing import Publisher
@@ -37,6 +37,7 @@ from peerdistd.store.publications import PublicationStore
 log = logging.getLogger(__name__)
 
 ROOT_UID = 0
+MAX_OFFSET = (1 << 64) - 1  # content offsets are 64-bit on the wire ([MS-PCCRC] 2.3, 2.4)
 READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
 OPEN_FLAGS = frozenset({"immediate"})
 
@@ -48,6 +49,7 @@ class EngineSettings:
     handle_idle_timeout: float = 600.0
     max_handles_per_uid: int = 4096
     held_limit: int = 64 * 1024 * 1024  # unverified bytes one handle may hold
+    held_total_limit: int = 256 * 1024 * 1024  # ... and every handle together
     max_read: int = 16 * 1024 * 1024
 
 
@@ -80,6 +82,7 @@ class Engine:
         self.events = EventBus(owner=self._owner_of)
         self.peers: PeerNetwork = peers or NoPeers()
         self.slots = SlotPool(self.settings.max_inflight)
+        self.held_budget = HeldBudget(self.settings.held_total_limit)
         self._tasks: set[asyncio.Future[Any]] = set()
         self.commits = GroupCommit(store)
         self.reader = BlockReader(
@@ -153,7 +156,7 @@ class Engine:
             ci_bytes=bytearray(ci_part) if _may_grow(view) else bytearray(),
             view=view,
             stream_offset=view.start,
-            held=HeldData(self.settings.held_limit),
+            held=HeldData(self.settings.held_limit, self.held_budget),
             last_used=time.monotonic(),
             flags=flag_set,
         )
@@ -211,7 +214,10 @@ class Engine:
         for task in list(h.pending):
             if task is not current:
                 task.cancel()
-        # Held bytes go with the handle object (an add may still be finishing on them).
+        self.reader.drop_ahead(h.id)
+        # Held bytes leave the daemon's budget now, or when a running add ends (DataAdder).
+        if not h.add_lock.locked():
+            h.held.clear()
 
     async def flush(self, uid: int, handle_id: str) -> int:
         """ClientFlushContent: drop what the handle held unverified and this content's
@@ -373,8 +379,8 @@ class Engine:
         """ClientAddData: verify the body block by block and cache what matches."""
         h = self.handle(uid, handle_id)
         self.check_writable()
-        if offset < 0:
-            raise errors.InvalidParameter("offset must be >= 0")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise errors.InvalidParameter(f"offset must be between 0 and {MAX_OFFSET}")
         failures = self.commits.failures()
         out = await self.adder.add(h, offset, body, self.commits.kick)
         # Durable before acknowledged: the 200 waits for the group commit of its blocks.
@@ -399,8 +405,12 @@ class Engine:
             cache_bytes=usage.bytes_used,
             cache_limit_bytes=usage.limit_bytes,
             cache_evictions=usage.evictions,
+            bad_blocks_from_disk=usage.bad_blocks_from_disk,
             open_handles=len(self.handles),
             publications=self.publications.count(),
+            reads_queued=self.reader.reads_queued,  # waiting for a transfer slot
+            fetches_waiting_for_peers=self.reader.fetches_waiting,  # their peers were busy
+            transfer_slots_in_use=self.slots.in_use,
         )
 
     def _owner_of(self, handle_id: str) -> int | None:

@@ -45,7 +45,8 @@ def store_segments(
                 secret=seg.secret,
                 length=seg.length,
                 block_size=seg.block_size,
-            )
+            ),
+            seg.block_hashes if version == 1 else None,  # hashed here: proven by construction
         )
         view = memoryview(item.data)
         blocks = [

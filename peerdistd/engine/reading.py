@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from peerdistd import errors
 from peerdistd.engine.events import EventBus
+from peerdistd.engine.local_reads import LocalReads
 from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
-from peerdistd.errors import PeerUnavailable
+from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
 from peerdistd.store.blockcache import SegmentRecord
 
@@ -41,6 +42,15 @@ class ReadRequest:
     max_bytes: int
     timeout: float  # seconds; 0 = local cache only
     flags: frozenset[str]
+
+
+def full_list(view: ContentView, ref: BlockRef) -> tuple[bytes, ...] | None:
+    """The segment's block hashes if the view has all of them (then they hash to its HoD:
+    view.py checks it), which proves them to the cache; None for a range's partial list."""
+    seg = ref.segment
+    if view.version != 1 or len(seg.block_hashes) != seg.block_count:
+        return None
+    return seg.block_hashes
 
 
 def segment_record(view: ContentView, ref: BlockRef) -> SegmentRecord:
@@ -82,35 +92,20 @@ class BlockReader:
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
+        self.locals = LocalReads(store, self._from_peers)
+        self.reads_queued = 0  # reads waiting for a transfer slot (here or at their peers)
+        self.fetches_waiting = 0  # fetches whose peers answered busy, waiting to ask again
 
     # -- local cache ---------------------------------------------------------------------
 
     def local(self, view: ContentView, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Consecutive cached bytes from ``offset`` (at most ``max_bytes``, within the range),
         and how many of them were fetched from peers and not read before."""
-        limit = min(view.end, offset + max_bytes)
-        parts: list[bytes] = []
-        pos = offset
-        peer_bytes = 0
-        touched: set[bytes] = set()
-        for ref in view.blocks_from(offset, limit):
-            seg_id = ref.segment.segment_id
-            chunk = self.store.read_block(
-                seg_id, ref.index, pos - ref.start, min(ref.end, limit) - pos
-            )
-            if chunk is None:
-                break
-            parts.append(chunk)
-            pos += len(chunk)
-            touched.add(seg_id)
-            key = (seg_id, ref.index)
-            if key in self._from_peers:
-                peer_bytes += len(chunk)
-                if pos >= ref.end:
-                    del self._from_peers[key]
-        for seg_id in touched:
-            self.store.touch(seg_id)
-        return b"".join(parts), peer_bytes
+        return self.locals.local(view, offset, max_bytes)
+
+    def drop_ahead(self, handle: str) -> None:
+        """The handle is closed: forget what was read ahead for it."""
+        self.locals.drop_ahead(handle)
 
     def _account(self, data: bytes, peer_bytes: int) -> None:
         """Bytes by source; a read counts as a hit only if nothing in it came from peers."""
@@ -139,7 +134,7 @@ class BlockReader:
                 break
             if stop_if_local and seg.segment_id in located:
                 return pos - offset
-            held = set(self.store.held_blocks(seg.segment_id))
+            held = self.store.matching_blocks(seg.segment_id, seg.block_hashes)
             first = (pos - seg.offset) // seg.block_size
             for index in range(first, seg.block_count):
                 b_start, b_end = seg.block_span(index)
@@ -167,10 +162,13 @@ class BlockReader:
     async def read(self, view: ContentView, req: ReadRequest) -> tuple[bytes, int]:
         """Bytes at ``req.offset`` (at least one) and how many of them came from peers;
         or MissingData / Timeout / StreamLimit."""
-        data, peer_bytes = self.local(view, req.offset, req.max_bytes)
+        ahead = await self.locals.take_ahead(view, req.handle, req.offset, req.max_bytes)
+        data, peer_bytes = ahead or self.local(view, req.offset, req.max_bytes)
         if data:
             self._account(data, peer_bytes)
             self._start_complete(req, peer_accepted=False)
+            if len(data) == req.max_bytes:
+                self.locals.start_ahead(view, req.handle, req.offset + len(data), req.max_bytes)
             if peer_bytes and req.timeout > 0:
                 # A sequential reader is consuming what peers sent: keep the pipe full.
                 end = req.offset + len(data)
@@ -197,19 +195,23 @@ class BlockReader:
         key = (first.segment.segment_id, first.index)
         task = self._inflight.get(key)
         if task is None:
-            if "fail_blocked" in req.flags:
-                if not self.slots.try_acquire():
-                    self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
-                    raise errors.StreamLimitReached("no transfer slot is free")
-                queued = False
+            # Like a QUIC stream start: START_COMPLETE at once, saying whether the window had a
+            # slot (here, and at a peer holding the block); a queued read hears PEER_ACCEPTED
+            # when it gets one, if it asked to.
+            seg_id = first.segment.segment_id
+            if not self.peers.at_limit(seg_id) and self.slots.try_acquire():
+                self._start_complete(req, peer_accepted=True)
+            elif "fail_blocked" in req.flags:
+                self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
+                raise errors.StreamLimitReached("no transfer slot is free")
             else:
+                self._start_complete(req, peer_accepted=False)
                 try:
-                    queued = await self.slots.acquire(req.timeout)
+                    await self._queue(seg_id, deadline)
                 except TimeoutError:
                     raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
-            if queued and "indicate_peer_accept" in req.flags:
-                self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
-            self._start_complete(req, peer_accepted=True)
+                if "indicate_peer_accept" in req.flags:
+                    self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
             remaining = deadline - time.monotonic()
             try:
                 located = await self._locate(view, req.offset, remaining)
@@ -245,6 +247,25 @@ class BlockReader:
         self.stats.bytes_from_cache += len(data) - peer_bytes
         return data, peer_bytes
 
+    async def _queue(self, segment_id: bytes, deadline: float) -> None:
+        """Wait, first-in first-out, until a peer holding the segment may have an upload slot
+        for us and a slot of our own is free; the slot is then held. TimeoutError at the
+        deadline. No slot of ours is held while the peers are at their limit."""
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        self.reads_queued += 1
+        try:
+            await self.peers.slot_freed(segment_id, timeout=left())
+            await self.slots.acquire(left())
+            while self.peers.at_limit(segment_id):  # the peers filled up while we queued here
+                self.slots.release()
+                await self.peers.slot_freed(segment_id, timeout=left())
+                await self.slots.requeue(left())
+        finally:
+            self.reads_queued -= 1
+
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
         wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
         self.stats.discovery_attempts += 1
@@ -275,7 +296,7 @@ class BlockReader:
             key = (ref.segment.segment_id, ref.index)
             if key in self._inflight or ref.segment.segment_id not in located:
                 continue
-            if self.store.has_block(*key):
+            if self.store.has_block(*key, expected=ref.hash):
                 continue
             if not self.slots.try_acquire():
                 break
@@ -295,12 +316,24 @@ class BlockReader:
         self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
     ) -> bool:
         try:
-            data = await self.peers.fetch(
-                ref, view.algorithm, timeout=max(0.0, deadline - time.monotonic())
-            )
+            while True:
+                try:
+                    data = await self.peers.fetch(
+                        ref, view.algorithm, timeout=max(0.0, deadline - time.monotonic())
+                    )
+                    break
+                except PeersBusy:
+                    if not holds_slot:
+                        raise
+                    # The peers are at their upload limit: wait for one of their slots to
+                    # free holding none of ours, then take one again ahead of later reads.
+                    holds_slot = False
+                    self.slots.release()
+                    await self._wait_for_peers(ref.segment.segment_id, deadline)
+                    holds_slot = True
             if data is None:
                 return False
-            self.store.add_segment(segment_record(view, ref))
+            self.store.add_segment(segment_record(view, ref), full_list(view, ref))
             self.store.put_blocks(
                 ref.segment.segment_id, [(ref.index, data, ref.hash)], durable=False
             )
@@ -313,6 +346,17 @@ class BlockReader:
         finally:
             if holds_slot:
                 self.slots.release()
+
+    async def _wait_for_peers(self, segment_id: bytes, deadline: float) -> None:
+        """A fetch whose peers answered busy: a slot again once one of theirs frees."""
+        self.fetches_waiting += 1
+        try:
+            await self.peers.slot_freed(segment_id, timeout=max(0.0, deadline - time.monotonic()))
+            await self.slots.requeue(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise PeerUnavailable("every peer holding the block stayed at its limit") from None
+        finally:
+            self.fetches_waiting -= 1
 
     def _start_complete(self, req: ReadRequest, peer_accepted: bool, status: str = "OK") -> None:
         self.events.publish(

@@ -169,6 +169,7 @@ async def test_counters_after_publish_peer_read_and_add_data(tmp_path: Path, net
         "peerdist_cache_evictions_total": 0,
         "peerdist_bad_blocks_total": 0,
         **dict.fromkeys(SWARM_ANSWERS, 0),  # one holder, answering well
+        "peerdist_bad_blocks_from_disk_total": 0,
         "peerdist_scrub_blocks_total": 0,
         "peerdist_scrub_bad_blocks_total": 0,
         "peerdist_store_heals_total": 0,
@@ -196,6 +197,7 @@ async def test_counters_after_publish_peer_read_and_add_data(tmp_path: Path, net
         "peerdist_cache_evictions_total": 0,
         "peerdist_bad_blocks_total": 0,
         **dict.fromkeys(SWARM_ANSWERS, 0),  # one holder, answering well
+        "peerdist_bad_blocks_from_disk_total": 0,
         "peerdist_scrub_blocks_total": 0,
         "peerdist_scrub_bad_blocks_total": 0,
         "peerdist_store_heals_total": 0,

@@ -29,6 +29,7 @@ BRIEF_KEYS = {
     *("cache_limit_bytes", "cache_evictions", "open_handles", "publications", "reads_ok"),
     *("reads_missing_data", "reads_timeout", "reads_no_more", "reads_aborted"),
     *("reads_stream_limit", "bad_blocks", "banned_peers", "peers_known"),
+    "bad_blocks_from_disk",
     *("scrub_blocks", "scrub_bad_blocks", "store_heals"),  # issue 8: the store checks itself
     *("hedges", "slow_answers", "busy_answers", "peer_errors"),  # the swarm's peer answers
     *(  # hosted cache mode: a hosted cache's pulls, a client's offers (status counters)
