@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pwd
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 from peerdistd.config_checks import CHECKS, is_loopback
 from peerdistd.errors import ConfigError
+from peerdistd.paths import Paths, default_paths, home_of, systemd_dir, xdg_dir
 
 ENV_PREFIX = "PEERDISTD_"
 ENV_CONFIG = "PEERDISTD_CONFIG"  # the config file's path; not a key override
@@ -35,6 +35,7 @@ class DaemonConfig:
     api_tcp: str = ""  # optional loopback "127.0.0.1:PORT"
     handle_idle_timeout: float = 600.0
     shutdown_timeout: float = 10.0
+    held_limit_bytes: int = 256 * 1024 * 1024  # unverified added bytes, all handles together
     log_level: str = "info"
     log_format: str = "text"
 
@@ -69,6 +70,13 @@ class PeersConfig:
     min_transfer_rate: int = 65536  # bytes/s a block answer must reach; 0 = no floor
     zeroconf: bool = True
     enabled: bool = True
+    # Single flight across the branch (docs/single-flight.md): peerdistd nodes agree who
+    # fetches each piece of a content from the origin.
+    single_flight: bool = True
+    piece_size: int = 1 << 20  # cap of a piece, bytes (lancache: larger slices stall waiters)
+    claim_ttl_ms: int = 2000  # a claim with no news for this long is taken over
+    claim_port: int = 3703  # UDP port of the claims' multicast group
+    fetch_workers: int = 4  # `peerdist fetch`: pieces read and fetched at once
     # [MS-PCCRR] 2.2.3 CryptoAlgoId 0: serve unencrypted blocks to peers that ask for them.
     allow_plaintext: bool = False
 
@@ -98,56 +106,6 @@ class HostedCacheConfig:
 class MetricsConfig:
     listen: str = "127.0.0.1:9595"  # "" = off
     allow_remote: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Paths:
-    """Where the daemon keeps its files, after config keys, systemd and XDG are applied."""
-
-    state_dir: Path
-    cache_dir: Path
-    socket: Path
-    secret_file: Path
-
-
-def default_paths(uid: int | None = None, env: Mapping[str, str] | None = None) -> Paths:
-    """The default paths for ``uid``: systemd's directories, else root's or the XDG ones."""
-    env = os.environ if env is None else env
-    uid = os.geteuid() if uid is None else uid
-    if uid == 0:
-        state, cache = Path("/var/lib/peerdistd"), Path("/var/cache/peerdistd")
-        runtime = Path("/run/peerdistd")
-    else:
-        home = Path(env.get("HOME") or _home_of(uid))
-        state = (_xdg(env, "XDG_DATA_HOME") or home / ".local" / "share") / "peerdistd"
-        cache = (_xdg(env, "XDG_CACHE_HOME") or home / ".cache") / "peerdistd"
-        xdg_runtime = _xdg(env, "XDG_RUNTIME_DIR")
-        # Without XDG_RUNTIME_DIR: a per-user /tmp dir; ensure_private_dir() creates it 0700
-        # and refuses one that another user made first.
-        runtime = xdg_runtime / "peerdistd" if xdg_runtime else Path(f"/tmp/peerdistd-{uid}")  # noqa: S108
-    # systemd's StateDirectory= etc. export these (systemd.exec(5)); the first entry is ours.
-    state = _systemd_dir(env, "STATE_DIRECTORY") or state
-    cache = _systemd_dir(env, "CACHE_DIRECTORY") or cache
-    runtime = _systemd_dir(env, "RUNTIME_DIRECTORY") or runtime
-    return Paths(state, cache, runtime / "api.sock", state / "server-secret")
-
-
-def _home_of(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_dir
-    except KeyError:
-        return "/"
-
-
-def _xdg(env: Mapping[str, str], name: str) -> Path | None:
-    # The XDG base directory spec says relative values are invalid and must be ignored.
-    value = env.get(name, "")
-    return Path(value) if value.startswith("/") else None
-
-
-def _systemd_dir(env: Mapping[str, str], name: str) -> Path | None:
-    first = env.get(name, "").split(":")[0]
-    return Path(first) if first.startswith("/") else None
 
 
 def ensure_private_dir(path: Path, mode: int = 0o700, key: str = "daemon.socket") -> None:
@@ -232,6 +190,8 @@ def _cross_checks(cfg: Config) -> None:
             f"must not exceed peers.max_inflight ({peers.max_inflight}), "
             f"got {peers.max_inflight_per_peer}",
         )
+    if peers.single_flight and peers.enabled and peers.claim_port == peers.discovery_port:
+        raise ConfigError("peers.claim_port", "must differ from peers.discovery_port")
     if listen and not cfg.metrics.allow_remote and not is_loopback("metrics.listen", listen):
         raise ConfigError(
             "metrics.listen",
@@ -343,11 +303,11 @@ def default_config_path(uid: int | None = None, env: Mapping[str, str] | None = 
     if env.get(ENV_CONFIG):
         return Path(env[ENV_CONFIG])
     # systemd's ConfigurationDirectory= exports CONFIGURATION_DIRECTORY (systemd.exec(5)).
-    base = _systemd_dir(env, "CONFIGURATION_DIRECTORY")
+    base = systemd_dir(env, "CONFIGURATION_DIRECTORY")
     if base is None:
         uid = os.geteuid() if uid is None else uid
-        home = Path(env.get("HOME") or _home_of(uid))
-        base = Path("/etc") if uid == 0 else _xdg(env, "XDG_CONFIG_HOME") or home / ".config"
+        home = Path(env.get("HOME") or home_of(uid))
+        base = Path("/etc") if uid == 0 else xdg_dir(env, "XDG_CONFIG_HOME") or home / ".config"
         base = base / "peerdistd"
     return base / "peerdistd.toml"
 

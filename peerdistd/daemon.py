@@ -50,6 +50,8 @@ def engine_settings(config: Config) -> EngineSettings:
         enabled=config.daemon.enabled,
         max_inflight=config.peers.max_inflight,
         handle_idle_timeout=config.daemon.handle_idle_timeout,
+        held_total_limit=config.daemon.held_limit_bytes,
+        piece_size=config.peers.piece_size,
     )
 
 
@@ -162,6 +164,11 @@ class Daemon:
         )
         stack.callback(store.close)
         self.store = store
+        usage = store.usage()
+        log.info(
+            "node %s: state in %s, cache in %s (%d of at most %d bytes used)",
+            self.node_id, paths.state_dir, paths.cache_dir, usage.bytes_used, usage.limit_bytes,
+        )  # fmt: skip
         self.scrubber = Scrubber(store)
         publications = PublicationStore.open(paths.state_dir / "publications.db")
         stack.callback(publications.close)
@@ -174,6 +181,7 @@ class Daemon:
             peers=peers,
             settings=engine_settings(cfg),
             stats=counters,
+            claims=self.peer_node.flight if self.peer_node is not None else None,
         )
         if self.peer_node is not None:
             engine.extra_stats.append(self._peer_stats)
@@ -277,6 +285,10 @@ class Daemon:
         swarm, discovery = self.peer_node.swarm, self.peer_node.discovery.stats
         return {
             "bad_blocks": float(swarm.stats.bad_blocks),
+            "hedges": float(swarm.stats.hedges),
+            "slow_answers": float(swarm.stats.slow_answers),
+            "busy_answers": float(swarm.stats.busy_answers),
+            "peer_errors": float(swarm.stats.peer_errors),
             "banned_peers": float(swarm.active_bans()),
             "peers_known": float(len(self._peer_list())),
             "probes_sent": float(discovery.probes_sent),
@@ -284,6 +296,11 @@ class Daemon:
             "matches_sent": float(discovery.matches_sent),
             "matches_received": float(discovery.matches_received),
             "datagrams_dropped": float(sum(discovery.dropped.values())),
+            # Flow control ("Reads are streams"): busy answers peers gave us, and our own
+            # uploads in progress (the Active Client Count of [MS-PCCRR] 3.2.1).
+            "peer_busy_answers": float(swarm.stats.busy_answers),
+            "peers_at_limit": float(swarm.windows.at_limit()),
+            "uploads_active": float(self.peer_node.server.active_uploads),
         }
 
     def _store_stats(self) -> Mapping[str, float]:
@@ -359,6 +376,7 @@ class Daemon:
             hosted = self.peer_node.hosted is not None  # a hosted cache has its own limit
             limit = new.hosted_cache.upload_limit if hosted else new.peers.upload_limit
             self.peer_node.server.upload_limit = limit
+            self.peer_node.swarm.windows.limit = max(1, new.peers.max_inflight)
 
     def reload(self) -> None:
         """SIGHUP: apply what can change at run time; say what needs a restart."""

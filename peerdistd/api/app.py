@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -21,6 +23,7 @@ from peerdistd.api.failures import errors_middleware
 from peerdistd.api.peercred import peer_uid
 from peerdistd.engine.core import Engine, ReadResult
 from peerdistd.engine.events import Event
+from peerdistd.engine.stats import hit_ratios
 from peerdistd.proto.pccrc import HashAlgorithm
 from peerdistd.store.healing import iter_notes
 from peerdistd.store.publications import Publication
@@ -36,6 +39,10 @@ DEFAULT_TIMEOUT_MS = 5000
 MAX_TIMEOUT_MS = 3_600_000
 MAX_CONTENT_INFORMATION = 64 * 1024 * 1024  # covers a V1 description of ~128 GiB of content
 U64 = (1 << 64) - 1
+# The ``id`` of a new publication (openapi.json has the same pattern): printable ASCII
+# without space or '/', so it fits a URL path segment and a terminal as it is.
+PUBLICATION_ID = re.compile(r"[!-.0-~]{1,256}")
+MAX_UID = (1 << 32) - 2  # uid_t; (uid_t)-1 is no uid
 
 
 def caller(request: web.Request) -> int:
@@ -95,7 +102,18 @@ def pub_json(pub: Publication) -> dict[str, Any]:
         "algorithm": algorithm.name.lower(),
         "segments": len(pub.segment_ids),
         "created": pub.created,
+        "uid": pub.owner_uid,
     }
+
+
+def q_owner(request: web.Request) -> int | None:
+    """``uid``: whose publication ids the request names (root only for another uid's)."""
+    return q_int(request, "uid", None, 0, MAX_UID)
+
+
+def pub_location(pub: Publication, uid: int) -> str:
+    where = f"/v1/publications/{quote(pub.id, safe='')}"
+    return where if pub.owner_uid == uid else f"{where}?uid={pub.owner_uid}"
 
 
 def data_response(result: ReadResult) -> web.Response:
@@ -116,6 +134,7 @@ def data_response(result: ReadResult) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     usage = engine.store.usage()
+    counters = dict(engine.stats_snapshot())
     body: dict[str, Any] = {
         "status": engine.status,
         "unavailable_reason": engine.unavailable_reason,
@@ -125,8 +144,10 @@ async def get_status(request: web.Request) -> web.Response:
             "segments": usage.segments,
             "blocks": usage.blocks,
             "evictions": usage.evictions,
+            "bad_blocks_from_disk": usage.bad_blocks_from_disk,
         },
-        "counters": dict(engine.stats_snapshot()),
+        "counters": counters,
+        "hit_ratio": hit_ratios(counters),
         "peers": request.app[PEERS](),
         # Damaged store files set aside and rebuilt since start (oldest first).
         "store_notes": list(iter_notes(engine.store.notes(), engine.publications.notes())),
@@ -167,9 +188,11 @@ async def post_publication(request: web.Request) -> web.Response:
     uid = caller(request)
     version = q_int(request, "version", 1, 1, 2)
     name = request.query.get("hash", "sha256")
-    pub_id = request.query.get("id") or None
-    if pub_id is not None and (len(pub_id) > 256 or not pub_id.isprintable() or "/" in pub_id):
-        raise errors.InvalidParameter("id must be 1..256 printable characters without '/'")
+    pub_id = request.query.get("id")
+    if pub_id is not None and not PUBLICATION_ID.fullmatch(pub_id):
+        raise errors.InvalidParameter(
+            "id must be 1..256 printable ASCII characters, without spaces or '/'"
+        )
     if version == 2:
         algorithm = HashAlgorithm.TRUNCATED_SHA512
     else:
@@ -180,23 +203,24 @@ async def post_publication(request: web.Request) -> web.Response:
                 f"hash must be sha256, sha384 or sha512, got {name!r}"
             ) from None
     assert version is not None
+    owner = q_owner(request)
     pub = await engine.publisher.publish(
-        uid, body_chunks(request), pub_id=pub_id, version=version, algorithm=algorithm
+        uid, body_chunks(request), pub_id=pub_id, version=version, algorithm=algorithm, owner=owner
     )
     return web.json_response(
-        pub_json(pub), status=201, headers={"Location": f"/v1/publications/{pub.id}"}
+        pub_json(pub), status=201, headers={"Location": pub_location(pub, uid)}
     )
 
 
 async def list_publications(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    pubs = engine.publisher.list_publications(caller(request))
+    pubs = engine.publisher.list_publications(caller(request), q_owner(request))
     return web.json_response({"publications": [pub_json(p) for p in pubs]})
 
 
 async def get_publication(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    pub = engine.publisher.publication(caller(request), request.match_info["id"])
+    pub = engine.publisher.publication(caller(request), request.match_info["id"], q_owner(request))
     return web.json_response(pub_json(pub))
 
 
@@ -208,12 +232,15 @@ async def get_content_information(request: web.Request) -> web.Response:
         q_int(request, "offset", None),
         q_int(request, "length", None, 1),
         q_int(request, "version", None, 1, 2),
+        q_owner(request),
     )
     return web.Response(body=data, content_type="application/octet-stream")
 
 
 async def delete_publication(request: web.Request) -> web.Response:
-    request.app[ENGINE].publisher.unpublish(caller(request), request.match_info["id"])
+    request.app[ENGINE].publisher.unpublish(
+        caller(request), request.match_info["id"], q_owner(request)
+    )
     return web.Response(status=204)
 
 
@@ -264,6 +291,7 @@ async def _read(request: web.Request, block: bool) -> web.Response:
             offset, available = engine.available(uid, handle_id)
             return web.Response(
                 status=200,
+                content_type="application/octet-stream",  # an empty body, as documented
                 headers={"PeerDist-Offset": str(offset), "PeerDist-Available": str(available)},
             )
         else:
@@ -318,6 +346,7 @@ async def get_cache(request: web.Request) -> web.Response:
             "segments": usage.segments,
             "blocks": usage.blocks,
             "evictions": usage.evictions,
+            "bad_blocks_from_disk": usage.bad_blocks_from_disk,
         }
     )
 

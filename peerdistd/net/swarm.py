@@ -10,6 +10,10 @@ too, and the first verified answer wins. A request already sent to the slower pe
 finish (within its own timers) so that peer is judged: a peer that sends a bad block or a
 malformed answer is banned at once, one that times out, trickles under the floor rate or
 resets is backed off and banned after ``failures_to_ban`` failures in a row (:mod:`peer_health`).
+
+A peer at its upload limit (busy answers) is not asked again until the window of upload
+slots it grants us has room (:mod:`peer_windows`): when every holder left is at its limit,
+:meth:`Swarm.fetch` raises PeersBusy and the engine waits (:meth:`Swarm.slot_freed`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from peerdistd.errors import PeerUnavailable
+from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.hedging import LatencyWindow
 from peerdistd.net.peer_health import FAILURES_TO_BAN, PeerHealth, PeerStats
+from peerdistd.net.peer_windows import Outcome, PeerWindows
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.net.types import (
     PeerBusy,
@@ -37,13 +42,13 @@ from peerdistd.net.types import (
     Progress,
 )
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
+from peerdistd.proto.pccrr import BlockRange
 
 __all__ = ["PeerStats", "Swarm", "SwarmStats"]
 
 log = logging.getLogger(__name__)
 
 MAX_HOLDER_SEGMENTS: Final = 8192
-BUSY_BACKOFF: Final = 0.05  # seconds before asking a busy peer set again
 MAX_ASKS: Final = 3  # holders asked for one block at once (the first and its hedges)
 _UNEXPECTED_LOGGED: Final = 64  # distinct unexpected errors logged with a traceback
 
@@ -91,6 +96,7 @@ class Swarm:
         failures_to_ban: int = FAILURES_TO_BAN,
         min_rate: float = 0.0,
         own_addresses: Sequence[str] = (),
+        window_limit: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.discovery = discovery
@@ -104,6 +110,7 @@ class Swarm:
             ban_seconds=ban_seconds, failures_to_ban=failures_to_ban, clock=clock
         )
         self.latency = LatencyWindow()
+        self.windows = PeerWindows(window_limit, self._probe)  # upload slots peers grant us
         self._clock = clock
         self._holders: OrderedDict[bytes, list[str]] = OrderedDict()
         self._hints: set[asyncio.Task[object]] = set()
@@ -230,6 +237,9 @@ class Swarm:
                     peer = queue.pop(0)
                     if self.banned(peer):
                         continue
+                    if not self.windows.free(peer):  # at the limit it grants us: not asked
+                        busy.append(peer)
+                        continue
                     if asks:  # a hedge: those asked so far are overdue
                         self.stats.hedges += 1
                         for late in asks.values():
@@ -243,10 +253,9 @@ class Swarm:
                 if not asks:
                     if not busy:
                         return None, failed
-                    # Everyone left was busy: give them a moment, then ask again.
-                    await asyncio.sleep(min(BUSY_BACKOFF, deadline - now))
-                    queue, busy, hedge_at = busy, [], -math.inf
-                    continue
+                    # Those left are at their upload limit: not asked again here (no busy
+                    # loop); the engine waits for a slot (slot_freed, [MS-PCCRR] 3.2.5.3).
+                    raise PeersBusy(f"{len(busy)} holder(s) of block {ref.index} are busy")
                 wait = deadline - now
                 if queue and len(asks) < MAX_ASKS:
                     wait = min(wait, hedge_at - now)
@@ -276,6 +285,7 @@ class Swarm:
     ) -> tuple[asyncio.Task[bytes | None], _Ask]:
         seg = ref.segment
         ask = _Ask(peer, self._clock())
+        self.windows.begin(peer, seg.segment_id)
         task = asyncio.ensure_future(
             self.client.get_block(
                 peer,
@@ -289,9 +299,10 @@ class Swarm:
             )
         )
 
-        def ended(_: asyncio.Task[bytes | None]) -> None:
+        def ended(done: asyncio.Task[bytes | None]) -> None:
             if ask.overdue:
                 self.health.overdue(peer, -1)
+            self.windows.end(peer, _outcome(done))
 
         task.add_done_callback(ended)
         return task, ask
@@ -359,6 +370,18 @@ class Swarm:
             self.health.failed(peer, type(exc).__name__)
         return None
 
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
+        """``endpoint`` holds blocks of these segments (single flight says who fetched a
+        piece): ask it first, without a discovery round."""
+        if endpoint in self.own or self.banned(endpoint):
+            return
+        for sid in segment_ids:
+            known = [p for p in self._holders.get(sid, []) if p != endpoint]
+            self._holders[sid] = [endpoint, *known]
+            self._holders.move_to_end(sid)
+        while len(self._holders) > MAX_HOLDER_SEGMENTS:
+            self._holders.popitem(last=False)
+
     def _log_unexpected(self, peer: str, exc: BaseException) -> None:
         key = f"{type(exc).__name__}: {exc}"[:200]
         if key in self._unexpected or len(self._unexpected) >= _UNEXPECTED_LOGGED:
@@ -367,9 +390,47 @@ class Swarm:
         self._unexpected.add(key)
         log.error("unexpected error asking %s for a block", peer, exc_info=exc)
 
+    # -- flow control ("Reads are streams") ------------------------------------------------
+
+    async def _probe(self, peer: str, segment_id: bytes) -> Outcome:
+        """Has a peer at its upload limit a slot again? A one-block GETBLKLIST tells."""
+        try:
+            await self.client.get_block_list(
+                peer, segment_id, [BlockRange(0, 1)], timeout=self.request_timeout
+            )
+        except PeerBusy:
+            self.stats.busy_answers += 1
+            return "busy"
+        except PeerError:
+            return "failed"
+        return "answered"
+
+    def at_limit(self, segment_id: bytes) -> bool:
+        """Every peer known to hold the segment is at the upload limit it grants us."""
+        holders = [p for p in self._holders.get(segment_id, ()) if not self.banned(p)]
+        return bool(holders) and not any(self.windows.free(p) for p in holders)
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+        """Return once a peer holding the segment has an upload slot for us again (at once
+        if one has now); TimeoutError after ``timeout`` seconds."""
+        holders = [p for p in self._holders.get(segment_id, ()) if not self.banned(p)]
+        if holders:
+            await self.windows.wait(holders, timeout)
+
     async def aclose(self) -> None:
+        await self.windows.aclose()
         tasks = [*self._hints, *self._lingering]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _outcome(task: asyncio.Task[bytes | None]) -> Outcome:
+    """What a finished request says of its peer's upload slots."""
+    if task.cancelled():
+        return "failed"  # never sent, or given up: says nothing
+    exc = task.exception()
+    if isinstance(exc, PeerBusy):
+        return "busy"
+    return "failed" if exc is not None else "answered"

@@ -47,7 +47,7 @@ class BadPeer:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._handlers: set[asyncio.Task[object]] = set()
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.WriteTransport] = set()
         self._thread = threading.Thread(target=self._run, name=f"bad-peer-{mode}")
 
     def __enter__(self) -> BadPeer:
