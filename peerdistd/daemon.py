@@ -285,6 +285,10 @@ class Daemon:
         swarm, discovery = self.peer_node.swarm, self.peer_node.discovery.stats
         return {
             "bad_blocks": float(swarm.stats.bad_blocks),
+            "hedges": float(swarm.stats.hedges),
+            "slow_answers": float(swarm.stats.slow_answers),
+            "busy_answers": float(swarm.stats.busy_answers),
+            "peer_errors": float(swarm.stats.peer_errors),
             "banned_peers": float(swarm.active_bans()),
             "peers_known": float(len(self._peer_list())),
             "probes_sent": float(discovery.probes_sent),

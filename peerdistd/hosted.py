@@ -247,9 +247,10 @@ def offerer(
 class OfferingStore:
     """The engine's block store, offering each segment once all its blocks are in.
 
-    The block hashes a V1 SEGMENT_INFO needs are taken as the blocks pass; a segment whose
-    blocks arrived partly before a restart is not offered (the hosted cache gets it from
-    another client). Offering only queues: it never slows the write.
+    The block hashes a V1 SEGMENT_INFO needs are taken as the blocks pass; those that arrived
+    before (another run of the daemon, or a segment whose record was dropped from memory)
+    come from the cache's index, which keeps each block's verified hash. A segment is offered
+    by the write that completes it. Offering only queues: it never slows the write.
     """
 
     def __init__(self, cache: BlockCache, offer: Callable[[Segment, HashAlgorithm], None]) -> None:
@@ -272,15 +273,31 @@ class OfferingStore:
         durable: bool = True,
     ) -> None:
         blocks = list(blocks)
+        held_before = len(self.cache.held_blocks(segment_id))
         self.cache.put_blocks(segment_id, blocks, durable=durable)
         pending = self._records.get(segment_id)
-        if pending is None:
+        if pending is not None:
+            record, hashes = pending
+            hashes.update((index, digest) for index, _, digest in blocks)
+            if len(hashes) >= record.block_count:  # every block passed by: offer
+                self._records.pop(segment_id, None)
+                self._offer_segment(record, hashes)
+                return
+        # Some blocks came before this record (another run of the daemon, or a record dropped
+        # from memory): the write that completes the segment offers it, with the hashes the
+        # index keeps for every block.
+        found = pending[0] if pending is not None else self.cache.segment(segment_id)
+        if found is None or held_before >= found.block_count:
+            return  # unknown, or complete before this write
+        if len(self.cache.held_blocks(segment_id)) < found.block_count:
             return
-        record, hashes = pending
-        hashes.update((index, digest) for index, _, digest in blocks)
-        if len(hashes) < record.block_count:
-            return
-        del self._records[segment_id]
+        hashes = self.cache.block_hashes(segment_id)
+        if len(hashes) < found.block_count:
+            return  # dropped meanwhile (evicted or flushed)
+        self._records.pop(segment_id, None)
+        self._offer_segment(found, hashes)
+
+    def _offer_segment(self, record: SegmentRecord, hashes: dict[int, bytes]) -> None:
         algorithm = HashAlgorithm(record.algorithm)
         ordered = tuple(hashes[i] for i in range(record.block_count))
         segment = Segment(

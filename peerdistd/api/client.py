@@ -186,11 +186,17 @@ class PeerDistClient:
         id: str | None = None,
         version: int = 1,
         hash: str = "sha256",
+        uid: int | None = None,
     ) -> Publication:
-        """Publish content (streamed); re-publishing an id replaces it."""
+        """Publish content (streamed); re-publishing an id replaces it.
+
+        Ids are per uid; ``uid`` (root only) publishes in another uid's namespace.
+        """
         params = {"version": str(version), "hash": hash}
         if id is not None:
             params["id"] = id
+        if uid is not None:
+            params["uid"] = str(uid)
         body: bytes | AsyncIterable[bytes]
         headers: dict[str, str] = {}
         if isinstance(data, Path):
@@ -212,13 +218,15 @@ class PeerDistClient:
         with malformed():
             return Publication.from_json(doc)
 
-    async def publications(self) -> list[Publication]:
-        doc = await self._json("GET", "/v1/publications")
+    async def publications(self, *, uid: int | None = None) -> list[Publication]:
+        """The caller's publications (root: every uid's, or ``uid``'s if given)."""
+        doc = await self._json("GET", "/v1/publications", params=_owner(uid))
         with malformed():
             return [Publication.from_json(p) for p in doc["publications"]]
 
-    async def publication(self, pub_id: str) -> Publication:
-        doc = await self._json("GET", f"/v1/publications/{_seg(pub_id)}")
+    async def publication(self, pub_id: str, *, uid: int | None = None) -> Publication:
+        """The caller's publication ``pub_id`` (root: ``uid``'s if given)."""
+        doc = await self._json("GET", f"/v1/publications/{_seg(pub_id)}", params=_owner(uid))
         with malformed():
             return Publication.from_json(doc)
 
@@ -229,19 +237,19 @@ class PeerDistClient:
         offset: int | None = None,
         length: int | None = None,
         version: int | None = None,
+        uid: int | None = None,
     ) -> bytes:
-        """The publication's content information, for the range when offset/length are given."""
-        params = {
-            k: str(v)
-            for k, v in (("offset", offset), ("length", length), ("version", version))
-            if v is not None
-        }
+        """The publication's content information, for the range when offset/length are given
+        (root: of ``uid``'s publication if given)."""
+        asked = (("offset", offset), ("length", length), ("version", version), ("uid", uid))
+        params = {k: str(v) for k, v in asked if v is not None}
         path = f"/v1/publications/{_seg(pub_id)}/content-information"
         async with self._request("GET", path, params=params) as resp:
             return await resp.read()
 
-    async def unpublish(self, pub_id: str) -> None:
-        await self._empty("DELETE", f"/v1/publications/{_seg(pub_id)}")
+    async def unpublish(self, pub_id: str, *, uid: int | None = None) -> None:
+        """Withdraw the caller's publication ``pub_id`` (root: ``uid``'s if given)."""
+        await self._empty("DELETE", f"/v1/publications/{_seg(pub_id)}", params=_owner(uid))
 
     async def open_content(
         self, content_information: bytes, *, immediate: bool = False
@@ -447,3 +455,8 @@ async def _file_chunks(handle: IO[bytes], size: int = _UPLOAD_CHUNK) -> AsyncIte
             yield chunk
     finally:
         handle.close()
+
+
+def _owner(uid: int | None) -> dict[str, str]:
+    """The ``uid`` query parameter of the publication routes, when one is given."""
+    return {} if uid is None else {"uid": str(uid)}

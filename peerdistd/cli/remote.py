@@ -73,9 +73,9 @@ async def _stdin_chunks() -> AsyncIterator[bytes]:
 async def _publish(client: PeerDistClient, args: argparse.Namespace) -> int:
     # "-" is standard input; a path may be a pipe too (<(cmd)): both are streamed.
     body = _stdin_chunks() if str(args.file) == "-" else args.file
-    pub = await client.publish(body, id=args.id, version=args.version, hash=args.hash)
+    pub = await client.publish(body, id=args.id, version=args.version, hash=args.hash, uid=args.uid)
     if args.content_info is not None:
-        _write_file(args.content_info, await client.content_information(pub.id))
+        _write_file(args.content_info, await client.content_information(pub.id, uid=args.uid))
     print(
         f"published {pub.id}: {pub.size} bytes, content information V{pub.version} "
         f"({pub.algorithm}), {pub.segments} segments"
@@ -89,10 +89,10 @@ async def _content_info(client: PeerDistClient, args: argparse.Namespace) -> int
         return 2
     try:
         info = await client.content_information(
-            args.id, offset=args.offset, length=args.length, version=args.version
+            args.id, offset=args.offset, length=args.length, version=args.version, uid=args.uid
         )
     except InvalidParameter:
-        pub = None if args.version is None else await client.publication(args.id)
+        pub = None if args.version is None else await client.publication(args.id, uid=args.uid)
         if pub is None or pub.version == args.version:
             raise
         # The daemon hands out only the version a publication was made with; say how to get
@@ -109,7 +109,7 @@ async def _content_info(client: PeerDistClient, args: argparse.Namespace) -> int
 
 
 async def _unpublish(client: PeerDistClient, args: argparse.Namespace) -> int:
-    await client.unpublish(args.id)
+    await client.unpublish(args.id, uid=args.uid)
     return 0
 
 
@@ -286,6 +286,15 @@ def _add(
     return parser
 
 
+def _uid_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--uid",
+        type=_natural,
+        metavar="UID",
+        help="root: the publication of this uid (ids are per uid; default: your own)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this module's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -307,6 +316,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--version", type=int, choices=(1, 2), default=1)
     p.add_argument("--hash", choices=("sha256", "sha384", "sha512"), default="sha256")
     p.add_argument("--content-info", type=Path, metavar="OUT", help="also write its content info")
+    _uid_option(p)
 
     p = _add(subparsers, common, "content-info", _content_info, "get a publication's content info")
     p.add_argument("id", metavar="ID")
@@ -314,9 +324,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--length", type=_natural, help="range length (with --offset)")
     p.add_argument("--version", type=int, choices=(1, 2), help="default: the publication's")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="'-': stdout")
+    _uid_option(p)
 
     p = _add(subparsers, common, "unpublish", _unpublish, "withdraw a publication")
     p.add_argument("id", metavar="ID")
+    _uid_option(p)
 
     p = _add(subparsers, common, "fetch", _fetch, "get content through peers, else the origin")
     p.epilog = _FETCH_EPILOG

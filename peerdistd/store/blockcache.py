@@ -335,6 +335,17 @@ class BlockCache:
             seg = self._table.load(segment_id)
             return [] if seg is None else sorted(seg.lengths)
 
+    def block_hashes(self, segment_id: bytes) -> dict[int, bytes]:
+        """Index -> hash of every held block of a segment (staged ones too), as verified when
+        each was stored: what a V1 offer of the segment names ([MS-PCHC] 2.2.1.3)."""
+        check_segment_id(segment_id)
+        with self._lock, db_errors("block_hashes"):
+            seg = self._table.load(segment_id)
+            if seg is None:
+                return {}
+            held = ((i, self._held_hash(seg, i)) for i in list(seg.lengths))
+            return {i: digest for i, digest in held if digest is not None}
+
     def matching_blocks(self, segment_id: bytes, hashes: Sequence[bytes]) -> set[int]:
         """The held blocks whose hash is the one ``hashes`` (a reader's list) names."""
         check_segment_id(segment_id)

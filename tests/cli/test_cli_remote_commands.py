@@ -198,6 +198,22 @@ def test_content_info_range(served: Served, tmp_path: Path) -> None:
     assert json.loads(out.read_bytes()[3:]) == {"offset": "0", "length": "9", "version": "2"}
 
 
+def test_uid_names_another_uids_publication(served: Served, tmp_path: Path) -> None:
+    """Publication ids are per uid: root's --uid N goes to the daemon as ?uid=N."""
+    (tmp_path / "f").write_bytes(b"abc")
+    out = tmp_path / "ci"
+    assert run(served, "publish", str(tmp_path / "f"), "--id", "x", "--uid", "1000") == 0
+    assert run(served, "content-info", "x", "--uid", "1000", "-o", str(out)) == 0
+    assert run(served, "unpublish", "x", "--uid", "1000") == 0
+    asked = [(m, path, q.get("uid")) for m, path, q, _ in served.fake.seen]
+    assert asked == [
+        ("POST", "/v1/publications", "1000"),
+        ("GET", "/v1/publications/x/content-information", "1000"),
+        ("DELETE", "/v1/publications/x", "1000"),
+    ]
+    assert json.loads(out.read_bytes()[3:]) == {"uid": "1000"}
+
+
 def test_daemon_errors_are_one_line(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(served, "unpublish", "nope") == 1
     assert capsys.readouterr().err == "peerdist: error: no such id (INVALID_HANDLE)\n"
