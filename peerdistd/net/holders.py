@@ -93,10 +93,17 @@ class HolderDirectory:
         return entry is not None and entry.guessed
 
     def learn(self, answers: Mapping[bytes, Mapping[str, int]]) -> None:
-        """A discovery round's answers: every segment asked about, holders or none."""
+        """A discovery round's answers: every segment asked about, holders or none.
+
+        Holders still trusted (they delivered, or were named, within ``ttl``) stay: an answer
+        lost on a busy LAN must not turn a known holder into "nobody holds it"."""
         expires = self._clock() + self.ttl
         for sid, hits in answers.items():
-            self._put(sid, _Entry(expires, dict(hits)))
+            known = self._fresh(sid)
+            if known is None or known.guessed:
+                self._put(sid, _Entry(expires, dict(hits)))
+            else:
+                self._put(sid, _Entry(expires, {**known.holders, **hits}, False, known.lacking))
 
     def served(self, segment_id: bytes, peer: str) -> None:
         """``peer`` delivered a verified block of ``segment_id``: it holds it, for ``ttl`` more

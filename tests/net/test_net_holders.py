@@ -122,6 +122,8 @@ def test_answers_expire_after_one_ttl_and_delivered_blocks_renew_them() -> None:
     directory.served(A, "q:1")
     clock.now += 2.0  # 4 s after the answer, 2 s after q delivered
     assert directory.holders(A) == {"p:1": 5, "q:1": 1} and directory.holders(B) is None
+    directory.learn({A: {}})  # a lost answer does not drop holders still trusted
+    assert directory.holders(A) == {"p:1": 5, "q:1": 1}
     directory.learn({bytes(32): {}, bytes(31) + b"\1": {}})  # bounded: A, the oldest, goes
     assert directory.holders(A) is None and len(directory) == 2
 
