@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from peerdistd import errors
 from peerdistd.engine.events import EventBus
@@ -30,6 +31,7 @@ READ_AHEAD_BLOCKS = 64
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
 READ_AHEAD_BYTES = 4 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
 LOCATED_TTL = 10.0  # seconds a discovery answer is trusted for read-ahead
+RUN_BLOCKS = 16  # consecutive blocks of a segment fetched as one run (net.swarm_runs)
 LOCATED_LIMIT = 4096
 
 
@@ -66,7 +68,7 @@ class BlockReader:
         slots: SlotPool,
         stats: Counters,
         events: EventBus,
-        spawn: Callable[[asyncio.Future[bool]], None],
+        spawn: Callable[[asyncio.Future[Any]], None],
         staged: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
@@ -76,7 +78,9 @@ class BlockReader:
         self.events = events
         self._spawn = spawn
         self._staged = staged
-        self._inflight: dict[tuple[bytes, int], asyncio.Task[bool]] = {}
+        # Block -> the task fetching the run it is part of; the task's result is the set of
+        # blocks of the run that were fetched and stored.
+        self._inflight: dict[tuple[bytes, int], asyncio.Task[frozenset[tuple[bytes, int]]]] = {}
         # Blocks fetched from peers that no application has read yet: their bytes count as
         # "from peers", not "from cache", when they are read (BranchCache's counters are
         # about what applications got, and read-ahead must not blur them).
@@ -219,14 +223,10 @@ class BlockReader:
             if first.segment.segment_id not in located:
                 self.slots.release()
                 raise errors.MissingData(req.offset, self.missing(view, req.offset, located))
-            task = self._start_fetch(view, first, deadline, holds_slot=True)
-            self._read_ahead(
-                view,
-                first.end,
-                max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES),
-                located,
-                deadline,
-            )
+            ahead = max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES)
+            run = self._run_from(view, first, ahead)
+            task = self._start_fetch(view, run, deadline, holds_slot=True)
+            self._read_ahead(view, run[-1].end, ahead, located, deadline)
         else:
             self._start_complete(req, peer_accepted=True)
             located = {first.segment.segment_id: 1}
@@ -235,7 +235,7 @@ class BlockReader:
             got = await asyncio.wait_for(asyncio.shield(task), remaining)
         except (TimeoutError, PeerUnavailable):
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
-        if not got:
+        if key not in got:
             others = {k: v for k, v in located.items() if k != first.segment.segment_id}
             raise errors.MissingData(req.offset, self.missing(view, req.offset, others))
         data, peer_bytes = self.local(view, req.offset, req.max_bytes)
@@ -264,52 +264,88 @@ class BlockReader:
         now = time.monotonic()
         return {seg_id: 1 for seg_id, expiry in self._located.items() if expiry > now}
 
+    def _wanted(self, ref: BlockRef) -> bool:
+        """Neither being fetched nor held."""
+        key = (ref.segment.segment_id, ref.index)
+        return key not in self._inflight and not self.store.has_block(*key)
+
+    def _run_from(self, view: ContentView, first: BlockRef, end: int) -> list[BlockRef]:
+        """``first`` and the wanted blocks right after it in its segment (before ``end``):
+        one run, fetched in one exchange."""
+        run = [first]
+        for ref in view.blocks_from(first.end, min(end, view.end)):
+            if len(run) >= RUN_BLOCKS or ref.segment.segment_id != first.segment.segment_id:
+                break
+            if not self._wanted(ref):
+                break
+            run.append(ref)
+        return run
+
     def _read_ahead(
         self, view: ContentView, start: int, end: int, located: Mapping[bytes, int], deadline: float
     ) -> None:
-        count = 0
-        for ref in view.blocks_from(start, min(end, view.end)):
+        run: list[BlockRef] = []
+        for count, ref in enumerate(view.blocks_from(start, min(end, view.end))):
             if count >= READ_AHEAD_BLOCKS:
                 break
-            count += 1
-            key = (ref.segment.segment_id, ref.index)
-            if key in self._inflight or ref.segment.segment_id not in located:
-                continue
-            if self.store.has_block(*key):
-                continue
-            if not self.slots.try_acquire():
-                break
-            self._start_fetch(view, ref, deadline, holds_slot=True)
+            wanted = ref.segment.segment_id in located and self._wanted(ref)
+            if run and (
+                not wanted
+                or len(run) >= RUN_BLOCKS
+                or ref.segment.segment_id != run[0].segment.segment_id
+            ):
+                if not self.slots.try_acquire():
+                    return
+                self._start_fetch(view, run, deadline, holds_slot=True)
+                run = []
+            if wanted:
+                run.append(ref)
+        if run and self.slots.try_acquire():
+            self._start_fetch(view, run, deadline, holds_slot=True)
 
     def _start_fetch(
-        self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
-    ) -> asyncio.Task[bool]:
-        key = (ref.segment.segment_id, ref.index)
-        task = asyncio.ensure_future(self._fetch(view, ref, deadline, holds_slot))
-        self._inflight[key] = task
-        task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        self, view: ContentView, run: list[BlockRef], deadline: float, holds_slot: bool
+    ) -> asyncio.Task[frozenset[tuple[bytes, int]]]:
+        keys = [(ref.segment.segment_id, ref.index) for ref in run]
+        task = asyncio.ensure_future(self._fetch(view, run, deadline, holds_slot))
+        for key in keys:
+            self._inflight[key] = task
+
+        def done(_t: object) -> None:
+            for key in keys:
+                if self._inflight.get(key) is task:
+                    del self._inflight[key]
+
+        task.add_done_callback(done)
         self._spawn(task)
         return task
 
     async def _fetch(
-        self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
-    ) -> bool:
+        self, view: ContentView, run: list[BlockRef], deadline: float, holds_slot: bool
+    ) -> frozenset[tuple[bytes, int]]:
+        """Fetch ``run`` (consecutive blocks of one segment) and stage what came, in one
+        store call; the blocks that came."""
         try:
-            data = await self.peers.fetch(
-                ref, view.algorithm, timeout=max(0.0, deadline - time.monotonic())
-            )
-            if data is None:
-                return False
-            self.store.add_segment(segment_record(view, ref))
+            timeout = max(0.0, deadline - time.monotonic())
+            if len(run) == 1:
+                found = [await self.peers.fetch(run[0], view.algorithm, timeout=timeout)]
+            else:
+                found = await self.peers.fetch_run(run, view.algorithm, timeout=timeout)
+            got = [(ref, data) for ref, data in zip(run, found, strict=True) if data is not None]
+            if not got:
+                return frozenset()
+            seg_id = run[0].segment.segment_id
+            self.store.add_segment(segment_record(view, run[0]))
             self.store.put_blocks(
-                ref.segment.segment_id, [(ref.index, data, ref.hash)], durable=False
+                seg_id, [(ref.index, data, ref.hash) for ref, data in got], durable=False
             )
             self._staged()
-            self.stats.peer_bytes_fetched += len(data)
-            self._from_peers[(ref.segment.segment_id, ref.index)] = None
+            for ref, data in got:
+                self.stats.peer_bytes_fetched += len(data)
+                self._from_peers[(seg_id, ref.index)] = None
             while len(self._from_peers) > FROM_PEERS_LIMIT:
                 self._from_peers.popitem(last=False)
-            return True
+            return frozenset((seg_id, ref.index) for ref, _ in got)
         finally:
             if holds_slot:
                 self.slots.release()

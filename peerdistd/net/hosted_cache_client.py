@@ -249,5 +249,16 @@ class HostedCacheFirst:
                     return data
         return await self.swarm.fetch(ref, algorithm, timeout=timeout)
 
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        """With a hosted cache, each block as :meth:`fetch` gets it (the hosted cache first);
+        without one, runs from LAN peers."""
+        if self._where() is None:
+            return await self.swarm.fetch_run(refs, algorithm, timeout=timeout)
+        return list(
+            await asyncio.gather(*(self.fetch(ref, algorithm, timeout=timeout) for ref in refs))
+        )
+
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         self.swarm.prefetch_hint(segment_ids)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from peerdistd.errors import PeerUnavailable
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.retrieval_client import RetrievalClient
+from peerdistd.net.swarm_runs import SinglePeers, fetch_run
 from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
 
@@ -77,6 +78,7 @@ class Swarm:
         self._holders: OrderedDict[bytes, list[str]] = OrderedDict()
         self._hints: set[asyncio.Task[object]] = set()
         self.peers: OrderedDict[str, PeerStats] = OrderedDict()  # bounded: remote input
+        self.single_peers = SinglePeers()  # peers without the run extension (swarm_runs)
 
     # -- bans ----------------------------------------------------------------------------
 
@@ -139,6 +141,26 @@ class Swarm:
         task.add_done_callback(self._hints.discard)
 
     # -- fetch ---------------------------------------------------------------------------
+
+    async def holders(self, segment_id: bytes, timeout: float) -> list[str]:
+        """Peers known to hold the segment (located now if unknown), banned ones left out."""
+        holders = self._holders.get(segment_id)
+        if holders is None:
+            await self.locate([segment_id], timeout=timeout)
+            holders = self._holders.get(segment_id, [])
+        return [p for p in holders if not self.banned(p)]
+
+    def delivered(self, peer: str, nbytes: int) -> None:
+        """Count verified bytes from ``peer``."""
+        stats = self.peer(peer)
+        stats.bytes_from += nbytes
+        stats.last_seen = time.time()
+
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        """Consecutive blocks of one segment, each verified or None (see swarm_runs)."""
+        return await fetch_run(self, refs, algorithm, timeout=timeout)
 
     async def fetch(
         self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float

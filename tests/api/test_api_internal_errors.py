@@ -35,6 +35,13 @@ class BrokenPeers:
     ) -> bytes | None:
         raise AssertionError("connection state out of sync")
 
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        return list(
+            await asyncio.gather(*(self.fetch(r, algorithm, timeout=timeout) for r in refs))
+        )
+
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         return None
 

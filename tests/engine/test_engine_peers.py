@@ -52,6 +52,13 @@ class ScriptedPeers:
             raise PeerUnavailable("peers too slow") from None
         return self.data[ref.start : ref.end]
 
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        return list(
+            await asyncio.gather(*(self.fetch(r, algorithm, timeout=timeout) for r in refs))
+        )
+
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         self.hints.append(segment_ids)
 
