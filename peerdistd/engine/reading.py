@@ -20,6 +20,7 @@ from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
 from peerdistd.errors import PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
+from peerdistd.proto.pccrr import RUN_LIMIT
 from peerdistd.store.blockcache import SegmentRecord
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,11 @@ log = logging.getLogger(__name__)
 # How many segments one discovery round asks about, and how many blocks a missed read
 # fetches ahead (bounded again by the slot pool): enough to keep a peer link busy.
 LOCATE_SEGMENTS = 32
-READ_AHEAD_BLOCKS = 64
+READ_AHEAD_BLOCKS = 128
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
-READ_AHEAD_BYTES = 4 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
+READ_AHEAD_BYTES = 8 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
 LOCATED_TTL = 10.0  # seconds a discovery answer is trusted for read-ahead
-RUN_BLOCKS = 16  # consecutive blocks of a segment fetched as one run (net.swarm_runs)
+RUN_BLOCKS = RUN_LIMIT  # consecutive blocks of a segment fetched as one run (net.swarm_runs)
 LOCATED_LIMIT = 4096
 
 
@@ -267,7 +268,9 @@ class BlockReader:
     def _wanted(self, ref: BlockRef) -> bool:
         """Neither being fetched nor held."""
         key = (ref.segment.segment_id, ref.index)
-        return key not in self._inflight and not self.store.has_block(*key)
+        if key in self._inflight or key in self._from_peers:  # cheap checks before the store
+            return False
+        return not self.store.has_block(*key)
 
     def _run_from(self, view: ContentView, first: BlockRef, end: int) -> list[BlockRef]:
         """``first`` and the wanted blocks right after it in its segment (before ``end``):
@@ -335,20 +338,32 @@ class BlockReader:
             if not got:
                 return frozenset()
             seg_id = run[0].segment.segment_id
-            self.store.add_segment(segment_record(view, run[0]))
-            self.store.put_blocks(
-                seg_id, [(ref.index, data, ref.hash) for ref, data in got], durable=False
-            )
-            self._staged()
-            for ref, data in got:
-                self.stats.peer_bytes_fetched += len(data)
+            rows = [(ref.index, data, ref.hash) for ref, data in got]
+            # Marked before they become readable, so a read that finds them counts them as
+            # from peers; unmarked again if staging fails.
+            for ref, _ in got:
                 self._from_peers[(seg_id, ref.index)] = None
+            try:
+                # Written in a worker thread: the event loop keeps receiving the next runs.
+                await asyncio.to_thread(self._stage, segment_record(view, run[0]), rows)
+            except BaseException:
+                for ref, _ in got:
+                    self._from_peers.pop((seg_id, ref.index), None)
+                raise
+            self._staged()
+            for _, data in got:
+                self.stats.peer_bytes_fetched += len(data)
             while len(self._from_peers) > FROM_PEERS_LIMIT:
                 self._from_peers.popitem(last=False)
             return frozenset((seg_id, ref.index) for ref, _ in got)
         finally:
             if holds_slot:
                 self.slots.release()
+
+    def _stage(self, record: SegmentRecord, rows: list[tuple[int, bytes, bytes]]) -> None:
+        """Stage verified blocks of one segment (group commit makes them durable)."""
+        self.store.add_segment(record)
+        self.store.put_blocks(record.segment_id, rows, durable=False)
 
     def _start_complete(self, req: ReadRequest, peer_accepted: bool, status: str = "OK") -> None:
         self.events.publish(
