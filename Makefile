@@ -26,8 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check peerdistd tests benchmarks
 	$(BIN)/ruff format --check peerdistd tests benchmarks
 
+# tests/ too, with the lighter settings of pyproject.toml's tests.* override.
 types: $(STAMP)
 	$(BIN)/mypy --strict peerdistd
+	$(BIN)/mypy tests
 
 contracts: $(STAMP)
 	$(BIN)/lint-imports

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pwd
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 from peerdistd.config_checks import CHECKS, is_loopback
 from peerdistd.errors import ConfigError
+from peerdistd.paths import Paths, default_paths, home_of, systemd_dir, xdg_dir
 
 ENV_PREFIX = "PEERDISTD_"
 ENV_CONFIG = "PEERDISTD_CONFIG"  # the config file's path; not a key override
@@ -65,6 +65,8 @@ class PeersConfig:
     max_inflight_per_peer: int = 8
     ban_seconds: int = 300
     request_timeout_ms: int = 2000  # [MS-PCCRR] Appendix A <9>: client request timer 2 s
+    failures_to_ban: int = 8  # failed requests in a row (timeouts, slow, resets); 0 = never
+    min_transfer_rate: int = 65536  # bytes/s a block answer must reach; 0 = no floor
     zeroconf: bool = True
     enabled: bool = True
     # [MS-PCCRR] 2.2.3 CryptoAlgoId 0: serve unencrypted blocks to peers that ask for them.
@@ -96,56 +98,6 @@ class HostedCacheConfig:
 class MetricsConfig:
     listen: str = "127.0.0.1:9595"  # "" = off
     allow_remote: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Paths:
-    """Where the daemon keeps its files, after config keys, systemd and XDG are applied."""
-
-    state_dir: Path
-    cache_dir: Path
-    socket: Path
-    secret_file: Path
-
-
-def default_paths(uid: int | None = None, env: Mapping[str, str] | None = None) -> Paths:
-    """The default paths for ``uid``: systemd's directories, else root's or the XDG ones."""
-    env = os.environ if env is None else env
-    uid = os.geteuid() if uid is None else uid
-    if uid == 0:
-        state, cache = Path("/var/lib/peerdistd"), Path("/var/cache/peerdistd")
-        runtime = Path("/run/peerdistd")
-    else:
-        home = Path(env.get("HOME") or _home_of(uid))
-        state = (_xdg(env, "XDG_DATA_HOME") or home / ".local" / "share") / "peerdistd"
-        cache = (_xdg(env, "XDG_CACHE_HOME") or home / ".cache") / "peerdistd"
-        xdg_runtime = _xdg(env, "XDG_RUNTIME_DIR")
-        # Without XDG_RUNTIME_DIR: a per-user /tmp dir; ensure_private_dir() creates it 0700
-        # and refuses one that another user made first.
-        runtime = xdg_runtime / "peerdistd" if xdg_runtime else Path(f"/tmp/peerdistd-{uid}")  # noqa: S108
-    # systemd's StateDirectory= etc. export these (systemd.exec(5)); the first entry is ours.
-    state = _systemd_dir(env, "STATE_DIRECTORY") or state
-    cache = _systemd_dir(env, "CACHE_DIRECTORY") or cache
-    runtime = _systemd_dir(env, "RUNTIME_DIRECTORY") or runtime
-    return Paths(state, cache, runtime / "api.sock", state / "server-secret")
-
-
-def _home_of(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_dir
-    except KeyError:
-        return "/"
-
-
-def _xdg(env: Mapping[str, str], name: str) -> Path | None:
-    # The XDG base directory spec says relative values are invalid and must be ignored.
-    value = env.get(name, "")
-    return Path(value) if value.startswith("/") else None
-
-
-def _systemd_dir(env: Mapping[str, str], name: str) -> Path | None:
-    first = env.get(name, "").split(":")[0]
-    return Path(first) if first.startswith("/") else None
 
 
 def ensure_private_dir(path: Path, mode: int = 0o700, key: str = "daemon.socket") -> None:
@@ -206,6 +158,7 @@ RELOADABLE: frozenset[str] = frozenset(
         "cache.scrub_bytes_per_second",
         *("peers.upload_limit", "peers.max_inflight"),
         *("peers.ban_seconds", "peers.discovery_window_ms"),
+        *("peers.failures_to_ban", "peers.min_transfer_rate"),
         "hosted_cache.upload_limit",
     }
 )
@@ -340,11 +293,11 @@ def default_config_path(uid: int | None = None, env: Mapping[str, str] | None = 
     if env.get(ENV_CONFIG):
         return Path(env[ENV_CONFIG])
     # systemd's ConfigurationDirectory= exports CONFIGURATION_DIRECTORY (systemd.exec(5)).
-    base = _systemd_dir(env, "CONFIGURATION_DIRECTORY")
+    base = systemd_dir(env, "CONFIGURATION_DIRECTORY")
     if base is None:
         uid = os.geteuid() if uid is None else uid
-        home = Path(env.get("HOME") or _home_of(uid))
-        base = Path("/etc") if uid == 0 else _xdg(env, "XDG_CONFIG_HOME") or home / ".config"
+        home = Path(env.get("HOME") or home_of(uid))
+        base = Path("/etc") if uid == 0 else xdg_dir(env, "XDG_CONFIG_HOME") or home / ".config"
         base = base / "peerdistd"
     return base / "peerdistd.toml"
 

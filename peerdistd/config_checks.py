@@ -162,5 +162,7 @@ CHECKS: dict[str, Check] = {
     "peers.max_inflight_per_peer": _between(1),
     "peers.ban_seconds": _between(0),
     "peers.request_timeout_ms": _between(1),
+    "peers.failures_to_ban": _between(0),
+    "peers.min_transfer_rate": _between(0),
     "metrics.listen": _endpoint(optional=True),
 }

@@ -162,6 +162,11 @@ class Daemon:
         )
         stack.callback(store.close)
         self.store = store
+        usage = store.usage()
+        log.info(
+            "node %s: state in %s, cache in %s (%d of at most %d bytes used)",
+            self.node_id, paths.state_dir, paths.cache_dir, usage.bytes_used, usage.limit_bytes,
+        )  # fmt: skip
         self.scrubber = Scrubber(store)
         publications = PublicationStore.open(paths.state_dir / "publications.db")
         stack.callback(publications.close)
@@ -284,6 +289,11 @@ class Daemon:
             "matches_sent": float(discovery.matches_sent),
             "matches_received": float(discovery.matches_received),
             "datagrams_dropped": float(sum(discovery.dropped.values())),
+            # Flow control ("Reads are streams"): busy answers peers gave us, and our own
+            # uploads in progress (the Active Client Count of [MS-PCCRR] 3.2.1).
+            "peer_busy_answers": float(swarm.stats.busy_answers),
+            "peers_at_limit": float(swarm.windows.at_limit()),
+            "uploads_active": float(self.peer_node.server.active_uploads),
         }
 
     def _store_stats(self) -> Mapping[str, float]:
@@ -354,9 +364,12 @@ class Daemon:
         if self.peer_node is not None:
             self.peer_node.swarm.ban_seconds = new.peers.ban_seconds
             self.peer_node.swarm.window = new.peers.discovery_window_ms / 1000.0
+            self.peer_node.swarm.failures_to_ban = new.peers.failures_to_ban
+            self.peer_node.swarm.min_rate = float(new.peers.min_transfer_rate)
             hosted = self.peer_node.hosted is not None  # a hosted cache has its own limit
             limit = new.hosted_cache.upload_limit if hosted else new.peers.upload_limit
             self.peer_node.server.upload_limit = limit
+            self.peer_node.swarm.windows.limit = max(1, new.peers.max_inflight)
 
     def reload(self) -> None:
         """SIGHUP: apply what can change at run time; say what needs a restart."""

@@ -40,6 +40,11 @@ class PeerUnavailable(RemoteError):
     """Peers hold the data but none delivered it before the deadline."""
 
 
+class PeersBusy(PeerUnavailable):
+    """Every peer asked for a block answered busy: it is at its upload limit ([MS-PCCRR]
+    3.2.5.3). Asking again is the caller's flow-control window's decision."""
+
+
 class StoreDamaged(LocalError):
     """A store's SQLite file is damaged (not just busy or unreadable): it gets set aside and
     rebuilt from what can be proven (see peerdistd.store.healing)."""

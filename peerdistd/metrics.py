@@ -80,7 +80,10 @@ GAUGES: dict[str, tuple[str, str]] = {
     "cache_limit_bytes": ("peerdist_cache_limit_bytes", "Size limit of the block cache in bytes."),
     "open_handles": ("peerdist_open_handles", "Open content handles of local applications."),
     "publications": ("peerdist_publications", "Published contents held by this node."),
-    "banned_peers": ("peerdist_banned_peers", "Peers currently ignored after sending bad blocks."),
+    "banned_peers": (
+        "peerdist_banned_peers",
+        "Peers currently ignored after bad blocks or repeated failures.",
+    ),
     "peers_known": ("peerdist_peers_known", "Peers seen recently through discovery."),
 }
 

@@ -283,7 +283,11 @@ async def start_peer_node(
             window=peers.discovery_window_ms / 1000.0,
             request_timeout=peers.request_timeout_ms / 1000.0,
             ban_seconds=peers.ban_seconds,
+            failures_to_ban=peers.failures_to_ban,
+            min_rate=float(peers.min_transfer_rate),
             own_addresses=[advertise],
+            # A peer that never said busy is limited only by our own in-flight limits.
+            window_limit=peers.max_inflight,
         )
         stack.push_async_callback(swarm.aclose)
         mdns = None
@@ -309,7 +313,11 @@ async def start_peer_node(
             node.network = HostedCacheFirst(
                 swarm, client, where, request_timeout=peers.request_timeout_ms / 1000.0
             )
-        log.info("serving peers on %s, discovery on port %d", advertise, peers.discovery_port)
+        bound = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
+        log.info(
+            "serving peers on %s (advertised as %s), discovery on UDP port %d",
+            bound, advertise, peers.discovery_port,
+        )  # fmt: skip
         yield node
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +25,15 @@ import pytest
 START_TIMEOUT = 30.0
 
 
+Socket = socket.socket  # the field ``socket`` below hides the module inside the class
+
+
 @dataclass
 class DaemonProcess:
     root: Path
     socket: Path
     proc: subprocess.Popen[bytes]
-    notify: socket.socket
+    notify: Socket
     messages: list[str] = field(default_factory=list)
     log: Path | None = None
 
@@ -78,7 +81,7 @@ def start_daemon(
     root: Path,
     *args: str,
     env: dict[str, str] | None = None,
-    preexec: object = None,
+    preexec: Callable[[], object] | None = None,
     name: str = "node",
     netns: str | None = None,
     prefix: Sequence[str] = (),
@@ -121,7 +124,7 @@ def start_daemon(
             env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=preexec,  # type: ignore[arg-type]
+            preexec_fn=preexec,
         )
     daemon = DaemonProcess(root, sock, proc, notify, log=log)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import Any
@@ -21,6 +22,7 @@ from peerdistd.api.failures import errors_middleware
 from peerdistd.api.peercred import peer_uid
 from peerdistd.engine.core import Engine, ReadResult
 from peerdistd.engine.events import Event
+from peerdistd.engine.stats import hit_ratios
 from peerdistd.proto.pccrc import HashAlgorithm
 from peerdistd.store.healing import iter_notes
 from peerdistd.store.publications import Publication
@@ -36,6 +38,9 @@ DEFAULT_TIMEOUT_MS = 5000
 MAX_TIMEOUT_MS = 3_600_000
 MAX_CONTENT_INFORMATION = 64 * 1024 * 1024  # covers a V1 description of ~128 GiB of content
 U64 = (1 << 64) - 1
+# The ``id`` of a new publication (openapi.json has the same pattern): printable ASCII
+# without space or '/', so it fits a URL path segment and a terminal as it is.
+PUBLICATION_ID = re.compile(r"[!-.0-~]{1,256}")
 
 
 def caller(request: web.Request) -> int:
@@ -116,6 +121,7 @@ def data_response(result: ReadResult) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     usage = engine.store.usage()
+    counters = dict(engine.stats_snapshot())
     body: dict[str, Any] = {
         "status": engine.status,
         "unavailable_reason": engine.unavailable_reason,
@@ -126,7 +132,8 @@ async def get_status(request: web.Request) -> web.Response:
             "blocks": usage.blocks,
             "evictions": usage.evictions,
         },
-        "counters": dict(engine.stats_snapshot()),
+        "counters": counters,
+        "hit_ratio": hit_ratios(counters),
         "peers": request.app[PEERS](),
         # Damaged store files set aside and rebuilt since start (oldest first).
         "store_notes": list(iter_notes(engine.store.notes(), engine.publications.notes())),
@@ -167,9 +174,11 @@ async def post_publication(request: web.Request) -> web.Response:
     uid = caller(request)
     version = q_int(request, "version", 1, 1, 2)
     name = request.query.get("hash", "sha256")
-    pub_id = request.query.get("id") or None
-    if pub_id is not None and (len(pub_id) > 256 or not pub_id.isprintable() or "/" in pub_id):
-        raise errors.InvalidParameter("id must be 1..256 printable characters without '/'")
+    pub_id = request.query.get("id")
+    if pub_id is not None and not PUBLICATION_ID.fullmatch(pub_id):
+        raise errors.InvalidParameter(
+            "id must be 1..256 printable ASCII characters, without spaces or '/'"
+        )
     if version == 2:
         algorithm = HashAlgorithm.TRUNCATED_SHA512
     else:
@@ -264,6 +273,7 @@ async def _read(request: web.Request, block: bool) -> web.Response:
             offset, available = engine.available(uid, handle_id)
             return web.Response(
                 status=200,
+                content_type="application/octet-stream",  # an empty body, as documented
                 headers={"PeerDist-Offset": str(offset), "PeerDist-Available": str(available)},
             )
         else:

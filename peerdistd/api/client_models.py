@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -93,10 +93,13 @@ class Status:
     node_id: str
     uptime: float
     cache: CacheUsage
-    counters: Mapping[str, float]
+    counters: Mapping[str, int]
     peers: tuple[Peer, ...]
     listen: Listen
     unavailable_reason: str | None = None  # why the cache cannot be written (UNAVAILABLE)
+    # BranchCache's hit ratio by bytes (``branch``: cache + peers, ``local``: cache, each over
+    # all bytes applications got); empty from a daemon that does not report it.
+    hit_ratio: Mapping[str, float | None] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Status:
@@ -108,7 +111,14 @@ class Status:
             node_id=str(d["node_id"]),
             uptime=float(d["uptime"]),
             cache=CacheUsage.from_json(d["cache"]),
-            counters={str(k): v for k, v in d["counters"].items() if isinstance(v, int | float)},
+            counters={
+                str(k): int(v) for k, v in d["counters"].items() if isinstance(v, int | float)
+            },
+            hit_ratio={
+                str(k): None if v is None else float(v)
+                for k, v in (d.get("hit_ratio") or {}).items()
+                if v is None or isinstance(v, int | float)
+            },
             peers=tuple(Peer.from_json(p) for p in d["peers"]),
             listen=Listen(
                 str(listen["socket"]), listen.get("peers"), listen.get("tcp"), listen.get("metrics")
@@ -116,7 +126,7 @@ class Status:
             unavailable_reason=None if reason is None else str(reason),
         )
 
-    def counter(self, name: str) -> float:
+    def counter(self, name: str) -> int:
         """A counter, 0 when the daemon does not report it."""
         return self.counters.get(name, 0)
 

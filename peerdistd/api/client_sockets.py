@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from peerdistd.config import default_paths
+from peerdistd.paths import default_paths
 
 __all__ = ["SYSTEM_SOCKET", "default_socket_path", "socket_candidates", "unreachable"]
 
@@ -25,7 +25,7 @@ def socket_candidates(environ: Mapping[str, str] | None = None) -> list[Path]:
     """The API sockets to try, in order, when none is named.
 
     ``$PEERDISTD_SOCKET`` (or ``$PEERDISTD_DAEMON_SOCKET``, the daemon's own key) alone if
-    set; else the socket a daemon of this user would bind (``config.default_paths``), then
+    set; else the socket a daemon of this user would bind (``paths.default_paths``), then
     the system service's ``/run/peerdistd/api.sock``.
     """
     env = os.environ if environ is None else environ

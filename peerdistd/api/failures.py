@@ -136,9 +136,12 @@ def errors_middleware(
             if exc.status == 413:
                 return json_error(errors.InvalidParameter(f"request body too large: {exc.text}"))
             if exc.status in (404, 405):
+                # RFC 9110 15.5.6: a 405 names the methods the route has.
+                allow = exc.headers.get("Allow") if exc.status == 405 else None
                 return web.json_response(
                     {"error": "INVALID_PARAMETER", "message": f"{what}: {exc.reason}"},
                     status=exc.status,
+                    headers={"Allow": allow} if allow is not None else None,
                 )
             if exc.status < 400:
                 raise

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from peerdistd.config import default_paths, load_config
+from peerdistd.config import load_config
 from peerdistd.errors import ConfigError, PeerDistError
+from peerdistd.paths import default_paths
 from peerdistd.proto.pccrc import ContentInformation, HashAlgorithm, server_secret_key
 from peerdistd.store.hasher import StreamHasher, check_algorithm, hash_file
 from peerdistd.store.secret import load_or_create_secret

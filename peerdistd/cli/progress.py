@@ -34,10 +34,19 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def hit_ratio(status: Status) -> float | None:
-    """cache_hits / (cache_hits + cache_misses), None before the first lookup."""
-    hits, misses = status.counter("cache_hits"), status.counter("cache_misses")
-    return hits / (hits + misses) if hits + misses else None
+def hit_ratios(status: Status) -> tuple[float | None, float | None]:
+    """BranchCache's hit ratio by bytes: (branch, local) = ((cache + peers) / all, cache / all)
+    of the bytes applications got; None before the first byte. The daemon reports them; this
+    computes them from the counters for a daemon that does not."""
+    if "branch" in status.hit_ratio:
+        return status.hit_ratio["branch"], status.hit_ratio.get("local")
+    cache, peers = status.counter("bytes_from_cache"), status.counter("bytes_from_peers")
+    total = cache + peers + status.counter("bytes_from_origin")
+    return ((cache + peers) / total, cache / total) if total else (None, None)
+
+
+def _percent(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.1%}"
 
 
 def _key_values(title: str, rows: Iterable[tuple[str, str]]) -> Table:
@@ -88,7 +97,7 @@ def peers_table(peers: Iterable[Peer], now: float | None = None) -> Table:
 
 def status_view(status: Status) -> RenderableType:
     """The human summary of ``peerdist status``."""
-    ratio = hit_ratio(status)
+    branch, local = hit_ratios(status)
     service = _key_values(
         "peerdistd",
         [
@@ -103,21 +112,21 @@ def status_view(status: Status) -> RenderableType:
             ("uptime", f"{status.uptime:.0f} s"),
             ("API socket", status.listen.socket),
             ("peer server", status.listen.peers or "off"),
-            ("hit ratio", "-" if ratio is None else f"{ratio:.1%}"),
-            ("open handles", f"{status.counter('open_handles'):.0f}"),
-            ("publications", f"{status.counter('publications'):.0f}"),
+            ("hit ratio (cache + peers)", _percent(branch)),
+            ("local hit ratio (cache)", _percent(local)),
+            ("open handles", str(status.counter("open_handles"))),
+            ("publications", str(status.counter("publications"))),
         ],
     )
+    cache, peers = status.counter("bytes_from_cache"), status.counter("bytes_from_peers")
     sources = _key_values(
-        "Bytes by source",
+        "Bytes applications got, by source",
         [
-            (label, human_bytes(status.counter(name)))
-            for label, name in (
-                ("from cache", "bytes_from_cache"),
-                ("from peers", "bytes_from_peers"),
-                ("from origin", "bytes_from_origin"),
-                ("served to peers", "bytes_served_to_peers"),
-            )
+            ("from cache", human_bytes(cache)),
+            ("from peers", human_bytes(peers)),
+            ("from origin", human_bytes(status.counter("bytes_from_origin"))),
+            ("kept off the WAN", human_bytes(cache + peers)),
+            ("served to peers", human_bytes(status.counter("bytes_served_to_peers"))),
         ],
     )
     return Group(service, cache_table(status.cache), sources, peers_table(status.peers))

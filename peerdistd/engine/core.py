@@ -29,7 +29,7 @@ from peerdistd.engine.ports import BlockStore, NoPeers, PeerNetwork
 from peerdistd.engine.publishing import Publisher
 from peerdistd.engine.reading import BlockReader, ReadRequest
 from peerdistd.engine.slots import SlotPool
-from peerdistd.engine.stats import Counters
+from peerdistd.engine.stats import Counters, snapshot
 from peerdistd.engine.view import ContentView, ViewCache, view_from_bytes
 from peerdistd.proto.pccrc import ContentInformation
 from peerdistd.store.publications import PublicationStore
@@ -200,10 +200,11 @@ class Engine:
         return h
 
     def close(self, uid: int, handle_id: str) -> None:
-        h = self.handle(uid, handle_id)
-        self._close(h)
+        self._close(self.handle(uid, handle_id), "closed")
 
-    def _close(self, h: ContentHandle) -> None:
+    def _close(self, h: ContentHandle, why: str) -> None:
+        if not h.closed:
+            log.info("%s", h.summary(why))
         h.closed = True
         self.handles.pop(h.id, None)
         current = asyncio.current_task() if _loop_running() else None
@@ -219,11 +220,13 @@ class Engine:
         h = self.handle(uid, handle_id)
         async with h.add_lock:
             h.held.clear()
-        if h.view is None:
-            return 0
-        published = await asyncio.to_thread(self.publications.segment_ids)
-        victims = self.users.evictable(uid, h.view, published, self.handles.values())
-        return await asyncio.to_thread(self.store.drop, victims) if victims else 0
+        freed = 0
+        if h.view is not None:
+            published = await asyncio.to_thread(self.publications.segment_ids)
+            victims = self.users.evictable(uid, h.view, published, self.handles.values())
+            freed = await asyncio.to_thread(self.store.drop, victims) if victims else 0
+        log.info("flushed the content of handle %s of uid %d: %d bytes freed", h.id, uid, freed)
+        return freed
 
     async def flush_cache(self, include_publications: bool = False) -> dict[str, int]:
         """Root's cache flush: every segment not pinned, publications' kept unless asked."""
@@ -231,6 +234,7 @@ class Engine:
         keep = frozenset() if include_publications else published
         freed = await asyncio.to_thread(self.store.flush, keep)
         kept = 0 if include_publications else await asyncio.to_thread(self.store.bytes_of, keep)
+        log.info("cache flushed: %d bytes freed, %d kept for publications", freed, kept)
         return {"freed": freed, "kept_for_publications": kept}
 
     def reclaim_idle(self, now: float | None = None) -> int:
@@ -242,16 +246,14 @@ class Engine:
             if not h.active_reads and now - h.last_used > self.settings.handle_idle_timeout
         ]
         for h in idle:
-            log.info("reclaiming idle handle %s of uid %d", h.id, h.owner_uid)
-            self._close(h)
+            self._close(h, "reclaimed (idle)")
         return len(idle)
 
     def reclaim(self, uid: int, handle_id: str) -> None:
         """The caller went away with a read pending: give the handle back."""
         h = self.handles.get(handle_id)
         if h is not None and h.owner_uid == uid:
-            log.info("reclaiming handle %s: its client went away", handle_id)
-            self._close(h)
+            self._close(h, "reclaimed (its client went away)")
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -342,13 +344,14 @@ class Engine:
             status = exc.name
             self._count_failure(exc)
             if "shutdown_on_fail" in flags:
-                self._close(h)
+                self._close(h, f"closed (shutdown_on_fail: {exc.name})")
             raise
         finally:
             self.events.publish(
                 "SHUTDOWN_COMPLETE", uid=h.owner_uid, handle=h.id, read_id=read_id, status=status
             )
         self.stats.reads_ok += 1
+        h.tally.read(len(data), from_peers)
         return ReadResult(offset, data, read_id, from_peers)
 
     def _count_failure(self, exc: errors.ApiError) -> None:
@@ -377,6 +380,7 @@ class Engine:
         # Durable before acknowledged: the 200 waits for the group commit of its blocks.
         await self.commits.durable(failures)
         self.stats.bytes_from_origin += out.received
+        h.tally.from_origin += out.received
         if out.bad:
             bad_start, bad_end = out.bad[0]
             raise errors.InvalidData(
@@ -387,19 +391,20 @@ class Engine:
 
     # -- housekeeping --------------------------------------------------------------------
 
-    def stats_snapshot(self) -> Mapping[str, float]:
+    def stats_snapshot(self) -> Mapping[str, int]:
         usage = self.store.usage()
-        snap: dict[str, float] = dict(self.stats.as_dict())
-        snap.update(
+        return snapshot(
+            self.stats,
+            (extra() for extra in self.extra_stats),
             cache_bytes=usage.bytes_used,
             cache_limit_bytes=usage.limit_bytes,
             cache_evictions=usage.evictions,
             open_handles=len(self.handles),
             publications=self.publications.count(),
+            reads_queued=self.reader.reads_queued,  # waiting for a transfer slot
+            fetches_waiting_for_peers=self.reader.fetches_waiting,  # their peers were busy
+            transfer_slots_in_use=self.slots.in_use,
         )
-        for extra in self.extra_stats:
-            snap.update(extra())
-        return snap
 
     def _owner_of(self, handle_id: str) -> int | None:
         h = self.handles.get(handle_id)
@@ -411,7 +416,7 @@ class Engine:
 
     async def aclose(self) -> None:
         for h in list(self.handles.values()):
-            self._close(h)
+            self._close(h, "closed at shutdown")
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -12,6 +12,21 @@ from peerdistd.engine.held import HeldData
 from peerdistd.engine.view import ContentView
 
 
+@dataclass(slots=True)
+class Tally:
+    """What one handle's application got, by source (logged when the handle closes)."""
+
+    reads: int = 0
+    from_cache: int = 0
+    from_peers: int = 0
+    from_origin: int = 0  # bytes the application added (ClientAddData)
+
+    def read(self, length: int, from_peers: int) -> None:
+        self.reads += 1
+        self.from_peers += from_peers
+        self.from_cache += length - from_peers
+
+
 @dataclass(eq=False, slots=True)
 class ContentHandle:
     """Mutable state of one open content; owned by the engine, keyed by ``id``."""
@@ -31,6 +46,7 @@ class ContentHandle:
     add_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: set[asyncio.Task[Any]] = field(default_factory=set)
     active_reads: int = 0
+    tally: Tally = field(default_factory=Tally)
 
     def info(self) -> dict[str, object]:
         """The JSON the API answers for open / add content information."""
@@ -42,6 +58,15 @@ class ContentHandle:
             "range": {"offset": view.start, "length": view.size} if view else None,
             "size": view.size if view else None,
         }
+
+    def summary(self, why: str) -> str:
+        """One log line: what the application got from where, ``why`` the handle closed."""
+        t, size = self.tally, self.view.size if self.view else 0
+        return (
+            f"handle {self.id} of uid {self.owner_uid} {why}: {t.reads} reads of a "
+            f"{size}-byte content; bytes from cache {t.from_cache}, from peers "
+            f"{t.from_peers}, from origin {t.from_origin}"
+        )
 
 
 def may_grow(view: ContentView) -> bool:

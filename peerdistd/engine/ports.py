@@ -62,7 +62,9 @@ class PeerNetwork(Protocol):
     ) -> bytes | None:
         """The block's plaintext, already verified against ``ref.hash`` with ``algorithm``;
         ``None`` if no peer has it. Raises :class:`peerdistd.errors.PeerUnavailable` if the
-        timeout ran out while peers were still being tried."""
+        timeout ran out while peers were still being tried, and its subclass
+        :class:`peerdistd.errors.PeersBusy` if every peer holding it is at its upload limit
+        (then :meth:`slot_freed` says when to ask again)."""
         ...
 
     async def fetch_run(
@@ -74,6 +76,16 @@ class PeerNetwork(Protocol):
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         """Start discovery for these segments now (the ``immediate`` open flag)."""
+        ...
+
+    def at_limit(self, segment_id: bytes) -> bool:
+        """Every peer known to hold the segment is at the upload limit it grants us (its
+        busy answers said so): a fetch now would not be served."""
+        ...
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+        """Return once a peer holding the segment may have an upload slot for us again (at
+        once if one may now); TimeoutError after ``timeout`` seconds."""
         ...
 
 
@@ -94,4 +106,10 @@ class NoPeers:
         return [None] * len(refs)
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
+        return None
+
+    def at_limit(self, segment_id: bytes) -> bool:
+        return False
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
         return None

@@ -8,6 +8,7 @@ Hashing and disk writes run in a worker thread, overlapped with receiving the ne
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,8 @@ from peerdistd.proto.pccrc import ContentInformation, HashAlgorithm, server_secr
 from peerdistd.store.blockcache import SegmentRecord
 from peerdistd.store.hasher import HashedSegment, StreamHasher
 from peerdistd.store.publications import Publication, PublicationStore
+
+log = logging.getLogger(__name__)
 
 ROOT_UID = 0
 
@@ -177,6 +180,10 @@ class Publisher:
         # synchronous=FULL: on stable storage when add returns, before the 201 (in a thread:
         # the fsync must not stall the event loop).
         await asyncio.to_thread(self.publications.add, pub)
+        log.info(
+            "published %r for uid %d: %d bytes, V%d %s, %d segments",
+            pub.id, uid, pub.size, pub.version, algorithm.name.lower(), len(pub.segment_ids),
+        )  # fmt: skip
         return pub
 
     def publication(self, uid: int, pub_id: str) -> Publication:
@@ -212,5 +219,7 @@ class Publisher:
         return ci.sub_range(start, size).to_bytes()
 
     def unpublish(self, uid: int, pub_id: str) -> None:
-        self.publication(uid, pub_id)
+        pub = self.publication(uid, pub_id)
         self.publications.remove(pub_id)
+        log.info("unpublished %r of uid %d (%d bytes) at uid %d's request", pub_id,
+                 pub.owner_uid, pub.size, uid)  # fmt: skip

@@ -18,7 +18,7 @@ from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
-from peerdistd.errors import PeerUnavailable
+from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
 from peerdistd.proto.pccrr import RUN_LIMIT
 from peerdistd.store.blockcache import SegmentRecord
@@ -87,6 +87,8 @@ class BlockReader:
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
+        self.reads_queued = 0  # reads waiting for a transfer slot (here or at their peers)
+        self.fetches_waiting = 0  # fetches whose peers answered busy, waiting to ask again
 
     # -- local cache ---------------------------------------------------------------------
 
@@ -202,19 +204,23 @@ class BlockReader:
         key = (first.segment.segment_id, first.index)
         task = self._inflight.get(key)
         if task is None:
-            if "fail_blocked" in req.flags:
-                if not self.slots.try_acquire():
-                    self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
-                    raise errors.StreamLimitReached("no transfer slot is free")
-                queued = False
+            # Like a QUIC stream start: START_COMPLETE at once, saying whether the window had a
+            # slot (here, and at a peer holding the block); a queued read hears PEER_ACCEPTED
+            # when it gets one, if it asked to.
+            seg_id = first.segment.segment_id
+            if not self.peers.at_limit(seg_id) and self.slots.try_acquire():
+                self._start_complete(req, peer_accepted=True)
+            elif "fail_blocked" in req.flags:
+                self._start_complete(req, False, status="STREAM_LIMIT_REACHED")
+                raise errors.StreamLimitReached("no transfer slot is free")
             else:
+                self._start_complete(req, peer_accepted=False)
                 try:
-                    queued = await self.slots.acquire(req.timeout)
+                    await self._queue(seg_id, deadline)
                 except TimeoutError:
                     raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
-            if queued and "indicate_peer_accept" in req.flags:
-                self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
-            self._start_complete(req, peer_accepted=True)
+                if "indicate_peer_accept" in req.flags:
+                    self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
             remaining = deadline - time.monotonic()
             try:
                 located = await self._locate(view, req.offset, remaining)
@@ -245,6 +251,25 @@ class BlockReader:
         self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
         self.stats.bytes_from_cache += len(data) - peer_bytes
         return data, peer_bytes
+
+    async def _queue(self, segment_id: bytes, deadline: float) -> None:
+        """Wait, first-in first-out, until a peer holding the segment may have an upload slot
+        for us and a slot of our own is free; the slot is then held. TimeoutError at the
+        deadline. No slot of ours is held while the peers are at their limit."""
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        self.reads_queued += 1
+        try:
+            await self.peers.slot_freed(segment_id, timeout=left())
+            await self.slots.acquire(left())
+            while self.peers.at_limit(segment_id):  # the peers filled up while we queued here
+                self.slots.release()
+                await self.peers.slot_freed(segment_id, timeout=left())
+                await self.slots.requeue(left())
+        finally:
+            self.reads_queued -= 1
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
         wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
@@ -329,11 +354,23 @@ class BlockReader:
         """Fetch ``run`` (consecutive blocks of one segment) and stage what came, in one
         store call; the blocks that came."""
         try:
-            timeout = max(0.0, deadline - time.monotonic())
-            if len(run) == 1:
-                found = [await self.peers.fetch(run[0], view.algorithm, timeout=timeout)]
-            else:
-                found = await self.peers.fetch_run(run, view.algorithm, timeout=timeout)
+            while True:
+                timeout = max(0.0, deadline - time.monotonic())
+                try:
+                    if len(run) == 1:
+                        found = [await self.peers.fetch(run[0], view.algorithm, timeout=timeout)]
+                    else:
+                        found = await self.peers.fetch_run(run, view.algorithm, timeout=timeout)
+                    break
+                except PeersBusy:
+                    if not holds_slot:
+                        raise
+                    # The peers are at their upload limit: wait for one of their slots to
+                    # free holding none of ours, then take one again ahead of later reads.
+                    holds_slot = False
+                    self.slots.release()
+                    await self._wait_for_peers(run[0].segment.segment_id, deadline)
+                    holds_slot = True
             got = [(ref, data) for ref, data in zip(run, found, strict=True) if data is not None]
             if not got:
                 return frozenset()
@@ -364,6 +401,17 @@ class BlockReader:
         """Stage verified blocks of one segment (group commit makes them durable)."""
         self.store.add_segment(record)
         self.store.put_blocks(record.segment_id, rows, durable=False)
+
+    async def _wait_for_peers(self, segment_id: bytes, deadline: float) -> None:
+        """A fetch whose peers answered busy: a slot again once one of theirs frees."""
+        self.fetches_waiting += 1
+        try:
+            await self.peers.slot_freed(segment_id, timeout=max(0.0, deadline - time.monotonic()))
+            await self.slots.requeue(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise PeerUnavailable("every peer holding the block stayed at its limit") from None
+        finally:
+            self.fetches_waiting -= 1
 
     def _start_complete(self, req: ReadRequest, peer_accepted: bool, status: str = "OK") -> None:
         self.events.publish(

@@ -262,3 +262,10 @@ class HostedCacheFirst:
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         self.swarm.prefetch_hint(segment_ids)
+
+    def at_limit(self, segment_id: bytes) -> bool:
+        # The hosted cache is asked first whatever the LAN peers grant.
+        return self._where() is None and self.swarm.at_limit(segment_id)
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+        await self.swarm.slot_freed(segment_id, timeout=timeout)

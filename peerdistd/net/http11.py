@@ -39,6 +39,13 @@ _LINE: Final = re.compile(_TOKEN + rb"{1,32} [!-~]+ [!-~]+")  # visible ASCII, s
 _LINE_START: Final = re.compile(  # what a request line cut short can look like
     _TOKEN + rb"{0,32}|" + _TOKEN + rb"{1,32} (?:[!-~]+(?: [!-~]*\r?)?)?"
 )
+_FIELD_NAME: Final = re.compile(_TOKEN + rb"+")  # RFC 9110 5.1: field-name = token
+# RFC 9110 5.5: field-vchar is VCHAR or obs-text, with SP and HTAB between; every other control
+# byte (NUL, CR and LF included, 9112 5.5) is refused rather than passed on.
+_FIELD_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 9112 3.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ], the host an IP-literal in
+# brackets or a reg-name / IPv4address (percent-escapes and sub-delims allowed).
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Za-z:.%~_-]+\]|[-0-9A-Za-z._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,7 @@ class _Fields:
     close: bool
     keep_alive: bool
     expect: bytes | None
+    hosts: int  # how many Host fields (each checked against the Host grammar)
     other: dict[bytes, bytes]
 
 
@@ -79,16 +87,19 @@ def parse_request_head(head: bytes) -> RequestHead:
     _check_bytes(head)
     lines = head.split(b"\r\n")
     method, target, http10 = _request_line(lines[0])
+    path = _path(target)
     fields = _fields(lines)
-    if fields.chunked and fields.content_length is not None:
-        # RFC 9112 6.3 (3): both framings at once is how requests get smuggled; refuse.
-        raise DecodeError("both Transfer-Encoding and Content-Length", 0)
+    _check_framing(fields, http10)
     length = 0 if fields.content_length is None and not fields.chunked else fields.content_length
     keep_alive = (fields.keep_alive or not http10) and not fields.close  # RFC 9112 9.3
     expect = fields.expect
     if expect is not None and expect.lower() != b"100-continue":
         raise DecodeError(f"unsupported Expect {expect!r}", 0)
-    return RequestHead(method, _path(target), length, keep_alive, expect is not None, http10)
+    # RFC 9112 3.2: an HTTP/1.1 request without Host, or any request with two, or with an
+    # invalid one, is answered 400.
+    if fields.hosts > 1 or (fields.hosts == 0 and not http10):
+        raise DecodeError("a request needs exactly one Host field", 0)
+    return RequestHead(method, path, length, keep_alive, expect is not None, http10)
 
 
 def check_request_start(start: bytes) -> None:
@@ -115,7 +126,8 @@ def parse_response_head(head: bytes) -> ResponseHead:
         raise DecodeError("malformed status line", 0)
     http10 = _version(version)
     fields = _fields(lines)
-    chunked = fields.chunked  # RFC 9112 6.3 (3): Transfer-Encoding wins over Content-Length
+    _check_framing(fields, http10)  # the client then drops the connection (6.3 (3))
+    chunked = fields.chunked
     length = None if chunked else fields.content_length
     keep_alive = (fields.keep_alive if http10 else True) and not fields.close
     if length is None and not chunked:
@@ -168,6 +180,15 @@ def _check_bytes(head: bytes) -> None:
         raise DecodeError("bare CR, LF or NUL in the head")
 
 
+def _check_framing(fields: _Fields, http10: bool) -> None:
+    """RFC 9112 6.1 / 6.3 (3): both framings at once is how messages get smuggled or responses
+    split, and Transfer-Encoding in an HTTP/1.0 message means its framing is faulty."""
+    if fields.chunked and fields.content_length is not None:
+        raise DecodeError("both Transfer-Encoding and Content-Length", 0)
+    if fields.chunked and http10:
+        raise DecodeError("Transfer-Encoding in an HTTP/1.0 message", 0)
+
+
 def _request_line(line: bytes) -> tuple[bytes, bytes, bool]:
     """``(method, target, http10)``: RFC 9112 3, method SP request-target SP HTTP-version."""
     if not _LINE.fullmatch(line):
@@ -200,15 +221,19 @@ def _fields(lines: list[bytes]) -> _Fields:
     length: int | None = None
     chunked = close = keep_alive = False
     expect: bytes | None = None
+    hosts = 0
     other: dict[bytes, bytes] = {}
     offset = len(lines[0]) + 2
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        # 5.1: no whitespace in or after the name; 5.2: obs-fold (a leading space) is refused.
-        if not colon or not name or name[-1:] in b" \t" or name[:1] in b" \t":
+        # 5.1: the name is a token, so no whitespace in it or before the colon; 5.2: obs-fold
+        # (a line starting with whitespace) is refused.
+        if not colon or not _FIELD_NAME.fullmatch(name):
             raise DecodeError("malformed header field", offset)
         name = name.lower()
         value = value.strip(b" \t")
+        if _FIELD_CONTROL.search(value):
+            raise DecodeError("control byte in a header field value", offset)
         if name == b"content-length":
             # RFC 9110 8.6: digits only; a repeated field must repeat the same value.
             if not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
@@ -226,10 +251,14 @@ def _fields(lines: list[bytes]) -> _Fields:
             keep_alive = keep_alive or b"keep-alive" in tokens
         elif name == b"expect":
             expect = value
+        elif name == b"host":
+            if not _HOST.fullmatch(value):
+                raise DecodeError(f"bad Host {value[:40]!r}", offset)
+            hosts += 1
         else:
             other[name] = value
         offset += len(line) + 2
-    return _Fields(length, chunked, close, keep_alive, expect, other)
+    return _Fields(length, chunked, close, keep_alive, expect, hosts, other)
 
 
 class ChunkedDecoder:

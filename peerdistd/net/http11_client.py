@@ -60,8 +60,12 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def exchange(self, request: bytes) -> asyncio.Future[Answer]:
         """Send ``request`` (a whole HTTP request); the future gets the answer or a PeerError."""
-        assert self.transport is not None and self.reusable
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        if self.transport is None or not self.reusable:
+            # The peer hung up before we could ask (uvloop delivers its FIN to eof_received
+            # before the task that made the connection runs again): its fault, not a bug here.
+            future.set_exception(PeerUnreachable(self.peer, "connection closed before the request"))
+            return future
         self._future = future
         self.reusable = False
         self.exchanges += 1

@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 from collections import deque
 from typing import Final
 
 from peerdistd.net.http11 import HeadCache, parse_response_head
 from peerdistd.net.http11_client import Answer, ClientConnection, StaleConnection
-from peerdistd.net.types import PeerError, PeerTimeout, PeerUnreachable
+from peerdistd.net.types import PeerError, PeerSlow, PeerTimeout, PeerUnreachable, Progress
 
 _CLOSE_TIMEOUT: Final = 1.0
+# Allowed for the first byte of an answer before the floor rate applies: a round trip plus
+# a peer reading a block from its disk.
+FIRST_BYTE_GRACE: Final = 0.5
 _MAX_IDLE_POOLS: Final = 4096  # peers remembered with no connection open (bounds the table)
 
 
@@ -93,8 +97,20 @@ class PeerPools:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed, _CLOSE_TIMEOUT)
 
-    async def exchange(self, peer: str, body: bytes, timeout: float) -> Answer:
-        """POST ``body`` to ``peer``; its answer, or a PeerError."""
+    async def exchange(
+        self,
+        peer: str,
+        body: bytes,
+        timeout: float,
+        *,
+        floor: tuple[int, float] | None = None,
+        progress: Progress | None = None,
+    ) -> Answer:
+        """POST ``body`` to ``peer``; its answer, or a PeerError.
+
+        ``floor`` = (bytes expected, bytes per second): once sent, an answer that takes longer
+        than FIRST_BYTE_GRACE plus that many bytes at that rate fails as :class:`PeerSlow`.
+        """
         loop = self._loop
         if loop is None:
             raise RuntimeError("RetrievalClient used outside 'async with'")
@@ -106,7 +122,15 @@ class PeerPools:
             if conn is None or not conn.reusable:
                 conn = await self._acquire(pool, deadline, timeout, conn)
             future = conn.exchange(message)
-            timer = loop.call_at(deadline, _expire, conn, timeout)
+            sent = loop.time()
+            if progress is not None:
+                progress.sent_at = sent
+            expected, rate = floor or (0, 0.0)
+            slow_at = sent + FIRST_BYTE_GRACE + expected / rate if rate > 0 else math.inf
+            if slow_at < deadline:
+                timer = loop.call_at(slow_at, _too_slow, conn, rate)
+            else:
+                timer = loop.call_at(deadline, _expire, conn, timeout)
             try:
                 return await future
             except StaleConnection:
@@ -181,6 +205,9 @@ class PeerPools:
         if self._loop is None:
             conn.fail(PeerUnreachable(pool.peer, "client closed"))
             raise PeerUnreachable(pool.peer, "client closed")
+        if not conn.reusable:  # made, then closed by the peer before this task ran again
+            self._drop(conn)
+            raise PeerUnreachable(pool.peer, "connection closed as soon as it was made")
         return conn
 
     def _release(self, pool: _Pool, conn: ClientConnection) -> None:
@@ -263,6 +290,10 @@ class PeerPools:
 
 def _expire(conn: ClientConnection, timeout: float) -> None:
     conn.fail(PeerTimeout(conn.peer, f"no answer within {timeout} s"))
+
+
+def _too_slow(conn: ClientConnection, rate: float) -> None:
+    conn.fail(PeerSlow(conn.peer, f"answer slower than {rate:.0f} bytes/s"))
 
 
 def _wake_one(waiters: deque[asyncio.Future[ClientConnection | None]]) -> bool:

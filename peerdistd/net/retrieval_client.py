@@ -19,8 +19,10 @@ from peerdistd.net.types import (
     PeerBusy,
     PeerError,
     PeerProtocolError,
+    PeerSlow,
     PeerTimeout,
     PeerUnreachable,
+    Progress,
 )
 from peerdistd.proto import pccrr_client
 from peerdistd.proto.pccrr import (
@@ -41,6 +43,7 @@ __all__ = [
     "PeerBusy",
     "PeerError",
     "PeerProtocolError",
+    "PeerSlow",
     "PeerTimeout",
     "PeerUnreachable",
     "RetrievalClient",
@@ -107,10 +110,18 @@ class RetrievalClient:
         *,
         crypto: int = CryptoAlgo.AES_128,
         timeout: float = REQUEST_TIMEOUT,
+        min_rate: float = 0.0,
+        progress: Progress | None = None,
     ) -> bytes | None:
-        """The block's plaintext cut to ``block_length``, or None if the peer lacks it."""
+        """The block's plaintext cut to ``block_length``, or None if the peer lacks it.
+
+        An answer slower than ``min_rate`` bytes per second (0: no floor) fails as PeerSlow;
+        ``progress`` learns when the request was sent.
+        """
         request = pccrr_client.block_request(segment_id, index, crypto)
-        body, busy = await self._exchange(peer, request, timeout)
+        body, busy = await self._exchange(
+            peer, request, timeout, (block_length, min_rate), progress
+        )
         with _translated(peer):
             answer = pccrr_client.parse_block(
                 body, segment_id, index, secret, block_length, busy=busy
@@ -146,12 +157,14 @@ class RetrievalClient:
         *,
         crypto: int = CryptoAlgo.AES_128,
         timeout: float = REQUEST_TIMEOUT,
+        floor: tuple[int, float] | None = None,
     ) -> list[Blk | None]:
         """The MSG_BLKs of blocks ``index``.. (at most ``count``, maybe fewer) still encrypted,
         None for each the peer lacks; one exchange on the RUN_PATH extension. A server that
-        does not know the extension answers 404: a :class:`PeerProtocolError`."""
+        does not know the extension answers 404: a :class:`PeerProtocolError`. ``floor``:
+        (bytes expected, bytes/s) below which the answer fails as PeerSlow."""
         request = pccrr_client.block_run_request(segment_id, index, count, crypto)
-        answer = await self._runs.exchange(peer, request, timeout)
+        answer = await self._runs.exchange(peer, request, timeout, floor=floor)
         busy = answer.fields.get(_BUSY_FIELD) == b"1"
         with _translated(peer):
             blocks = pccrr_client.split_run(answer.body, segment_id, index, count, busy=busy)
@@ -186,10 +199,15 @@ class RetrievalClient:
             return pccrr_client.parse_nego(body)
 
     async def _exchange(
-        self, peer: str, request: bytes, timeout: float
+        self,
+        peer: str,
+        request: bytes,
+        timeout: float,
+        floor: tuple[int, float] | None = None,
+        progress: Progress | None = None,
     ) -> tuple[bytes | bytearray, bool]:
         """POST one message; the answer's body and whether it was marked busy."""
-        answer = await self._pool.exchange(peer, request, timeout)
+        answer = await self._pool.exchange(peer, request, timeout, floor=floor, progress=progress)
         return answer.body, answer.fields.get(_BUSY_FIELD) == b"1"
 
 

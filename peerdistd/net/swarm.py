@@ -3,53 +3,84 @@
 It implements the engine's ``PeerNetwork`` seam. Blocks of one read are spread over the peers
 that answered (block index modulo peer count picks the first peer to ask), each peer has a
 bounded number of requests in flight (the client's per-host connection limit), and every
-block is verified against its hash before it is handed on ([MS-PCCRC] 4.1.2). A peer that
-sends a block that does not verify, or malformed answers, is banned for ``ban_seconds``.
+block is verified against its hash before it is handed on ([MS-PCCRC] 4.1.2).
+
+A block not delivered within the hedge delay (:mod:`hedging`) is asked of the next holder
+too, and the first verified answer wins. A request already sent to the slower peer is left to
+finish (within its own timers) so that peer is judged: a peer that sends a bad block or a
+malformed answer is banned at once, one that times out, trickles under the floor rate or
+resets is backed off and banned after ``failures_to_ban`` failures in a row (:mod:`peer_health`).
+
+A peer at its upload limit (busy answers) is not asked again until the window of upload
+slots it grants us has room (:mod:`peer_windows`): when every holder left is at its limit,
+:meth:`Swarm.fetch` raises PeersBusy and the engine waits (:meth:`Swarm.slot_freed`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
 
-from peerdistd.errors import PeerUnavailable
+from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.net.discovery import Discovery
+from peerdistd.net.hedging import LatencyWindow
+from peerdistd.net.peer_health import FAILURES_TO_BAN, PeerHealth, PeerStats
+from peerdistd.net.peer_windows import Outcome, PeerWindows
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.net.swarm_runs import SinglePeers, fetch_run
-from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError
+from peerdistd.net.types import (
+    PeerBusy,
+    PeerError,
+    PeerProtocolError,
+    PeerSlow,
+    PeerTimeout,
+    Progress,
+)
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
+from peerdistd.proto.pccrr import BlockRange
+
+__all__ = ["PeerStats", "Swarm", "SwarmStats"]
 
 log = logging.getLogger(__name__)
 
-MAX_BANS = 4096  # bounded: peers are remote input
-MAX_HOLDER_SEGMENTS = 8192
-MAX_PEER_STATS = 1024
-BUSY_BACKOFF = 0.05  # seconds before asking a busy peer set again
-
-
-@dataclass(slots=True)
-class PeerStats:
-    """What this node saw of one peer (keyed by its XAddr)."""
-
-    bytes_from: int = 0  # verified block bytes fetched from it
-    bad_blocks: int = 0
-    errors: int = 0
-    last_seen: float = 0.0  # wall clock of the last answer (discovery or retrieval)
+MAX_HOLDER_SEGMENTS: Final = 8192
+MAX_ASKS: Final = 3  # holders asked for one block at once (the first and its hedges)
+_UNEXPECTED_LOGGED: Final = 64  # distinct unexpected errors logged with a traceback
 
 
 @dataclass(slots=True)
 class SwarmStats:
     bad_blocks: int = 0
-    banned_peers: int = 0
     peer_errors: int = 0
     busy_answers: int = 0
+    slow_answers: int = 0  # answers under the floor rate (peers.min_transfer_rate)
+    hedges: int = 0  # blocks asked of a second or third holder before the first answered
 
     def snapshot(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
+
+
+class _Busy:
+    """A holder answered that it is at its upload limit."""
+
+
+BUSY: Final = _Busy()
+
+
+@dataclass(slots=True)
+class _Ask:
+    """One holder asked for one block."""
+
+    peer: str
+    started: float  # swarm clock
+    progress: Progress = field(default_factory=Progress)
+    overdue: bool = False  # counted in the peer's ``overdue`` until the request ends
 
 
 class Swarm:
@@ -63,54 +94,69 @@ class Swarm:
         window: float = 0.3,
         request_timeout: float = 2.0,
         ban_seconds: float = 300.0,
+        failures_to_ban: int = FAILURES_TO_BAN,
+        min_rate: float = 0.0,
         own_addresses: Sequence[str] = (),
+        window_limit: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.discovery = discovery
         self.client = client
         self.window = window
         self.request_timeout = request_timeout
-        self.ban_seconds = ban_seconds
+        self.min_rate = min_rate  # bytes/s an answer must reach; 0: no floor
         self.own = set(own_addresses)
         self.stats = SwarmStats()
+        self.health = PeerHealth(
+            ban_seconds=ban_seconds, failures_to_ban=failures_to_ban, clock=clock
+        )
+        self.latency = LatencyWindow()
+        self.windows = PeerWindows(window_limit, self._probe)  # upload slots peers grant us
         self._clock = clock
-        self._bans: OrderedDict[str, float] = OrderedDict()
         self._holders: OrderedDict[bytes, list[str]] = OrderedDict()
         self._hints: set[asyncio.Task[object]] = set()
-        self.peers: OrderedDict[str, PeerStats] = OrderedDict()  # bounded: remote input
-        self.single_peers = SinglePeers()  # peers without the run extension (swarm_runs)
+        self._relocating: dict[bytes, asyncio.Task[object]] = {}  # bounded by reads in flight
+        self._lingering: set[asyncio.Task[bytes | None]] = set()
+        self._unexpected: set[str] = set()
+        # Runs of blocks in one exchange (swarm_runs): peers without the extension, the
+        # latencies of runs (their own hedge delay), runs left to finish after a hedge.
+        self.single_peers = SinglePeers()
+        self.run_latency = LatencyWindow()
+        self.lingering_runs: set[asyncio.Future[Any]] = set()
 
-    # -- bans ----------------------------------------------------------------------------
+    # -- peers (PeerHealth) --------------------------------------------------------------
+
+    @property
+    def peers(self) -> OrderedDict[str, PeerStats]:
+        return self.health.peers
+
+    @property
+    def ban_seconds(self) -> float:
+        return self.health.ban_seconds
+
+    @ban_seconds.setter
+    def ban_seconds(self, value: float) -> None:
+        self.health.ban_seconds = value
+
+    @property
+    def failures_to_ban(self) -> int:
+        return self.health.failures_to_ban
+
+    @failures_to_ban.setter
+    def failures_to_ban(self, value: int) -> None:
+        self.health.failures_to_ban = value
 
     def banned(self, peer: str) -> bool:
-        until = self._bans.get(peer)
-        if until is None:
-            return False
-        if until <= self._clock():
-            del self._bans[peer]
-            return False
-        return True
+        return self.health.banned(peer)
 
     def ban(self, peer: str, why: str) -> None:
-        if not self.banned(peer):
-            self.stats.banned_peers += 1
-            log.warning("banning peer %s for %.0f s: %s", peer, self.ban_seconds, why)
-        self._bans[peer] = self._clock() + self.ban_seconds
-        self._bans.move_to_end(peer)
-        while len(self._bans) > MAX_BANS:
-            self._bans.popitem(last=False)
+        self.health.ban(peer, why)
 
     def peer(self, xaddr: str) -> PeerStats:
-        stats = self.peers.get(xaddr)
-        if stats is None:
-            stats = self.peers[xaddr] = PeerStats()
-            while len(self.peers) > MAX_PEER_STATS:
-                self.peers.popitem(last=False)
-        self.peers.move_to_end(xaddr)
-        return stats
+        return self.health.peer(xaddr)
 
     def active_bans(self) -> int:
-        return sum(1 for peer in list(self._bans) if self.banned(peer))
+        return self.health.active_bans()
 
     # -- locate --------------------------------------------------------------------------
 
@@ -142,26 +188,6 @@ class Swarm:
 
     # -- fetch ---------------------------------------------------------------------------
 
-    async def holders(self, segment_id: bytes, timeout: float) -> list[str]:
-        """Peers known to hold the segment (located now if unknown), banned ones left out."""
-        holders = self._holders.get(segment_id)
-        if holders is None:
-            await self.locate([segment_id], timeout=timeout)
-            holders = self._holders.get(segment_id, [])
-        return [p for p in holders if not self.banned(p)]
-
-    def delivered(self, peer: str, nbytes: int) -> None:
-        """Count verified bytes from ``peer``."""
-        stats = self.peer(peer)
-        stats.bytes_from += nbytes
-        stats.last_seen = time.time()
-
-    async def fetch_run(
-        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
-    ) -> list[bytes | None]:
-        """Consecutive blocks of one segment, each verified or None (see swarm_runs)."""
-        return await fetch_run(self, refs, algorithm, timeout=timeout)
-
     async def fetch(
         self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
     ) -> bytes | None:
@@ -171,65 +197,252 @@ class Swarm:
         if holders is None:
             await self.locate([seg.segment_id], timeout=timeout)
             holders = self._holders.get(seg.segment_id, [])
-        candidates = [p for p in holders if not self.banned(p)]
-        if not candidates:
+        queue = self.health.order(holders, ref.index)
+        if not queue:
             return None
-        # Different blocks start at different peers, so one read pulls from all of them.
-        start = ref.index % len(candidates)
-        queue = candidates[start:] + candidates[:start]
+        data, failed = await self._race(ref, algorithm, queue, deadline)
+        if data is None and failed and self._clock() < deadline:
+            # The holders we knew failed (one died mid-read, say): ask the LAN once more and
+            # try those we have not asked yet.
+            asked = set(holders)
+            await self._relocate(seg.segment_id, deadline - self._clock())
+            fresh = self._holders.get(seg.segment_id, [])
+            queue = [p for p in self.health.order(fresh, ref.index) if p not in asked]
+            if queue:
+                data, _ = await self._race(ref, algorithm, queue, deadline)
+        return data
+
+    async def holders(self, segment_id: bytes, timeout: float) -> list[str]:
+        """Peers known to hold the segment (located now if unknown)."""
+        holders = self._holders.get(segment_id)
+        if holders is None:
+            await self.locate([segment_id], timeout=timeout)
+            holders = self._holders.get(segment_id, [])
+        return list(holders)
+
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        """Consecutive blocks of one segment, each verified or None (see swarm_runs)."""
+        return await fetch_run(self, refs, algorithm, timeout=timeout)
+
+    async def _relocate(self, segment_id: bytes, timeout: float) -> None:
+        """A fresh probe for ``segment_id``, shared by every block of it that needs one."""
+        task = self._relocating.get(segment_id)
+        if task is None:
+            self.discovery.forget([segment_id])  # not the cached answer
+            task = asyncio.ensure_future(self.locate([segment_id], timeout=timeout))
+            self._relocating[segment_id] = task
+            self._hints.add(task)
+            task.add_done_callback(self._hints.discard)
+            task.add_done_callback(lambda _: self._relocating.pop(segment_id, None))
+        await asyncio.shield(task)
+
+    async def _race(
+        self, ref: BlockRef, algorithm: HashAlgorithm, queue: list[str], deadline: float
+    ) -> tuple[bytes | None, bool]:
+        """Ask ``queue`` in turn: the next holder when one fails or lacks the block, or when
+        none has answered within the hedge delay. The first verified block wins; the flag
+        says whether any holder failed (rather than answer that it lacks the block)."""
+        asks: dict[asyncio.Task[bytes | None], _Ask] = {}
         busy: list[str] = []
-        while queue or busy:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise PeerUnavailable(f"no peer delivered block {ref.index} in time")
-            if not queue:  # everyone left was busy: give them a moment, then ask again
-                await asyncio.sleep(min(BUSY_BACKOFF, remaining))
-                queue, busy = busy, []
-                continue
-            peer = queue.pop(0)
-            if self.banned(peer):
-                continue
-            try:
-                data = await self.client.get_block(
-                    peer,
-                    seg.segment_id,
-                    ref.index,
-                    seg.secret,
-                    ref.end - ref.start,
-                    timeout=min(self.request_timeout, remaining),
+        failed = False
+        hedge_at = -math.inf  # when to ask the next holder: at once
+        try:
+            while True:
+                now = self._clock()
+                if now >= deadline:
+                    raise PeerUnavailable(f"no peer delivered block {ref.index} in time")
+                if queue and now >= hedge_at and len(asks) < MAX_ASKS:
+                    peer = queue.pop(0)
+                    if self.banned(peer):
+                        continue
+                    if not self.windows.free(peer):  # at the limit it grants us: not asked
+                        busy.append(peer)
+                        continue
+                    if asks:  # a hedge: those asked so far are overdue
+                        self.stats.hedges += 1
+                        for late in asks.values():
+                            if not late.overdue:
+                                late.overdue = True
+                                self.health.overdue(late.peer, +1)
+                    task, ask = self._ask(peer, ref, deadline - now)
+                    asks[task] = ask
+                    hedge_at = now + self.latency.hedge_delay()
+                    continue
+                if not asks:
+                    if not busy:
+                        return None, failed
+                    # Those left are at their upload limit: not asked again here (no busy
+                    # loop); the engine waits for a slot (slot_freed, [MS-PCCRR] 3.2.5.3).
+                    raise PeersBusy(f"{len(busy)} holder(s) of block {ref.index} are busy")
+                wait = deadline - now
+                if queue and len(asks) < MAX_ASKS:
+                    wait = min(wait, hedge_at - now)
+                done, _ = await asyncio.wait(
+                    asks, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
                 )
-            except PeerBusy:
-                self.stats.busy_answers += 1
-                busy.append(peer)
-                continue
-            except PeerProtocolError as exc:
-                self.stats.peer_errors += 1
-                self.peer(peer).errors += 1
-                self.ban(peer, str(exc))
-                continue
-            except PeerError as exc:  # timeout, unreachable: try the others
-                self.stats.peer_errors += 1
-                self.peer(peer).errors += 1
-                log.debug("peer %s failed: %s", peer, exc)
-                continue
+                for task in done:
+                    ask = asks.pop(task)
+                    outcome = self._settle(task, ask, ref, algorithm, winner=True)
+                    if isinstance(outcome, bytes):
+                        self.latency.add(self._clock() - ask.started)
+                        return outcome, failed
+                    if outcome is BUSY:
+                        busy.append(ask.peer)
+                    elif not task.cancelled() and task.exception() is not None:
+                        failed = True
+                    hedge_at = -math.inf  # that holder is out of this race: ask the next
+        finally:
+            for task, ask in asks.items():
+                if ask.progress.sent_at is None:
+                    task.cancel()  # still waiting for a connection: nothing to learn from it
+                else:
+                    self._linger(task, ask, ref, algorithm)
+
+    def _ask(
+        self, peer: str, ref: BlockRef, remaining: float
+    ) -> tuple[asyncio.Task[bytes | None], _Ask]:
+        seg = ref.segment
+        ask = _Ask(peer, self._clock())
+        self.windows.begin(peer, seg.segment_id)
+        task = asyncio.ensure_future(
+            self.client.get_block(
+                peer,
+                seg.segment_id,
+                ref.index,
+                seg.secret,
+                ref.end - ref.start,
+                timeout=min(self.request_timeout, remaining),
+                min_rate=self.min_rate,
+                progress=ask.progress,
+            )
+        )
+
+        def ended(done: asyncio.Task[bytes | None]) -> None:
+            if ask.overdue:
+                self.health.overdue(peer, -1)
+            self.windows.end(peer, _outcome(done))
+
+        task.add_done_callback(ended)
+        return task, ask
+
+    def _linger(
+        self,
+        task: asyncio.Task[bytes | None],
+        ask: _Ask,
+        ref: BlockRef,
+        algorithm: HashAlgorithm,
+    ) -> None:
+        """Let a request that lost the race finish within its own timers, to judge its peer."""
+        self._lingering.add(task)
+
+        def settled(done: asyncio.Task[bytes | None]) -> None:
+            self._lingering.discard(done)
+            self._settle(done, ask, ref, algorithm, winner=False)
+
+        task.add_done_callback(settled)
+
+    def _settle(
+        self,
+        task: asyncio.Task[bytes | None],
+        ask: _Ask,
+        ref: BlockRef,
+        algorithm: HashAlgorithm,
+        *,
+        winner: bool,
+    ) -> bytes | _Busy | None:
+        """Judge one finished request: the verified block, BUSY, or None (no use)."""
+        if task.cancelled():
+            return None
+        peer = ask.peer
+        exc = task.exception()
+        if exc is None:
+            data = task.result()
             if data is None:
-                continue  # this peer does not have it after all
+                return None  # this peer does not have it after all
             if algorithm.digest(data) != ref.hash:
                 self.stats.bad_blocks += 1
                 self.peer(peer).bad_blocks += 1
-                self.ban(
-                    peer,
-                    f"block {ref.index} of segment {seg.segment_id.hex()[:16]} failed verification",
-                )
-                continue
-            stats = self.peer(peer)
-            stats.bytes_from += len(data)
-            stats.last_seen = time.time()
-            return data
+                seg_id = ref.segment.segment_id.hex()[:16]
+                self.ban(peer, f"block {ref.index} of segment {seg_id} failed verification")
+                return None
+            self.health.answered(peer)
+            # Fetched from it even when another holder's copy won the race: what it sent.
+            self.peer(peer).bytes_from += len(data)
+            return data if winner else None
+        if isinstance(exc, PeerBusy):
+            self.stats.busy_answers += 1
+            return BUSY
+        self.stats.peer_errors += 1
+        if isinstance(exc, PeerProtocolError):
+            self.peer(peer).errors += 1
+            self.ban(peer, str(exc))
+        elif isinstance(exc, PeerError):  # timed out, too slow, unreachable, reset
+            if isinstance(exc, PeerSlow):
+                self.stats.slow_answers += 1
+            stall = isinstance(exc, PeerTimeout) and not isinstance(exc, PeerSlow)
+            self.health.failed(peer, exc.message, stall=stall)
+        else:
+            # Not a PeerError: a defect of ours met by what this peer did. The read goes on
+            # with the other holders (or MISSING_DATA); logged with its traceback, once.
+            self._log_unexpected(peer, exc)
+            self.health.failed(peer, type(exc).__name__)
         return None
 
+    def _log_unexpected(self, peer: str, exc: BaseException) -> None:
+        key = f"{type(exc).__name__}: {exc}"[:200]
+        if key in self._unexpected or len(self._unexpected) >= _UNEXPECTED_LOGGED:
+            log.debug("unexpected error asking %s for a block: %s", peer, key)
+            return
+        self._unexpected.add(key)
+        log.error("unexpected error asking %s for a block", peer, exc_info=exc)
+
+    # -- flow control ("Reads are streams") ------------------------------------------------
+
+    async def _probe(self, peer: str, segment_id: bytes) -> Outcome:
+        """Has a peer at its upload limit a slot again? A one-block GETBLKLIST tells."""
+        try:
+            await self.client.get_block_list(
+                peer, segment_id, [BlockRange(0, 1)], timeout=self.request_timeout
+            )
+        except PeerBusy:
+            self.stats.busy_answers += 1
+            return "busy"
+        except PeerError:
+            return "failed"
+        return "answered"
+
+    def at_limit(self, segment_id: bytes) -> bool:
+        """Every peer known to hold the segment is at the upload limit it grants us."""
+        holders = [p for p in self._holders.get(segment_id, ()) if not self.banned(p)]
+        return bool(holders) and not any(self.windows.free(p) for p in holders)
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+        """Return once a peer holding the segment has an upload slot for us again (at once
+        if one has now); TimeoutError after ``timeout`` seconds."""
+        holders = [p for p in self._holders.get(segment_id, ()) if not self.banned(p)]
+        if holders:
+            await self.windows.wait(holders, timeout)
+
     async def aclose(self) -> None:
-        for task in list(self._hints):
+        await self.windows.aclose()
+        tasks: list[asyncio.Future[Any]] = [
+            *self._hints,
+            *self._lingering,
+            *self.lingering_runs,
+        ]
+        for task in tasks:
             task.cancel()
-        if self._hints:
-            await asyncio.gather(*self._hints, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _outcome(task: asyncio.Task[bytes | None]) -> Outcome:
+    """What a finished request says of its peer's upload slots."""
+    if task.cancelled():
+        return "failed"  # never sent, or given up: says nothing
+    exc = task.exception()
+    if isinstance(exc, PeerBusy):
+        return "busy"
+    return "failed" if exc is not None else "answered"

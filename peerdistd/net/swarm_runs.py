@@ -16,11 +16,10 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
-from peerdistd.errors import PeerUnavailable
 from peerdistd.net.retrieval_client import RUN_BLOCK_MAX
-from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError
+from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError, PeerSlow, PeerTimeout
 from peerdistd.proto import pccrr_client
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
 from peerdistd.proto.pccrr import RUN_LIMIT, Blk
@@ -30,7 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUSY_BACKOFF: Final = 0.05  # seconds before asking a busy peer set again (as Swarm.fetch)
+RUN_TRIES: Final = 2  # holders asked for one run before falling back to single blocks
+# The least hedge delay of a run: a 1 MiB answer takes longer than one block's, and a run
+# given up too early costs 16 single requests.
+RUN_HEDGE_MIN: Final = 0.25
 MAX_SINGLE_PEERS: Final = 1024  # peers remembered as not speaking RUN_PATH (remote input)
 
 
@@ -88,8 +90,10 @@ async def fetch_run(
 ) -> list[bytes | None]:
     """Each block of ``refs`` verified, or None if no peer delivered it.
 
-    Raises PeerUnavailable, as :meth:`Swarm.fetch` does, if time ran out before the first
-    block came. Blocks a run did not bring are asked for one by one (other peers too).
+    One run from one holder first; the blocks it did not bring (the holder lacked them,
+    failed, or was slower than the hedge delay) are asked for one by one, with
+    :meth:`Swarm.fetch`'s hedging over every holder. What that raises for the first block
+    (PeerUnavailable, PeersBusy) is raised, as :meth:`Swarm.fetch` would for it alone.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -103,67 +107,41 @@ async def fetch_run(
         return results
 
     async def single(n: int) -> None:
-        left = deadline - loop.time()
-        try:
-            results[n] = await swarm.fetch(refs[n], algorithm, timeout=max(0.0, left))
-        except PeerUnavailable:
-            if n == 0:
-                raise
+        left = max(0.0, deadline - loop.time())
+        results[n] = await swarm.fetch(refs[n], algorithm, timeout=left)
 
     outcome = await asyncio.gather(*(single(n) for n in missing), return_exceptions=True)
-    for item in outcome:
-        if isinstance(item, BaseException):
-            raise item
+    for n, item in zip(missing, outcome, strict=True):
+        if isinstance(item, BaseException) and (n == 0 or not isinstance(item, Exception)):
+            raise item  # later blocks that failed stay None: their reads ask again
     return results
 
 
 async def _one_run(
     swarm: Swarm, refs: Sequence[BlockRef], algorithm: HashAlgorithm, deadline: float
 ) -> list[bytes | None] | None:
-    """The run from the first holder that speaks RUN_PATH; None if none answered it."""
+    """The run from a holder that speaks RUN_PATH; None if none delivered it in time."""
     loop = asyncio.get_running_loop()
     seg = refs[0].segment
-    candidates = await swarm.holders(seg.segment_id, max(0.0, deadline - loop.time()))
-    candidates = [p for p in candidates if p not in swarm.single_peers]
-    if not candidates:
-        return None
-    start = refs[0].index // RUN_LIMIT % len(candidates)  # runs spread over the holders
-    queue = candidates[start:] + candidates[:start]
-    busy: list[str] = []
-    while queue or busy:
+    holders = await swarm.holders(seg.segment_id, max(0.0, deadline - loop.time()))
+    # Runs spread over the holders in good standing, as blocks do (PeerHealth.order).
+    queue = [
+        p
+        for p in swarm.health.order(holders, refs[0].index // RUN_LIMIT)
+        if p not in swarm.single_peers
+    ]
+    for peer in queue[:RUN_TRIES]:
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
-        if not queue:
-            await asyncio.sleep(min(BUSY_BACKOFF, remaining))
-            queue, busy = busy, []
+        if not swarm.windows.free(peer):  # at the limit it grants us: not asked
             continue
-        peer = queue.pop(0)
-        if swarm.banned(peer):
+        blocks = await _ask(swarm, peer, refs, remaining)
+        if blocks is _SLOW:
+            return None  # hedged: one block at a time, over every holder
+        if blocks is None:
             continue
-        try:
-            blocks = await swarm.client.get_block_run(
-                peer,
-                seg.segment_id,
-                refs[0].index,
-                len(refs),
-                timeout=min(swarm.request_timeout, remaining),
-            )
-        except PeerBusy:
-            swarm.stats.busy_answers += 1
-            busy.append(peer)
-            continue
-        except PeerProtocolError as exc:
-            # Most likely a server without the extension (404): not a fault, ask it singly.
-            # A peer that really misbehaves is banned by the one-block path.
-            log.debug("peer %s refused a run (%s): asking it one block at a time", peer, exc)
-            swarm.single_peers.add(peer)
-            continue
-        except PeerError as exc:  # timeout, unreachable: try the others
-            swarm.stats.peer_errors += 1
-            swarm.peer(peer).errors += 1
-            log.debug("peer %s failed: %s", peer, exc)
-            continue
+        assert isinstance(blocks, list)
         good, bad = await loop.run_in_executor(None, open_blocks, blocks, refs, algorithm)
         if bad:
             swarm.stats.bad_blocks += len(bad)
@@ -171,6 +149,95 @@ async def _one_run(
             swarm.ban(
                 peer, f"blocks {bad} of segment {seg.segment_id.hex()[:16]} failed verification"
             )
-        swarm.delivered(peer, sum(len(d) for d in good if d))
+        else:
+            swarm.health.answered(peer)
+        swarm.peer(peer).bytes_from += sum(len(d) for d in good if d)
         return good
     return None
+
+
+class _Slow:
+    """The run was not delivered within the hedge delay (it goes on, to judge its peer)."""
+
+
+_SLOW: Final = _Slow()
+
+
+async def _ask(
+    swarm: Swarm, peer: str, refs: Sequence[BlockRef], remaining: float
+) -> list[Blk | None] | _Slow | None:
+    """Ask ``peer`` for the run: its MSG_BLKs, _SLOW, or None (busy, failed, no extension)."""
+    loop = asyncio.get_running_loop()
+    seg = refs[0].segment
+    expected = sum(r.end - r.start for r in refs)
+    swarm.windows.begin(peer, seg.segment_id)
+    started = loop.time()
+    task = asyncio.ensure_future(
+        swarm.client.get_block_run(
+            peer,
+            seg.segment_id,
+            refs[0].index,
+            len(refs),
+            timeout=min(swarm.request_timeout, remaining),
+            floor=(expected, swarm.min_rate),
+        )
+    )
+    overdue = False
+
+    def ended(done: asyncio.Task[list[Blk | None]]) -> None:
+        if overdue:
+            swarm.health.overdue(peer, -1)
+        swarm.windows.end(peer, _outcome(done))
+        _judge(swarm, peer, done)
+
+    task.add_done_callback(ended)
+    hedge = min(remaining, max(RUN_HEDGE_MIN, swarm.run_latency.hedge_delay()))
+    done, _ = await asyncio.wait({task}, timeout=hedge)
+    if not done:
+        # Overdue: the peer is asked last by others until it answers; it may still finish
+        # within its own timers, and is judged then (ended).
+        overdue = True
+        swarm.health.overdue(peer, +1)
+        swarm.stats.hedges += 1
+        swarm.lingering_runs.add(task)
+        task.add_done_callback(swarm.lingering_runs.discard)
+        return _SLOW
+    if task.cancelled() or task.exception() is not None:
+        return None
+    swarm.run_latency.add(loop.time() - started)
+    return task.result()
+
+
+def _outcome(task: asyncio.Task[list[Blk | None]]) -> Literal["answered", "busy", "failed"]:
+    if task.cancelled():
+        return "failed"
+    exc = task.exception()
+    if isinstance(exc, PeerBusy):
+        return "busy"
+    return "failed" if exc is not None else "answered"
+
+
+def _judge(swarm: Swarm, peer: str, task: asyncio.Task[list[Blk | None]]) -> None:
+    """What a finished run request says of its peer (as Swarm judges one-block requests)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is None:
+        return  # blocks are judged when they are opened (open_blocks)
+    if isinstance(exc, PeerBusy):
+        swarm.stats.busy_answers += 1
+    elif isinstance(exc, PeerProtocolError):
+        # Most likely a server without the extension (404): not a fault, ask it one block
+        # at a time from now on. A peer that really misbehaves is judged on that path.
+        log.debug("peer %s refused a run (%s): asking it one block at a time", peer, exc)
+        swarm.single_peers.add(peer)
+    elif isinstance(exc, PeerError):  # timed out, too slow, unreachable, reset
+        swarm.stats.peer_errors += 1
+        if isinstance(exc, PeerSlow):
+            swarm.stats.slow_answers += 1
+        stall = isinstance(exc, PeerTimeout) and not isinstance(exc, PeerSlow)
+        swarm.health.failed(peer, exc.message, stall=stall)
+    else:
+        swarm.stats.peer_errors += 1
+        log.error("unexpected error asking %s for a run of blocks", peer, exc_info=exc)
+        swarm.health.failed(peer, type(exc).__name__)

@@ -6,6 +6,7 @@ lives with the sans-IO server in ``proto`` and is re-exported here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from peerdistd.errors import RemoteError
@@ -17,8 +18,10 @@ __all__ = [
     "PeerBusy",
     "PeerError",
     "PeerProtocolError",
+    "PeerSlow",
     "PeerTimeout",
     "PeerUnreachable",
+    "Progress",
 ]
 
 # An HTTP header our server adds to the empty MSG_BLK / MSG_BLKLIST it sends when busy, so a
@@ -44,9 +47,21 @@ class PeerTimeout(PeerError):
     """No complete answer within the request timer ([MS-PCCRR] 3.1.2, 2 s by default)."""
 
 
+class PeerSlow(PeerTimeout):
+    """The answer did not come at the floor rate (``peers.min_transfer_rate``): a trickling peer."""
+
+
 class PeerUnreachable(PeerError):
     """No connection could be made or kept (refused, reset, closed early)."""
 
 
 class PeerProtocolError(PeerError):
     """A malformed answer, an HTTP error, or an answer that does not match the request."""
+
+
+@dataclass(slots=True)
+class Progress:
+    """How far one request got, for whoever races it against others: ``sent_at`` is the loop
+    time its bytes were handed to a connection (None while it waits for one)."""
+
+    sent_at: float | None = None

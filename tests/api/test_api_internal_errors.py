@@ -43,6 +43,12 @@ class BrokenPeers:
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         return None
 
+    def at_limit(self, segment_id: bytes) -> bool:
+        return False
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+        return None
+
 
 async def test_an_unexpected_exception_is_a_json_error_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch

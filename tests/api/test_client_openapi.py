@@ -147,6 +147,7 @@ def test_status_schema_names_every_counter(doc: dict[str, Any]) -> None:
         "uptime",
         "cache",
         "counters",
+        "hit_ratio",
         "peers",
         "listen",
         "store_notes",
@@ -154,4 +155,6 @@ def test_status_schema_names_every_counter(doc: dict[str, Any]) -> None:
     counters = set(schemas["Counters"]["properties"])
     assert {"bytes_from_cache", "bytes_from_peers", "bytes_from_origin", "peers_known"} <= counters
     assert {"scrub_blocks", "scrub_bad_blocks", "store_heals"} <= counters
-    assert len(counters) == 22
+    assert "bytes_kept_off_wan" in counters
+    assert len(counters) == 23
+    assert all(c["type"] == "integer" for c in schemas["Counters"]["properties"].values())

@@ -91,7 +91,8 @@ def test_hash_stdin_v2_range_with_passphrase_file(
 ) -> None:
     passfile = tmp_path / "pass"
     passfile.write_bytes(b"branch passphrase")
-    args = ["--version", "2", "--secret", passfile, "--offset", "1000", "--length", "200000"]
+    args: list[str | Path] = ["--version", "2", "--secret", passfile, "--offset", "1000"]
+    args += ["--length", "200000"]
     from_stdin = peerdist("hash", "-", "-o", "-", *args, env=env, stdin=DATA)
     assert from_stdin.returncode == 0, from_stdin.stderr
     from_file = peerdist("hash", content, "-o", tmp_path / "f.ci", *args, env=env)

@@ -89,13 +89,13 @@ class ContentDaemon:
             return web.Response(body=self.content[start:end], headers=headers)
         if tail == "/data":
             start = int(request.query["offset"])
-            body = await request.read()
-            if self.content[start : start + len(body)] != body:
+            added = await request.read()
+            if self.content[start : start + len(added)] != added:
                 return web.json_response({"error": "INVALID_DATA", "message": ""}, status=422)
-            self.have[start : start + len(body)] = b"\x01" * len(body)
-            self.local |= {b for b in range(start // BLOCK, (start + len(body)) // BLOCK)}
+            self.have[start : start + len(added)] = b"\x01" * len(added)
+            self.local |= {b for b in range(start // BLOCK, (start + len(added)) // BLOCK)}
             self.on_add()
-            result = {"offset": start, "length": len(body), "verified": len(body), "held": 0}
+            result = {"offset": start, "length": len(added), "verified": len(added), "held": 0}
             return web.json_response(result)
         return web.Response(status=204)  # flush, close
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -72,16 +74,38 @@ def _unchunk(data: bytes) -> bytes:
     return out
 
 
+@contextlib.contextmanager
+def world_traversable_dir() -> Iterator[Path]:
+    """A 0755 temporary directory, removed afterwards.
+
+    Not pytest's tmp_path: its parents are 0700, so a second uid could not reach the socket.
+    """
+    root = Path(tempfile.mkdtemp(prefix="peerdistd-uids-"))
+    try:
+        root.chmod(0o755)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_shared_directory_is_removed_afterwards() -> None:
+    with world_traversable_dir() as root:
+        (root / "state").mkdir()
+        assert root.stat().st_mode & 0o777 == 0o755
+    assert not root.exists()
+
+
 @pytest.fixture
 def shared_daemon() -> Iterator[DaemonProcess]:
     if os.geteuid() != 0:
         pytest.skip("needs root to run a client under a second uid (CI runs as root)")
-    root = Path(tempfile.mkdtemp(prefix="peerdistd-uids-"))
-    root.chmod(0o755)
-    d = start_daemon(root, env={"PEERDISTD_DAEMON_SOCKET_MODE": "0666"})
-    yield d
-    d.stop()
-    d.notify.close()
+    with world_traversable_dir() as root:
+        d = start_daemon(root, env={"PEERDISTD_DAEMON_SOCKET_MODE": "0666"})
+        try:
+            yield d
+        finally:
+            d.stop()
+            d.notify.close()
 
 
 async def test_publications_and_handles_belong_to_their_uid(shared_daemon: DaemonProcess) -> None:

@@ -171,7 +171,11 @@ def test_garbage_flood_leaves_it_answering() -> None:
             for round_ in range(1, 101):  # paced so that no kernel buffer overflows
                 for datagram in junk:
                     sender.sendto(datagram, (GROUP_V4, port))
-                await events.wait(lambda n=round_: events.count("dropped") == n * len(junk))
+
+                def done(n: int = round_) -> bool:
+                    return events.count("dropped") == n * len(junk)
+
+                await events.wait(done)
             assert a.stats.dropped == {"malformed": 600, "oversized": 100}
             # stale or broken answers straight to a's unicast socket
             stale = ProbeMatch("urn:uuid:m", "urn:uuid:nobody-asked", ("127.0.0.7:1",), ((S1, 1),))

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
+import uvloop
 
+from peerdistd.net.http11 import HeadCache, parse_response_head
+from peerdistd.net.http11_client import ClientConnection
 from peerdistd.net.retrieval_client import (
+    PeerError,
     PeerProtocolError,
     PeerTimeout,
     PeerUnreachable,
@@ -176,6 +182,8 @@ async def test_answers_without_content_length(framing: bytes) -> None:
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabc", "more bytes than"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunked answer"),
         (b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", "HTTP 503"),
+        (b"HTTP/1.1 200 OK\r\nX Y: 1\r\nContent-Length: 0\r\n\r\n", "malformed header"),
+        (b"HTTP/1.1 200 OK\r\nX: \x1b[2J\r\nContent-Length: 0\r\n\r\n", "control byte"),
     ],
 )
 async def test_bad_http_answers_are_protocol_errors(answer: bytes, why: str) -> None:
@@ -188,6 +196,38 @@ async def test_bad_http_answers_are_protocol_errors(answer: bytes, why: str) -> 
         with pytest.raises(PeerProtocolError, match=why) as info:
             await get(client, address)
         assert info.value.peer == address
+
+
+@pytest.mark.parametrize("dribble", [False, True])
+async def test_answer_with_both_framings_is_refused_and_its_connection_closed(
+    dribble: bool,
+) -> None:
+    # RFC 9112 6.3 (3): Content-Length beside Transfer-Encoding is a response-splitting attempt;
+    # the answer is an error and the connection is not kept (nothing after it is read).
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(ANSWER), ANSWER)
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n"
+        % len(chunked)
+        + chunked
+    )
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if not dribble:
+            writer.write(answer)
+            return
+        for byte in answer:  # byte at a time, until the client hangs up
+            writer.write(bytes((byte,)))
+            await writer.drain()
+            if writer.transport.is_closing() or reader.at_eof():
+                return
+
+    peer = RawPeer(serve)
+    async with peer.running() as address, RetrievalClient() as client:
+        with pytest.raises(PeerProtocolError, match="both Transfer-Encoding and Content-Length"):
+            await get(client, address)
+        await asyncio.wait_for(peer.closed.wait(), 5)  # the client closed that connection
+        assert peer.open == 0
 
 
 async def test_bytes_nobody_asked_for_drop_the_idle_connection() -> None:
@@ -303,3 +343,55 @@ async def test_closing_the_client_fails_requests_in_flight() -> None:
             await task
         with pytest.raises(RuntimeError, match="outside 'async with'"):
             await get(client, address)
+
+
+async def test_connection_closed_before_the_request_is_an_unreachable_peer() -> None:
+    # uvloop hands a peer's FIN to eof_received before the task that made the connection runs
+    # again: asking on that connection must fail as a PeerError, not trip an assertion.
+    ours, theirs = socket.socketpair()
+    lost = asyncio.Event()
+    conn = ClientConnection("127.0.0.1:1", 1 << 20, HeadCache(parse_response_head))
+    conn.on_lost = lambda _conn: lost.set()
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, ours)
+    theirs.close()
+    await asyncio.wait_for(lost.wait(), 5)
+    with pytest.raises(PeerUnreachable, match="closed before the request"):
+        await conn.exchange(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+def test_peers_hanging_up_at_once_are_only_ever_unreachable_on_uvloop() -> None:
+    # What a peer killed mid-read looks like (issue 8 finding 10): connections it accepted
+    # close at once. On the daemon's loop (uvloop) the FIN often arrives before the request is
+    # sent; every request must still end in PeerUnreachable.
+    listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):  # the listener is shut down at the end
+            while True:
+                listener.accept()[0].close()
+
+    async def ask_many() -> list[str]:
+        async def one() -> str:
+            try:
+                await get(client, address, timeout=5)
+            except PeerError as exc:
+                return type(exc).__name__
+            return "answered"
+
+        async with RetrievalClient() as client:
+            outcomes: list[str] = []
+            for _ in range(40):
+                outcomes += await asyncio.gather(*(one() for _ in range(16)))
+            return outcomes
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            outcomes = runner.run(ask_many())
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join()
+    assert set(outcomes) == {"PeerUnreachable"}

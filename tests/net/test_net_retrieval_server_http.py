@@ -19,6 +19,7 @@ SEG = bytes(range(32))
 KP = bytes(range(100, 132))
 BLOCKS = {i: bytes([i]) * 65536 for i in range(4)}
 PATH = b"/116B50EB-ECE2-41ac-8429-9F9E963361B7/"
+CHUNKED_HEAD = b"POST " + PATH + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -138,11 +139,16 @@ async def test_slowloris_head_gets_408_when_the_upload_timer_runs_out() -> None:
             + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 8\r\n\r\n",
             400,
         ),
-        (b"POST " + PATH + b" HTTP/1.1\r\nContent-Length: 98305\r\n\r\n", 413),
-        (b"POST " + PATH + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n18001\r\n", 413),
-        (b"POST " + PATH + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-        (b"PUT " + PATH + b" HTTP/1.1\r\n\r\n", 405),
-        (b"POST /other HTTP/1.1\r\n\r\n", 404),
+        (b"POST " + PATH + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 98305\r\n\r\n", 413),
+        (CHUNKED_HEAD + b"18001\r\n", 413),
+        (CHUNKED_HEAD + b"zz\r\n", 400),
+        (b"PUT " + PATH + b" HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"POST /other HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        # RFC 9112 3.2 (Host), RFC 9110 5.1 / 5.5 (names are tokens, no control bytes).
+        (request(0).replace(b"Host: x\r\n", b""), 400),
+        (request(0).replace(b"Host: x\r\n", b"Host: x\r\nHost: y\r\n"), 400),
+        (request(0, b"X Y: 1\r\n"), 400),
+        (request(0, b"X: \x01\r\n"), 400),
     ],
 )
 async def test_bad_requests_are_answered_at_once_and_the_connection_closed(
@@ -159,6 +165,31 @@ async def test_bad_requests_are_answered_at_once_and_the_connection_closed(
     assert server.active_uploads == 0
 
 
+@pytest.mark.parametrize(
+    "sent",
+    [
+        request(0).replace(b"Host: x\r\n", b""),
+        request(0, b"X Y: 1\r\n"),
+        request(0, b"X: a\x7f\r\n"),
+        request(0, b"Transfer-Encoding: chunked\r\n"),
+    ],
+)
+async def test_bad_requests_fed_byte_by_byte_are_refused_and_closed(
+    server: RetrievalServer,
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    sent: bytes,
+) -> None:
+    reader, writer = conn
+    with contextlib.suppress(ConnectionError):  # refused at the end of the head, before the body
+        for byte in sent:
+            writer.write(bytes((byte,)))
+            await writer.drain()
+    got, fields, body = await asyncio.wait_for(read_response(reader), 5)
+    assert (got, fields["connection"], body) == (400, "close", b"")
+    await asyncio.wait_for(ended(reader), 5)
+    assert server.active_uploads == 0
+
+
 async def test_chunked_request_is_served(
     server: RetrievalServer, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]
 ) -> None:
@@ -169,7 +200,7 @@ async def test_chunked_request_is_served(
         for i in range(0, len(body), 10)
     )
     writer.write(
-        b"POST " + PATH + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        CHUNKED_HEAD
         + chunks + b"0\r\nTrailer: yes\r\n\r\n" + request(0)
     )  # fmt: skip
     assert block_index((await read_response(reader))[2]) == 3

@@ -124,22 +124,22 @@ async def standard_peer(source: Source) -> AsyncIterator[tuple[str, list[str]]]:
 
 
 async def test_a_run_comes_in_one_exchange_byte_exact() -> None:
-    async with CountingServer(Source(BLOCKS)) as server:
-        async with swarm_of(f"127.0.0.1:{server.port}") as swarm:
-            got = await swarm.fetch_run(REFS[:16], SHA256, timeout=5)
-            tail = await swarm.fetch_run(REFS[16:], SHA256, timeout=5)
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(CountingServer(Source(BLOCKS)))
+        swarm = await stack.enter_async_context(swarm_of(f"127.0.0.1:{server.port}"))
+        got = await swarm.fetch_run(REFS[:16], SHA256, timeout=5)
+        tail = await swarm.fetch_run(REFS[16:], SHA256, timeout=5)
     assert got + tail == BLOCKS
     assert server.paths == [pccrr.RUN_PATH.encode()] * 2
 
 
 async def test_a_peer_without_the_extension_is_asked_block_by_block() -> None:
-    async with standard_peer(Source(BLOCKS)) as (peer, paths):
-        async with swarm_of(peer) as swarm:
-            got = await swarm.fetch_run(REFS[:8], SHA256, timeout=5)
-            assert got == BLOCKS[:8]
-            assert not swarm.banned(peer) and peer in swarm.single_peers
-            paths.clear()
-            assert await swarm.fetch_run(REFS[8:12], SHA256, timeout=5) == BLOCKS[8:12]
+    async with standard_peer(Source(BLOCKS)) as (peer, paths), swarm_of(peer) as swarm:
+        got = await swarm.fetch_run(REFS[:8], SHA256, timeout=5)
+        assert got == BLOCKS[:8]
+        assert not swarm.banned(peer) and peer in swarm.single_peers
+        paths.clear()
+        assert await swarm.fetch_run(REFS[8:12], SHA256, timeout=5) == BLOCKS[8:12]
     assert paths.count(pccrr.RUN_PATH) == 0  # remembered: no second try
     assert paths.count(pccrr.MAGIC_PATH) >= 4
 
@@ -175,7 +175,8 @@ async def test_nobody_holding_it_gives_none() -> None:
 
 @pytest.mark.parametrize("count", [1, 17])
 async def test_what_cannot_be_a_run_is_fetched_one_by_one(count: int) -> None:
-    async with CountingServer(Source(BLOCKS)) as server:
-        async with swarm_of(f"127.0.0.1:{server.port}") as swarm:
-            assert await swarm.fetch_run(REFS[:count], SHA256, timeout=5) == BLOCKS[:count]
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(CountingServer(Source(BLOCKS)))
+        swarm = await stack.enter_async_context(swarm_of(f"127.0.0.1:{server.port}"))
+        assert await swarm.fetch_run(REFS[:count], SHA256, timeout=5) == BLOCKS[:count]
     assert server.paths == [pccrr.MAGIC_PATH.encode()] * count

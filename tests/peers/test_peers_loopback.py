@@ -91,7 +91,8 @@ async def test_three_nodes_share_content(tmp_path: Path, netns: str) -> None:
         async with c.session() as api, api.get("/v1/peers") as r:
             seen_by_c = {p["address"]: p for p in (await r.json())["peers"]}
         got = {a: seen_by_c[a]["bytes_from"] for a in ("127.0.0.1:8080", "127.0.0.2:8080")}
-        assert all(n > 0 for n in got.values()) and sum(got.values()) == SIZE
+        # At least SIZE: a block asked of both (a hedge) and sent by both counts for both.
+        assert all(n > 0 for n in got.values()) and sum(got.values()) >= SIZE
         assert all(seen_by_c[a]["last_seen"] > 0 and not seen_by_c[a]["banned"] for a in got)
         async with a.session() as api, api.get("/v1/peers") as r:
             seen_by_a = {p["address"]: p for p in (await r.json())["peers"]}

@@ -30,7 +30,7 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout):
-            raise TimeoutError(f"no line from {proc.args}")
+            raise TimeoutError(f"no line from {proc.args!r}")
     return proc.stdout.readline().rstrip("\n")
 
 

@@ -88,8 +88,10 @@ def test_batched_offers_pull_what_is_not_held() -> None:
         OpaquePull(80, SEGMENT.segment_id, (1, 3), 65536, len(DATA)),
         OpaquePull(80, v2.segment_id, (0,), 100_000, 100_000),
     )
-    assert reply.pulls[1].plaintext_length(0) == 100_000
-    assert reply.pulls[0].plaintext_length(3) == 5
+    first, second = reply.pulls[:2]
+    assert isinstance(first, OpaquePull) and isinstance(second, OpaquePull)
+    assert second.plaintext_length(0) == 100_000
+    assert first.plaintext_length(3) == 5
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from peerdistd.config import default_paths, load_config
+from peerdistd.config import load_config
+from peerdistd.paths import default_paths
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = REPO / "systemd" / "peerdistd.service"

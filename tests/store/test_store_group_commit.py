@@ -126,7 +126,8 @@ def test_a_durable_put_of_a_staged_block_is_durable_on_return(tmp_path: Path) ->
         c.add_segment(record)
         c.put_blocks(record.segment_id, blocks[:2], durable=False)
         c.put_blocks(record.segment_id, blocks[:1])  # durable: must not wait for the batch
-        assert c._index.block_hash(c._table.load(record.segment_id).rowid, 0) == blocks[0][2]
+        seg = c._table.load(record.segment_id)
+        assert seg is not None and c._index.block_hash(seg.rowid, 0) == blocks[0][2]
         assert c.staged_bytes == len(blocks[1][1])
         c.commit_staged()  # the rest of the batch still commits, without a duplicate row
         assert c.held_blocks(record.segment_id) == [0, 1]

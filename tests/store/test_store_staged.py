@@ -75,3 +75,23 @@ def test_flush_drops_staged_blocks(tmp_path: Path) -> None:
         assert c.staged_bytes == 0
         assert c.read_block(record.segment_id, 1) is None
         assert c.commit_staged() == 0
+
+
+def test_blocks_being_committed_are_still_counted(tmp_path: Path) -> None:
+    """While the group commit syncs without the lock, its blocks are neither staged nor
+    indexed; discovery must still count them (a holder answered "no match" in that window,
+    so a third node fetched everything from the first one)."""
+    record, blocks = make_segment(10)
+    seen: list[tuple[dict[bytes, int], list[int]]] = []
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, blocks[:2], durable=False)
+        real_sync = c._files.sync
+
+        def sync_and_look(fd: int) -> None:
+            seen.append((c.block_counts([record.segment_id]), c.held_blocks(record.segment_id)))
+            real_sync(fd)
+
+        c._files.sync = sync_and_look  # type: ignore[method-assign]
+        c.commit_staged()
+    assert seen == [({record.segment_id: 2}, [0, 1])]
