@@ -188,7 +188,7 @@ async def _ask(
         if overdue:
             swarm.health.overdue(peer, -1)
         swarm.windows.end(peer, _outcome(done))
-        _judge(swarm, peer, done)
+        _judge(swarm, peer, done, len(refs))
 
     task.add_done_callback(ended)
     hedge = min(remaining, max(RUN_HEDGE_MIN, swarm.run_latency.hedge_delay()))
@@ -217,8 +217,12 @@ def _outcome(task: asyncio.Task[list[Blk | None]]) -> Literal["answered", "busy"
     return "failed" if exc is not None else "answered"
 
 
-def _judge(swarm: Swarm, peer: str, task: asyncio.Task[list[Blk | None]]) -> None:
-    """What a finished run request says of its peer (as Swarm judges one-block requests)."""
+def _judge(swarm: Swarm, peer: str, task: asyncio.Task[list[Blk | None]], blocks: int) -> None:
+    """What a finished run request says of its peer (as Swarm judges one-block requests).
+
+    A run that fails (other than by a stall, counted once per incident anyway) counts as
+    its ``blocks`` requests failing: what asking for them one by one would have counted, so
+    a peer that resets every connection is banned as soon as before (PeerHealth)."""
     if task.cancelled():
         return
     exc = task.exception()
@@ -236,7 +240,8 @@ def _judge(swarm: Swarm, peer: str, task: asyncio.Task[list[Blk | None]]) -> Non
         if isinstance(exc, PeerSlow):
             swarm.stats.slow_answers += 1
         stall = isinstance(exc, PeerTimeout) and not isinstance(exc, PeerSlow)
-        swarm.health.failed(peer, exc.message, stall=stall)
+        for _ in range(1 if stall else blocks):
+            swarm.health.failed(peer, exc.message, stall=stall)
     else:
         swarm.stats.peer_errors += 1
         log.error("unexpected error asking %s for a run of blocks", peer, exc_info=exc)

@@ -7,6 +7,7 @@ banned; a peer whose run carries a bad block is banned and the block comes from 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -180,3 +181,22 @@ async def test_what_cannot_be_a_run_is_fetched_one_by_one(count: int) -> None:
         swarm = await stack.enter_async_context(swarm_of(f"127.0.0.1:{server.port}"))
         assert await swarm.fetch_run(REFS[:count], SHA256, timeout=5) == BLOCKS[:count]
     assert server.paths == [pccrr.MAGIC_PATH.encode()] * count
+
+
+async def test_a_run_cut_off_counts_as_its_blocks_failing() -> None:
+    # A peer that drops every connection: one failed run of 16 blocks counts as 16 failed
+    # requests (what asking block by block would have counted), so it is banned as before.
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.transport.abort()
+
+    closer = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    bad_peer = f"127.0.0.1:{closer.sockets[0].getsockname()[1]}"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(closer.wait_closed)
+        stack.callback(closer.close)
+        good = await stack.enter_async_context(CountingServer(Source(BLOCKS)))
+        swarm = await stack.enter_async_context(swarm_of(bad_peer, f"127.0.0.1:{good.port}"))
+        assert await swarm.fetch_run(REFS[:16], SHA256, timeout=5) == BLOCKS[:16]
+        assert swarm.peer(bad_peer).errors == 16 and swarm.banned(bad_peer)
+        assert good.paths == [pccrr.RUN_PATH.encode()]
