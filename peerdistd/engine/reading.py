@@ -230,9 +230,11 @@ class BlockReader:
             if first.segment.segment_id not in located:
                 self.slots.release()
                 raise errors.MissingData(req.offset, self.missing(view, req.offset, located))
-            ahead = max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES)
-            run = self._run_from(view, first, ahead)
+            # The read's own blocks go as one run on its slot; read-ahead takes slots of its
+            # own (none free: no read-ahead), as before runs.
+            run = self._run_from(view, first, req.offset + req.max_bytes)
             task = self._start_fetch(view, run, deadline, holds_slot=True)
+            ahead = max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES)
             self._read_ahead(view, run[-1].end, ahead, located, deadline)
         else:
             self._start_complete(req, peer_accepted=True)
