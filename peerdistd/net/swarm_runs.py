@@ -169,7 +169,10 @@ async def _ask(
     """Ask ``peer`` for the run: its MSG_BLKs, _SLOW, or None (busy, failed, no extension)."""
     loop = asyncio.get_running_loop()
     seg = refs[0].segment
-    expected = sum(r.end - r.start for r in refs)
+    # The floor rate is judged as for the run's blocks asked one by one at once: each would
+    # have had its grace plus one block at the floor rate, so the run gets that too, and a
+    # trickling peer fails as PeerSlow in the same time (and is banned as soon).
+    expected = max(r.end - r.start for r in refs)
     swarm.windows.begin(peer, seg.segment_id)
     started = loop.time()
     task = asyncio.ensure_future(
