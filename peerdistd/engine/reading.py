@@ -383,8 +383,9 @@ class BlockReader:
             for ref, _ in got:
                 self._from_peers[(seg_id, ref.index)] = None
             try:
-                # Written in a worker thread: the event loop keeps receiving the next runs.
-                await asyncio.to_thread(self._stage, segment_record(view, run[0]), rows)
+                # On the loop: a worker thread here cost more in wake-ups than the write
+                # (docs/benchmarks.md, LAN speed); decryption and hashing have their own.
+                self._stage(segment_record(view, run[0]), rows)
             except BaseException:
                 for ref, _ in got:
                     self._from_peers.pop((seg_id, ref.index), None)
