@@ -35,6 +35,7 @@ class DaemonConfig:
     api_tcp: str = ""  # optional loopback "127.0.0.1:PORT"
     handle_idle_timeout: float = 600.0
     shutdown_timeout: float = 10.0
+    held_limit_bytes: int = 256 * 1024 * 1024  # unverified added bytes, all handles together
     log_level: str = "info"
     log_format: str = "text"
 
@@ -69,6 +70,13 @@ class PeersConfig:
     min_transfer_rate: int = 65536  # bytes/s a block answer must reach; 0 = no floor
     zeroconf: bool = True
     enabled: bool = True
+    # Single flight across the branch (docs/single-flight.md): peerdistd nodes agree who
+    # fetches each piece of a content from the origin.
+    single_flight: bool = True
+    piece_size: int = 1 << 20  # cap of a piece, bytes (lancache: larger slices stall waiters)
+    claim_ttl_ms: int = 2000  # a claim with no news for this long is taken over
+    claim_port: int = 3703  # UDP port of the claims' multicast group
+    fetch_workers: int = 4  # `peerdist fetch`: pieces read and fetched at once
     # [MS-PCCRR] 2.2.3 CryptoAlgoId 0: serve unencrypted blocks to peers that ask for them.
     allow_plaintext: bool = False
 
@@ -182,6 +190,8 @@ def _cross_checks(cfg: Config) -> None:
             f"must not exceed peers.max_inflight ({peers.max_inflight}), "
             f"got {peers.max_inflight_per_peer}",
         )
+    if peers.single_flight and peers.enabled and peers.claim_port == peers.discovery_port:
+        raise ConfigError("peers.claim_port", "must differ from peers.discovery_port")
     if listen and not cfg.metrics.allow_remote and not is_loopback("metrics.listen", listen):
         raise ConfigError(
             "metrics.listen",

@@ -50,6 +50,8 @@ def engine_settings(config: Config) -> EngineSettings:
         enabled=config.daemon.enabled,
         max_inflight=config.peers.max_inflight,
         handle_idle_timeout=config.daemon.handle_idle_timeout,
+        held_total_limit=config.daemon.held_limit_bytes,
+        piece_size=config.peers.piece_size,
     )
 
 
@@ -179,6 +181,7 @@ class Daemon:
             peers=peers,
             settings=engine_settings(cfg),
             stats=counters,
+            claims=self.peer_node.flight if self.peer_node is not None else None,
         )
         if self.peer_node is not None:
             engine.extra_stats.append(self._peer_stats)
@@ -282,6 +285,10 @@ class Daemon:
         swarm, discovery = self.peer_node.swarm, self.peer_node.discovery.stats
         return {
             "bad_blocks": float(swarm.stats.bad_blocks),
+            "hedges": float(swarm.stats.hedges),
+            "slow_answers": float(swarm.stats.slow_answers),
+            "busy_answers": float(swarm.stats.busy_answers),
+            "peer_errors": float(swarm.stats.peer_errors),
             "banned_peers": float(swarm.active_bans()),
             "peers_known": float(len(self._peer_list())),
             "probes_sent": float(discovery.probes_sent),

@@ -58,7 +58,10 @@ class CacheSink:
             return []
 
     def accept_segment(self, segment: Segment, algorithm: HashAlgorithm) -> None:
-        self.cache.add_segment(_record(segment, algorithm))
+        # A V1 SEGMENT_INFO lists every block hash (HoD is their hash): it proves the blocks,
+        # so they are served to peers (docs/trust.md).
+        full = algorithm.version == 1 and len(segment.block_hashes) == segment.block_count
+        self.cache.add_segment(_record(segment, algorithm), segment.block_hashes if full else None)
 
     def put_block(self, segment_id: bytes, index: int, data: bytes, block_hash: bytes) -> None:
         # Staged: readable at once, made durable by commit() with the segment's other blocks.
@@ -244,9 +247,10 @@ def offerer(
 class OfferingStore:
     """The engine's block store, offering each segment once all its blocks are in.
 
-    The block hashes a V1 SEGMENT_INFO needs are taken as the blocks pass; a segment whose
-    blocks arrived partly before a restart is not offered (the hosted cache gets it from
-    another client). Offering only queues: it never slows the write.
+    The block hashes a V1 SEGMENT_INFO needs are taken as the blocks pass; those that arrived
+    before (another run of the daemon, or a segment whose record was dropped from memory)
+    come from the cache's index, which keeps each block's verified hash. A segment is offered
+    by the write that completes it. Offering only queues: it never slows the write.
     """
 
     def __init__(self, cache: BlockCache, offer: Callable[[Segment, HashAlgorithm], None]) -> None:
@@ -254,8 +258,8 @@ class OfferingStore:
         self._offer = offer
         self._records: OrderedDict[bytes, tuple[SegmentRecord, dict[int, bytes]]] = OrderedDict()
 
-    def add_segment(self, record: SegmentRecord) -> None:
-        self.cache.add_segment(record)
+    def add_segment(self, record: SegmentRecord, hashes: Sequence[bytes] | None = None) -> None:
+        self.cache.add_segment(record, hashes)
         if record.segment_id not in self._records:
             self._records[record.segment_id] = (record, {})
             while len(self._records) > MAX_PENDING_SEGMENTS:
@@ -269,15 +273,31 @@ class OfferingStore:
         durable: bool = True,
     ) -> None:
         blocks = list(blocks)
+        held_before = len(self.cache.held_blocks(segment_id))
         self.cache.put_blocks(segment_id, blocks, durable=durable)
         pending = self._records.get(segment_id)
-        if pending is None:
+        if pending is not None:
+            record, hashes = pending
+            hashes.update((index, digest) for index, _, digest in blocks)
+            if len(hashes) >= record.block_count:  # every block passed by: offer
+                self._records.pop(segment_id, None)
+                self._offer_segment(record, hashes)
+                return
+        # Some blocks came before this record (another run of the daemon, or a record dropped
+        # from memory): the write that completes the segment offers it, with the hashes the
+        # index keeps for every block.
+        found = pending[0] if pending is not None else self.cache.segment(segment_id)
+        if found is None or held_before >= found.block_count:
+            return  # unknown, or complete before this write
+        if len(self.cache.held_blocks(segment_id)) < found.block_count:
             return
-        record, hashes = pending
-        hashes.update((index, digest) for index, _, digest in blocks)
-        if len(hashes) < record.block_count:
-            return
-        del self._records[segment_id]
+        hashes = self.cache.block_hashes(segment_id)
+        if len(hashes) < found.block_count:
+            return  # dropped meanwhile (evicted or flushed)
+        self._records.pop(segment_id, None)
+        self._offer_segment(found, hashes)
+
+    def _offer_segment(self, record: SegmentRecord, hashes: dict[int, bytes]) -> None:
         algorithm = HashAlgorithm(record.algorithm)
         ordered = tuple(hashes[i] for i in range(record.block_count))
         segment = Segment(
@@ -318,16 +338,30 @@ class OfferingStore:
     def verify(self, hasher: Callable[[int, bytes], bytes] | None = None) -> VerifyReport:
         return self.cache.verify(hasher)
 
-    def has_block(self, segment_id: bytes, index: int) -> bool:
-        return self.cache.has_block(segment_id, index)
+    def has_block(self, segment_id: bytes, index: int, expected: bytes | None = None) -> bool:
+        return self.cache.has_block(segment_id, index, expected)
 
     def held_blocks(self, segment_id: bytes) -> list[int]:
         return self.cache.held_blocks(segment_id)
 
+    def matching_blocks(self, segment_id: bytes, hashes: Sequence[bytes]) -> set[int]:
+        return self.cache.matching_blocks(segment_id, hashes)
+
     def read_block(
-        self, segment_id: bytes, index: int, start: int = 0, length: int | None = None
+        self,
+        segment_id: bytes,
+        index: int,
+        start: int = 0,
+        length: int | None = None,
+        *,
+        expected: bytes,
     ) -> bytes | None:
-        return self.cache.read_block(segment_id, index, start, length)
+        return self.cache.read_block(segment_id, index, start, length, expected=expected)
+
+    def read_run(
+        self, segment_id: bytes, first: int, expected: Sequence[bytes], start: int, length: int
+    ) -> bytes:
+        return self.cache.read_run(segment_id, first, expected, start, length)
 
     def pin(self, segment_id: bytes) -> AbstractContextManager[None]:
         return self.cache.pin(segment_id)

@@ -64,6 +64,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "peerdist_bad_blocks",
         "Blocks from peers or applications that failed verification.",
     ),
+    "bad_blocks_from_disk": (
+        "peerdist_bad_blocks_from_disk",
+        "Cached blocks whose bytes no longer hashed to their hash on a read: dropped.",
+    ),
     "scrub_blocks": ("peerdist_scrub_blocks", "Cached blocks re-hashed by the background scrub."),
     "scrub_bad_blocks": (
         "peerdist_scrub_bad_blocks",
@@ -73,6 +77,46 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "peerdist_store_heals",
         "Damaged store files (cache index, publications) set aside and rebuilt.",
     ),
+    # The swarm's answers from peers (net.swarm.SwarmStats).
+    "hedges": (
+        "peerdist_hedges",
+        "Blocks asked of another holder before the first one asked had answered (hedging).",
+    ),
+    "slow_answers": (
+        "peerdist_slow_answers",
+        "Peer answers abandoned for arriving under the floor rate (peers.min_transfer_rate).",
+    ),
+    "busy_answers": (
+        "peerdist_busy_answers",
+        "Peer answers saying the peer was at its upload limit ([MS-PCCRR] 3.2.5.2).",
+    ),
+    "peer_errors": (
+        "peerdist_peer_errors",
+        "Block requests to peers that failed (timeouts, resets, bad answers, slow answers).",
+    ),
+}
+
+# Hosted cache mode ([MS-PCHC]): the server role's pulls, then a client role's offers. Keys
+# are the hosted_cache_* counters of /v1/status; present only in the role that has them.
+_HOSTED_CACHE: dict[str, str] = {
+    "offers": "Offers received (v1.0 SEGMENT_INFO and v2.0 BATCHED_OFFER segments).",
+    "offers_dropped": "Malformed offers dropped by closing the connection.",
+    "segments_queued": "Offered segments queued to be pulled from their offerer.",
+    "segments_skipped": "Offered segments not pulled: the pull queue was full.",
+    "blocks_pulled": "Blocks pulled from offerers, verified and kept.",
+    "bytes_pulled": "Bytes of blocks pulled from offerers, verified and kept.",
+    "unverified_blocks": "Blocks of v2.0 offers kept encrypted (not verifiable here).",
+    "unverified_bytes": "Bytes of v2.0 offers kept encrypted (not verifiable here).",
+    "unverified_refused": "Unverifiable blocks not kept: over the offerer's share, or held.",
+    "bad_blocks": "Pulled blocks that failed verification (not kept).",
+    "pull_errors": "Pulls from offerers that failed.",
+    "segments_offered": "Segments this node offered to its hosted cache.",
+    "offers_failed": "Offers to the hosted cache that failed.",
+    "offers_skipped": "Segments not offered: the offer queue was full.",
+}
+COUNTERS |= {
+    f"hosted_cache_{key}": (f"peerdist_hosted_cache_{key}", doc)
+    for key, doc in _HOSTED_CACHE.items()
 }
 
 GAUGES: dict[str, tuple[str, str]] = {

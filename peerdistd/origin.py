@@ -154,7 +154,8 @@ class FilePublisher:
     async def _drop_stale(self, key: FileKey) -> None:
         """Unpublish what earlier versions of the file left behind."""
         current = {key.publication_id(v) for v in (1, 2)}
-        for pub in await self.client.publications():
+        # Its own uid's only: root's listing would name every uid's (ids are per uid).
+        for pub in await self.client.publications(uid=os.geteuid()):
             if pub.id.startswith(key.prefix) and pub.id not in current:
                 with contextlib.suppress(PeerDistError):
                     await self.client.unpublish(pub.id)

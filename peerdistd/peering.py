@@ -29,6 +29,7 @@ from peerdistd.hosted import (
 from peerdistd.hosted import offerer as make_offerer
 from peerdistd.net.discovery import Discovery
 from peerdistd.net.discovery_sockets import resolve_interfaces
+from peerdistd.net.flight import FlightNet
 from peerdistd.net.hosted_cache_client import HostedCacheFirst, Offerer
 from peerdistd.net.mdns import Mdns
 from peerdistd.net.retrieval_client import RetrievalClient
@@ -46,7 +47,8 @@ class CacheSource:
     """The block cache seen by the retrieval server and the discovery responder.
 
     Peer input reaches the cache through here, so hostile ids (wrong sizes) that the cache
-    rejects with DecodeError simply mean "not held".
+    rejects with DecodeError simply mean "not held". Peers see only proven blocks, re-hashed
+    on every send (docs/trust.md): a peer cannot say which content information it holds.
     """
 
     def __init__(self, cache: BlockCache) -> None:
@@ -61,19 +63,19 @@ class CacheSource:
 
     def held_blocks(self, segment_id: bytes) -> Sequence[int]:
         try:
-            return self.cache.held_blocks(segment_id)
+            return self.cache.proven_blocks(segment_id)
         except errors.PeerDistError:
             return []
 
     def read_block(self, segment_id: bytes, index: int) -> bytes | None:
         try:
-            return self.cache.read_block(segment_id, index)
+            return self.cache.read_proven(segment_id, index)
         except errors.PeerDistError:
             return None
 
     def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
         try:
-            return self.cache.block_counts(segment_ids)
+            return self.cache.block_counts(segment_ids, proven_only=True)
         except errors.PeerDistError:
             return {}
 
@@ -113,6 +115,7 @@ class PeerNode:
     hosted: HostedCacheServer | None = None
     offerer: Offerer | None = None
     network: PeerNetwork | None = None
+    flight: FlightNet | None = None  # single-flight claims (peers.single_flight)
 
     def __post_init__(self) -> None:
         if self.network is None:
@@ -312,6 +315,16 @@ async def start_peer_node(
             )
             node.network = HostedCacheFirst(
                 swarm, client, where, request_timeout=peers.request_timeout_ms / 1000.0
+            )
+        if peers.single_flight:
+            node.flight = await stack.enter_async_context(
+                FlightNet(
+                    bytes.fromhex(node_id),
+                    advertise,
+                    interface_addresses=interfaces,
+                    port=peers.claim_port,
+                    ttl=peers.claim_ttl_ms / 1000.0,
+                )
             )
         bound = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
         log.info(

@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -41,6 +42,7 @@ U64 = (1 << 64) - 1
 # The ``id`` of a new publication (openapi.json has the same pattern): printable ASCII
 # without space or '/', so it fits a URL path segment and a terminal as it is.
 PUBLICATION_ID = re.compile(r"[!-.0-~]{1,256}")
+MAX_UID = (1 << 32) - 2  # uid_t; (uid_t)-1 is no uid
 
 
 def caller(request: web.Request) -> int:
@@ -100,7 +102,18 @@ def pub_json(pub: Publication) -> dict[str, Any]:
         "algorithm": algorithm.name.lower(),
         "segments": len(pub.segment_ids),
         "created": pub.created,
+        "uid": pub.owner_uid,
     }
+
+
+def q_owner(request: web.Request) -> int | None:
+    """``uid``: whose publication ids the request names (root only for another uid's)."""
+    return q_int(request, "uid", None, 0, MAX_UID)
+
+
+def pub_location(pub: Publication, uid: int) -> str:
+    where = f"/v1/publications/{quote(pub.id, safe='')}"
+    return where if pub.owner_uid == uid else f"{where}?uid={pub.owner_uid}"
 
 
 def data_response(result: ReadResult) -> web.Response:
@@ -131,6 +144,7 @@ async def get_status(request: web.Request) -> web.Response:
             "segments": usage.segments,
             "blocks": usage.blocks,
             "evictions": usage.evictions,
+            "bad_blocks_from_disk": usage.bad_blocks_from_disk,
         },
         "counters": counters,
         "hit_ratio": hit_ratios(counters),
@@ -189,23 +203,24 @@ async def post_publication(request: web.Request) -> web.Response:
                 f"hash must be sha256, sha384 or sha512, got {name!r}"
             ) from None
     assert version is not None
+    owner = q_owner(request)
     pub = await engine.publisher.publish(
-        uid, body_chunks(request), pub_id=pub_id, version=version, algorithm=algorithm
+        uid, body_chunks(request), pub_id=pub_id, version=version, algorithm=algorithm, owner=owner
     )
     return web.json_response(
-        pub_json(pub), status=201, headers={"Location": f"/v1/publications/{pub.id}"}
+        pub_json(pub), status=201, headers={"Location": pub_location(pub, uid)}
     )
 
 
 async def list_publications(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    pubs = engine.publisher.list_publications(caller(request))
+    pubs = engine.publisher.list_publications(caller(request), q_owner(request))
     return web.json_response({"publications": [pub_json(p) for p in pubs]})
 
 
 async def get_publication(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    pub = engine.publisher.publication(caller(request), request.match_info["id"])
+    pub = engine.publisher.publication(caller(request), request.match_info["id"], q_owner(request))
     return web.json_response(pub_json(pub))
 
 
@@ -217,12 +232,15 @@ async def get_content_information(request: web.Request) -> web.Response:
         q_int(request, "offset", None),
         q_int(request, "length", None, 1),
         q_int(request, "version", None, 1, 2),
+        q_owner(request),
     )
     return web.Response(body=data, content_type="application/octet-stream")
 
 
 async def delete_publication(request: web.Request) -> web.Response:
-    request.app[ENGINE].publisher.unpublish(caller(request), request.match_info["id"])
+    request.app[ENGINE].publisher.unpublish(
+        caller(request), request.match_info["id"], q_owner(request)
+    )
     return web.Response(status=204)
 
 
@@ -328,6 +346,7 @@ async def get_cache(request: web.Request) -> web.Response:
             "segments": usage.segments,
             "blocks": usage.blocks,
             "evictions": usage.evictions,
+            "bad_blocks_from_disk": usage.bad_blocks_from_disk,
         }
     )
 

@@ -12,10 +12,10 @@ import io
 import json
 import os
 import stat
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -40,6 +40,9 @@ from peerdistd.api.client_sockets import (
     unreachable,
 )
 from peerdistd.errors import ApiError, InvalidHandle, InvalidParameter, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from peerdistd.api.fetch_loop import FetchCounts
 
 __all__ = [
     "SYSTEM_SOCKET",
@@ -183,11 +186,17 @@ class PeerDistClient:
         id: str | None = None,
         version: int = 1,
         hash: str = "sha256",
+        uid: int | None = None,
     ) -> Publication:
-        """Publish content (streamed); re-publishing an id replaces it."""
+        """Publish content (streamed); re-publishing an id replaces it.
+
+        Ids are per uid; ``uid`` (root only) publishes in another uid's namespace.
+        """
         params = {"version": str(version), "hash": hash}
         if id is not None:
             params["id"] = id
+        if uid is not None:
+            params["uid"] = str(uid)
         body: bytes | AsyncIterable[bytes]
         headers: dict[str, str] = {}
         if isinstance(data, Path):
@@ -209,13 +218,15 @@ class PeerDistClient:
         with malformed():
             return Publication.from_json(doc)
 
-    async def publications(self) -> list[Publication]:
-        doc = await self._json("GET", "/v1/publications")
+    async def publications(self, *, uid: int | None = None) -> list[Publication]:
+        """The caller's publications (root: every uid's, or ``uid``'s if given)."""
+        doc = await self._json("GET", "/v1/publications", params=_owner(uid))
         with malformed():
             return [Publication.from_json(p) for p in doc["publications"]]
 
-    async def publication(self, pub_id: str) -> Publication:
-        doc = await self._json("GET", f"/v1/publications/{_seg(pub_id)}")
+    async def publication(self, pub_id: str, *, uid: int | None = None) -> Publication:
+        """The caller's publication ``pub_id`` (root: ``uid``'s if given)."""
+        doc = await self._json("GET", f"/v1/publications/{_seg(pub_id)}", params=_owner(uid))
         with malformed():
             return Publication.from_json(doc)
 
@@ -226,19 +237,19 @@ class PeerDistClient:
         offset: int | None = None,
         length: int | None = None,
         version: int | None = None,
+        uid: int | None = None,
     ) -> bytes:
-        """The publication's content information, for the range when offset/length are given."""
-        params = {
-            k: str(v)
-            for k, v in (("offset", offset), ("length", length), ("version", version))
-            if v is not None
-        }
+        """The publication's content information, for the range when offset/length are given
+        (root: of ``uid``'s publication if given)."""
+        asked = (("offset", offset), ("length", length), ("version", version), ("uid", uid))
+        params = {k: str(v) for k, v in asked if v is not None}
         path = f"/v1/publications/{_seg(pub_id)}/content-information"
         async with self._request("GET", path, params=params) as resp:
             return await resp.read()
 
-    async def unpublish(self, pub_id: str) -> None:
-        await self._empty("DELETE", f"/v1/publications/{_seg(pub_id)}")
+    async def unpublish(self, pub_id: str, *, uid: int | None = None) -> None:
+        """Withdraw the caller's publication ``pub_id`` (root: ``uid``'s if given)."""
+        await self._empty("DELETE", f"/v1/publications/{_seg(pub_id)}", params=_owner(uid))
 
     async def open_content(
         self, content_information: bytes, *, immediate: bool = False
@@ -282,6 +293,38 @@ class PeerDistClient:
     async def openapi(self) -> dict[str, Any]:
         doc = await self._json("GET", "/v1/openapi.json")
         return dict(doc)
+
+    async def fetch_to(
+        self,
+        content_information: bytes,
+        origin: str,
+        out: IO[bytes],
+        *,
+        workers: int = 4,
+        timeout_ms: int | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> FetchCounts:
+        """The PeerDist fetch loop: write the content to ``out``, reading through the daemon
+        with ``workers`` reads at once and fetching what the branch lacks from ``origin``
+        (an HTTP URL serving ranges). See :mod:`peerdistd.api.fetch_loop`."""
+        from peerdistd.api import fetch_loop as loop  # noqa: PLC0415 (it imports us)
+
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+        handle = await self.open_content(content_information, immediate=True)
+        async with handle, aiohttp.ClientSession(timeout=timeout) as session:
+            if not handle.complete:
+                await handle.complete_content_information()
+            return await loop.fetch_loop(
+                handle,
+                origin,
+                out,
+                session=session,
+                workers=workers,
+                timeout_ms=timeout_ms,
+                progress=progress,
+                piece_bounds=loop.pieces_of(content_information),
+                block_bounds=loop.segments_of(content_information),
+            )
 
 
 class ContentHandle:
@@ -412,3 +455,8 @@ async def _file_chunks(handle: IO[bytes], size: int = _UPLOAD_CHUNK) -> AsyncIte
             yield chunk
     finally:
         handle.close()
+
+
+def _owner(uid: int | None) -> dict[str, str]:
+    """The ``uid`` query parameter of the publication routes, when one is given."""
+    return {} if uid is None else {"uid": str(uid)}

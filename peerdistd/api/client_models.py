@@ -139,6 +139,7 @@ class Publication:
     algorithm: str
     segments: int
     created: float
+    uid: int | None = None  # the owner (publication ids are per uid); None from old daemons
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Publication:
@@ -149,6 +150,7 @@ class Publication:
             str(d["algorithm"]),
             int(d["segments"]),
             _timestamp(d["created"]),
+            None if d.get("uid") is None else int(d["uid"]),
         )
 
 

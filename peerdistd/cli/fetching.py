@@ -1,15 +1,13 @@
 """The PeerDist application loop over the local API, as ``peerdist fetch`` runs it.
 
-Stream-read from the daemon; get each range it reports missing from the origin with a
-MissingDataRequest ([MS-PCCRTP] 3.1; what iPXE sends), a slice at a time, asking the daemon
-again between slices; add it back, go on until NO_MORE.
+The loop is the SDK's (:mod:`peerdistd.api.fetch_loop`): several block reads at once, each
+piece the daemon reports missing fetched from the origin with a MissingDataRequest
+([MS-PCCRTP] 3.1; what iPXE sends) and added back, until the whole content is written. This
+module gives it the origin requests with the CLI's failure reasons.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,31 +16,18 @@ from typing import BinaryIO
 
 import aiohttp
 
-from peerdistd.api.client import DEFAULT_READ_MAX, AddDataResult, ContentHandle, PeerDistClient
+from peerdistd.api.client import DEFAULT_READ_MAX, PeerDistClient
+from peerdistd.api.fetch_loop import DEFAULT_WORKERS, fetch_loop, pieces_of, segments_of
 from peerdistd.cli.failures import origin_reason, transport_reason
-from peerdistd.errors import (
-    MissingData,
-    NoMore,
-    PeerDistError,
-    RemoteError,
-    ServiceUnavailable,
-    Timeout,
-    TransferInterrupted,
-)
+from peerdistd.errors import RemoteError, TransferInterrupted
 from peerdistd.proto.pccrtp import missing_data_headers
+
+__all__ = ["ORIGIN_CHUNK", "FetchSummary", "ProgressCallback", "fetch", "origin_range"]
 
 ProgressCallback = Callable[[int, int | None], None]
 """Called with (bytes written so far, total or None) as a fetch goes on."""
 
 ORIGIN_CHUNK = 1 << 20
-# At most this much of a missing range is taken from the origin before the daemon is asked
-# again: nodes that start together then share what each fetched instead of all taking the
-# whole content from the WAN.
-ORIGIN_SLICE = 4 << 20
-# A range the origin cut short is asked again (its rest only) up to this many times in a row,
-# waiting ORIGIN_BACKOFF seconds before the first retry and twice as long before each next.
-ORIGIN_RETRIES = 3
-ORIGIN_BACKOFF = 0.5
 # Answers worth asking again: the origin is busy or failing for now (RFC 9110 15.5.9, 15.6).
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -62,9 +47,9 @@ class FetchSummary:
 
 
 async def origin_range(
-    session: aiohttp.ClientSession, url: str, offset: int, length: int
+    session: aiohttp.ClientSession, url: str, offset: int, length: int, chunk: int = ORIGIN_CHUNK
 ) -> AsyncIterator[bytes]:
-    """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ORIGIN_CHUNK."""
+    """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ``chunk``."""
     last = offset + length - 1
     # [MS-PCCRTP] 3.1: an identity request saying MissingDataRequest=true, never together
     # with Accept-Encoding: peerdist (PROTOCOLS.md, section 5; what iPXE sends per block).
@@ -83,11 +68,11 @@ async def origin_range(
             if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
                 raise RemoteError(f"{where}: answered Content-Encoding, expected identity")
             while got < length:
-                chunk = await resp.content.read(min(ORIGIN_CHUNK, length - got))
-                if not chunk:
+                data = await resp.content.read(min(chunk, length - got))
+                if not data:
                     break
-                got += len(chunk)
-                yield chunk
+                got += len(data)
+                yield data
             if got != length:
                 raise TransferInterrupted(
                     f"{where}: sent a body of the wrong length ({got} of {length} bytes)"
@@ -101,36 +86,6 @@ async def origin_range(
         raise TransferInterrupted(f"{where}: {transport_reason(exc)}") from exc
 
 
-async def _add_from_origin(
-    handle: ContentHandle, offset: int, chunks: AsyncIterator[bytes], out: BinaryIO
-) -> AsyncIterator[int]:
-    """Add each origin chunk to the daemon, then write it; yields the bytes done.
-
-    The next chunk is read from the origin while the daemon verifies the previous one.
-    """
-    pending: asyncio.Task[AddDataResult] | None = None
-    pending_chunk = b""
-    try:
-        async for chunk in chunks:
-            if pending is not None:
-                await pending
-                out.write(pending_chunk)
-                yield len(pending_chunk)
-            pending = asyncio.create_task(handle.add_data(offset, chunk))
-            pending_chunk = chunk
-            offset += len(chunk)
-        if pending is not None:
-            await pending
-            out.write(pending_chunk)
-            yield len(pending_chunk)
-            pending = None
-    finally:
-        if pending is not None:  # the origin failed: stop (or collect) the add in flight
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, PeerDistError):
-                await pending
-
-
 async def fetch(
     client: PeerDistClient,
     content_information: bytes,
@@ -140,102 +95,36 @@ async def fetch(
     timeout_ms: int | None = None,
     progress: ProgressCallback | None = None,
     read_max: int = DEFAULT_READ_MAX,
+    workers: int = DEFAULT_WORKERS,
 ) -> FetchSummary:
-    """Get the content through peerdistd, filling what it lacks from ``origin``; write to out."""
+    """Get the content through peerdistd, filling what it lacks from ``origin``; write to out
+    (the SDK's fetch loop, :func:`peerdistd.api.fetch_loop.fetch_loop`, with ``workers``)."""
     started = time.monotonic()
-    from_cache = from_peers = from_origin = requests = 0
-    expected: int | None = None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
     handle = await client.open_content(content_information, immediate=True)
     async with handle, aiohttp.ClientSession(timeout=timeout) as origin_session:
         if not handle.complete:
             await handle.complete_content_information()
-        expected = handle.range_offset
-
-        def advance(offset: int, n: int) -> None:
-            nonlocal expected
-            # Stream reads are served in order, each taking the next range (DESIGN.md).
-            if expected is not None and offset != expected:
-                raise ServiceUnavailable(f"peerdistd read at offset {offset}, expected {expected}")
-            if n <= 0:
-                raise ServiceUnavailable(f"peerdistd returned an empty range at {offset}")
-            expected = offset + n
-
-        def took(data: bytes, peers: int) -> None:
-            nonlocal from_cache, from_peers
-            out.write(data)
-            from_peers += peers
-            from_cache += len(data) - peers
-            if progress:
-                progress(from_cache + from_peers + from_origin, handle.size)
-
-        async def from_origin_slice(offset: int, length: int) -> None:
-            """The range from the origin; a cut is asked again from where it broke off."""
-            nonlocal from_origin, requests
-            done = failures = 0
-            for attempt in itertools.count(1):
-                requests += 1
-                start = offset + done
-                chunks = origin_range(origin_session, origin, start, length - done)
-                try:
-                    async for n in _add_from_origin(handle, start, chunks, out):
-                        done += n
-                        from_origin += n
-                        if progress:
-                            progress(from_cache + from_peers + from_origin, handle.size)
-                    return
-                except TransferInterrupted as exc:
-                    # Bounded: ORIGIN_RETRIES in a row without a byte of progress.
-                    failures = 1 if offset + done > start else failures + 1
-                    if failures > ORIGIN_RETRIES:
-                        raise TransferInterrupted(
-                            f"{exc}; gave up after {attempt} attempts — try again later"
-                        ) from exc
-                    await asyncio.sleep(ORIGIN_BACKOFF * 2 ** (failures - 1))
-
-        async def fill_gap(offset: int, length: int) -> None:
-            """A range the daemon reported missing: take a slice of it from the origin, then
-            ask the daemon again for the rest (block reads), since other nodes of the branch
-            may have fetched it meanwhile. Only what is still missing goes to the origin."""
-            end = offset + length
-            pos = offset
-            take = min(ORIGIN_SLICE, end - pos)
-            while pos < end:
-                if take:
-                    await from_origin_slice(pos, take)
-                    pos += take
-                    take = 0
-                    continue
-                try:
-                    read = await handle.block_read(
-                        pos, min(read_max, end - pos), timeout_ms=timeout_ms
-                    )
-                except (MissingData, Timeout) as gap:
-                    take = min(ORIGIN_SLICE, gap.length, end - pos)
-                    continue
-                if read.offset != pos or not read.data:
-                    raise ServiceUnavailable(f"peerdistd block read at {pos} answered badly")
-                took(read.data, read.from_peers)
-                pos += len(read.data)
-
-        while True:
-            try:
-                read = await handle.stream_read(read_max, timeout_ms=timeout_ms)
-            except NoMore:
-                break
-            except (MissingData, Timeout) as gap:
-                advance(gap.offset, gap.length)
-                await fill_gap(gap.offset, gap.length)
-                continue
-            advance(read.offset, len(read.data))
-            took(read.data, read.from_peers)
+        counts = await fetch_loop(
+            handle,
+            origin,
+            out,
+            session=origin_session,
+            origin_get=origin_range,
+            workers=workers,
+            timeout_ms=timeout_ms,
+            progress=progress,
+            read_max=read_max,
+            piece_bounds=pieces_of(content_information),
+            block_bounds=segments_of(content_information),
+        )
         # No ClientFlushContent here: it removes the content from the cache (DESIGN.md), and
         # what came from the origin is what this node should now serve to the branch.
     return FetchSummary(
-        from_cache + from_peers + from_origin,
-        from_cache,
-        from_peers,
-        from_origin,
-        requests,
+        counts.size,
+        counts.from_cache,
+        counts.from_peers,
+        counts.from_origin,
+        counts.origin_requests,
         time.monotonic() - started,
     )

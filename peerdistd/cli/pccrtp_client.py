@@ -15,6 +15,7 @@ from typing import BinaryIO
 import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, PeerDistClient
+from peerdistd.api.fetch_loop import DEFAULT_WORKERS
 from peerdistd.cli.failures import origin_reason
 from peerdistd.cli.fetching import ORIGIN_CHUNK, FetchSummary, ProgressCallback, fetch
 from peerdistd.errors import DecodeError, RemoteError
@@ -36,6 +37,7 @@ async def fetch_url(
     timeout_ms: int | None = None,
     progress: ProgressCallback | None = None,
     read_max: int = DEFAULT_READ_MAX,
+    workers: int = DEFAULT_WORKERS,
 ) -> FetchSummary:
     """Ask ``url`` for content information; fetch through peerdistd with it, else plainly."""
     started = time.monotonic()
@@ -63,7 +65,14 @@ async def fetch_url(
         raise RemoteError(f"origin {url}: {origin_reason(exc)}") from exc
     _check(info, answer, url)
     summary = await fetch(
-        client, info, url, out, timeout_ms=timeout_ms, progress=progress, read_max=read_max
+        client,
+        info,
+        url,
+        out,
+        timeout_ms=timeout_ms,
+        progress=progress,
+        read_max=read_max,
+        workers=workers,
     )
     return dataclasses.replace(
         summary, seconds=time.monotonic() - started, content_info_bytes=len(info)

@@ -25,6 +25,7 @@ import aiohttp
 from rich.console import Console
 
 from peerdistd.api.client import PeerDistClient
+from peerdistd.api.fetch_loop import DEFAULT_WORKERS
 from peerdistd.cli.failures import SOCKET_HELP, report, warn
 from peerdistd.cli.fetching import FetchSummary, fetch, origin_range
 from peerdistd.cli.pccrtp_client import fetch_url, plain_download
@@ -35,7 +36,8 @@ from peerdistd.cli.progress import (
     progress_bar,
     status_view,
 )
-from peerdistd.errors import InvalidParameter, PeerDistError, ServiceUnavailable
+from peerdistd.config import load_config
+from peerdistd.errors import ConfigError, InvalidParameter, PeerDistError, ServiceUnavailable
 from peerdistd.proto.pccrtp import ProtocolVersion
 
 __all__ = ["FetchSummary", "fetch", "fetch_url", "origin_range", "register", "run"]
@@ -71,9 +73,9 @@ async def _stdin_chunks() -> AsyncIterator[bytes]:
 async def _publish(client: PeerDistClient, args: argparse.Namespace) -> int:
     # "-" is standard input; a path may be a pipe too (<(cmd)): both are streamed.
     body = _stdin_chunks() if str(args.file) == "-" else args.file
-    pub = await client.publish(body, id=args.id, version=args.version, hash=args.hash)
+    pub = await client.publish(body, id=args.id, version=args.version, hash=args.hash, uid=args.uid)
     if args.content_info is not None:
-        _write_file(args.content_info, await client.content_information(pub.id))
+        _write_file(args.content_info, await client.content_information(pub.id, uid=args.uid))
     print(
         f"published {pub.id}: {pub.size} bytes, content information V{pub.version} "
         f"({pub.algorithm}), {pub.segments} segments"
@@ -87,10 +89,10 @@ async def _content_info(client: PeerDistClient, args: argparse.Namespace) -> int
         return 2
     try:
         info = await client.content_information(
-            args.id, offset=args.offset, length=args.length, version=args.version
+            args.id, offset=args.offset, length=args.length, version=args.version, uid=args.uid
         )
     except InvalidParameter:
-        pub = None if args.version is None else await client.publication(args.id)
+        pub = None if args.version is None else await client.publication(args.id, uid=args.uid)
         if pub is None or pub.version == args.version:
             raise
         # The daemon hands out only the version a publication was made with; say how to get
@@ -107,7 +109,7 @@ async def _content_info(client: PeerDistClient, args: argparse.Namespace) -> int
 
 
 async def _unpublish(client: PeerDistClient, args: argparse.Namespace) -> int:
-    await client.unpublish(args.id)
+    await client.unpublish(args.id, uid=args.uid)
     return 0
 
 
@@ -118,6 +120,7 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
         content_information = await asyncio.to_thread(args.content_info.read_bytes)
     err = _stderr()
     to_stdout = str(args.output) == "-"
+    workers = args.workers or _default_workers()
     # Written beside OUT and renamed when complete, so OUT is never a partial file.
     part = args.output.with_name(args.output.name + ".part")
     out = sys.stdout.buffer if to_stdout else await asyncio.to_thread(part.open, "wb")
@@ -139,6 +142,7 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
                     version={v.text: v for v in ProtocolVersion}[args.peerdist_version],
                     timeout_ms=args.timeout_ms,
                     progress=progress,
+                    workers=workers,
                 )
             else:
                 summary = await fetch(
@@ -148,6 +152,7 @@ async def _fetch(client: PeerDistClient, args: argparse.Namespace) -> int:
                     out,
                     timeout_ms=args.timeout_ms,
                     progress=progress,
+                    workers=workers,
                 )
         out.flush()
         if not to_stdout:
@@ -281,6 +286,15 @@ def _add(
     return parser
 
 
+def _uid_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--uid",
+        type=_natural,
+        metavar="UID",
+        help="root: the publication of this uid (ids are per uid; default: your own)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this module's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -302,6 +316,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--version", type=int, choices=(1, 2), default=1)
     p.add_argument("--hash", choices=("sha256", "sha384", "sha512"), default="sha256")
     p.add_argument("--content-info", type=Path, metavar="OUT", help="also write its content info")
+    _uid_option(p)
 
     p = _add(subparsers, common, "content-info", _content_info, "get a publication's content info")
     p.add_argument("id", metavar="ID")
@@ -309,9 +324,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--length", type=_natural, help="range length (with --offset)")
     p.add_argument("--version", type=int, choices=(1, 2), help="default: the publication's")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="'-': stdout")
+    _uid_option(p)
 
     p = _add(subparsers, common, "unpublish", _unpublish, "withdraw a publication")
     p.add_argument("id", metavar="ID")
+    _uid_option(p)
 
     p = _add(subparsers, common, "fetch", _fetch, "get content through peers, else the origin")
     p.epilog = _FETCH_EPILOG
@@ -332,6 +349,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="'-': stdout")
     p.add_argument("--timeout-ms", type=_natural, metavar="N", help="peer timeout (default 5000)")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="pieces read and fetched from the origin at once (default: peers.fetch_workers, 4)",
+    )
 
     p = _add(subparsers, common, "cache", _cache, "show the block cache's use")
     p.add_argument(
@@ -348,6 +371,21 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
 
     _add(subparsers, common, "peers", _peers, "list the peers known")
+
+
+def _workers(text: str) -> int:
+    value = _natural(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be 1..64: {text!r}")
+    return value
+
+
+def _default_workers() -> int:
+    """``peers.fetch_workers`` of the configuration this user's daemon would read, else 4."""
+    try:
+        return load_config().peers.fetch_workers
+    except ConfigError:
+        return DEFAULT_WORKERS
 
 
 _FETCH_EPILOG = (

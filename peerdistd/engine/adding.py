@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from peerdistd import errors
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.ports import BlockStore
-from peerdistd.engine.reading import segment_record
+from peerdistd.engine.reading import full_list, segment_record
 from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
 from peerdistd.proto.pccrc import BlockRef
@@ -86,6 +86,8 @@ class DataAdder:
             finally:
                 if working is not None and not working.done():
                     await asyncio.gather(working, return_exceptions=True)
+                if h.closed:  # closed meanwhile: its held bytes leave the daemon's budget
+                    h.held.clear()
         out.held = h.held.size
         return out
 
@@ -104,7 +106,9 @@ class DataAdder:
         while pos < end:
             ref = view.block_at(pos) if view else None
             if ref is None:
-                nxt = min(end, _next_described(view, pos))
+                nxt = _next_described(view, pos)
+                # Progress guarantee: every turn of this loop moves ``pos`` forward.
+                nxt = end if nxt is None or not pos < nxt < end else nxt
                 self._hold(h, pos, buf[pos - start : nxt - start])
                 pos = nxt
                 continue
@@ -166,23 +170,20 @@ class DataAdder:
     ) -> None:
         for seg_id, blocks in good.items():
             assert view is not None
-            self.store.add_segment(segment_record(view, blocks[0][0]))
+            first = blocks[0][0]
+            self.store.add_segment(segment_record(view, first), full_list(view, first))
             self.store.put_blocks(
                 seg_id, [(ref.index, data, ref.hash) for ref, data in blocks], durable=False
             )
 
     def _hold(self, h: ContentHandle, pos: int, data: memoryview) -> None:
-        if not h.held.add(pos, data):
-            raise errors.InvalidParameter(
-                f"more than {h.held.limit} bytes would be held unverified on this handle; "
-                "add the content information that covers them first"
-            )
+        h.held.add(pos, data)  # raises past this handle's or the daemon's cap
 
 
-def _next_described(view: ContentView | None, pos: int) -> int:
-    """The first offset after ``pos`` where a described block starts (or a huge number)."""
+def _next_described(view: ContentView | None, pos: int) -> int | None:
+    """The first offset after ``pos`` where a described block may start; None if none."""
     if view is None:
-        return 1 << 62
+        return None
     for seg in view.segments:
         if seg.offset > pos:
             return seg.offset
@@ -190,4 +191,4 @@ def _next_described(view: ContentView | None, pos: int) -> int:
             listed_end = seg.block_span(len(seg.block_hashes) - 1)[1] if seg.block_hashes else 0
             if pos >= listed_end:
                 return seg.offset + seg.length
-    return 1 << 62
+    return None

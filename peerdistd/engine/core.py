@@ -18,12 +18,13 @@ from peerdistd import errors
 from peerdistd.engine.adding import AddOutcome, DataAdder
 from peerdistd.engine.commit import GroupCommit
 from peerdistd.engine.events import EventBus
+from peerdistd.engine.flight import ClaimNetwork, SingleFlight
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.handle import check_flags as _flags
 from peerdistd.engine.handle import loop_running as _loop_running
 from peerdistd.engine.handle import may_grow as _may_grow
 from peerdistd.engine.handle import ready as _ready
-from peerdistd.engine.held import HeldData
+from peerdistd.engine.held import HeldBudget, HeldData
 from peerdistd.engine.owners import ALL, SegmentUsers
 from peerdistd.engine.ports import BlockStore, NoPeers, PeerNetwork
 from peerdistd.engine.publishing import Publisher
@@ -37,6 +38,7 @@ from peerdistd.store.publications import PublicationStore
 log = logging.getLogger(__name__)
 
 ROOT_UID = 0
+MAX_OFFSET = (1 << 64) - 1  # content offsets are 64-bit on the wire ([MS-PCCRC] 2.3, 2.4)
 READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
 OPEN_FLAGS = frozenset({"immediate"})
 
@@ -48,7 +50,9 @@ class EngineSettings:
     handle_idle_timeout: float = 600.0
     max_handles_per_uid: int = 4096
     held_limit: int = 64 * 1024 * 1024  # unverified bytes one handle may hold
+    held_total_limit: int = 256 * 1024 * 1024  # ... and every handle together
     max_read: int = 16 * 1024 * 1024
+    piece_size: int = 1 << 20  # single flight's piece cap (peers.piece_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class Engine:
         peers: PeerNetwork | None = None,
         settings: EngineSettings | None = None,
         stats: Counters | None = None,
+        claims: ClaimNetwork | None = None,
     ) -> None:
         self.store = store
         self.publications = publications
@@ -80,11 +85,16 @@ class Engine:
         self.events = EventBus(owner=self._owner_of)
         self.peers: PeerNetwork = peers or NoPeers()
         self.slots = SlotPool(self.settings.max_inflight)
+        self.held_budget = HeldBudget(self.settings.held_total_limit)
         self._tasks: set[asyncio.Future[Any]] = set()
         self.commits = GroupCommit(store)
         self.reader = BlockReader(
             store, self.peers, self.slots, self.stats, self.events, self._track, self.commits.kick
         )
+        self.flight: SingleFlight | None = None
+        if claims is not None:
+            self.flight = SingleFlight(store, claims, piece_cap=self.settings.piece_size)
+            self.reader.flight = self.flight
         self.adder = DataAdder(store, self.stats)
         self.publisher = Publisher(
             store,
@@ -153,14 +163,14 @@ class Engine:
             ci_bytes=bytearray(ci_part) if _may_grow(view) else bytearray(),
             view=view,
             stream_offset=view.start,
-            held=HeldData(self.settings.held_limit),
+            held=HeldData(self.settings.held_limit, self.held_budget),
             last_used=time.monotonic(),
             flags=flag_set,
         )
         self.handles[handle.id] = handle
         self.users.note(uid, view.segment_ids(0, ALL))
         if "immediate" in flag_set:
-            self.peers.prefetch_hint(view.segment_ids())
+            self.reader.hint(view, view.start, reading=False)
         return handle
 
     def handle(self, uid: int, handle_id: str) -> ContentHandle:
@@ -207,11 +217,16 @@ class Engine:
             log.info("%s", h.summary(why))
         h.closed = True
         self.handles.pop(h.id, None)
+        if self.flight is not None:
+            self.flight.closed(h.id)
         current = asyncio.current_task() if _loop_running() else None
         for task in list(h.pending):
             if task is not current:
                 task.cancel()
-        # Held bytes go with the handle object (an add may still be finishing on them).
+        self.reader.drop_ahead(h.id)
+        # Held bytes leave the daemon's budget now, or when a running add ends (DataAdder).
+        if not h.add_lock.locked():
+            h.held.clear()
 
     async def flush(self, uid: int, handle_id: str) -> int:
         """ClientFlushContent: drop what the handle held unverified and this content's
@@ -373,14 +388,16 @@ class Engine:
         """ClientAddData: verify the body block by block and cache what matches."""
         h = self.handle(uid, handle_id)
         self.check_writable()
-        if offset < 0:
-            raise errors.InvalidParameter("offset must be >= 0")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise errors.InvalidParameter(f"offset must be between 0 and {MAX_OFFSET}")
         failures = self.commits.failures()
         out = await self.adder.add(h, offset, body, self.commits.kick)
         # Durable before acknowledged: the 200 waits for the group commit of its blocks.
         await self.commits.durable(failures)
         self.stats.bytes_from_origin += out.received
         h.tally.from_origin += out.received
+        if self.flight is not None and h.view is not None:
+            self.flight.added(h.view, offset, offset + out.received)
         if out.bad:
             bad_start, bad_end = out.bad[0]
             raise errors.InvalidData(
@@ -399,6 +416,7 @@ class Engine:
             cache_bytes=usage.bytes_used,
             cache_limit_bytes=usage.limit_bytes,
             cache_evictions=usage.evictions,
+            bad_blocks_from_disk=usage.bad_blocks_from_disk,
             open_handles=len(self.handles),
             publications=self.publications.count(),
             reads_queued=self.reader.reads_queued,  # waiting for a transfer slot

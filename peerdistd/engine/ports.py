@@ -18,7 +18,7 @@ from peerdistd.store.healing import StoreNote
 class BlockStore(Protocol):
     """The part of the block cache the engine uses."""
 
-    def add_segment(self, record: SegmentRecord) -> None: ...
+    def add_segment(self, record: SegmentRecord, hashes: Sequence[bytes] | None = None) -> None: ...
     def put_blocks(
         self,
         segment_id: bytes,
@@ -36,11 +36,21 @@ class BlockStore(Protocol):
     def commit_failures(self) -> int: ...
     def notes(self) -> list[StoreNote]: ...
     def verify(self, hasher: Callable[[int, bytes], bytes] | None = None) -> VerifyReport: ...
-    def has_block(self, segment_id: bytes, index: int) -> bool: ...
+    def has_block(self, segment_id: bytes, index: int, expected: bytes | None = None) -> bool: ...
     def held_blocks(self, segment_id: bytes) -> list[int]: ...
+    def matching_blocks(self, segment_id: bytes, hashes: Sequence[bytes]) -> set[int]: ...
     def read_block(
-        self, segment_id: bytes, index: int, start: int = 0, length: int | None = None
+        self,
+        segment_id: bytes,
+        index: int,
+        start: int = 0,
+        length: int | None = None,
+        *,
+        expected: bytes,
     ) -> bytes | None: ...
+    def read_run(
+        self, segment_id: bytes, first: int, expected: Sequence[bytes], start: int, length: int
+    ) -> bytes: ...
     def pin(self, segment_id: bytes) -> AbstractContextManager[None]: ...
     def touch(self, segment_id: bytes) -> None: ...
     def usage(self) -> CacheUsage: ...
@@ -78,6 +88,11 @@ class PeerNetwork(Protocol):
         """Start discovery for these segments now (the ``immediate`` open flag)."""
         ...
 
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
+        """``endpoint`` (a PCCRR ``ip:port``) holds blocks of these segments: ask it first
+        (single flight names the node that fetched a piece)."""
+        ...
+
     def at_limit(self, segment_id: bytes) -> bool:
         """Every peer known to hold the segment is at the upload limit it grants us (its
         busy answers said so): a fetch now would not be served."""
@@ -106,6 +121,9 @@ class NoPeers:
         return [None] * len(refs)
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
+        return None
+
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
         return None
 
     def at_limit(self, segment_id: bytes) -> bool:

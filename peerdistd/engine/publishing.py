@@ -45,7 +45,8 @@ def store_segments(
                 secret=seg.secret,
                 length=seg.length,
                 block_size=seg.block_size,
-            )
+            ),
+            seg.block_hashes if version == 1 else None,  # hashed here: proven by construction
         )
         view = memoryview(item.data)
         blocks = [
@@ -134,7 +135,10 @@ async def publish_stream(
 class Publisher:
     """ServerPublishStream, ServerOpenContentInformation and ServerUnpublish for every uid.
 
-    Publications belong to their owner's uid; root may manage all of them.
+    Each uid has its own namespace of publication ids (the store's key is (uid, id)): a
+    request names an id within the caller's own namespace, so no answer depends on what
+    another uid published (no existence oracle, issue 8). Root may address another uid's
+    namespace by naming it (``owner``); listing without an owner shows root every uid's.
     """
 
     def __init__(
@@ -153,6 +157,18 @@ class Publisher:
         self.check_enabled = check_enabled
         self.check_writable = check_writable or check_enabled
 
+    @staticmethod
+    def namespace(uid: int, owner: int | None) -> int:
+        """Whose ids a request by ``uid`` names: its own, or (root only) ``owner``'s.
+
+        The refusal depends on the uids alone, never on which ids exist.
+        """
+        if owner is None or owner == uid:
+            return uid
+        if uid != ROOT_UID:
+            raise errors.AccessDenied("only root may address another uid's publications")
+        return owner
+
     async def publish(
         self,
         uid: int,
@@ -161,18 +177,16 @@ class Publisher:
         pub_id: str | None,
         version: int,
         algorithm: HashAlgorithm,
+        owner: int | None = None,
     ) -> Publication:
         self.check_writable()
-        pub_id = pub_id or secrets.token_hex(16)
-        existing = self.publications.get(pub_id)
-        if existing is not None and uid not in (existing.owner_uid, ROOT_UID):
-            raise errors.AccessDenied(f"publication {pub_id!r} belongs to another user")
+        owner_uid = self.namespace(uid, owner)
         pub = await publish_stream(
             self.store,
             self.commits,
             body,
-            pub_id=pub_id,
-            owner_uid=uid,
+            pub_id=pub_id or secrets.token_hex(16),
+            owner_uid=owner_uid,
             version=version,
             algorithm=algorithm,
             passphrase=self.passphrase,
@@ -182,26 +196,34 @@ class Publisher:
         await asyncio.to_thread(self.publications.add, pub)
         log.info(
             "published %r for uid %d: %d bytes, V%d %s, %d segments",
-            pub.id, uid, pub.size, pub.version, algorithm.name.lower(), len(pub.segment_ids),
+            pub.id, owner_uid, pub.size, pub.version, algorithm.name.lower(), len(pub.segment_ids),
         )  # fmt: skip
         return pub
 
-    def publication(self, uid: int, pub_id: str) -> Publication:
+    def publication(self, uid: int, pub_id: str, owner: int | None = None) -> Publication:
         self.check_enabled()
-        pub = self.publications.get(pub_id)
-        # Another uid's publication gets the very answer of an absent one: no existence oracle.
-        if pub is None or uid not in (pub.owner_uid, ROOT_UID):
+        pub = self.publications.get(self.namespace(uid, owner), pub_id)
+        if pub is None:
             raise errors.InvalidParameter(f"no publication {pub_id!r}")
         return pub
 
-    def list_publications(self, uid: int) -> list[Publication]:
+    def list_publications(self, uid: int, owner: int | None = None) -> list[Publication]:
+        """The caller's publications; root's call without ``owner`` lists every uid's."""
         self.check_enabled()
-        return self.publications.list(None if uid == ROOT_UID else uid)
+        if owner is None and uid == ROOT_UID:
+            return self.publications.list()
+        return self.publications.list(self.namespace(uid, owner))
 
     def content_information(
-        self, uid: int, pub_id: str, offset: int | None, length: int | None, version: int | None
+        self,
+        uid: int,
+        pub_id: str,
+        offset: int | None,
+        length: int | None,
+        version: int | None,
+        owner: int | None = None,
     ) -> bytes:
-        pub = self.publication(uid, pub_id)
+        pub = self.publication(uid, pub_id, owner)
         if version is not None and version != pub.version:
             raise errors.InvalidParameter(
                 f"publication {pub_id!r} was published as version {pub.version}; "
@@ -218,8 +240,8 @@ class Publisher:
         ci = ContentInformation.parse(pub.content_information)
         return ci.sub_range(start, size).to_bytes()
 
-    def unpublish(self, uid: int, pub_id: str) -> None:
-        pub = self.publication(uid, pub_id)
-        self.publications.remove(pub_id)
+    def unpublish(self, uid: int, pub_id: str, owner: int | None = None) -> None:
+        pub = self.publication(uid, pub_id, owner)
+        self.publications.remove(pub.owner_uid, pub_id)
         log.info("unpublished %r of uid %d (%d bytes) at uid %d's request", pub_id,
                  pub.owner_uid, pub.size, uid)  # fmt: skip

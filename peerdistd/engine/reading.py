@@ -14,6 +14,8 @@ from typing import Any
 
 from peerdistd import errors
 from peerdistd.engine.events import EventBus
+from peerdistd.engine.flight import Outcome, SingleFlight
+from peerdistd.engine.local_reads import LocalReads
 from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 # How many segments one discovery round asks about, and how many blocks a missed read
 # fetches ahead (bounded again by the slot pool): enough to keep a peer link busy.
 LOCATE_SEGMENTS = 32
+LOCATE_AHEAD = 4  # batches of LOCATE_SEGMENTS asked about ahead of a reader (V2: ~8 MiB)
+HINT_AGAIN = 2.0  # seconds before the same batch is asked about ahead again
 READ_AHEAD_BLOCKS = 128
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
 READ_AHEAD_BYTES = 8 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
@@ -44,6 +48,15 @@ class ReadRequest:
     max_bytes: int
     timeout: float  # seconds; 0 = local cache only
     flags: frozenset[str]
+
+
+def full_list(view: ContentView, ref: BlockRef) -> tuple[bytes, ...] | None:
+    """The segment's block hashes if the view has all of them (then they hash to its HoD:
+    view.py checks it), which proves them to the cache; None for a range's partial list."""
+    seg = ref.segment
+    if view.version != 1 or len(seg.block_hashes) != seg.block_count:
+        return None
+    return seg.block_hashes
 
 
 def segment_record(view: ContentView, ref: BlockRef) -> SegmentRecord:
@@ -87,6 +100,10 @@ class BlockReader:
         # about what applications got, and read-ahead must not blur them).
         self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._located: OrderedDict[bytes, float] = OrderedDict()  # segment id -> expiry
+        self.locals = LocalReads(store, self._from_peers)
+        self._hinted: OrderedDict[bytes, float] = OrderedDict()  # segment id -> ask again at
+        self.flight: SingleFlight | None = None  # single flight across the branch, if on
+
         self.reads_queued = 0  # reads waiting for a transfer slot (here or at their peers)
         self.fetches_waiting = 0  # fetches whose peers answered busy, waiting to ask again
 
@@ -95,29 +112,11 @@ class BlockReader:
     def local(self, view: ContentView, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Consecutive cached bytes from ``offset`` (at most ``max_bytes``, within the range),
         and how many of them were fetched from peers and not read before."""
-        limit = min(view.end, offset + max_bytes)
-        parts: list[bytes] = []
-        pos = offset
-        peer_bytes = 0
-        touched: set[bytes] = set()
-        for ref in view.blocks_from(offset, limit):
-            seg_id = ref.segment.segment_id
-            chunk = self.store.read_block(
-                seg_id, ref.index, pos - ref.start, min(ref.end, limit) - pos
-            )
-            if chunk is None:
-                break
-            parts.append(chunk)
-            pos += len(chunk)
-            touched.add(seg_id)
-            key = (seg_id, ref.index)
-            if key in self._from_peers:
-                peer_bytes += len(chunk)
-                if pos >= ref.end:
-                    del self._from_peers[key]
-        for seg_id in touched:
-            self.store.touch(seg_id)
-        return b"".join(parts), peer_bytes
+        return self.locals.local(view, offset, max_bytes)
+
+    def drop_ahead(self, handle: str) -> None:
+        """The handle is closed: forget what was read ahead for it."""
+        self.locals.drop_ahead(handle)
 
     def _account(self, data: bytes, peer_bytes: int) -> None:
         """Bytes by source; a read counts as a hit only if nothing in it came from peers."""
@@ -146,7 +145,7 @@ class BlockReader:
                 break
             if stop_if_local and seg.segment_id in located:
                 return pos - offset
-            held = set(self.store.held_blocks(seg.segment_id))
+            held = self.store.matching_blocks(seg.segment_id, seg.block_hashes)
             first = (pos - seg.offset) // seg.block_size
             for index in range(first, seg.block_count):
                 b_start, b_end = seg.block_span(index)
@@ -174,10 +173,13 @@ class BlockReader:
     async def read(self, view: ContentView, req: ReadRequest) -> tuple[bytes, int]:
         """Bytes at ``req.offset`` (at least one) and how many of them came from peers;
         or MissingData / Timeout / StreamLimit."""
-        data, peer_bytes = self.local(view, req.offset, req.max_bytes)
+        ahead = await self.locals.take_ahead(view, req.handle, req.offset, req.max_bytes)
+        data, peer_bytes = ahead or self.local(view, req.offset, req.max_bytes)
         if data:
             self._account(data, peer_bytes)
             self._start_complete(req, peer_accepted=False)
+            if len(data) == req.max_bytes:
+                self.locals.start_ahead(view, req.handle, req.offset + len(data), req.max_bytes)
             if peer_bytes and req.timeout > 0:
                 # A sequential reader is consuming what peers sent: keep the pipe full.
                 end = req.offset + len(data)
@@ -229,7 +231,7 @@ class BlockReader:
                 raise
             if first.segment.segment_id not in located:
                 self.slots.release()
-                raise errors.MissingData(req.offset, self.missing(view, req.offset, located))
+                return await self._unheld(view, req, first, deadline, located)
             # The read's own blocks go as one run on its slot; read-ahead takes slots of its
             # own (none free: no read-ahead), as before runs.
             run = self._run_from(view, first, req.offset + req.max_bytes)
@@ -246,13 +248,65 @@ class BlockReader:
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
         if key not in got:
             others = {k: v for k, v in located.items() if k != first.segment.segment_id}
-            raise errors.MissingData(req.offset, self.missing(view, req.offset, others))
+            return await self._unheld(view, req, first, deadline, others)
         data, peer_bytes = self.local(view, req.offset, req.max_bytes)
         if not data:  # evicted in between: practically impossible, but never lie
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {}))
         self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
         self.stats.bytes_from_cache += len(data) - peer_bytes
         return data, peer_bytes
+
+    async def _unheld(
+        self,
+        view: ContentView,
+        req: ReadRequest,
+        first: BlockRef,
+        deadline: float,
+        located: Mapping[bytes, int],
+    ) -> tuple[bytes, int]:
+        """No peer is known to hold the block at the offset. With single flight, the nodes
+        of the branch agree who fetches its piece from the origin (docs/single-flight.md):
+        MISSING_DATA for exactly that piece if it is ours, else wait (never past the read's
+        deadline) for the node that fetches it and take the blocks from it."""
+        missing = self.missing(view, req.offset, located)
+        if self.flight is None:
+            raise errors.MissingData(req.offset, missing)
+        for _attempt in range(3):
+            decision = await self.flight.decide(view, first, deadline, req.handle)
+            if decision is None:
+                break
+            clipped = max(1, min(missing, decision.piece.end - req.offset))
+            if decision.outcome is Outcome.MINE:
+                raise errors.MissingData(req.offset, clipped)
+            if decision.outcome is Outcome.TIMEOUT:
+                raise errors.Timeout(req.offset, clipped)
+            if decision.outcome is Outcome.HELD:
+                holds = {sid: 1 for sid, _i, _s in decision.piece.blocks}
+                self.peers.add_holder(list(holds), decision.endpoint)
+                key = (first.segment.segment_id, first.index)
+                run = (
+                    [first]
+                    if key in self._inflight
+                    else self._run_from(view, first, decision.piece.end)
+                )
+                task = self._inflight.get(key) or self._start_fetch(
+                    view, run, deadline, holds_slot=False
+                )
+                self._read_ahead(view, run[-1].end, decision.piece.end, holds, deadline)
+                remaining = max(0.0, deadline - time.monotonic())
+                try:
+                    got = await asyncio.wait_for(asyncio.shield(task), remaining)
+                except (TimeoutError, PeerUnavailable):
+                    raise errors.Timeout(req.offset, clipped) from None
+                if key not in got:  # it no longer has it: the piece is free again
+                    self.flight.forget(decision.piece)
+                    continue
+            data, peer_bytes = self.local(view, req.offset, req.max_bytes)
+            if data:
+                self.stats.bytes_from_peers += peer_bytes
+                self.stats.bytes_from_cache += len(data) - peer_bytes
+                return data, peer_bytes
+        raise errors.MissingData(req.offset, missing)
 
     async def _queue(self, segment_id: bytes, deadline: float) -> None:
         """Wait, first-in first-out, until a peer holding the segment may have an upload slot
@@ -274,7 +328,7 @@ class BlockReader:
             self.reads_queued -= 1
 
     async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
-        wanted = view.segment_ids(offset, view.end)[:LOCATE_SEGMENTS]
+        wanted = self.hint(view, offset)
         self.stats.discovery_attempts += 1
         located = await self.peers.locate(wanted, timeout=max(0.0, timeout))
         if located:
@@ -287,6 +341,30 @@ class BlockReader:
                 self._located.popitem(last=False)
         return located
 
+    def hint(self, view: ContentView, offset: int, *, reading: bool = True) -> list[bytes]:
+        """The segments a read at ``offset`` asks about, after starting discovery, off the
+        read's path, for the next ones (answers, "nobody" too, are remembered a while): with
+        V2's small segments a reader would otherwise wait a discovery window every few MiB.
+        Each segment is asked about once while its answer is fresh, never a whole content at
+        once (a large V2 content has thousands of segments). ``reading`` False (the
+        ``immediate`` open flag): ask about the first ones too."""
+        ids = view.segment_ids(offset, view.end)[: (LOCATE_AHEAD + 1) * LOCATE_SEGMENTS]
+        wanted = ids[:LOCATE_SEGMENTS]
+        now = time.monotonic()
+        if reading:
+            for sid in wanted:  # asked about by the read itself
+                self._hinted[sid] = now + HINT_AGAIN
+        later = ids[LOCATE_SEGMENTS:] if reading else ids
+        fresh = [sid for sid in later if self._hinted.get(sid, 0.0) <= now]
+        for sid in fresh:
+            self._hinted[sid] = now + HINT_AGAIN
+            self._hinted.move_to_end(sid)
+        while len(self._hinted) > LOCATED_LIMIT:
+            self._hinted.popitem(last=False)
+        if fresh:
+            self.peers.prefetch_hint(fresh)
+        return wanted
+
     def _located_now(self) -> Mapping[bytes, int]:
         """Segments some peer was recently found to hold (for read-ahead without probing)."""
         now = time.monotonic()
@@ -297,7 +375,7 @@ class BlockReader:
         key = (ref.segment.segment_id, ref.index)
         if key in self._inflight or key in self._from_peers:  # cheap checks before the store
             return False
-        return not self.store.has_block(*key)
+        return not self.store.has_block(*key, expected=ref.hash)
 
     def _run_from(self, view: ContentView, first: BlockRef, end: int) -> list[BlockRef]:
         """``first`` and the wanted blocks right after it in its segment (before ``end``):
@@ -385,7 +463,7 @@ class BlockReader:
             try:
                 # On the loop: a worker thread here cost more in wake-ups than the write
                 # (docs/benchmarks.md, LAN speed); decryption and hashing have their own.
-                self._stage(segment_record(view, run[0]), rows)
+                self._stage(segment_record(view, run[0]), full_list(view, run[0]), rows)
             except BaseException:
                 for ref, _ in got:
                     self._from_peers.pop((seg_id, ref.index), None)
@@ -400,9 +478,14 @@ class BlockReader:
             if holds_slot:
                 self.slots.release()
 
-    def _stage(self, record: SegmentRecord, rows: list[tuple[int, bytes, bytes]]) -> None:
+    def _stage(
+        self,
+        record: SegmentRecord,
+        hashes: tuple[bytes, ...] | None,
+        rows: list[tuple[int, bytes, bytes]],
+    ) -> None:
         """Stage verified blocks of one segment (group commit makes them durable)."""
-        self.store.add_segment(record)
+        self.store.add_segment(record, hashes)
         self.store.put_blocks(record.segment_id, rows, durable=False)
 
     async def _wait_for_peers(self, segment_id: bytes, deadline: float) -> None:

@@ -267,6 +267,9 @@ class HostedCacheFirst:
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         self.swarm.prefetch_hint(segment_ids)
 
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
+        self.swarm.add_holder(segment_ids, endpoint)
+
     def at_limit(self, segment_id: bytes) -> bool:
         # The hosted cache is asked first whatever the LAN peers grant.
         return self._where() is None and self.swarm.at_limit(segment_id)

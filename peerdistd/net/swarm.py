@@ -390,6 +390,18 @@ class Swarm:
             self.health.failed(peer, type(exc).__name__)
         return None
 
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
+        """``endpoint`` holds blocks of these segments (single flight says who fetched a
+        piece): ask it first, without a discovery round."""
+        if endpoint in self.own or self.banned(endpoint):
+            return
+        for sid in segment_ids:
+            known = [p for p in self._holders.get(sid, []) if p != endpoint]
+            self._holders[sid] = [endpoint, *known]
+            self._holders.move_to_end(sid)
+        while len(self._holders) > MAX_HOLDER_SEGMENTS:
+            self._holders.popitem(last=False)
+
     def _log_unexpected(self, peer: str, exc: BaseException) -> None:
         key = f"{type(exc).__name__}: {exc}"[:200]
         if key in self._unexpected or len(self._unexpected) >= _UNEXPECTED_LOGGED:

@@ -10,9 +10,12 @@ per file and one transaction per batch, see cache_staging); a request is answere
 batch holding its blocks is committed. ``sync=False`` skips the syncs: still safe against
 kill -9, but after a power loss a row could outlive its data, so keep it for tests and benches.
 Reads look the block up in an in-memory map of the segment (loaded once, at most 512 rows),
-check the file is long enough and pread it: a truncated file loses its blocks, never serves
-them. Eviction is LRU by segment with a logical clock; touches are batched into the next
-write. The store is synchronous: one lock makes it safe from the event loop and threads.
+pread it and hash it again on every read: a block leaves the cache only if the reader names its
+hash and the bytes still hash to it. A block that fails (a flipped bit, a truncated file) is
+dropped, counted in ``bad_blocks_from_disk`` and reads as not held. Trust: see
+:mod:`peerdistd.store.cache_trust`. Eviction is LRU by segment with a logical clock; touches
+are batched into the next write. The store is synchronous: one lock makes it safe from the
+event loop and threads.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from peerdistd.store.cache_heal import HEALING, healing
 from peerdistd.store.cache_open import cache_limit, lock_directory, open_index
 from peerdistd.store.cache_segments import Seg, SegmentTable
 from peerdistd.store.cache_staging import Staging
+from peerdistd.store.cache_trust import BadBlocks, proven_list, vouched
 from peerdistd.store.cache_types import (
     CacheUsage,
     SegmentRecord,
@@ -79,6 +83,7 @@ class BlockCache:
         self._closed = False
         # Blocks written (visible to reads), not yet synced nor indexed: see cache_staging.
         self._staging = Staging()
+        self._bad = BadBlocks(log)
         self._commit_done = threading.Condition(self._lock)  # a commit finished
         self._commit_failures = 0
         self._notes: list[StoreNote] = []  # heals of a damaged index (store.healing)
@@ -148,21 +153,48 @@ class BlockCache:
 
     # -- segments -----------------------------------------------------------------------------
 
-    def add_segment(self, record: SegmentRecord) -> None:
-        """Record a segment (idempotent); its id must be HMAC(secret, HoD || magic)."""
+    def add_segment(self, record: SegmentRecord, hashes: Sequence[bytes] | None = None) -> None:
+        """Record a segment (idempotent); its id must be HMAC(secret, HoD || magic).
+
+        ``hashes``, the segment's full V1 block hash list, proves its blocks if it hashes to
+        the HoD: held blocks that contradict it are dropped, later ones must match it. A held
+        record that conflicts with ``record`` is replaced unless its own blocks vouch for it
+        (see :func:`peerdistd.store.cache_trust.vouched`).
+        """
         check_record(record)
+        proof = proven_list(record, hashes)
         with self._lock, db_errors("add_segment"):
             seg = self._table.load(record.segment_id)
-            if seg is not None:
-                if seg.record != record:
+            if seg is not None and seg.record != record:
+                if vouched(seg) or record.segment_id in self._pins:
                     raise VerificationError("segment record conflicts with the one held")
+                log.info("segment %s: replacing a record no data vouched for", seg.rowid)
+                self._drop_segments([(seg.rowid, record.segment_id)], evicted=False)
+                seg = None
+            if seg is not None:
+                if proof is not None and seg.proven is None:
+                    self._prove(seg, proof)
                 self._touch(seg)
                 return
             self._clock += 1
             with self._index.transaction():
                 rowid = self._index.insert_segment(record, self._clock)
+                if proof is not None:
+                    self._index.set_proven(rowid, proof)
                 self._flush_touches()
-            self._table.add(Seg(rowid, record, {}))
+            self._table.add(Seg(rowid, record, {}, {}, proof))
+
+    def _prove(self, seg: Seg, proof: bytes) -> None:
+        """Adopt a proven hash list: drop the held blocks it contradicts, then record it."""
+        seg.proven = proof
+        wrong = [
+            (i, n) for i, n in seg.lengths.items() if self._held_hash(seg, i) != seg.proven_hash(i)
+        ]
+        if wrong:
+            log.info("segment %s: %d held blocks contradict its proven list", seg.rowid, len(wrong))
+            self._drop_blocks(seg, wrong)
+        with self._index.transaction():
+            self._index.set_proven(seg.rowid, proof)
 
     def segment(self, segment_id: bytes) -> SegmentRecord | None:
         check_segment_id(segment_id)
@@ -198,28 +230,37 @@ class BlockCache:
             if seg is None:
                 raise LocalError(f"segment {segment_id.hex()} is not in the cache; add it first")
             new: dict[int, tuple[memoryview, bytes]] = {}
+            replaced: list[tuple[int, int]] = []
             for index, data, digest in blocks:
                 view = memoryview(data).cast("B")
                 check_block(seg.record, index, view.nbytes, digest)
-                known = new[index][1] if index in new else None
+                proven = seg.proven_hash(index)
+                if proven is not None and digest != proven:
+                    raise VerificationError(f"block {index} contradicts the segment's hash list")
+                if index in new:
+                    if new[index][1] != digest:
+                        raise VerificationError(f"block {index} given with two hashes")
+                    continue
                 staged = self._staging.get(seg.rowid, index)
                 if staged is not None and durable and staged[1] == digest:
                     # Durable on return means now, not with that block's batch: it is
                     # written, synced and indexed here, and leaves the batch.
                     self._staging.drop_blocks(seg.rowid, [index])
-                    staged = None
-                if staged is not None:
-                    known = staged[1]
-                elif index in seg.lengths:
-                    known = self._index.block_hash(seg.rowid, index)
-                if known is not None:
-                    if known != digest:
-                        raise VerificationError(f"block {index} has another hash than held")
+                    seg.hashes.pop(index, None)
+                known = self._held_hash(seg, index)
+                if known == digest:
                     continue
+                if known is not None:
+                    # Held under a hash no full list vouches for (had one, it would equal
+                    # ``proven`` and so ``digest``): the caller's verified block wins.
+                    replaced.append((index, seg.lengths.get(index, view.nbytes)))
                 new[index] = (view, digest)
             if not new:
                 self._touch(seg)
                 return
+            if replaced:
+                log.info("segment %s: replacing %d unproven blocks", seg.rowid, len(replaced))
+                self._drop_blocks(seg, replaced)
             self._make_room(sum(v.nbytes for v, _ in new.values()), keep=seg.rowid)
             created = seg.fd is None and not self._files.path(seg.rowid).exists()
             fd = self._table.fd(seg, create=True)
@@ -230,6 +271,7 @@ class BlockCache:
                 new_rows = [(i, v.nbytes, d) for i, (v, d) in new.items()]
                 self._staging.add(seg.rowid, new_rows, created=created)
                 seg.lengths.update((i, v.nbytes) for i, (v, _) in new.items())
+                seg.hashes.update((i, d) for i, (_, d) in new.items())
                 self._touch(seg)
                 return
             if self._sync:
@@ -243,6 +285,7 @@ class BlockCache:
                 self._touched.pop(seg.rowid, None)
                 self._flush_touches()
             seg.lengths.update((index, length) for index, length, _ in rows)
+            seg.hashes.update((index, digest) for index, _, digest in rows)
 
     @property
     def staged_bytes(self) -> int:
@@ -277,11 +320,14 @@ class BlockCache:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def has_block(self, segment_id: bytes, index: int) -> bool:
+    def has_block(self, segment_id: bytes, index: int, expected: bytes | None = None) -> bool:
+        """Whether the block is held (under the hash ``expected``, if given)."""
         check_segment_id(segment_id)
         with self._lock, db_errors("has_block"):
             seg = self._table.load(segment_id)
-            return seg is not None and index in seg.lengths
+            if seg is None or index not in seg.lengths:
+                return False
+            return expected is None or self._held_hash(seg, index) == expected
 
     def held_blocks(self, segment_id: bytes) -> list[int]:
         check_segment_id(segment_id)
@@ -289,23 +335,75 @@ class BlockCache:
             seg = self._table.load(segment_id)
             return [] if seg is None else sorted(seg.lengths)
 
-    def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
-        """Held block count of each held segment among ``segment_ids`` (staged ones too)."""
+    def block_hashes(self, segment_id: bytes) -> dict[int, bytes]:
+        """Index -> hash of every held block of a segment (staged ones too), as verified when
+        each was stored: what a V1 offer of the segment names ([MS-PCHC] 2.2.1.3)."""
+        check_segment_id(segment_id)
+        with self._lock, db_errors("block_hashes"):
+            seg = self._table.load(segment_id)
+            if seg is None:
+                return {}
+            held = ((i, self._held_hash(seg, i)) for i in list(seg.lengths))
+            return {i: digest for i, digest in held if digest is not None}
+
+    def matching_blocks(self, segment_id: bytes, hashes: Sequence[bytes]) -> set[int]:
+        """The held blocks whose hash is the one ``hashes`` (a reader's list) names."""
+        check_segment_id(segment_id)
+        with self._lock, db_errors("matching_blocks"):
+            seg = self._table.load(segment_id)
+            if seg is None:
+                return set()
+            return {
+                i for i in seg.lengths if i < len(hashes) and self._held_hash(seg, i) == hashes[i]
+            }
+
+    def proven_blocks(self, segment_id: bytes) -> list[int]:
+        """The held blocks a proof vouches for: the only ones served to peers."""
+        check_segment_id(segment_id)
+        with self._lock, db_errors("proven_blocks"):
+            seg = self._table.load(segment_id)
+            if seg is None:
+                return []
+            return sorted(
+                i
+                for i in seg.lengths
+                if (want := seg.proven_hash(i)) is not None and self._held_hash(seg, i) == want
+            )
+
+    def block_counts(
+        self, segment_ids: Sequence[bytes], *, proven_only: bool = False
+    ) -> dict[bytes, int]:
+        """Held block count of each held segment among ``segment_ids`` (staged ones too);
+        ``proven_only`` counts only what peers may be served (:meth:`proven_blocks`)."""
         for segment_id in segment_ids:
             check_segment_id(segment_id)
         with self._lock, db_errors("block_counts"):
-            counts = self._index.counts(list(segment_ids))
+            counts = self._index.counts(list(segment_ids), proven_only=proven_only)
             for segment_id in segment_ids:
                 seg = self._table.loaded(segment_id)
+                if seg is not None and proven_only and seg.proven_hash(0) is None:
+                    continue
                 staged = self._staging.count(seg.rowid) if seg is not None else 0
                 if staged:
                     counts[segment_id] = counts.get(segment_id, 0) + staged
             return counts
 
     def read_block(
-        self, segment_id: bytes, index: int, start: int = 0, length: int | None = None
+        self,
+        segment_id: bytes,
+        index: int,
+        start: int = 0,
+        length: int | None = None,
+        *,
+        expected: bytes | None = None,
     ) -> bytes | None:
-        """Bytes ``[start, start+length)`` of a held block, or None if not held."""
+        """Bytes ``[start, start+length)`` of the block if it is held under the hash
+        ``expected`` and its bytes still hash to it (checked on every read); else None.
+
+        Readers name the hash their content information gives (``None``, for maintenance and
+        tests, takes the stored one). A block whose bytes fail is dropped and counted
+        (``bad_blocks_from_disk``).
+        """
         check_segment_id(segment_id)
         with self._lock:  # the hot path: dict lookups and one pread, no SQL
             seg = self._table.get(segment_id)
@@ -313,36 +411,109 @@ class BlockCache:
                 return None
             if not 0 <= start <= size or (length is not None and length < 0):
                 raise InvalidParameter(f"range start {start} length {length} outside the block")
-            count = size - start if length is None else min(length, size - start)
+            with db_errors("read_block"):
+                held = self._held_hash(seg, index)
+            if held is None or (expected is not None and held != expected):
+                return None  # held, but not the block this reader's content information names
             fd = seg.fd if seg.fd is not None else self._table.fd(seg)
-            offset = index * seg.record.block_size + start
-            data = b"" if fd is None else SegmentFiles.read(fd, offset, count)
-            if len(data) != count:  # truncated under us: never serve a short block
+            offset = index * seg.record.block_size
+            data = b"" if fd is None else SegmentFiles.read(fd, offset, size)
+            if len(data) != size:  # truncated under us: never serve a short block
                 with db_errors("read_block"):
                     self._drop_truncated(seg)
                 return None
             self._touch(seg)
+            algorithm = seg.record.algorithm
+        # Hashed outside the lock: hashlib releases the GIL, other readers go on meanwhile.
+        if block_digest(algorithm, data) != held:
+            self._drop_bad(segment_id, index, held)
+            return None
+        if start == 0 and (length is None or length >= size):
             return data
+        return data[start : size if length is None else start + length]
 
-    def block_file(self, segment_id: bytes, index: int) -> tuple[int, int, int] | None:
-        """(fd, offset, length) of a held block for ``os.sendfile``/``os.preadv``.
+    def read_run(
+        self, segment_id: bytes, first: int, expected: Sequence[bytes], start: int, length: int
+    ) -> bytes:
+        """Up to ``length`` bytes from ``start`` in block ``first``, over the consecutive
+        blocks ``first``, ``first + 1``... whose hashes ``expected`` names: :meth:`read_block`
+        for a run of blocks, one pread and one buffer for all. It stops before the first block
+        not held under its hash or whose bytes fail it (that one is dropped and counted)."""
+        check_segment_id(segment_id)
+        sizes: list[int] = []
+        total = 0
+        with self._lock:
+            seg = self._table.get(segment_id)
+            if seg is None:
+                return b""
+            with db_errors("read_run"):
+                for i, want in enumerate(expected):
+                    size = seg.lengths.get(first + i)
+                    if size is None or self._held_hash(seg, first + i) != want:
+                        break
+                    sizes.append(size)
+                    total += size
+                    if size < seg.record.block_size or start + length <= total:
+                        break
+            if not sizes:
+                return b""
+            if not 0 <= start < sizes[0] or length < 0:
+                raise InvalidParameter(f"range start {start} length {length} outside the block")
+            fd = seg.fd if seg.fd is not None else self._table.fd(seg)
+            block_size = seg.record.block_size
+            data = b"" if fd is None else SegmentFiles.read(fd, first * block_size, total)
+            if len(data) != total:  # truncated under us: never serve a short block
+                with db_errors("read_run"):
+                    self._drop_truncated(seg)
+                return b""
+            self._touch(seg)
+            algorithm = seg.record.algorithm
+        good = 0
+        with memoryview(data) as view:  # hashed outside the lock, as in read_block
+            for i, size in enumerate(sizes):
+                at = i * block_size
+                if block_digest(algorithm, view[at : at + size]) != expected[i]:
+                    self._drop_bad(segment_id, first + i, expected[i])
+                    break
+                good = at + size
+        end = min(good, start + length)
+        if start == 0 and end == len(data):
+            return data
+        return data[start:end] if end > start else b""
 
-        The fd stays valid until close() unless the segment leaves the cache (or, unpinned, the
-        table of 1024 loaded segments): hold :meth:`pin` across any await while using it.
-        """
+    def read_proven(self, segment_id: bytes, index: int) -> bytes | None:
+        """The whole block if a proof vouches for its hash (checked on this read): for peers,
+        who cannot know which content information the block was cached under."""
         check_segment_id(segment_id)
         with self._lock:
             seg = self._table.get(segment_id)
-            if seg is None or (size := seg.lengths.get(index)) is None:
+            want = None if seg is None else seg.proven_hash(index)
+            if want is None:
                 return None
-            offset = index * seg.record.block_size
-            fd = self._table.fd(seg)
-            if fd is None or os.fstat(fd).st_size < offset + size:
-                with db_errors("block_file"):
-                    self._drop_truncated(seg)
-                return None
-            self._touch(seg)
-            return fd, offset, size
+            return self.read_block(segment_id, index, expected=want)
+
+    def _held_hash(self, seg: Seg, index: int) -> bytes | None:
+        """The hash block ``index`` is held under (written: staged or indexed), or None."""
+        if index not in seg.lengths:  # never held, or dropped (failed commit, verify...)
+            seg.hashes.pop(index, None)
+            staged = self._staging.get(seg.rowid, index)  # staged before a reload
+            return None if staged is None else staged[1]
+        known = seg.hashes.get(index)
+        if known is None:
+            staged = self._staging.get(seg.rowid, index)
+            known = staged[1] if staged is not None else self._index.block_hash(seg.rowid, index)
+            if known is not None:
+                seg.hashes[index] = known
+        return known
+
+    def _drop_bad(self, segment_id: bytes, index: int, digest: bytes) -> None:
+        """Bytes on disk that no longer hash to their row: drop the block, count, log once."""
+        with self._lock, db_errors("read_block"):
+            seg = self._table.get(segment_id)
+            if seg is None or seg.hashes.get(index) != digest or index not in seg.lengths:
+                return  # replaced or dropped meanwhile
+            self._drop_blocks(seg, [(index, seg.lengths[index])])
+            self._bad.found(self._files.path(seg.rowid), index)
 
     # -- LRU, pins, limits --------------------------------------------------------------------
 
@@ -377,6 +548,7 @@ class BlockCache:
                 t.segments,
                 t.blocks + staged_blocks,
                 t.evictions,
+                self._bad.count,
             )
 
     def flush(self, keep: Collection[bytes] = frozenset()) -> int:
@@ -445,6 +617,7 @@ class BlockCache:
         indexed = [(i, n) for i, n in gone if i not in unindexed]
         for i, _ in gone:
             seg.lengths.pop(i, None)
+            seg.hashes.pop(i, None)
         if indexed:
             with self._index.transaction():
                 self._index.delete_blocks(seg.rowid, indexed)

@@ -43,10 +43,8 @@ def commit_staged(cache: BlockCache) -> int:
         fds = [f for r in staging.committing if (f := cache._files.open(r)) is not None]
     try:
         try:
-            if cache._sync:
-                for fd in fds:  # data durable before the rows that vouch for it
-                    cache._files.sync(fd)
-                cache._files.sync_dirs(created)  # and the new files' names
+            if cache._sync:  # data and new files' names durable before the rows vouching
+                cache._files.sync_batch(fds, created)
         finally:
             for fd in fds:
                 os.close(fd)

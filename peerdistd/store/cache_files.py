@@ -9,16 +9,49 @@ the tree is treated as a missing file and its blocks are never served.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import platform
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from peerdistd.errors import LocalError
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 _SUFFIX = ".seg"
+
+# A batch touching more files than this is made durable with one syncfs(2) of the cache's
+# file system instead of one fdatasync(2) per file: a V2 content is ~16 segment files per
+# MiB, and each fdatasync is a journal commit (measured on ext4 here: 500 files, 0.6-0.9 s
+# one by one, 0.03-0.14 s with one syncfs). syncfs also persists the new files' directory
+# entries. It reports writeback errors only since Linux 5.8 (syncfs(2), "BUGS"), so older
+# kernels keep the per-file path.
+SYNCFS_MIN_FILES = 8
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if platform.system() != "Linux":
+        return None
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return None
+    if (major, minor) < (5, 8):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
 
 
 class SegmentFiles:
@@ -82,6 +115,29 @@ class SegmentFiles:
             os.fdatasync(fd)
         except OSError as exc:
             raise LocalError(f"cannot sync the block cache: {exc}") from exc
+
+    def sync_batch(self, fds: Sequence[int], created: list[int]) -> None:
+        """Make the data of these open files, and the names of the new ones, durable."""
+        if _syncfs is not None and len(fds) + len(created) > SYNCFS_MIN_FILES:
+            self.syncfs()
+            return
+        for fd in fds:
+            self.sync(fd)
+        self.sync_dirs(created)
+
+    def syncfs(self) -> None:
+        """One syncfs(2) of the file system holding the cache (data, metadata, names)."""
+        assert _syncfs is not None
+        try:
+            fd = os.open(self.data, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise LocalError(f"cannot sync the block cache: {exc}") from exc
+        try:
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise LocalError(f"cannot sync the block cache: {os.strerror(err)}")
+        finally:
+            os.close(fd)
 
     def sync_dirs(self, rowids: list[int]) -> None:
         """fsync the directories naming these (new) files, and the fan-out above them, so a

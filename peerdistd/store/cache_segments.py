@@ -1,8 +1,8 @@
 """The block cache's in-memory table of loaded segments (bounded, least recently used out).
 
-A loaded segment holds its record, the lengths of its held blocks (at most 512 rows, read once)
-and its open file, so the read path needs no SQL. Pinned segments are never unloaded, so
-their descriptors stay valid for a caller's sendfile.
+A loaded segment holds its record, the lengths and hashes of its held blocks (at most 512 rows,
+read once), its proven hash list and its open file, so the read path needs no SQL. Pinned
+segments are never unloaded, so their descriptors stay valid while a block is read.
 """
 
 from __future__ import annotations
@@ -16,15 +16,34 @@ from peerdistd.store.index import CacheIndex, db_errors
 
 
 class Seg:
-    """A segment loaded in memory: its row, record, held block lengths and open file."""
+    """A loaded segment: its row, record, held blocks (length, hash), proof and open file."""
 
-    __slots__ = ("fd", "lengths", "record", "rowid")
+    __slots__ = ("fd", "hashes", "lengths", "proven", "record", "rowid")
 
-    def __init__(self, rowid: int, record: SegmentRecord, lengths: dict[int, int]) -> None:
+    def __init__(
+        self,
+        rowid: int,
+        record: SegmentRecord,
+        lengths: dict[int, int],
+        hashes: dict[int, bytes] | None = None,
+        proven: bytes | None = None,
+    ) -> None:
         self.rowid = rowid
         self.record = record
         self.lengths = lengths
+        self.hashes: dict[int, bytes] = {} if hashes is None else hashes
+        # The full V1 block hash list that hashed to HoD ([MS-PCCRC] 2.2), concatenated.
+        self.proven = proven
         self.fd: int | None = None
+
+    def proven_hash(self, index: int) -> bytes | None:
+        """The hash block ``index`` must have, if a proof says so (V2: the HoD itself)."""
+        if self.record.version == 2:
+            return self.record.hod if index == 0 else None
+        if self.proven is None:
+            return None
+        size = len(self.record.hod)
+        return self.proven[index * size : (index + 1) * size]
 
 
 class SegmentTable:
@@ -63,7 +82,10 @@ class SegmentTable:
         if found is None:
             return None
         rowid, record = found
-        return self.add(Seg(rowid, record, self._index.block_lengths(rowid)))
+        rows = self._index.blocks(rowid)
+        lengths = {index: length for index, length, _ in rows}
+        hashes = {index: bytes(digest) for index, _, digest in rows}
+        return self.add(Seg(rowid, record, lengths, hashes, self._index.proven(rowid)))
 
     def add(self, seg: Seg) -> Seg:
         self._segs[seg.record.segment_id] = seg

@@ -62,6 +62,7 @@ class CacheUsage:
     segments: int
     blocks: int
     evictions: int
+    bad_blocks_from_disk: int = 0  # blocks whose bytes failed their hash on a read
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ def check_segment_id(segment_id: bytes) -> None:
         raise DecodeError(f"segment id must be 32, 48 or 64 bytes, got {size!r}")
 
 
-def block_digest(algorithm: int, data: bytes) -> bytes:
+def block_digest(algorithm: int, data: bytes | memoryview) -> bytes:
     """Block hash (V1) or segment HoD (V2) of ``data`` (PROTOCOLS.md 1.2)."""
     if algorithm == ALG_V2_TRUNCATED_SHA512:
         # T(x) is SHA-512 cut to 32 bytes, not SHA-512/256 (PROTOCOLS.md 1.2).

@@ -24,6 +24,7 @@ from typing import Any
 
 from peerdistd.errors import PeerDistError
 from peerdistd.store.cache_files import SegmentFiles
+from peerdistd.store.cache_trust import proven_list
 from peerdistd.store.cache_types import SegmentRecord, block_digest, check_block, check_record
 from peerdistd.store.index import CacheIndex
 
@@ -151,11 +152,30 @@ def _salvage_segment(
                 good.append((idx, length, bytes(digest)))
     finally:
         os.close(fd)
+    proof = _proof(db, record, rowid)
+    if proof is not None:  # blocks that contradict a proven list never stay (docs/trust.md)
+        size = len(record.hod)
+        good = [g for g in good if g[2] == proof[g[0] * size : (g[0] + 1) * size]]
     if good:
         with index.transaction():
             index.insert_segment(record, rowid, rowid)
             index.insert_blocks(rowid, good, rowid)
+            if proof is not None:
+                index.set_proven(rowid, proof)
     return len(good), len(rows) - len(good)
+
+
+def _proof(db: sqlite3.Connection | None, record: SegmentRecord, rowid: int) -> bytes | None:
+    """The segment's proven hash list, if the damaged index still has one that hashes to HoD."""
+    row = _one(db, "SELECT proven FROM segments WHERE id = ?", (rowid,))
+    if row is None or not isinstance(row[0], bytes) or record.version != 1:
+        return None
+    size = len(record.hod)
+    hashes = [row[0][i : i + size] for i in range(0, len(row[0]), size)]
+    try:
+        return proven_list(record, hashes)
+    except PeerDistError:
+        return None
 
 
 def _proves(record: SegmentRecord, fd: int, idx: int, length: int, digest: bytes) -> bool:

@@ -10,6 +10,10 @@ opening never scans the index.
 Segment files are named by the AUTOINCREMENT row id (never reused, never derived from peer
 bytes); dropped segments go through ``trash`` so a crash between commit and unlink leaves a
 list of files to remove, not orphans.
+
+``segments.proven`` is the segment's full V1 block hash list once one that hashes to its HoD
+was seen ([MS-PCCRC] 2.2), NULL before: a block row is *proven* when its hash is the list's.
+Version 1 indexes (without it) are migrated in place at open: every block unproven.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 from peerdistd.errors import LocalError, StoreDamaged
 from peerdistd.store.cache_types import SegmentRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments(
@@ -33,7 +37,7 @@ CREATE TABLE IF NOT EXISTS segments(
     hod BLOB NOT NULL, secret BLOB NOT NULL,
     length INTEGER NOT NULL, block_size INTEGER NOT NULL,
     blocks INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
-    last_used INTEGER NOT NULL);
+    last_used INTEGER NOT NULL, proven BLOB);
 CREATE INDEX IF NOT EXISTS segments_lru ON segments(last_used);
 CREATE TABLE IF NOT EXISTS blocks(
     seg INTEGER NOT NULL, idx INTEGER NOT NULL, length INTEGER NOT NULL, hash BLOB NOT NULL,
@@ -91,9 +95,14 @@ class CacheIndex:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 db.close()
                 return None
+            if version == 1:  # schema 1 had no proven hash lists: every block unproven
+                db.executescript(
+                    "BEGIN IMMEDIATE;ALTER TABLE segments ADD COLUMN proven BLOB;"
+                    f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+                )
             db.executescript(
                 f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
             )
@@ -190,6 +199,14 @@ class CacheIndex:
         rows = self._db.execute("SELECT idx, length FROM blocks WHERE seg = ?", (rowid,))
         return dict(rows.fetchall())
 
+    def proven(self, rowid: int) -> bytes | None:
+        """The segment's proven block hash list (concatenated), None if none was seen."""
+        row = self._db.execute("SELECT proven FROM segments WHERE id = ?", (rowid,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def set_proven(self, rowid: int, hashes: bytes) -> None:
+        self._db.execute("UPDATE segments SET proven = ? WHERE id = ?", (hashes, rowid))
+
     def block_hash(self, rowid: int, index: int) -> bytes | None:
         row = self._db.execute(
             "SELECT hash FROM blocks WHERE seg = ? AND idx = ?", (rowid, index)
@@ -267,13 +284,18 @@ class CacheIndex:
             [(clock, rowid) for rowid, clock in clocks],
         )
 
-    def counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
+    def counts(
+        self, segment_ids: Sequence[bytes], *, proven_only: bool = False
+    ) -> dict[bytes, int]:
+        """Held block counts; ``proven_only``: of segments whose blocks are all proven (V2, or
+        V1 with a proven list: blocks that contradict it never stay)."""
+        proven = " AND (version = 2 OR proven IS NOT NULL)" if proven_only else ""
         found: dict[bytes, int] = {}
         for start in range(0, len(segment_ids), 500):  # under SQLite's variable limit
             chunk = segment_ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
-                f"SELECT segment_id, blocks FROM segments WHERE blocks > 0"  # noqa: S608
+                f"SELECT segment_id, blocks FROM segments WHERE blocks > 0{proven}"  # noqa: S608
                 f" AND segment_id IN ({marks})",
                 chunk,
             )

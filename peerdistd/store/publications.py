@@ -3,6 +3,9 @@
 Its own SQLite file (WAL, ``synchronous=FULL``): publications are few and precious, so every
 commit is fsync'ed before ``add`` returns (and so before publish answers 201). Segment ids are
 kept as one concatenated blob (all of a publication's ids have its algorithm's digest size).
+Ids are per uid: the key is (owner_uid, id), so two uids may each publish "image" and neither
+can learn of the other's (issue 8: no existence oracle). Stores made when ids were one
+namespace for the node are migrated at open; every row keeps its owner.
 A damaged file (``PRAGMA quick_check`` at open, a corruption error at run time) is set aside
 as ``<name>.damaged-<time>`` and replaced by one holding every publication it still proves
 (see peerdistd.store.healing).
@@ -21,7 +24,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from peerdistd.errors import (
-    AccessDenied,
     DecodeError,
     InvalidParameter,
     LocalError,
@@ -39,13 +41,11 @@ log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 1024
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS publications(
-    id TEXT PRIMARY KEY, owner_uid INTEGER NOT NULL, version INTEGER NOT NULL,
+_TABLE = """CREATE TABLE IF NOT EXISTS {name}(
+    id TEXT NOT NULL, owner_uid INTEGER NOT NULL, version INTEGER NOT NULL,
     algorithm INTEGER NOT NULL, size INTEGER NOT NULL, content_information BLOB NOT NULL,
-    created REAL NOT NULL, segment_ids BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS publications_owner ON publications(owner_uid, created);
-"""
+    created REAL NOT NULL, segment_ids BLOB NOT NULL, PRIMARY KEY (owner_uid, id))"""
+_INDEX = "CREATE INDEX IF NOT EXISTS publications_owner ON publications(owner_uid, created)"
 _COLUMNS = "id, owner_uid, version, algorithm, size, content_information, created, segment_ids"
 _INSERT = (
     "INSERT OR REPLACE INTO publications(id, owner_uid, version, algorithm, size,"
@@ -91,12 +91,42 @@ def _values(pub: Publication) -> tuple[Any, ...]:
             pub.content_information, pub.created, b"".join(pub.segment_ids))  # fmt: skip
 
 
+def _keyed_by_id_alone(db: sqlite3.Connection) -> bool:
+    """True for a store made when publication ids were one namespace for the whole node."""
+    columns = {row[1]: row[5] for row in db.execute("PRAGMA table_info(publications)")}
+    return bool(columns) and columns.get("owner_uid") == 0  # owner_uid not part of the key
+
+
+def _create_or_migrate(db: sqlite3.Connection) -> None:
+    """The current schema, in one transaction: an old store's rows move to the (owner_uid, id)
+    key with their owners (SQLite cannot change a primary key in place)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if _keyed_by_id_alone(db):
+            db.execute(_TABLE.format(name="publications_by_owner"))
+            db.execute(
+                f"INSERT INTO publications_by_owner({_COLUMNS})"  # noqa: S608
+                f" SELECT {_COLUMNS} FROM publications"
+            )
+            db.execute("DROP TABLE publications")
+            db.execute("ALTER TABLE publications_by_owner RENAME TO publications")
+            log.info("publication store migrated: publication ids are now per uid")
+        else:
+            db.execute(_TABLE.format(name="publications"))
+        db.execute(_INDEX)
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+        _create_or_migrate(db)
         db.execute("SELECT count(*) FROM publications").fetchone()
     except BaseException:
         db.close()
@@ -144,7 +174,7 @@ def _salvage(aside: Path, path: Path) -> tuple[sqlite3.Connection, int, int]:
 
 
 class PublicationStore:
-    """Publications by id; every call is one short SQLite statement under a lock.
+    """Publications by (owner uid, id); every call is one short SQLite statement under a lock.
 
     A damaged file (at open: ``PRAGMA quick_check``; at run time: a corruption error) is set
     aside and replaced by one with every publication it still proves (store.healing), noted
@@ -215,29 +245,14 @@ class PublicationStore:
             self._db.close()
 
     def add(self, pub: Publication) -> None:
-        """Store ``pub``, replacing an existing id of the same owner (AccessDenied otherwise)."""
+        """Store ``pub``, replacing its owner's publication of the same id if there is one."""
         _check(pub)
+        self._run("add", lambda: self._db.execute(_INSERT, _values(pub)))
 
-        def add() -> None:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT owner_uid FROM publications WHERE id = ?", (pub.id,)
-                ).fetchone()
-                if row is not None and row[0] != pub.owner_uid:
-                    raise AccessDenied(f"publication {pub.id!r} belongs to another user")
-                self._db.execute(_INSERT, _values(pub))
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-        self._run("add", add)
-
-    def get(self, pub_id: str) -> Publication | None:
-        query = f"SELECT {_COLUMNS} FROM publications WHERE id = ?"  # noqa: S608
-        row = self._run("get", lambda: self._db.execute(query, (pub_id,)).fetchone())
+    def get(self, owner_uid: int, pub_id: str) -> Publication | None:
+        """``owner_uid``'s publication ``pub_id`` (another uid's of the same id is not it)."""
+        query = f"SELECT {_COLUMNS} FROM publications WHERE owner_uid = ? AND id = ?"  # noqa: S608
+        row = self._run("get", lambda: self._db.execute(query, (owner_uid, pub_id)).fetchone())
         return None if row is None else _row_to_publication(row)
 
     def list(self, owner_uid: int | None = None) -> builtins.list[Publication]:
@@ -246,7 +261,7 @@ class PublicationStore:
 
         def rows() -> builtins.list[Any]:
             if owner_uid is None:
-                return self._db.execute(query + " ORDER BY created, id").fetchall()
+                return self._db.execute(query + " ORDER BY created, id, owner_uid").fetchall()
             return self._db.execute(
                 query + " WHERE owner_uid = ? ORDER BY created, id", (owner_uid,)
             ).fetchall()
@@ -272,8 +287,11 @@ class PublicationStore:
 
         return self._run("count", count)
 
-    def remove(self, pub_id: str) -> bool:
+    def remove(self, owner_uid: int, pub_id: str) -> bool:
         def remove() -> bool:
-            return self._db.execute("DELETE FROM publications WHERE id = ?", (pub_id,)).rowcount > 0
+            found = self._db.execute(
+                "DELETE FROM publications WHERE owner_uid = ? AND id = ?", (owner_uid, pub_id)
+            )
+            return found.rowcount > 0
 
         return self._run("remove", remove)

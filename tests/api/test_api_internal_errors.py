@@ -43,6 +43,9 @@ class BrokenPeers:
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         return None
 
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
+        return None
+
     def at_limit(self, segment_id: bytes) -> bool:
         return False
 

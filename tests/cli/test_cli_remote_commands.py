@@ -77,6 +77,15 @@ class Fake:
             self.offset = len(CONTENT)
             gap = {"error": "MISSING_DATA", "message": "", "offset": 0, "length": len(CONTENT)}
             return web.json_response(gap, status=424)
+        if route == ("POST", "/v1/contents/h/block-read"):  # the fetch loop's reads
+            start = int(request.query["offset"])
+            if start < len(self.added):
+                end = min(len(self.added), start + int(request.query["max"]))
+                return web.Response(
+                    body=self.added[start:end], headers={"PeerDist-Offset": str(start)}
+                )
+            gap = {"error": "MISSING_DATA", "message": "", "offset": start}
+            return web.json_response({**gap, "length": len(CONTENT) - start}, status=424)
         if route == ("PUT", "/v1/contents/h/data"):
             self.added += body
             n = len(body)
@@ -187,6 +196,22 @@ def test_content_info_range(served: Served, tmp_path: Path) -> None:
     argv = ("content-info", "x", "--offset", "0", "--length", "9", "--version", "2", "-o", str(out))
     assert run(served, *argv) == 0
     assert json.loads(out.read_bytes()[3:]) == {"offset": "0", "length": "9", "version": "2"}
+
+
+def test_uid_names_another_uids_publication(served: Served, tmp_path: Path) -> None:
+    """Publication ids are per uid: root's --uid N goes to the daemon as ?uid=N."""
+    (tmp_path / "f").write_bytes(b"abc")
+    out = tmp_path / "ci"
+    assert run(served, "publish", str(tmp_path / "f"), "--id", "x", "--uid", "1000") == 0
+    assert run(served, "content-info", "x", "--uid", "1000", "-o", str(out)) == 0
+    assert run(served, "unpublish", "x", "--uid", "1000") == 0
+    asked = [(m, path, q.get("uid")) for m, path, q, _ in served.fake.seen]
+    assert asked == [
+        ("POST", "/v1/publications", "1000"),
+        ("GET", "/v1/publications/x/content-information", "1000"),
+        ("DELETE", "/v1/publications/x", "1000"),
+    ]
+    assert json.loads(out.read_bytes()[3:]) == {"uid": "1000"}
 
 
 def test_daemon_errors_are_one_line(served: Served, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,11 +9,12 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from peerdistd.api import fetch_loop
 from peerdistd.api.client import PeerDistClient
-from peerdistd.cli import fetching
 from peerdistd.cli.fetching import FetchSummary, fetch
 from peerdistd.errors import RemoteError
 
@@ -32,6 +33,7 @@ class ContentDaemon:
         self.have = bytearray(len(content))  # 1 where added data was verified
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.on_add: Callable[[], None] = lambda: None  # e.g. other nodes fetched meanwhile
+        self.piece = 0  # > 0: MISSING_DATA of a block read stops at the next multiple of it
 
     def _run(self, blocks: set[int], start: int) -> int:
         """End offset of the run of ``blocks`` starting at ``start``'s block."""
@@ -81,9 +83,10 @@ class ContentDaemon:
             end = min(start + want, self._run(source, start))
             if end == start:
                 body = {"error": "MISSING_DATA", "message": "", "offset": start}
-                return web.json_response(
-                    {**body, "length": self._missing_end(start) - start}, status=424
-                )
+                gap_end = self._missing_end(start)
+                if self.piece:  # single flight: exactly the piece the node claimed
+                    gap_end = min(gap_end, (start // self.piece + 1) * self.piece)
+                return web.json_response({**body, "length": gap_end - start}, status=424)
             peers = 0 if source is self.local else end - start
             headers = {"PeerDist-Offset": str(start), "PeerDist-From-Peers": str(peers)}
             return web.Response(body=self.content[start:end], headers=headers)
@@ -149,7 +152,7 @@ async def servers(
 
 async def test_fetch_takes_cache_then_peers_then_origin(monkeypatch: pytest.MonkeyPatch) -> None:
     # Chunks that do not fall on block boundaries: the daemon holds partial blocks.
-    monkeypatch.setattr(fetching, "ORIGIN_CHUNK", 5000)
+    monkeypatch.setattr(fetch_loop, "ADD_CHUNK", 5000)
     daemon = ContentDaemon(CONTENT, local={0, 1, 8}, peers={2, 3, 4})
     origin = Origin(CONTENT)
     out = io.BytesIO()
@@ -179,19 +182,18 @@ async def test_fetch_takes_cache_then_peers_then_origin(monkeypatch: pytest.Monk
     assert bytes(daemon.have[9 * BLOCK :]) == b"\x01" * (len(CONTENT) - 9 * BLOCK)
     assert seen[-1] == (len(CONTENT), len(CONTENT))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
-    reads = [q for call, q in daemon.calls if call == "POST /stream-read"]
+    reads = [q for call, q in daemon.calls if call == "POST /block-read"]
     assert all(q["timeout_ms"] == "250" and q["max"] != "0" for q in reads)
     # The loop never flushes: ClientFlushContent would drop what it just fetched.
     assert "POST /flush" not in [call for call, _ in daemon.calls]
     assert daemon.calls[-1][0] == "DELETE /"
 
 
-async def test_a_long_gap_goes_to_the_origin_a_slice_at_a_time(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Nodes that start together: what a neighbour fetched meanwhile comes from peers."""
-    monkeypatch.setattr(fetching, "ORIGIN_SLICE", 2 * BLOCK)
+async def test_a_long_gap_goes_to_the_origin_a_piece_at_a_time() -> None:
+    """Nodes that start together: the daemon names one piece at a time (single flight), and
+    what a neighbour fetched meanwhile comes from peers."""
     daemon = ContentDaemon(CONTENT, local=set(), peers=set())
+    daemon.piece = 2 * BLOCK
     # Once this node has added its first slice, a neighbour holds blocks 4 and up.
     daemon.on_add = lambda: daemon.peers.update(range(4, 12))
     origin = Origin(CONTENT)
@@ -268,3 +270,54 @@ def test_fetch_summary_is_frozen() -> None:
     summary = FetchSummary(1, 1, 0, 0, 0, 0.1)
     with pytest.raises(AttributeError):
         summary.size = 2  # type: ignore[misc]
+
+
+class Pipe(io.RawIOBase):
+    """An output that cannot seek (stdout): bytes must arrive in order."""
+
+    def __init__(self) -> None:
+        self.got = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.got += data
+        return len(data)
+
+
+async def test_workers_fetch_pieces_in_parallel_and_write_in_order() -> None:
+    """Four workers over 2-block pieces: every piece from the origin once, output in order."""
+    daemon = ContentDaemon(CONTENT, local={3}, peers={7, 8})
+    daemon.piece = 2 * BLOCK
+    origin = Origin(CONTENT)
+    out = Pipe()
+    async with servers(daemon, origin) as (client, url):
+        handle = await client.open_content(b"CI")
+        async with handle, aiohttp.ClientSession() as session:
+            counts = await fetch_loop.fetch_loop(
+                handle,
+                url,
+                out,  # type: ignore[arg-type]
+                session=session,
+                workers=4,
+                piece_bounds=range(0, len(CONTENT), 2 * BLOCK),
+            )
+    assert bytes(out.got) == CONTENT
+    assert (counts.from_cache, counts.from_peers) == (BLOCK, 2 * BLOCK)
+    assert counts.from_origin == len(CONTENT) - 3 * BLOCK
+    asked = sorted(
+        tuple(int(x) for x in r["Range"].removeprefix("bytes=").split("-")) for r in origin.requests
+    )
+    # Each missing block exactly once, never past its piece.
+    assert asked == [
+        (0, 2 * BLOCK - 1),
+        (2 * BLOCK, 3 * BLOCK - 1),
+        (4 * BLOCK, 6 * BLOCK - 1),
+        (6 * BLOCK, 7 * BLOCK - 1),
+        (9 * BLOCK, 10 * BLOCK - 1),
+        (10 * BLOCK, len(CONTENT) - 1),
+    ]

@@ -133,7 +133,7 @@ async def test_publications_and_handles_belong_to_their_uid(shared_daemon: Daemo
         async with api.get("/v1/publications") as r:
             ids = sorted(p["id"] for p in (await r.json())["publications"])
         assert ids == ["nobodys", "roots"]
-        async with api.delete("/v1/publications/nobodys") as r:
+        async with api.delete("/v1/publications/nobodys", params={"uid": str(NOBODY)}) as r:
             assert r.status == 204
 
 

@@ -28,7 +28,9 @@ async def test_status_and_openapi(api: aiohttp.ClientSession) -> None:
         status = await r.json()
     assert status["status"] == "AVAILABLE"
     assert len(status["node_id"]) == 32
-    assert set(status["cache"]) == {"bytes_used", "limit_bytes", "segments", "blocks", "evictions"}
+    assert set(status["cache"]) == {
+        *("bytes_used", "limit_bytes", "segments", "blocks", "evictions", "bad_blocks_from_disk")
+    }
     assert status["counters"]["bytes_from_origin"] == 0
     async with api.get("/v1/openapi.json") as r:
         spec = await r.json()

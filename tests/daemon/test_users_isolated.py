@@ -7,13 +7,16 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from peerdistd.proto.pccrc import ContentInformation
 from tests.content import BLOCK, content, content_information
 from tests.daemon.test_api_owners_and_bad_input import NOBODY, as_uid, shared_daemon
-from tests.harness import DaemonProcess
+from tests.harness import DaemonProcess, start_daemon
 
 __all__ = ["shared_daemon"]  # the fixture: a daemon whose socket every uid may use
 
@@ -236,3 +239,144 @@ async def test_cache_flush_keeps_publications_unless_asked(daemon: DaemonProcess
         async with api.delete("/v1/cache", params={"publications": "true"}) as r:
             assert await r.json() == {"freed": len(published), "kept_for_publications": 0}
         assert await cached(api, published) == 0
+
+
+def nobody_json(method: str, path: str, sock: Path, body: bytes | None = None) -> tuple[int, Any]:
+    got = as_uid(NOBODY, method, path, sock, body)
+    return got["status"], json.loads(got["body"]) if got["body"] else None
+
+
+async def test_publication_ids_are_per_uid(shared_daemon: DaemonProcess) -> None:
+    """Two uids publish the same id; neither can tell whether the other's exists (no answer
+    depends on it, publishing included); root lists and unpublishes both."""
+    sock = shared_daemon.socket
+    theirs, roots = content(BLOCK + 10, seed=81), content(2 * BLOCK, seed=82)
+    assert nobody_json("POST", "/v1/publications?id=same", sock, theirs)[0] == 201
+    async with shared_daemon.session() as api:
+        for pub_id in ("same", "only-roots"):
+            async with api.post("/v1/publications", params={"id": pub_id}, data=roots) as r:
+                assert r.status == 201
+                assert r.headers["Location"] == f"/v1/publications/{pub_id}"
+    # Publishing under an id root holds answers as under a free one (it was 403, the oracle).
+    answers = {
+        pub_id: nobody_json("POST", f"/v1/publications?id={pub_id}", sock, theirs)
+        for pub_id in ("same", "only-roots", "free")
+    }
+    assert {pub_id: status for pub_id, (status, _) in answers.items()} == dict.fromkeys(
+        ("same", "only-roots", "free"), 201
+    )
+    assert all((made["size"], made["uid"]) == (len(theirs), NOBODY) for _, made in answers.values())
+    status, listed = nobody_json("GET", "/v1/publications", sock)
+    assert sorted((p["id"], p["uid"]) for p in listed["publications"]) == [
+        ("free", NOBODY), ("only-roots", NOBODY), ("same", NOBODY)
+    ]  # fmt: skip
+    status, info = nobody_json("GET", "/v1/publications/same", sock)
+    assert (status, info["size"]) == (200, len(theirs))
+    status, err = nobody_json("GET", "/v1/publications/same/content-information?version=2", sock)
+    assert status == 400 and "published as version 1" in err["message"]  # its own is found
+    # Naming root's namespace is refused alike, whether the id exists there or not.
+    for path in (
+        "/v1/publications?uid=0",
+        "/v1/publications/same?uid=0",
+        "/v1/publications/no-such-id?uid=0",
+        "/v1/publications/same/content-information?uid=0",
+        "/v1/publications/no-such-id/content-information?uid=0",
+    ):
+        status, err = nobody_json("GET", path, sock)
+        assert (status, err["error"]) == (403, "ACCESS_DENIED"), path
+    for path in ("/v1/publications/same?uid=0", "/v1/publications/no-such-id?uid=0"):
+        status, err = nobody_json("DELETE", path, sock)
+        assert (status, err["error"]) == (403, "ACCESS_DENIED"), path
+    status, err = nobody_json("POST", "/v1/publications?id=same&uid=0", sock, b"x")
+    assert (status, err["error"]) == (403, "ACCESS_DENIED")
+    assert nobody_json("GET", f"/v1/publications/same?uid={NOBODY}", sock)[0] == 200
+
+    async with shared_daemon.session() as api:
+        async with api.get("/v1/publications/same") as r:  # root's own
+            assert (await r.json())["size"] == len(roots)
+        async with api.get("/v1/publications") as r:  # root lists every uid's
+            everyone = sorted((p["id"], p["uid"]) for p in (await r.json())["publications"])
+        assert everyone == [
+            ("free", NOBODY), ("only-roots", 0), ("only-roots", NOBODY), ("same", 0),
+            ("same", NOBODY),
+        ]  # fmt: skip
+        async with api.get("/v1/publications", params={"uid": str(NOBODY)}) as r:
+            assert len((await r.json())["publications"]) == 3
+        them = {"uid": str(NOBODY)}
+        cis = []
+        for pub_id in ("same", "free"):
+            path = f"/v1/publications/{pub_id}/content-information"
+            async with api.get(path, params=them) as r:
+                assert r.status == 200
+                cis.append(await r.read())
+        # Content information (and so segment ids, and cached blocks) does not depend on the id.
+        assert cis[0] == cis[1] and ContentInformation.parse(cis[0]).length == len(theirs)
+        async with api.get("/v1/publications/free") as r:  # not root's own: not found
+            assert r.status == 400 and (await r.json())["error"] == "INVALID_PARAMETER"
+        async with api.post(
+            "/v1/publications", params={"id": "for-them", **them}, data=theirs
+        ) as r:
+            assert r.status == 201 and (await r.json())["uid"] == NOBODY
+            assert r.headers["Location"] == f"/v1/publications/for-them?uid={NOBODY}"
+        async with api.delete("/v1/publications/same", params=them) as r:
+            assert r.status == 204
+        async with api.get("/v1/publications/same") as r:  # root's "same" is untouched
+            assert r.status == 200 and (await r.json())["size"] == len(roots)
+    status, err = nobody_json("GET", "/v1/publications/same", sock)
+    assert (status, err["error"]) == (400, "INVALID_PARAMETER")
+    assert nobody_json("GET", "/v1/publications/for-them", sock)[0] == 200
+    # Unpublishing its own "only-roots" leaves root's, and root's unpublish leaves nobody's.
+    assert nobody_json("DELETE", "/v1/publications/only-roots", sock)[0] == 204
+    async with shared_daemon.session() as api:
+        async with api.get("/v1/publications/only-roots") as r:
+            assert r.status == 200
+        async with api.delete("/v1/publications/same") as r:
+            assert r.status == 204
+        async with api.delete("/v1/publications/free", params=them) as r:
+            assert r.status == 204
+        async with api.get("/v1/publications") as r:
+            left = sorted((p["id"], p["uid"]) for p in (await r.json())["publications"])
+        assert left == [("for-them", NOBODY), ("only-roots", 0)]
+
+
+# publications.db as daemons made it when ids were one namespace for the node.
+ONE_NAMESPACE = """
+CREATE TABLE publications(
+    id TEXT PRIMARY KEY, owner_uid INTEGER NOT NULL, version INTEGER NOT NULL,
+    algorithm INTEGER NOT NULL, size INTEGER NOT NULL, content_information BLOB NOT NULL,
+    created REAL NOT NULL, segment_ids BLOB NOT NULL);
+CREATE INDEX publications_owner ON publications(owner_uid, created);
+"""
+
+
+async def test_a_store_of_one_namespace_opens_with_its_owners(tmp_path: Path) -> None:
+    state = tmp_path / "node-state"
+    state.mkdir(mode=0o700)
+    db = sqlite3.connect(state / "publications.db")
+    db.executescript(ONE_NAMESPACE)
+    for pub_id, owner, seed in (("old-roots", 0, 83), ("old-theirs", NOBODY, 84)):
+        ci = content_information(content(BLOCK, seed=seed))
+        db.execute(
+            "INSERT INTO publications VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
+            (pub_id, owner, ci.algorithm.value, BLOCK, ci.to_bytes(), 1.0 + owner,
+             b"".join(s.segment_id for s in ci.segments)),
+        )  # fmt: skip
+    db.commit()
+    db.close()
+    d = start_daemon(tmp_path)
+    try:
+        async with d.session() as api:
+            async with api.get("/v1/publications") as r:
+                listed = [(p["id"], p["uid"]) for p in (await r.json())["publications"]]
+            assert listed == [("old-roots", 0), ("old-theirs", NOBODY)]
+            async with api.get("/v1/publications/old-theirs") as r:
+                assert r.status == 400  # not root's: it kept its owner
+            async with api.get("/v1/publications/old-theirs", params={"uid": str(NOBODY)}) as r:
+                assert r.status == 200
+            async with api.post("/v1/publications", params={"id": "old-theirs"}, data=b"x") as r:
+                assert r.status == 201  # root's own "old-theirs" now, beside uid 65534's
+            async with api.get("/v1/publications", params={"uid": str(NOBODY)}) as r:
+                assert [p["id"] for p in (await r.json())["publications"]] == ["old-theirs"]
+    finally:
+        d.stop()
+        d.notify.close()

@@ -48,7 +48,7 @@ async def test_publish_returns_with_every_block_committed(engine: Engine) -> Non
     )
     assert engine.store.staged_bytes == 0  # nothing of it waits for a later commit
     assert engine.store.usage().bytes_used == len(data)
-    assert engine.publications.get("p") == pub
+    assert engine.publications.get(UID, "p") == pub
     await engine.aclose()
 
 
@@ -59,7 +59,7 @@ async def test_publish_fails_when_its_commit_fails(engine: Engine) -> None:
             UID, _body(content(3 << 20, seed=4)), pub_id="q", version=1,
             algorithm=HashAlgorithm.SHA256,
         )  # fmt: skip
-    assert engine.publications.get("q") is None  # never acknowledged, never listed
+    assert engine.publications.get(UID, "q") is None  # never acknowledged, never listed
     await engine.aclose()
 
 

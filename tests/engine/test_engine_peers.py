@@ -64,6 +64,9 @@ class ScriptedPeers:
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         self.hints.append(segment_ids)
 
+    def add_holder(self, segment_ids: Sequence[bytes], endpoint: str) -> None:
+        return None
+
     def at_limit(self, segment_id: bytes) -> bool:
         return False
 

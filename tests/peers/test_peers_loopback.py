@@ -14,6 +14,7 @@ from tests.content import BLOCK
 from tests.harness import DaemonProcess, start_daemon
 
 SIZE = 48 * BLOCK + 1234
+LYING = Path(__file__).parent / "lying"  # sitecustomize of a peer that serves bad blocks
 
 
 @contextlib.contextmanager
@@ -162,7 +163,14 @@ async def test_corrupt_peer_is_banned_and_data_arrives_intact(tmp_path: Path, ne
     import random
 
     data = random.Random(43).randbytes(SIZE)
-    with nodes(tmp_path, netns, 3) as (a, b, c):
+    # A daemon never serves a block that fails its hash: these nodes are patched to lie (and
+    # their background scrub, which would drop the bad blocks first, is off).
+    lying = {"LYING_PEER": "1", "PYTHONPATH": str(LYING)}
+    with nodes(tmp_path, netns, 3, PEERDISTD_CACHE_SCRUB_BYTES_PER_SECOND="0", **lying) as (
+        a,
+        b,
+        c,
+    ):
         ci = await publish(a, data)
         assert await read_all(b, ci) == data
         assert corrupt_cache_files(a) > 0  # A now serves bad bytes for every block

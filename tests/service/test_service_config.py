@@ -180,6 +180,7 @@ def test_file_ints_are_accepted_for_floats(tmp_path: Path) -> None:
         ("[peers]\nadvertise = '192.0.2.1:0'", "peers.advertise: must be an IP address and port"),
         ("[peers]\nmax_inflight = 4", "peers.max_inflight_per_peer: must not exceed peers.max"),
         ("[metrics]\nlisten = '0.0.0.0:9595'", "metrics.listen: '0.0.0.0:9595' is not a loopback"),
+        ("[daemon]\nheld_limit_bytes = -1", "daemon.held_limit_bytes: must be at least 0, got -1"),
         ("daemon = 1", "daemon: unknown section (or not a [table])"),
     ],
 )

@@ -82,6 +82,12 @@ async def open_content(api: aiohttp.ClientSession, ci: bytes) -> str:
         return str((await r.json())["handle"])
 
 
+# The swarm's answers from peers: a fresh node has none.
+SWARM_ANSWERS = [
+    f"peerdist_{key}_total" for key in ("hedges", "slow_answers", "busy_answers", "peer_errors")
+]
+
+
 def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """How far every sample of ``after`` moved since ``before`` (gauges included)."""
     return {k: v - before.get(k, 0.0) for k, v in after.items()}
@@ -162,6 +168,8 @@ async def test_counters_after_publish_peer_read_and_add_data(tmp_path: Path, net
         "peerdist_cache_misses_total": 4,
         "peerdist_cache_evictions_total": 0,
         "peerdist_bad_blocks_total": 0,
+        **dict.fromkeys(SWARM_ANSWERS, 0),  # one holder, answering well
+        "peerdist_bad_blocks_from_disk_total": 0,
         "peerdist_scrub_blocks_total": 0,
         "peerdist_scrub_bad_blocks_total": 0,
         "peerdist_store_heals_total": 0,
@@ -188,6 +196,8 @@ async def test_counters_after_publish_peer_read_and_add_data(tmp_path: Path, net
         "peerdist_cache_misses_total": 0,
         "peerdist_cache_evictions_total": 0,
         "peerdist_bad_blocks_total": 0,
+        **dict.fromkeys(SWARM_ANSWERS, 0),  # one holder, answering well
+        "peerdist_bad_blocks_from_disk_total": 0,
         "peerdist_scrub_blocks_total": 0,
         "peerdist_scrub_bad_blocks_total": 0,
         "peerdist_store_heals_total": 0,

@@ -230,6 +230,7 @@ def test_sighup_sends_reloading_with_monotonic_usec_then_ready(tmp_path: Path) -
             "segments": 0,
             "blocks": 0,
             "evictions": 0,
+            "bad_blocks_from_disk": 0,
         }
         config.write_text("[cache]\nlimit_bytes = 40000000\n[peers]\nlisten = '127.0.0.1:81'\n")
         d.messages.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 
 import aiohttp
 import pytest
@@ -18,6 +19,9 @@ from peerdistd.metrics import (
     make_registry,
     start_metrics_server,
 )
+from peerdistd.net.hosted_cache_client import OfferStats
+from peerdistd.net.hosted_cache_pull import PullStats
+from peerdistd.net.swarm import SwarmStats
 
 BRIEF_KEYS = {
     *("bytes_from_cache", "bytes_from_peers", "bytes_from_origin", "bytes_served_to_peers"),
@@ -25,7 +29,18 @@ BRIEF_KEYS = {
     *("cache_limit_bytes", "cache_evictions", "open_handles", "publications", "reads_ok"),
     *("reads_missing_data", "reads_timeout", "reads_no_more", "reads_aborted"),
     *("reads_stream_limit", "bad_blocks", "banned_peers", "peers_known"),
+    "bad_blocks_from_disk",
     *("scrub_blocks", "scrub_bad_blocks", "store_heals"),  # issue 8: the store checks itself
+    *("hedges", "slow_answers", "busy_answers", "peer_errors"),  # the swarm's peer answers
+    *(  # hosted cache mode: a hosted cache's pulls, a client's offers (status counters)
+        f"hosted_cache_{key}"
+        for key in (
+            *("offers", "offers_dropped", "segments_queued", "segments_skipped"),
+            *("blocks_pulled", "bytes_pulled", "unverified_blocks", "unverified_bytes"),
+            *("unverified_refused", "bad_blocks", "pull_errors", "segments_offered"),
+            *("offers_failed", "offers_skipped"),
+        )
+    ),
 }
 
 
@@ -129,3 +144,10 @@ async def test_server_is_gone_after_the_context() -> None:
 def test_endpoint_url_brackets_ipv6() -> None:
     assert MetricsEndpoint("::1", 9595).url == "http://[::1]:9595/metrics"
     assert MetricsEndpoint("127.0.0.1", 9595).url == "http://127.0.0.1:9595/metrics"
+
+
+def test_every_hosted_cache_and_swarm_counter_is_exported() -> None:
+    """A counter added to these stats is exported too (or this test names it)."""
+    hosted = {f"hosted_cache_{f.name}" for stats in (PullStats, OfferStats) for f in fields(stats)}
+    assert hosted <= set(COUNTERS)
+    assert {f.name for f in fields(SwarmStats)} <= set(COUNTERS)

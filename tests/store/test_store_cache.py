@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,11 +68,8 @@ def test_v1_round_trip_survives_reopen(tmp_path: Path) -> None:
         assert c.read_block(sid, 1, 65500) == blocks[1][1][65500:]
         assert c.read_block(sid, 1, 65536) == b""
         assert c.read_block(sid, 3) is None
-        located = c.block_file(sid, 2)
-        assert located is not None
-        fd, offset, length = located
-        assert (offset, length) == (2 * 65536, 65536)
-        assert os.pread(fd, length, offset) == blocks[2][1]
+        assert c.read_block(sid, 2, expected=blocks[2][2]) == blocks[2][1]
+        assert c.read_block(sid, 2, expected=blocks[1][2]) is None  # another reader's block
         usage = c.usage()
         assert (usage.bytes_used, usage.segments, usage.blocks, usage.evictions) == (
             3 * 65536,
@@ -98,10 +94,11 @@ def test_v2_segment_and_short_last_block(cache: BlockCache) -> None:
 
 
 def test_add_segment_is_idempotent_and_refuses_conflicts(cache: BlockCache) -> None:
-    record, _ = make_segment(5)
-    cache.add_segment(record)
+    record, blocks = make_segment(5)
+    cache.add_segment(record, [h for _, _, h in blocks])
     cache.add_segment(record)
     assert cache.usage().segments == 1
+    cache.put_blocks(record.segment_id, blocks)  # the proven last block pins the length
     other_length = SegmentRecord(
         record.segment_id, 1, record.algorithm, record.hod, record.secret, 65536, 65536
     )
@@ -130,7 +127,7 @@ def test_hostile_segment_ids_rejected(cache: BlockCache, bad: bytes) -> None:
         lambda: cache.has_block(bad, 0),
         lambda: cache.held_blocks(bad),
         lambda: cache.read_block(bad, 0),
-        lambda: cache.block_file(bad, 0),
+        lambda: cache.read_proven(bad, 0),
         lambda: cache.block_counts([bad]),
         lambda: cache.touch(bad),
         lambda: cache.put_block(bad, 0, b"x", bytes(32)),
@@ -160,6 +157,7 @@ def test_put_block_rejects_blocks_that_do_not_fit(cache: BlockCache) -> None:
         cache.put_block(sid, 0, data, digest[:20])
     cache.put_block(sid, 0, data, digest)
     cache.put_block(sid, 0, data, digest)  # already held: nothing to do
+    cache.add_segment(record, [h for _, _, h in blocks])  # proves block 0's hash
     with pytest.raises(VerificationError):
         cache.put_block(sid, 0, data, hashlib.sha256(b"other").digest())
     v2, v2_blocks = make_segment(7, length=1000, version=2)

@@ -97,6 +97,6 @@ def test_publication_store_damaged_while_open_heals_in_place(tmp_path: Path) -> 
         assert 0 < len(listed) < 60
         assert all(p == _publication(int(p.id[4:8])) for p in listed)  # each one whole
         store.add(_publication(99))
-        assert store.get(_publication(99).id) == _publication(99)
+        assert store.get(0, _publication(99).id) == _publication(99)
     finally:
         store.close()

@@ -95,3 +95,17 @@ def test_blocks_being_committed_are_still_counted(tmp_path: Path) -> None:
         c._files.sync = sync_and_look  # type: ignore[method-assign]
         c.commit_staged()
     assert seen == [({record.segment_id: 2}, [0, 1])]
+
+
+def test_block_hashes_of_indexed_and_staged_blocks(tmp_path: Path) -> None:
+    """What a hosted cache offer names for blocks stored before (OfferingStore after a restart)."""
+    record, blocks = make_segment(10)
+    assert len(blocks) >= 3
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.block_hashes(record.segment_id) == {}  # not held at all
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, blocks[:1])  # indexed
+        c.put_blocks(record.segment_id, blocks[1:2], durable=False)  # staged
+        assert c.block_hashes(record.segment_id) == {i: h for i, _, h in blocks[:2]}
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        assert c.block_hashes(record.segment_id) == {i: h for i, _, h in blocks[:2]}

@@ -1,0 +1,308 @@
+"""The PeerDist fetch loop for applications: parallel reads, missing pieces from the origin.
+
+``workers`` tasks each take the next piece (at most :data:`UNIT` bytes, aligned to it) not yet
+taken and block-read it with the timeout; what the daemon reports missing (MISSING_DATA, or a
+TIMEOUT twice) is taken from the origin with a MissingDataRequest ([MS-PCCRTP] 3.1) and added
+back in :data:`ADD_CHUNK` pieces, so the node's claim shows progress and the branch can take
+the piece from it as it arrives (docs/single-flight.md). One client alone then fetches from
+the origin on several connections at once while it reads; nodes of a branch that start
+together fetch disjoint pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+import aiohttp
+
+from peerdistd.api.client import DEFAULT_READ_MAX, ContentHandle
+from peerdistd.errors import (
+    DecodeError,
+    MissingData,
+    PeerDistError,
+    RemoteError,
+    ServiceUnavailable,
+    Timeout,
+    TransferInterrupted,
+)
+from peerdistd.proto.flight import piece_starts
+from peerdistd.proto.pccrc import ContentInformation
+from peerdistd.proto.pccrtp import missing_data_headers
+
+UNIT = 1 << 20  # the daemon's piece (peers.piece_size default); reads are aligned to it
+ADD_CHUNK = 256 * 1024  # origin bytes per add-data: the claim's progress, block-aligned
+TIMEOUT_RETRIES = 2  # a TIMEOUT means a claimant is still at it: ask again before the origin
+DEFAULT_WORKERS = 4
+# A range the origin cut short is asked again (its rest only) up to this many times in a row,
+# waiting ORIGIN_BACKOFF seconds before the first retry and twice as long before each next.
+ORIGIN_RETRIES = 3
+ORIGIN_BACKOFF = 0.5
+# Answers worth asking again: the origin is busy or failing for now (RFC 9110 15.5.9, 15.6).
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+
+Progress = Callable[[int, int | None], None]
+"""Called with (bytes written so far, total or None)."""
+
+
+@dataclass(slots=True)
+class FetchCounts:
+    from_cache: int = 0
+    from_peers: int = 0
+    from_origin: int = 0
+    origin_requests: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.from_cache + self.from_peers + self.from_origin
+
+
+async def origin_range(
+    session: aiohttp.ClientSession, url: str, offset: int, length: int, chunk: int = 1 << 20
+) -> AsyncIterator[bytes]:
+    """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ``chunk``.
+
+    TransferInterrupted for what asking again may cure (a cut body, a reset, 5xx/429)."""
+    last = offset + length - 1
+    # [MS-PCCRTP] 3.1: an identity request saying MissingDataRequest=true, never together
+    # with Accept-Encoding: peerdist (what iPXE sends per block).
+    headers = {"Range": f"bytes={offset}-{last}", **missing_data_headers()}
+    where = f"origin {url} (bytes {offset}-{last})"
+    got = 0
+    try:
+        async with session.get(url, headers=headers) as resp:
+            if resp.status != 206:
+                kind = TransferInterrupted if resp.status in _TRANSIENT_STATUS else RemoteError
+                raise kind(f"{where}: HTTP {resp.status} {resp.reason}, expected 206")
+            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if not match or (int(match[1]), int(match[2])) != (offset, last):
+                got_range = resp.headers.get("Content-Range")
+                raise RemoteError(f"{where}: answered Content-Range {got_range!r}")
+            if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+                raise RemoteError(f"{where}: answered Content-Encoding, expected identity")
+            while got < length:
+                data = await resp.content.read(min(chunk, length - got))
+                if not data:
+                    break
+                got += len(data)
+                yield data
+            if got != length:
+                raise TransferInterrupted(f"{where}: sent {got} of {length} bytes")
+            if await resp.content.read(1):
+                raise RemoteError(f"{where}: sent a body of the wrong length (too long)")
+    except aiohttp.ClientConnectorError as exc:  # no origin there at all
+        raise RemoteError(f"{where}: {exc}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise TransferInterrupted(f"{where}: {exc!r}") from exc
+
+
+OriginGet = Callable[[aiohttp.ClientSession, str, int, int, int], AsyncIterator[bytes]]
+"""How the loop asks the origin for ``(session, url, offset, length, chunk size)``."""
+
+
+def pieces_of(content_information: bytes, cap: int = UNIT) -> list[int]:
+    """Where the daemons' pieces start in this content (the same cut as theirs), so that
+    each worker reads and fetches whole pieces; [] if it does not parse (the daemon says)."""
+    try:
+        info = ContentInformation.parse(content_information)
+    except DecodeError:
+        return []
+    return piece_starts(info.version, info.segments, cap)
+
+
+def segments_of(content_information: bytes) -> list[int]:
+    """V2: where the segments start (each is one block: data added up to one is verified at
+    once, not held); V1: [] (its 64 KiB blocks divide ADD_CHUNK)."""
+    try:
+        info = ContentInformation.parse(content_information)
+    except DecodeError:
+        return []
+    return [seg.offset for seg in info.segments] if info.version == 2 else []
+
+
+def _cut(bounds: Sequence[int], pos: int, size: int) -> int:
+    """How much of ``size`` bytes at ``pos`` to add: up to the last block start in it."""
+    i = bisect.bisect_right(bounds, pos + size) - 1
+    return bounds[i] - pos if i >= 0 and bounds[i] > pos else size
+
+
+class _Writer:
+    """Writes pieces at their offsets: seeking if ``out`` can, else in order (pieces that
+    arrive early wait in memory; workers do not run more than ``ahead`` bytes ahead)."""
+
+    def __init__(self, out: IO[bytes], start: int, ahead: int) -> None:
+        self.out, self.start, self.ahead = out, start, ahead
+        try:
+            self.seekable = out.seekable()
+        except (AttributeError, ValueError):
+            self.seekable = False
+        self.flushed = start  # everything before is written (in-order mode)
+        self._early: dict[int, bytes] = {}
+        self.room = asyncio.Condition()
+
+    def write(self, offset: int, data: bytes) -> None:
+        if self.seekable:
+            self.out.seek(offset - self.start)
+            self.out.write(data)
+            return
+        self._early[offset] = data
+        while (chunk := self._early.pop(self.flushed, None)) is not None:
+            self.out.write(chunk)
+            self.flushed += len(chunk)
+
+    async def wait_room(self, offset: int) -> None:
+        if self.seekable:
+            return
+        async with self.room:
+            await self.room.wait_for(lambda: offset < self.flushed + self.ahead)
+
+    async def wrote(self) -> None:
+        if not self.seekable:
+            async with self.room:
+                self.room.notify_all()
+
+
+async def fetch_loop(
+    handle: ContentHandle,
+    origin: str,
+    out: IO[bytes],
+    *,
+    session: aiohttp.ClientSession,
+    origin_get: OriginGet = origin_range,
+    workers: int = DEFAULT_WORKERS,
+    timeout_ms: int | None = None,
+    progress: Progress | None = None,
+    read_max: int = DEFAULT_READ_MAX,
+    piece_bounds: Sequence[int] = (),
+    block_bounds: Sequence[int] = (),
+) -> FetchCounts:
+    """Write the content of ``handle`` (complete content information) to ``out``, reading
+    through the daemon and taking what it lacks from ``origin``; ``out`` starts at the range.
+    ``piece_bounds``: where the daemons' pieces start (:func:`pieces_of`), else every UNIT;
+    ``block_bounds``: where V2 blocks (segments) start, so that added data ends on one."""
+    if handle.range_offset is None or handle.size is None:
+        raise ServiceUnavailable("the content handle has no content information")
+    start, end = handle.range_offset, handle.range_offset + handle.size
+    counts = FetchCounts()
+    writer = _Writer(out, start, ahead=2 * max(1, workers) * UNIT)
+    cursor = start  # the next offset no worker has taken
+
+    cuts = sorted(set(piece_bounds)) if piece_bounds else []
+
+    def take() -> tuple[int, int] | None:
+        nonlocal cursor
+        if cursor >= end:
+            return None
+        nxt = bisect.bisect_right(cuts, cursor)
+        stop = cuts[nxt] if nxt < len(cuts) else (cursor // UNIT + 1) * UNIT
+        unit = (cursor, min(end, stop))
+        cursor = unit[1]
+        return unit
+
+    def extend(unit_end: int, want: int) -> int:
+        """A gap runs past our unit: take its rest too if no worker took it yet."""
+        nonlocal cursor
+        if cursor == unit_end and want > unit_end:
+            cursor = min(want, end)
+            return cursor
+        return unit_end
+
+    def report() -> None:
+        if progress:
+            progress(counts.size, end - start)
+
+    cut_points = sorted(set(block_bounds))
+
+    async def add(pos: int, data: bytes) -> None:
+        await handle.add_data(pos, data)
+        writer.write(pos, data)
+        counts.from_origin += len(data)
+        report()
+
+    async def from_origin(pos: int, length: int) -> None:
+        """The range from the origin; a cut is asked again from where it broke off."""
+        end_pos, failures = pos + length, 0
+        for attempt in itertools.count(1):
+            counts.origin_requests += 1
+            start = pos
+            buf = bytearray()  # added about ADD_CHUNK at a time; a cut loses only what is here
+            pending: asyncio.Task[None] | None = None  # one add in flight while reading on
+            try:
+                async for chunk in origin_get(session, origin, pos, end_pos - pos, ADD_CHUNK):
+                    buf += chunk
+                    while len(buf) >= ADD_CHUNK or (buf and pos + len(buf) == end_pos):
+                        take = bytes(buf[: _cut(cut_points, pos, len(buf))])
+                        del buf[: len(take)]
+                        if pending is not None:
+                            await pending
+                        pending = asyncio.ensure_future(add(pos, take))
+                        pos += len(take)
+                if pending is not None:
+                    await pending
+                break
+            except TransferInterrupted as exc:
+                if pending is not None:  # what was handed to the daemon stays done
+                    await pending
+                    pending = None
+                # Bounded: ORIGIN_RETRIES in a row without a byte of progress.
+                failures = 1 if pos > start else failures + 1
+                if failures > ORIGIN_RETRIES:
+                    raise TransferInterrupted(
+                        f"{exc}; gave up after {attempt} attempts — try again later"
+                    ) from exc
+                await asyncio.sleep(ORIGIN_BACKOFF * 2 ** (failures - 1))
+            finally:
+                if pending is not None and not pending.done():  # failing: stop the add
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, PeerDistError):
+                        await pending
+        await writer.wrote()
+
+    async def worker() -> None:
+        while (unit := take()) is not None:
+            pos, unit_end = unit
+            await writer.wait_room(pos)
+            timeouts = 0
+            while pos < unit_end:
+                try:
+                    read = await handle.block_read(
+                        pos, min(read_max, unit_end - pos), timeout_ms=timeout_ms
+                    )
+                except MissingData as gap:
+                    unit_end = extend(unit_end, gap.offset + gap.length)
+                    take_len = min(gap.length, unit_end - pos)
+                    await from_origin(pos, take_len)
+                    pos += take_len
+                    continue
+                except Timeout as gap:
+                    timeouts += 1
+                    if timeouts <= TIMEOUT_RETRIES:
+                        continue
+                    take_len = min(gap.length, unit_end - pos)
+                    await from_origin(pos, take_len)
+                    pos += take_len
+                    continue
+                if read.offset != pos or not read.data:
+                    raise ServiceUnavailable(f"peerdistd block read at {pos} answered badly")
+                data = read.data[: unit_end - pos]
+                writer.write(pos, data)
+                await writer.wrote()
+                counts.from_peers += min(read.from_peers, len(data))
+                counts.from_cache += len(data) - min(read.from_peers, len(data))
+                pos += len(data)
+                report()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(max(1, workers)):
+                group.create_task(worker())
+    except BaseExceptionGroup as failed:  # the first failure, as the caller knows it
+        raise failed.exceptions[0] from None
+    return counts

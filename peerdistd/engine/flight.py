@@ -1,0 +1,199 @@
+"""Single flight across the branch: before a read reports MISSING_DATA for data no peer
+holds, the peerdistd nodes that want it agree who fetches each piece from the origin
+(docs/single-flight.md). The claims protocol lives in ``proto.flight_board`` and
+``net.flight``; this module cuts content into pieces and decides what a read does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from peerdistd.engine.view import ContentView
+from peerdistd.proto.flight import PieceId
+from peerdistd.proto.flight_board import Lookup, Verdict
+from peerdistd.proto.pccrc import BlockRef
+
+MAX_MINE = 4096  # our claims remembered for progress reports (the board's bound)
+CONTENTION_WINDOW = 0.012  # seconds between CLAIM and HOLD: a LAN round trip many times over
+
+
+class ClaimNetwork(Protocol):
+    """The claims protocol (``peerdistd.net.flight.FlightNet``)."""
+
+    @property
+    def ttl(self) -> float: ...
+    def lookup(self, piece: PieceId) -> Lookup: ...
+    async def claim(self, piece: PieceId, window: float) -> bool: ...
+    def progress(self, piece: PieceId, held: int, total: int) -> None: ...
+    def release(self, pieces: list[PieceId]) -> None: ...
+    async def wait(self, piece: PieceId, timeout: float) -> None: ...
+    def forget(self, piece: PieceId) -> None: ...
+
+
+class HeldBlocks(Protocol):
+    def has_block(self, segment_id: bytes, index: int, expected: bytes | None = None) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """At most ``cap`` bytes on block boundaries, the same cut on every node."""
+
+    id: PieceId
+    start: int
+    end: int
+    blocks: tuple[tuple[bytes, int, int], ...]  # (segment id, block index, start offset)
+
+
+def piece_at(view: ContentView, offset: int, cap: int) -> Piece | None:
+    """The piece holding ``offset``. V1: ``cap // block size`` blocks of one segment, counted
+    from the segment's first block. V2 (one block per segment): the consecutive segments whose
+    start lies in the same ``cap``-sized stretch of the content as the segment at ``offset``."""
+    ref = view.block_at(offset)
+    if ref is None:
+        return None
+    seg = ref.segment
+    if view.version == 1:
+        per = max(1, cap // seg.block_size)
+        first = ref.index // per * per
+        last = min(first + per, seg.block_count) - 1
+        start, end = seg.block_span(first)[0], seg.block_span(last)[1]
+        blocks = tuple((seg.segment_id, i, seg.block_span(i)[0]) for i in range(first, last + 1))
+        return Piece(PieceId(seg.segment_id, first), start, end, blocks)
+    bucket = seg.offset // cap
+    members = [s for s in view.segments if s.offset // cap == bucket]
+    return Piece(
+        PieceId(members[0].segment_id, 0),
+        members[0].offset,
+        members[-1].offset + members[-1].length,
+        tuple((s.segment_id, 0, s.offset) for s in members),
+    )
+
+
+class Outcome(Enum):
+    MINE = "mine"  # report MISSING_DATA for the piece: this node fetches it from the origin
+    HELD = "held"  # another node has it whole: fetch from its endpoint
+    LOCAL = "local"  # it arrived here meanwhile: read it from the cache
+    TIMEOUT = "timeout"  # the read's deadline came first
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    piece: Piece
+    endpoint: str = ""
+
+
+@dataclass(slots=True)
+class _Mine:
+    piece: Piece
+    view: ContentView
+    handle: str
+
+
+class SingleFlight:
+    """The engine's side of the claims: one per daemon."""
+
+    def __init__(
+        self,
+        store: HeldBlocks,
+        claims: ClaimNetwork,
+        *,
+        piece_cap: int = 1 << 20,
+        window: float = CONTENTION_WINDOW,
+    ) -> None:
+        self.store = store
+        self.claims = claims
+        self.piece_cap = piece_cap
+        self.window = window
+        self._mine: OrderedDict[PieceId, _Mine] = OrderedDict()
+
+    async def decide(
+        self, view: ContentView, first: BlockRef, deadline: float, handle: str
+    ) -> Decision | None:
+        """What a read at ``first`` does when no peer is known to hold it (None: no piece)."""
+        piece = piece_at(view, first.start, self.piece_cap)
+        if piece is None:
+            return None
+        key = (first.segment.segment_id, first.index)
+        while True:
+            if self.store.has_block(*key, expected=first.hash):
+                return Decision(Outcome.LOCAL, piece)
+            look = self.claims.lookup(piece.id)
+            remaining = deadline - time.monotonic()
+            if look.verdict is Verdict.FREE:
+                # Remembered before the window, so that another read of this node waits.
+                self._remember(piece, view, handle)
+                if await self.claims.claim(piece.id, self.window):
+                    return Decision(Outcome.MINE, piece)
+                self._mine.pop(piece.id, None)
+                continue  # lost the tie: wait for the winner
+            if look.verdict is Verdict.HELD:
+                return Decision(Outcome.HELD, piece, look.endpoint)
+            if look.verdict is Verdict.MINE:
+                mine = self._mine.get(piece.id)
+                if mine is None or mine.handle == handle:
+                    # The application that was told to fetch it asks again: tell it again.
+                    self._remember(piece, view, handle)
+                    return Decision(Outcome.MINE, piece)
+                until = deadline
+            else:
+                until = min(deadline, look.until)
+            if remaining <= 0:
+                return Decision(Outcome.TIMEOUT, piece)
+            await self.claims.wait(piece.id, until - time.monotonic())
+            if time.monotonic() >= deadline and not self.store.has_block(*key, expected=first.hash):
+                return Decision(Outcome.TIMEOUT, piece)
+
+    def added(self, view: ContentView, start: int, end: int) -> None:
+        """Data was added over ``[start, end)``: report progress of our claims there."""
+        if not self._mine:
+            return
+        pos = start
+        while pos < end:
+            piece = piece_at(view, pos, self.piece_cap)
+            if piece is None:
+                break
+            mine = self._mine.get(piece.id)
+            if mine is not None:
+                self._report(mine)
+            pos = max(piece.end, pos + 1)
+
+    def forget(self, piece: Piece) -> None:
+        """The node said to hold ``piece`` did not have it: it is free again."""
+        self.claims.forget(piece.id)
+
+    def closed(self, handle: str) -> None:
+        """The handle's claims end with it (the application will not fetch them now)."""
+        gone = [p for p, m in self._mine.items() if m.handle == handle]
+        for piece in gone:
+            del self._mine[piece]
+        if gone:
+            self.claims.release(gone)
+
+    def _report(self, mine: _Mine) -> None:
+        # Only the blocks this view can describe count (a range content information may
+        # cover part of a piece): the claim is done when they are all here.
+        view = mine.view
+        wanted = [
+            ref
+            for b in mine.piece.blocks
+            if view.start <= b[2] < view.end and (ref := view.block_at(b[2])) is not None
+        ]
+        held = sum(
+            1
+            for ref in wanted
+            if self.store.has_block(ref.segment.segment_id, ref.index, expected=ref.hash)
+        )
+        self.claims.progress(mine.piece.id, held, len(wanted))
+        if held >= len(wanted):
+            self._mine.pop(mine.piece.id, None)
+
+    def _remember(self, piece: Piece, view: ContentView, handle: str) -> None:
+        self._mine[piece.id] = _Mine(piece, view, handle)
+        self._mine.move_to_end(piece.id)
+        while len(self._mine) > MAX_MINE:
+            self._mine.popitem(last=False)
