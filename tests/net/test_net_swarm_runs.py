@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import cast
 
@@ -108,7 +108,10 @@ async def standard_peer(source: Source) -> AsyncIterator[tuple[str, list[str]]]:
         return web.Response(body=bytes(responder.respond(await request.read()).body))
 
     @web.middleware
-    async def count(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    async def count(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
         paths.append(request.path)
         return await handler(request)
 
@@ -126,7 +129,8 @@ async def standard_peer(source: Source) -> AsyncIterator[tuple[str, list[str]]]:
 
 async def test_a_run_comes_in_one_exchange_byte_exact() -> None:
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(CountingServer(Source(BLOCKS)))
+        server = CountingServer(Source(BLOCKS))
+        await stack.enter_async_context(server)
         swarm = await stack.enter_async_context(swarm_of(f"127.0.0.1:{server.port}"))
         got = await swarm.fetch_run(REFS[:16], SHA256, timeout=5)
         tail = await swarm.fetch_run(REFS[16:], SHA256, timeout=5)
@@ -150,7 +154,8 @@ async def test_a_bad_block_in_a_run_bans_the_peer_and_comes_from_another() -> No
     forged[3] = os.urandom(SIZE)
     async with AsyncExitStack() as stack:
         bad = await stack.enter_async_context(CountingServer(Source(forged)))
-        good = await stack.enter_async_context(CountingServer(Source(BLOCKS)))
+        good = CountingServer(Source(BLOCKS))
+        await stack.enter_async_context(good)
         bad_peer, good_peer = f"127.0.0.1:{bad.port}", f"127.0.0.1:{good.port}"
         async with swarm_of(bad_peer, good_peer) as swarm:  # runs from 0 start at bad_peer
             got = await swarm.fetch_run(REFS[:16], SHA256, timeout=5)
@@ -163,7 +168,8 @@ async def test_blocks_a_run_lacks_are_asked_of_the_others() -> None:
     partial = Source(BLOCKS[:5])  # holds blocks 0..4 only
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(CountingServer(partial))
-        second = await stack.enter_async_context(CountingServer(Source(BLOCKS)))
+        second = CountingServer(Source(BLOCKS))
+        await stack.enter_async_context(second)
         async with swarm_of(f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}") as swarm:
             assert await swarm.fetch_run(REFS[:10], SHA256, timeout=5) == BLOCKS[:10]
             assert not swarm.banned(f"127.0.0.1:{first.port}")
@@ -177,7 +183,8 @@ async def test_nobody_holding_it_gives_none() -> None:
 @pytest.mark.parametrize("count", [1, 17])
 async def test_what_cannot_be_a_run_is_fetched_one_by_one(count: int) -> None:
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(CountingServer(Source(BLOCKS)))
+        server = CountingServer(Source(BLOCKS))
+        await stack.enter_async_context(server)
         swarm = await stack.enter_async_context(swarm_of(f"127.0.0.1:{server.port}"))
         assert await swarm.fetch_run(REFS[:count], SHA256, timeout=5) == BLOCKS[:count]
     assert server.paths == [pccrr.MAGIC_PATH.encode()] * count
@@ -195,7 +202,8 @@ async def test_a_run_cut_off_counts_as_its_blocks_failing() -> None:
     async with AsyncExitStack() as stack:
         stack.push_async_callback(closer.wait_closed)
         stack.callback(closer.close)
-        good = await stack.enter_async_context(CountingServer(Source(BLOCKS)))
+        good = CountingServer(Source(BLOCKS))
+        await stack.enter_async_context(good)
         swarm = await stack.enter_async_context(swarm_of(bad_peer, f"127.0.0.1:{good.port}"))
         assert await swarm.fetch_run(REFS[:16], SHA256, timeout=5) == BLOCKS[:16]
         assert swarm.peer(bad_peer).errors == 16 and swarm.banned(bad_peer)
