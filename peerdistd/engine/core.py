@@ -428,7 +428,7 @@ class Engine:
         h = self.handles.get(handle_id)
         return None if h is None else h.owner_uid
 
-    def _track(self, fut: asyncio.Future[bool]) -> None:
+    def _track(self, fut: asyncio.Future[Any]) -> None:
         self._tasks.add(fut)
         fut.add_done_callback(self._tasks.discard)
 

@@ -81,6 +81,13 @@ class PeerNetwork(Protocol):
         (then :meth:`slot_freed` says when to ask again)."""
         ...
 
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        """Consecutive blocks of one segment as :meth:`fetch` gets one: each verified, or
+        None if no peer delivered it (fewer exchanges than one fetch per block)."""
+        ...
+
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         """Start discovery for these segments now (the ``immediate`` open flag)."""
         ...
@@ -111,6 +118,11 @@ class NoPeers:
         self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
     ) -> bytes | None:
         return None
+
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        return [None] * len(refs)
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         return None

@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from peerdistd import errors
 from peerdistd.engine.events import EventBus
@@ -21,6 +22,7 @@ from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
 from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
+from peerdistd.proto.pccrr import RUN_LIMIT
 from peerdistd.store.blockcache import SegmentRecord
 
 log = logging.getLogger(__name__)
@@ -31,9 +33,10 @@ LOCATE_SEGMENTS = 32
 LOCATE_AHEAD = 4  # batches of LOCATE_SEGMENTS asked about ahead of a reader (V2: ~8 MiB)
 HINT_AGAIN = 2.0  # seconds before the same batch is asked about ahead again
 HINTED_LIMIT = 4096  # segments remembered as asked about ahead
-READ_AHEAD_BLOCKS = 64
+READ_AHEAD_BLOCKS = 128
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
-READ_AHEAD_BYTES = 4 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
+READ_AHEAD_BYTES = 8 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
+RUN_BLOCKS = RUN_LIMIT  # consecutive blocks of a segment fetched as one run (net.swarm_runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ class BlockReader:
         slots: SlotPool,
         stats: Counters,
         events: EventBus,
-        spawn: Callable[[asyncio.Future[bool]], None],
+        spawn: Callable[[asyncio.Future[Any]], None],
         staged: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
@@ -88,7 +91,9 @@ class BlockReader:
         self.events = events
         self._spawn = spawn
         self._staged = staged
-        self._inflight: dict[tuple[bytes, int], asyncio.Task[bool]] = {}
+        # Block -> the task fetching the run it is part of; the task's result is the set of
+        # blocks of the run that were fetched and stored.
+        self._inflight: dict[tuple[bytes, int], asyncio.Task[frozenset[tuple[bytes, int]]]] = {}
         # Blocks fetched from peers that no application has read yet: their bytes count as
         # "from peers", not "from cache", when they are read (BranchCache's counters are
         # about what applications got, and read-ahead must not blur them).
@@ -221,14 +226,12 @@ class BlockReader:
             if first.segment.segment_id not in located:
                 self.slots.release()
                 return await self._unheld(view, req, first, deadline, located)
-            task = self._start_fetch(view, first, deadline, holds_slot=True)
-            self._read_ahead(
-                view,
-                first.end,
-                max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES),
-                located,
-                deadline,
-            )
+            # The read's own blocks go as one run on its slot; read-ahead takes slots of its
+            # own (none free: no read-ahead), as before runs.
+            run = self._run_from(view, first, req.offset + req.max_bytes)
+            task = self._start_fetch(view, run, deadline, holds_slot=True)
+            ahead = max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES)
+            self._read_ahead(view, run[-1].end, ahead, located, deadline)
         else:
             self._start_complete(req, peer_accepted=True)
             located = {first.segment.segment_id: 1}
@@ -237,7 +240,7 @@ class BlockReader:
             got = await asyncio.wait_for(asyncio.shield(task), remaining)
         except (TimeoutError, PeerUnavailable):
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
-        if not got:
+        if key not in got:
             others = {k: v for k, v in located.items() if k != first.segment.segment_id}
             return await self._unheld(view, req, first, deadline, others)
         data, peer_bytes = self.local(view, req.offset, req.max_bytes)
@@ -275,16 +278,21 @@ class BlockReader:
                 holds = {sid: 1 for sid, _i, _s in decision.piece.blocks}
                 self.peers.add_holder(list(holds), decision.endpoint)
                 key = (first.segment.segment_id, first.index)
-                task = self._inflight.get(key) or self._start_fetch(
-                    view, first, deadline, holds_slot=False
+                run = (
+                    [first]
+                    if key in self._inflight
+                    else self._run_from(view, first, decision.piece.end)
                 )
-                self._read_ahead(view, first.end, decision.piece.end, holds, deadline)
+                task = self._inflight.get(key) or self._start_fetch(
+                    view, run, deadline, holds_slot=False
+                )
+                self._read_ahead(view, run[-1].end, decision.piece.end, holds, deadline)
                 remaining = max(0.0, deadline - time.monotonic())
                 try:
                     got = await asyncio.wait_for(asyncio.shield(task), remaining)
                 except (TimeoutError, PeerUnavailable):
                     raise errors.Timeout(req.offset, clipped) from None
-                if not got:  # it no longer has it: the piece is free again
+                if key not in got:  # it no longer has it: the piece is free again
                     self.flight.forget(decision.piece)
                     continue
             data, peer_bytes = self.local(view, req.offset, req.max_bytes)
@@ -369,42 +377,77 @@ class BlockReader:
             self.peers.prefetch_hint(list(dict.fromkeys([lead, *fresh])))
         return list(dict.fromkeys([lead, *wanted]))
 
+    def _wanted(self, ref: BlockRef) -> bool:
+        """Neither being fetched nor held."""
+        key = (ref.segment.segment_id, ref.index)
+        if key in self._inflight or key in self._from_peers:  # cheap checks before the store
+            return False
+        return not self.store.has_block(*key, expected=ref.hash)
+
+    def _run_from(self, view: ContentView, first: BlockRef, end: int) -> list[BlockRef]:
+        """``first`` and the wanted blocks right after it in its segment (before ``end``):
+        one run, fetched in one exchange."""
+        run = [first]
+        for ref in view.blocks_from(first.end, min(end, view.end)):
+            if len(run) >= RUN_BLOCKS or ref.segment.segment_id != first.segment.segment_id:
+                break
+            if not self._wanted(ref):
+                break
+            run.append(ref)
+        return run
+
     def _read_ahead(
         self, view: ContentView, start: int, end: int, located: Mapping[bytes, int], deadline: float
     ) -> None:
-        count = 0
-        for ref in view.blocks_from(start, min(end, view.end)):
+        run: list[BlockRef] = []
+        for count, ref in enumerate(view.blocks_from(start, min(end, view.end))):
             if count >= READ_AHEAD_BLOCKS:
                 break
-            count += 1
-            key = (ref.segment.segment_id, ref.index)
-            if key in self._inflight or ref.segment.segment_id not in located:
-                continue
-            if self.store.has_block(*key, expected=ref.hash):
-                continue
-            if not self.slots.try_acquire():
-                break
-            self._start_fetch(view, ref, deadline, holds_slot=True)
+            wanted = ref.segment.segment_id in located and self._wanted(ref)
+            if run and (
+                not wanted
+                or len(run) >= RUN_BLOCKS
+                or ref.segment.segment_id != run[0].segment.segment_id
+            ):
+                if not self.slots.try_acquire():
+                    return
+                self._start_fetch(view, run, deadline, holds_slot=True)
+                run = []
+            if wanted:
+                run.append(ref)
+        if run and self.slots.try_acquire():
+            self._start_fetch(view, run, deadline, holds_slot=True)
 
     def _start_fetch(
-        self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
-    ) -> asyncio.Task[bool]:
-        key = (ref.segment.segment_id, ref.index)
-        task = asyncio.ensure_future(self._fetch(view, ref, deadline, holds_slot))
-        self._inflight[key] = task
-        task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        self, view: ContentView, run: list[BlockRef], deadline: float, holds_slot: bool
+    ) -> asyncio.Task[frozenset[tuple[bytes, int]]]:
+        keys = [(ref.segment.segment_id, ref.index) for ref in run]
+        task = asyncio.ensure_future(self._fetch(view, run, deadline, holds_slot))
+        for key in keys:
+            self._inflight[key] = task
+
+        def done(_t: object) -> None:
+            for key in keys:
+                if self._inflight.get(key) is task:
+                    del self._inflight[key]
+
+        task.add_done_callback(done)
         self._spawn(task)
         return task
 
     async def _fetch(
-        self, view: ContentView, ref: BlockRef, deadline: float, holds_slot: bool
-    ) -> bool:
+        self, view: ContentView, run: list[BlockRef], deadline: float, holds_slot: bool
+    ) -> frozenset[tuple[bytes, int]]:
+        """Fetch ``run`` (consecutive blocks of one segment) and stage what came, in one
+        store call; the blocks that came."""
         try:
             while True:
+                timeout = max(0.0, deadline - time.monotonic())
                 try:
-                    data = await self.peers.fetch(
-                        ref, view.algorithm, timeout=max(0.0, deadline - time.monotonic())
-                    )
+                    if len(run) == 1:
+                        found = [await self.peers.fetch(run[0], view.algorithm, timeout=timeout)]
+                    else:
+                        found = await self.peers.fetch_run(run, view.algorithm, timeout=timeout)
                     break
                 except PeersBusy:
                     if not holds_slot:
@@ -413,23 +456,44 @@ class BlockReader:
                     # free holding none of ours, then take one again ahead of later reads.
                     holds_slot = False
                     self.slots.release()
-                    await self._wait_for_peers(ref.segment.segment_id, deadline)
+                    await self._wait_for_peers(run[0].segment.segment_id, deadline)
                     holds_slot = True
-            if data is None:
-                return False
-            self.store.add_segment(segment_record(view, ref), full_list(view, ref))
-            self.store.put_blocks(
-                ref.segment.segment_id, [(ref.index, data, ref.hash)], durable=False
-            )
+            got = [(ref, data) for ref, data in zip(run, found, strict=True) if data is not None]
+            if not got:
+                return frozenset()
+            seg_id = run[0].segment.segment_id
+            rows = [(ref.index, data, ref.hash) for ref, data in got]
+            # Marked before they become readable, so a read that finds them counts them as
+            # from peers; unmarked again if staging fails.
+            for ref, _ in got:
+                self._from_peers[(seg_id, ref.index)] = None
+            try:
+                # On the loop: a worker thread here cost more in wake-ups than the write
+                # (docs/benchmarks.md, LAN speed); decryption and hashing have their own.
+                self._stage(segment_record(view, run[0]), full_list(view, run[0]), rows)
+            except BaseException:
+                for ref, _ in got:
+                    self._from_peers.pop((seg_id, ref.index), None)
+                raise
             self._staged()
-            self.stats.peer_bytes_fetched += len(data)
-            self._from_peers[(ref.segment.segment_id, ref.index)] = None
+            for _, data in got:
+                self.stats.peer_bytes_fetched += len(data)
             while len(self._from_peers) > FROM_PEERS_LIMIT:
                 self._from_peers.popitem(last=False)
-            return True
+            return frozenset((seg_id, ref.index) for ref, _ in got)
         finally:
             if holds_slot:
                 self.slots.release()
+
+    def _stage(
+        self,
+        record: SegmentRecord,
+        hashes: tuple[bytes, ...] | None,
+        rows: list[tuple[int, bytes, bytes]],
+    ) -> None:
+        """Stage verified blocks of one segment (group commit makes them durable)."""
+        self.store.add_segment(record, hashes)
+        self.store.put_blocks(record.segment_id, rows, durable=False)
 
     async def _wait_for_peers(self, segment_id: bytes, deadline: float) -> None:
         """A fetch whose peers answered busy: a slot again once one of theirs frees."""

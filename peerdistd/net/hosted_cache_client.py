@@ -249,6 +249,21 @@ class HostedCacheFirst:
                     return data
         return await self.swarm.fetch(ref, algorithm, timeout=timeout)
 
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        """With a hosted cache, each block as :meth:`fetch` gets it (the hosted cache first);
+        without one, runs from LAN peers."""
+        if self._where() is None:
+            return await self.swarm.fetch_run(refs, algorithm, timeout=timeout)
+        found = await asyncio.gather(
+            *(self.fetch(ref, algorithm, timeout=timeout) for ref in refs), return_exceptions=True
+        )
+        for n, item in enumerate(found):
+            if isinstance(item, BaseException) and (n == 0 or not isinstance(item, Exception)):
+                raise item  # as fetch_run: later blocks that failed stay None
+        return [None if isinstance(item, BaseException) else item for item in found]
+
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         self.swarm.prefetch_hint(segment_ids)
 

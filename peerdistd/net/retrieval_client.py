@@ -28,6 +28,8 @@ from peerdistd.proto import pccrr_client
 from peerdistd.proto.pccrr import (
     MAGIC_PATH,
     MAX_RESPONSE_SIZE,
+    RUN_LIMIT,
+    RUN_PATH,
     TRANSPORT_HEADER_SIZE,
     Blk,
     BlkList,
@@ -49,6 +51,9 @@ __all__ = [
 
 REQUEST_TIMEOUT: Final = 2.0  # [MS-PCCRR] 3.1.2 client request timer (<9>)
 _MAX_BODY: Final = TRANSPORT_HEADER_SIZE + MAX_RESPONSE_SIZE
+RUN_BLOCK_MAX: Final = 65536  # runs are for V1 blocks (MS-PCCRC 2.2: 64 KiB); others go singly
+# A run answer: RUN_LIMIT MSG_BLKs of a 64 KiB block each, with room for the message fields.
+_MAX_RUN_BODY: Final = RUN_LIMIT * (RUN_BLOCK_MAX + 1024)
 _BUSY_FIELD: Final = BUSY_HEADER.lower().encode()
 
 
@@ -71,9 +76,19 @@ class RetrievalClient:
             _MAX_BODY,
             local_host,
         )
+        # Runs (pccrr.RUN_PATH) on connections of their own: their answers may be bigger.
+        self._runs = PeerPools(
+            RUN_PATH,
+            connections_per_peer,
+            max_connections,
+            keepalive_timeout,
+            _MAX_RUN_BODY,
+            local_host,
+        )
 
     async def __aenter__(self) -> RetrievalClient:
         self._pool.open(asyncio.get_running_loop())
+        self._runs.open(asyncio.get_running_loop())
         return self
 
     async def __aexit__(
@@ -83,6 +98,7 @@ class RetrievalClient:
         tb: TracebackType | None,
     ) -> None:
         await self._pool.close()
+        await self._runs.close()
 
     async def get_block(
         self,
@@ -131,6 +147,30 @@ class RetrievalClient:
         if answer is Outcome.BUSY:
             raise PeerBusy(peer, "upload limit reached")
         return None if isinstance(answer, Outcome) else answer
+
+    async def get_block_run(
+        self,
+        peer: str,
+        segment_id: bytes,
+        index: int,
+        count: int,
+        *,
+        crypto: int = CryptoAlgo.AES_128,
+        timeout: float = REQUEST_TIMEOUT,
+        floor: tuple[int, float] | None = None,
+    ) -> list[Blk | None]:
+        """The MSG_BLKs of blocks ``index``.. (at most ``count``, maybe fewer) still encrypted,
+        None for each the peer lacks; one exchange on the RUN_PATH extension. A server that
+        does not know the extension answers 404: a :class:`PeerProtocolError`. ``floor``:
+        (bytes expected, bytes/s) below which the answer fails as PeerSlow."""
+        request = pccrr_client.block_run_request(segment_id, index, count, crypto)
+        answer = await self._runs.exchange(peer, request, timeout, floor=floor)
+        busy = answer.fields.get(_BUSY_FIELD) == b"1"
+        with _translated(peer):
+            blocks = pccrr_client.split_run(answer.body, segment_id, index, count, busy=busy)
+        if blocks[0] is Outcome.BUSY:
+            raise PeerBusy(peer, "upload limit reached")
+        return [None if isinstance(b, Outcome) else b for b in blocks]
 
     async def get_block_list(
         self,

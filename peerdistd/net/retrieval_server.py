@@ -19,7 +19,7 @@ from peerdistd.net.http11 import HeadCache, RequestHead, http_date, parse_reques
 from peerdistd.net.http11_server import Refusal, ServerConnection
 from peerdistd.net.types import BUSY_HEADER, BlockSource
 from peerdistd.proto import pchc
-from peerdistd.proto.pccrr import MAGIC_PATH, MAX_REQUEST_SIZE
+from peerdistd.proto.pccrr import MAGIC_PATH, MAX_REQUEST_SIZE, RUN_PATH
 from peerdistd.proto.pccrr_server import ReplyKind, RetrievalResponder, SealedSource
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ DEFAULT_UPLOAD_LIMIT: Final = 64  # 2.5: 64 on a peer, 1024 on a hosted cache
 SHUTDOWN_TIMEOUT: Final = 1.0  # how long requests in progress may finish on exit
 _MAX_LOGGED_PEERS: Final = 1024
 _MAGIC: Final = MAGIC_PATH.encode()
+_RUN: Final = RUN_PATH.encode()  # our extension: runs of blocks per exchange (pccrr.RUN_PATH)
 _BUSY_LINE: Final = f"{BUSY_HEADER}: 1\r\n".encode()
 _NOT_FOUND: Final[Refusal] = (404, "", b"")
 _NOT_ALLOWED: Final[Refusal] = (405, "", b"Allow: POST\r\n")
@@ -139,7 +140,7 @@ class RetrievalServer:
     # the Handler of the connections
 
     def check(self, head: RequestHead) -> Refusal | None:
-        if head.path != _MAGIC and not self._is_offer(head.path):  # 2.1: exact case, slash
+        if head.path not in (_MAGIC, _RUN) and not self._is_offer(head.path):  # 2.1: exact case
             return _NOT_FOUND
         if head.method != b"POST":
             return _NOT_ALLOWED
@@ -161,9 +162,13 @@ class RetrievalServer:
     def answer(
         self, conn: ServerConnection, body: bytes | bytearray, *, busy: bool
     ) -> tuple[int, bytes | bytearray, bytes]:
-        if self._offers is not None and conn.request_path != _MAGIC:
+        path = conn.request_path
+        if path == _RUN:
+            reply = self._responder.respond_run(body, busy=busy)
+        elif self._offers is not None and path != _MAGIC:
             return self._offers.answer(conn, body, 2)
-        reply = self._responder.respond(body, busy=busy)
+        else:
+            reply = self._responder.respond(body, busy=busy)
         if reply.block_bytes and self._on_served is not None:
             self._on_served(reply.block_bytes)
         if reply.block_bytes and self._on_served_to is not None:

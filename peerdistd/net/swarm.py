@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.net.discovery import Discovery
@@ -34,6 +34,7 @@ from peerdistd.net.holders import MAX_HOLDER_SEGMENTS, HolderDirectory
 from peerdistd.net.peer_health import FAILURES_TO_BAN, PeerHealth, PeerStats
 from peerdistd.net.peer_windows import Outcome, PeerWindows
 from peerdistd.net.retrieval_client import RetrievalClient
+from peerdistd.net.swarm_runs import SinglePeers, fetch_run
 from peerdistd.net.types import (
     PeerBusy,
     PeerError,
@@ -112,11 +113,16 @@ class Swarm:
         self.latency = LatencyWindow()
         self.windows = PeerWindows(window_limit, self._probe)  # upload slots peers grant us
         self._clock = clock
-        self.holders = HolderDirectory(clock=clock)
+        self.directory = HolderDirectory(clock=clock)  # who holds which segment
         self._hints: set[asyncio.Task[object]] = set()
         self._relocating: dict[bytes, asyncio.Task[object]] = {}  # bounded by reads in flight
         self._lingering: set[asyncio.Task[bytes | None]] = set()
         self._unexpected: set[str] = set()
+        # Runs of blocks in one exchange (swarm_runs): peers without the extension, the
+        # latencies of runs (their own hedge delay), runs left to finish after a hedge.
+        self.single_peers = SinglePeers()
+        self.run_latency = LatencyWindow()
+        self.lingering_runs: set[asyncio.Future[Any]] = set()
 
     # -- peers (PeerHealth) --------------------------------------------------------------
 
@@ -158,13 +164,13 @@ class Swarm:
         """Holders from the directory; segments it has no answer for are first guessed from
         their content's recent servers, else found by discovery (one probe round)."""
         ids = list(dict.fromkeys(segment_ids))
-        self.holders.link(ids)
+        self.directory.link(ids)
         result: dict[bytes, int] = {}
         unknown: list[bytes] = []
         for sid in ids:
             known = self._usable(sid)
             if known is None:
-                if self.holders.guess(sid, self._usable_peer):
+                if self.directory.guess(sid, self._usable_peer):
                     result[sid] = 1
                 else:
                     unknown.append(sid)
@@ -185,7 +191,7 @@ class Swarm:
             for hit in hits:
                 self.peer(hit.xaddr).last_seen = now
             answers[sid] = {h.xaddr: h.block_count for h in hits}
-        self.holders.learn(answers)
+        self.directory.learn(answers)
         result: dict[bytes, int] = {}
         for sid, peers in answers.items():
             counts = [n for p, n in peers.items() if self._usable_peer(p)]
@@ -198,7 +204,7 @@ class Swarm:
 
     def _usable(self, segment_id: bytes) -> dict[str, int] | None:
         """Fresh holders of ``segment_id`` that may be asked, or None without an answer."""
-        known = self.holders.holders(segment_id)
+        known = self.directory.holders(segment_id)
         if known is None:
             return None
         return {p: n for p, n in known.items() if self._usable_peer(p)}
@@ -221,11 +227,11 @@ class Swarm:
         probed = False  # whether this fetch already asked the LAN
         if known is None:
             await self.locate([sid], timeout=timeout)
-            probed = not self.holders.guessed(sid)
+            probed = not self.directory.guessed(sid)
             known = self._usable(sid) or {}
         if not known:
             return None  # nobody holds it, as discovery answered just now
-        guessed = self.holders.guessed(sid)
+        guessed = self.directory.guessed(sid)
         queue = self._queue(sid, known, ref.index)
         asked = set(queue)
         data, failed = await self._race(ref, algorithm, queue, deadline) if queue else (None, False)
@@ -243,14 +249,28 @@ class Swarm:
 
     def _queue(self, segment_id: bytes, known: Mapping[str, int], index: int) -> list[str]:
         """Holders to ask for block ``index`` in turn, leaving out those that said they lack it."""
-        may = [p for p in known if self.holders.may_hold(segment_id, p, index)]
+        may = [p for p in known if self.directory.may_hold(segment_id, p, index)]
         return self.health.order(may, index)
+
+    async def holders(self, segment_id: bytes, timeout: float) -> list[str]:
+        """Peers known to hold the segment (located now if unknown)."""
+        known = self._usable(segment_id)
+        if known is None:
+            await self.locate([segment_id], timeout=timeout)
+            known = self._usable(segment_id) or {}
+        return list(known)
+
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        """Consecutive blocks of one segment, each verified or None (see swarm_runs)."""
+        return await fetch_run(self, refs, algorithm, timeout=timeout)
 
     async def _relocate(self, segment_id: bytes, timeout: float) -> None:
         """A fresh probe for ``segment_id``, shared by every block of it that needs one."""
         task = self._relocating.get(segment_id)
         if task is None:
-            self.holders.forget([segment_id])  # not the answer we already have
+            self.directory.forget([segment_id])  # not the answer we already have
             task = asyncio.ensure_future(self._discover([segment_id], timeout))
             self._relocating[segment_id] = task
             self._hints.add(task)
@@ -381,7 +401,7 @@ class Swarm:
             data = task.result()
             if data is None:
                 # [MS-PCCRR] 2.2.4.2: SizeOfBlock 0, "not held": another holder may have it.
-                self.holders.lacks(ref.segment.segment_id, peer, ref.index)
+                self.directory.lacks(ref.segment.segment_id, peer, ref.index)
                 return None
             if algorithm.digest(data) != ref.hash:
                 self.stats.bad_blocks += 1
@@ -390,7 +410,7 @@ class Swarm:
                 self.ban(peer, f"block {ref.index} of segment {seg_id} failed verification")
                 return None
             self.health.answered(peer)
-            self.holders.served(ref.segment.segment_id, peer)
+            self.directory.served(ref.segment.segment_id, peer)
             # Fetched from it even when another holder's copy won the race: what it sent.
             self.peer(peer).bytes_from += len(data)
             return data if winner else None
@@ -419,7 +439,7 @@ class Swarm:
         if not self._usable_peer(endpoint):
             return
         for sid in segment_ids:
-            self.holders.named(sid, endpoint)
+            self.directory.named(sid, endpoint)
 
     def _log_unexpected(self, peer: str, exc: BaseException) -> None:
         key = f"{type(exc).__name__}: {exc}"[:200]
@@ -458,7 +478,11 @@ class Swarm:
 
     async def aclose(self) -> None:
         await self.windows.aclose()
-        tasks = [*self._hints, *self._lingering]
+        tasks: list[asyncio.Future[Any]] = [
+            *self._hints,
+            *self._lingering,
+            *self.lingering_runs,
+        ]
         for task in tasks:
             task.cancel()
         if tasks:

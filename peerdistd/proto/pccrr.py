@@ -15,6 +15,13 @@ from peerdistd.errors import DecodeError
 
 # 2.1: exact case and trailing slash; iPXE builds the URL the same way.
 MAGIC_PATH: Final = "/116B50EB-ECE2-41ac-8429-9F9E963361B7/"
+# A peerdistd extension, not in [MS-PCCRR]: a GETBLKS posted here for a range of N blocks is
+# answered with up to RUN_LIMIT MSG_BLK responses (each with its transport header) back to
+# back in one HTTP body, one per block of the range. One exchange per 64 KiB block is what
+# kept two daemons far below LAN speed. Other servers answer 404 here; clients then use
+# MAGIC_PATH, one block per request, as Windows and iPXE do.
+RUN_PATH: Final = MAGIC_PATH + "runs"
+RUN_LIMIT: Final = 16  # blocks per run answer: 1 MiB of V1 blocks
 HEADER_SIZE: Final = 16
 TRANSPORT_HEADER_SIZE: Final = 4
 MAX_REQUEST_SIZE: Final = 98304  # 2.2: request messages are 16..98304 bytes

@@ -52,6 +52,38 @@ def block_request(segment_id: bytes, index: int, crypto: int = CryptoAlgo.AES_12
     return pccrr.serialize(GetBlks(segment_id, (BlockRange(index, 1),), crypto=crypto))
 
 
+def block_run_request(
+    segment_id: bytes, index: int, count: int, crypto: int = CryptoAlgo.AES_128
+) -> bytes:
+    """MSG_GETBLKS for ``count`` blocks from ``index``, for the RUN_PATH extension only (a
+    standard server answers such a request with the lowest block alone, 3.2.5.3)."""
+    return pccrr.serialize(GetBlks(segment_id, (BlockRange(index, count),), crypto=crypto))
+
+
+def split_run(
+    body: bytes | bytearray, segment_id: bytes, index: int, count: int, *, busy: bool
+) -> list[Blk | Outcome]:
+    """The answers in a RUN_PATH body, one per block from ``index``: each checked as
+    :func:`block_cipher` checks one. Fewer than ``count`` (a server with a lower run limit)
+    is fine; the caller asks for the rest again. More, or a torn message, is not."""
+    view = memoryview(body)
+    out: list[Blk | Outcome] = []
+    pos = 0
+    while pos < len(body):
+        if len(out) == count:
+            raise UnexpectedAnswer(f"more than the {count} MSG_BLK asked for")
+        if len(body) - pos < pccrr.TRANSPORT_HEADER_SIZE:
+            raise UnexpectedAnswer("a run answer cut inside a transport header")
+        end = pos + pccrr.TRANSPORT_HEADER_SIZE + int.from_bytes(view[pos : pos + 4], "big")
+        if end > len(body):
+            raise UnexpectedAnswer("a run answer cut inside a message")
+        out.append(block_cipher(view[pos:end], segment_id, index + len(out), busy=busy))
+        pos = end
+    if not out:
+        raise UnexpectedAnswer("an empty run answer")
+    return out
+
+
 def block_list_request(segment_id: bytes, ranges: Iterable[BlockRange]) -> bytes:
     return pccrr.serialize(GetBlkList(segment_id, tuple(ranges)))
 

@@ -20,6 +20,7 @@ from peerdistd.proto.pccrr import (
     MAX_BLOCK_RANGES,
     MAX_REQUEST_SIZE,
     MAX_RESPONSE_SIZE,
+    RUN_LIMIT,
     TRANSPORT_HEADER_SIZE,
     V1_0,
     V2_0,
@@ -145,6 +146,31 @@ class RetrievalResponder:
             case GetSegList():
                 return self._segment_list(msg)
 
+    def respond_run(self, request: bytes | bytearray | memoryview, *, busy: bool = False) -> Reply:
+        """Answer a GETBLKS sent to RUN_PATH: one MSG_BLK per block of its one range (at most
+        RUN_LIMIT), back to back; anything else is answered as :meth:`respond` would."""
+        if len(request) > MAX_REQUEST_SIZE:
+            return Reply(ReplyKind.DROP, reason=f"request of {len(request)} bytes")
+        try:
+            msg = parse_request(request)
+        except DecodeError:
+            return self.respond(request, busy=busy)
+        if not isinstance(msg, GetBlks) or len(msg.ranges) != 1 or msg.ranges[0].count < 2:
+            return self.respond(request, busy=busy)
+        segment_id = msg.segment_id
+        secret = self._source.segment_secret(segment_id)
+        if busy or secret is None:  # busy, or perhaps a sealed block: the one-block answer
+            return self._block(msg, busy)
+        first = msg.ranges[0].index
+        held = self._source.held_blocks(segment_id)
+        frames: list[bytes | bytearray] = []
+        served = 0
+        for index in range(first, first + min(msg.ranges[0].count, RUN_LIMIT)):
+            frame, size, _ = self._frame(segment_id, index, msg.crypto, secret, held)
+            frames.append(frame)
+            served += size
+        return Reply(ReplyKind.BLOCK, b"".join(frames), block_bytes=served)
+
     @staticmethod
     def _negotiate() -> Reply:
         answer = NegoResp(SUPPORTED[0], SUPPORTED[-1])
@@ -172,26 +198,44 @@ class RetrievalResponder:
         if busy:
             return Reply(ReplyKind.BUSY, serialize_response(_empty_blk(segment_id, index)))
         secret = self._source.segment_secret(segment_id)
-        data = None if secret is None else self._source.read_block(segment_id, index)
         if secret is None and self._sealed is not None:
             return self._sealed_block(self._sealed, segment_id, index)
-        if secret is None or data is None:
+        if secret is None:
             return Reply(ReplyKind.MISSING, serialize_response(_empty_blk(segment_id, index)))
-        algo = self._choose_algo(msg.crypto, secret)
+        frame, size, why = self._frame(segment_id, index, msg.crypto, secret, None)
+        if not size:
+            return Reply(ReplyKind.MISSING, frame, reason=why)
+        return Reply(ReplyKind.BLOCK, frame, block_bytes=size)
+
+    def _frame(
+        self,
+        segment_id: bytes,
+        index: int,
+        crypto: int,
+        secret: bytes,
+        held: Sequence[int] | None,
+    ) -> tuple[bytes | bytearray, int, str]:
+        """The MSG_BLK response for one block, its plaintext size and why it is empty (size
+        0: a block not held or not servable). ``held`` is fetched if not given."""
+        data = self._source.read_block(segment_id, index)
+        if data is None:
+            return serialize_response(_empty_blk(segment_id, index)), 0, ""
+        algo = self._choose_algo(crypto, secret)
         iv = b"" if algo in (None, CryptoAlgo.NONE) else self._iv_factory()
         size = blockcrypto.ciphertext_size(algo or 0, len(data))
         msg_size = _blk_offsets(segment_id, size)[2] + 8 + len(iv) - TRANSPORT_HEADER_SIZE
         if algo is None or msg_size > MAX_RESPONSE_SIZE:
-            empty = serialize_response(_empty_blk(segment_id, index))
-            return Reply(ReplyKind.MISSING, empty, reason=f"cannot serve block of {len(data)} B")
-        held = self._source.held_blocks(segment_id)
+            why = f"cannot serve block of {len(data)} B"
+            return serialize_response(_empty_blk(segment_id, index)), 0, why
+        if held is None:
+            held = self._source.held_blocks(segment_id)
         after = bisect.bisect_right(held, index)
         next_index = held[after] if after < len(held) else 0
         frame, hole = _blk_frame(
             segment_id, index, next_index=next_index, size=size, iv=iv, algo=algo
         )
         blockcrypto.encrypt_into(algo, secret, iv, data, memoryview(frame)[hole : hole + size])
-        return Reply(ReplyKind.BLOCK, frame, block_bytes=len(data))
+        return frame, len(data), ""
 
     def _sealed_block(self, sealed: SealedSource, segment_id: bytes, index: int) -> Reply:
         """A kept MSG_BLK served as the offerer sent it: we cannot decrypt it (MS-PCHC v2)."""

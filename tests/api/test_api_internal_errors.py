@@ -35,6 +35,11 @@ class BrokenPeers:
     ) -> bytes | None:
         raise AssertionError("connection state out of sync")
 
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        raise AssertionError("connection state out of sync")
+
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         return None
 

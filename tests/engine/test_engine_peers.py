@@ -33,6 +33,7 @@ class ScriptedPeers:
         self.locates = 0
         self.hints: list[Sequence[bytes]] = []
         self.started = asyncio.Event()  # set when the first fetch reaches a peer
+        self.runs: list[list[int]] = []  # block indexes of each fetch_run
 
     def gate(self, start: int) -> asyncio.Event:
         return self.gates.setdefault(start, asyncio.Event())
@@ -51,6 +52,14 @@ class ScriptedPeers:
         except TimeoutError:
             raise PeerUnavailable("peers too slow") from None
         return self.data[ref.start : ref.end]
+
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        self.runs.append([r.index for r in refs])
+        return list(
+            await asyncio.gather(*(self.fetch(r, algorithm, timeout=timeout) for r in refs))
+        )
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         self.hints.append(segment_ids)
@@ -152,6 +161,23 @@ async def test_close_aborts_pending_reads(stores) -> None:
     assert engine.stats.reads_aborted == 2
     with pytest.raises(errors.InvalidHandle):
         engine.available(UID, h)
+    await engine.aclose()
+
+
+async def test_peer_reads_fetch_runs_of_consecutive_blocks(stores) -> None:
+    data, _, peers, engine, h = setup(stores, blocks=40)
+    for start in range(0, len(data), BLOCK):
+        peers.gate(start).set()
+    got = b""
+    while len(got) < len(data):
+        got += (await engine.stream_read(UID, h, 20 * BLOCK, 5.0, ())).data
+    await asyncio.gather(*engine._tasks, return_exceptions=True)
+    assert got == data
+    # The read's first 16 blocks as one run, read-ahead on from there in runs of up to 16;
+    # every block asked for once.
+    assert peers.runs[:2] == [list(range(16)), list(range(16, 32))]
+    assert all(len(r) <= 16 and r == list(range(r[0], r[0] + len(r))) for r in peers.runs)
+    assert sorted(peers.fetches) == list(range(0, len(data), BLOCK))
     await engine.aclose()
 
 

@@ -172,7 +172,7 @@ async def test_a_wrong_guess_falls_back_to_discovery_at_once_without_blame() -> 
             assert await swarm.fetch(ref(B, 1), HashAlgorithm.SHA256, timeout=2.0) == block(B, 1)
             assert answers.rounds == [(A,), (B,)]
             assert swarm.peer(address(p)).failures == 0 and not swarm.banned(address(p))
-            assert swarm.holders.holders(B) == {address(q): 2}
+            assert swarm.directory.holders(B) == {address(q): 2}
 
 
 async def test_a_partial_holder_lacking_a_block_is_passed_over_without_blame() -> None:
@@ -189,8 +189,8 @@ async def test_a_partial_holder_lacking_a_block_is_passed_over_without_blame() -
             for _ in range(2):
                 got = await swarm.fetch(ref(A, 1), HashAlgorithm.SHA256, timeout=2.0)
                 assert got == block(A, 1)
-            assert not swarm.holders.may_hold(A, address(p), 1)
-            assert swarm.holders.may_hold(A, address(p), 0)
+            assert not swarm.directory.may_hold(A, address(p), 1)
+            assert swarm.directory.may_hold(A, address(p), 0)
             assert swarm.peer(address(p)).failures == 0 and not swarm.banned(address(p))
             assert len(answers.rounds) == 1
 
@@ -204,10 +204,10 @@ async def test_the_swarm_trusts_an_answer_for_one_ttl_then_asks_its_holders_dire
             await swarm.locate([A, B], timeout=1.0)
             assert await swarm.locate([A, B], timeout=1.0) == {A: 2}  # "nobody" for B, too
             assert len(answers.rounds) == 1
-            clock.now += swarm.holders.ttl
+            clock.now += swarm.directory.ttl
             assert await swarm.locate([A, B], timeout=1.0) == {A: 1}
             assert answers.rounds == [(A, B), (B,)]  # "nobody" asked again; P guessed for A
-            assert swarm.holders.guessed(A)
+            assert swarm.directory.guessed(A)
 
 
 def test_a_holder_named_by_single_flight_comes_first_and_replaces_a_guess() -> None:

@@ -123,7 +123,8 @@ async def test_resetting_peer_is_banned_and_the_read_comes_from_the_good_one(
             await holders_found(c, ci, GOOD, BAD)
             assert await read_all(c, ci) == data
             seen = await banned_soon(c, BAD)
-        assert bad.connections >= 8
+        # Asked for 8 blocks or more (a run of blocks fails as that many requests): banned.
+        assert bad.connections >= 1 and seen[BAD]["errors"] >= 8
         assert seen[BAD]["banned"] and seen[BAD]["bytes_from"] == 0
         assert seen[GOOD]["bytes_from"] == SIZE and not seen[GOOD]["banned"]
 

@@ -1,0 +1,251 @@
+"""Fetching a run of consecutive blocks of one segment from a peer in one exchange.
+
+Two daemons moved blocks at a tenth of LAN speed because every 64 KiB block cost an HTTP
+exchange, a task, a future and a store call on each side (docs/benchmarks.md). A run asks a
+peer for up to ``RUN_LIMIT`` blocks at once on the RUN_PATH extension (``proto.pccrr``);
+the answers are decrypted and verified in a worker thread as one batch (hashlib releases the
+GIL, so the event loop keeps moving bytes meanwhile). Every block is still checked against
+its own hash before it is handed on ([MS-PCCRC] 4.1.2). Peers that do not know the extension
+(Windows) answer 404; they are remembered and asked one block per request, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, Literal
+
+from peerdistd.net.retrieval_client import RUN_BLOCK_MAX
+from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError, PeerSlow, PeerTimeout
+from peerdistd.proto import pccrr_client
+from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
+from peerdistd.proto.pccrr import RUN_LIMIT, Blk
+
+if TYPE_CHECKING:
+    from peerdistd.net.swarm import Swarm
+
+log = logging.getLogger(__name__)
+
+RUN_TRIES: Final = 2  # holders asked for one run before falling back to single blocks
+# The least hedge delay of a run: a 1 MiB answer takes longer than one block's, and a run
+# given up too early costs 16 single requests.
+RUN_HEDGE_MIN: Final = 0.25
+MAX_SINGLE_PEERS: Final = 1024  # peers remembered as not speaking RUN_PATH (remote input)
+
+
+class SinglePeers:
+    """Peers that refused RUN_PATH: asked one block per request from then on (bounded)."""
+
+    def __init__(self) -> None:
+        self._peers: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._peers
+
+    def add(self, peer: str) -> None:
+        self._peers[peer] = None
+        self._peers.move_to_end(peer)
+        while len(self._peers) > MAX_SINGLE_PEERS:
+            self._peers.popitem(last=False)
+
+
+def runnable(refs: Sequence[BlockRef]) -> bool:
+    """Whether ``refs`` can go as one run: consecutive V1-sized blocks of one segment."""
+    if not 1 < len(refs) <= RUN_LIMIT:
+        return False
+    seg = refs[0].segment
+    first = refs[0].index
+    return all(
+        r.segment is seg and r.index == first + n and r.end - r.start <= RUN_BLOCK_MAX
+        for n, r in enumerate(refs)
+    )
+
+
+def open_blocks(
+    blocks: Sequence[Blk | None], refs: Sequence[BlockRef], algorithm: HashAlgorithm
+) -> tuple[list[bytes | None], list[int]]:
+    """Plaintexts of ``blocks`` verified against ``refs``' hashes (None where the peer sent
+    none or the block failed), and the indexes that failed decryption or the hash check.
+    Runs in a worker thread."""
+    out: list[bytes | None] = []
+    bad: list[int] = []
+    secret = refs[0].segment.secret
+    for blk, ref in zip(blocks, refs, strict=False):
+        data = None
+        if blk is not None:
+            with contextlib.suppress(pccrr_client.UnexpectedAnswer):
+                (data,) = pccrr_client.decrypt_block(blk, secret, ref.end - ref.start)
+            if data is None or algorithm.digest(data) != ref.hash:
+                data = None
+                bad.append(ref.index)
+        out.append(data)
+    return out, bad
+
+
+async def fetch_run(
+    swarm: Swarm, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+) -> list[bytes | None]:
+    """Each block of ``refs`` verified, or None if no peer delivered it.
+
+    One run from one holder first; the blocks it did not bring (the holder lacked them,
+    failed, or was slower than the hedge delay) are asked for one by one, with
+    :meth:`Swarm.fetch`'s hedging over every holder. What that raises for the first block
+    (PeerUnavailable, PeersBusy) is raised, as :meth:`Swarm.fetch` would for it alone.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    results: list[bytes | None] = [None] * len(refs)
+    if runnable(refs):
+        got = await _one_run(swarm, refs, algorithm, deadline)
+        if got is not None:
+            results[: len(got)] = got
+    missing = [n for n, data in enumerate(results) if data is None]
+    if not missing:
+        return results
+
+    async def single(n: int) -> None:
+        left = max(0.0, deadline - loop.time())
+        results[n] = await swarm.fetch(refs[n], algorithm, timeout=left)
+
+    outcome = await asyncio.gather(*(single(n) for n in missing), return_exceptions=True)
+    for n, item in zip(missing, outcome, strict=True):
+        if isinstance(item, BaseException) and (n == 0 or not isinstance(item, Exception)):
+            raise item  # later blocks that failed stay None: their reads ask again
+    return results
+
+
+async def _one_run(
+    swarm: Swarm, refs: Sequence[BlockRef], algorithm: HashAlgorithm, deadline: float
+) -> list[bytes | None] | None:
+    """The run from a holder that speaks RUN_PATH; None if none delivered it in time."""
+    loop = asyncio.get_running_loop()
+    seg = refs[0].segment
+    holders = await swarm.holders(seg.segment_id, max(0.0, deadline - loop.time()))
+    # Runs spread over the holders in good standing, as blocks do (PeerHealth.order).
+    queue = [
+        p
+        for p in swarm.health.order(holders, refs[0].index // RUN_LIMIT)
+        if p not in swarm.single_peers
+    ]
+    for peer in queue[:RUN_TRIES]:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return None
+        if not swarm.windows.free(peer):  # at the limit it grants us: not asked
+            continue
+        blocks = await _ask(swarm, peer, refs, remaining)
+        if blocks is _SLOW:
+            return None  # hedged: one block at a time, over every holder
+        if blocks is None:
+            continue
+        assert isinstance(blocks, list)
+        good, bad = await loop.run_in_executor(None, open_blocks, blocks, refs, algorithm)
+        if bad:
+            swarm.stats.bad_blocks += len(bad)
+            swarm.peer(peer).bad_blocks += len(bad)
+            swarm.ban(
+                peer, f"blocks {bad} of segment {seg.segment_id.hex()[:16]} failed verification"
+            )
+        else:
+            swarm.health.answered(peer)
+        swarm.peer(peer).bytes_from += sum(len(d) for d in good if d)
+        return good
+    return None
+
+
+class _Slow:
+    """The run was not delivered within the hedge delay (it goes on, to judge its peer)."""
+
+
+_SLOW: Final = _Slow()
+
+
+async def _ask(
+    swarm: Swarm, peer: str, refs: Sequence[BlockRef], remaining: float
+) -> list[Blk | None] | _Slow | None:
+    """Ask ``peer`` for the run: its MSG_BLKs, _SLOW, or None (busy, failed, no extension)."""
+    loop = asyncio.get_running_loop()
+    seg = refs[0].segment
+    # The floor rate is judged as for the run's blocks asked one by one at once: each would
+    # have had its grace plus one block at the floor rate, so the run gets that too, and a
+    # trickling peer fails as PeerSlow in the same time (and is banned as soon).
+    expected = max(r.end - r.start for r in refs)
+    swarm.windows.begin(peer, seg.segment_id)
+    started = loop.time()
+    task = asyncio.ensure_future(
+        swarm.client.get_block_run(
+            peer,
+            seg.segment_id,
+            refs[0].index,
+            len(refs),
+            timeout=min(swarm.request_timeout, remaining),
+            floor=(expected, swarm.min_rate),
+        )
+    )
+    overdue = False
+
+    def ended(done: asyncio.Task[list[Blk | None]]) -> None:
+        if overdue:
+            swarm.health.overdue(peer, -1)
+        swarm.windows.end(peer, _outcome(done))
+        _judge(swarm, peer, done, len(refs))
+
+    task.add_done_callback(ended)
+    hedge = min(remaining, max(RUN_HEDGE_MIN, swarm.run_latency.hedge_delay()))
+    done, _ = await asyncio.wait({task}, timeout=hedge)
+    if not done:
+        # Overdue: the peer is asked last by others until it answers; it may still finish
+        # within its own timers, and is judged then (ended).
+        overdue = True
+        swarm.health.overdue(peer, +1)
+        swarm.stats.hedges += 1
+        swarm.lingering_runs.add(task)
+        task.add_done_callback(swarm.lingering_runs.discard)
+        return _SLOW
+    if task.cancelled() or task.exception() is not None:
+        return None
+    swarm.run_latency.add(loop.time() - started)
+    return task.result()
+
+
+def _outcome(task: asyncio.Task[list[Blk | None]]) -> Literal["answered", "busy", "failed"]:
+    if task.cancelled():
+        return "failed"
+    exc = task.exception()
+    if isinstance(exc, PeerBusy):
+        return "busy"
+    return "failed" if exc is not None else "answered"
+
+
+def _judge(swarm: Swarm, peer: str, task: asyncio.Task[list[Blk | None]], blocks: int) -> None:
+    """What a finished run request says of its peer (as Swarm judges one-block requests).
+
+    A run that fails (other than by a stall, counted once per incident anyway) counts as
+    its ``blocks`` requests failing: what asking for them one by one would have counted, so
+    a peer that resets every connection is banned as soon as before (PeerHealth)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is None:
+        return  # blocks are judged when they are opened (open_blocks)
+    if isinstance(exc, PeerBusy):
+        swarm.stats.busy_answers += 1
+    elif isinstance(exc, PeerProtocolError):
+        # Most likely a server without the extension (404): not a fault, ask it one block
+        # at a time from now on. A peer that really misbehaves is judged on that path.
+        log.debug("peer %s refused a run (%s): asking it one block at a time", peer, exc)
+        swarm.single_peers.add(peer)
+    elif isinstance(exc, PeerError):  # timed out, too slow, unreachable, reset
+        swarm.stats.peer_errors += 1
+        if isinstance(exc, PeerSlow):
+            swarm.stats.slow_answers += 1
+        stall = isinstance(exc, PeerTimeout) and not isinstance(exc, PeerSlow)
+        for _ in range(1 if stall else blocks):
+            swarm.health.failed(peer, exc.message, stall=stall)
+    else:
+        swarm.stats.peer_errors += 1
+        log.error("unexpected error asking %s for a run of blocks", peer, exc_info=exc)
+        swarm.health.failed(peer, type(exc).__name__)
