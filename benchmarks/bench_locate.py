@@ -32,10 +32,11 @@ from benchmarks._nodes import (
     scratch,
     write_random,
 )
+from peerdistd.engine.reading import READ_AHEAD_BYTES
 from peerdistd.proto.pccrc import ContentInformation
 from tests.harness import DaemonProcess, netns_unavailable
 
-READ_AHEAD = 4 << 20  # engine/reading.py READ_AHEAD_BYTES: misses must land past it
+READ_AHEAD = READ_AHEAD_BYTES  # misses must land past B's read-ahead
 READ_TIMEOUT_MS = "5000"
 LATER_GOAL_MS = 20.0
 
