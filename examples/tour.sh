@@ -30,8 +30,17 @@ if [ -z "${FILE:-}" ]; then
   head -c 50000000 /dev/urandom > "$FILE"
 fi
 
+in_ns() { ip netns pids "$NS" 2>/dev/null || true; }
 cleanup() {
+  # The daemons run under `ip netns exec` in subshells: killing the jobs is not enough, so
+  # every process left in the tour's namespace is stopped before the namespace goes.
   kill $(jobs -p) 2>/dev/null || true
+  local left
+  left=$(in_ns)
+  if [ -n "$left" ]; then kill $left 2>/dev/null || true; fi
+  for _ in $(seq 50); do [ -z "$(in_ns)" ] && break; sleep 0.1; done
+  left=$(in_ns)
+  if [ -n "$left" ]; then kill -9 $left 2>/dev/null || true; fi
   wait 2>/dev/null || true
   ip netns delete "$NS" 2>/dev/null || true
   rm -rf "$WORK"

@@ -27,10 +27,24 @@ def _tour_can_run() -> None:
         pytest.skip("the tour would run `make venv` first (network, minutes): no .venv here")
 
 
+def _tour_processes() -> set[int]:
+    """Processes whose command line names a tour's work directory (its daemons, origin)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"/tmp/peerdist-tour." in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile
+    return found
+
+
 def test_tour_with_a_relative_file(tmp_path: Path) -> None:
     data = random.Random(111).randbytes(3_000_000)
     (tmp_path / "mine.bin").write_bytes(data)
     assert not (REPO / "mine.bin").exists()
+    before = _tour_processes()
     try:
         done = subprocess.run(
             [str(TOUR), "mine.bin"],
@@ -48,6 +62,9 @@ def test_tour_with_a_relative_file(tmp_path: Path) -> None:
     assert "== identical" in done.stdout
     assert "from peers, 0 B from origin (0 range requests)" in done.stdout, done.stdout
     assert (tmp_path / "mine.bin").read_bytes() == data  # the caller's file, untouched
+    # The tour stops what it started: its daemons once outlived it (run under `ip netns
+    # exec` in subshells, they were not the jobs it killed).
+    assert _tour_processes() - before == set()
 
 
 def test_tour_refuses_a_missing_file(tmp_path: Path) -> None:
