@@ -321,11 +321,16 @@ class BlockReader:
         finally:
             self.reads_queued -= 1
 
-    async def _locate(self, view: ContentView, offset: int, timeout: float) -> Mapping[bytes, int]:
+    async def _locate(
+        self, view: ContentView, offset: int, timeout: float, *, count: bool = True
+    ) -> Mapping[bytes, int]:
+        """Holders of the segments from ``offset``. ``count``: a read that had to look for
+        peers (BranchCache's discovery attempts); a read-ahead's background lookup is not."""
         wanted = self.hint(view, offset)
-        self.stats.discovery_attempts += 1
+        if count:
+            self.stats.discovery_attempts += 1
         located = await self.peers.locate(wanted, timeout=max(0.0, timeout))
-        if located:
+        if located and count:
             self.stats.discovery_successes += 1
         return located
 
@@ -340,7 +345,7 @@ class BlockReader:
         deadline = time.monotonic() + timeout
 
         async def ahead() -> bool:
-            located = await self._locate(view, start, timeout)
+            located = await self._locate(view, start, timeout, count=False)
             self._read_ahead(view, start, start + READ_AHEAD_BYTES, located, deadline)
             return bool(located)
 

@@ -66,6 +66,7 @@ async def holders_found(c: DaemonProcess, ci: bytes, *holders: str) -> None:
     """Until C's latest discovery round for ``ci`` found every one of ``holders`` (a holder's
     answer can miss a round on a loaded machine; the answers are then cached for 3 s)."""
     deadline = time.monotonic() + BAN_WAIT
+    began = time.time()  # wall clock, as the daemon stamps last_seen
     async with c.session() as api:
         while True:
             # An immediate open starts discovery for the content (a fresh probe once the
@@ -75,9 +76,10 @@ async def holders_found(c: DaemonProcess, ci: bytes, *holders: str) -> None:
             async with api.delete(f"/v1/contents/{h}"):
                 pass
             seen = await peers_seen(c)
-            # One round stamps every holder it found with the same last_seen.
-            stamps = {seen.get(holder, {}).get("last_seen", 0.0) for holder in holders}
-            if len(stamps) == 1 and stamps != {0.0}:
+            # Every holder heard from since we began (a discovery answer or a delivered block
+            # stamps last_seen, so one round need not stamp them all alike).
+            stamps = [seen.get(holder, {}).get("last_seen", 0.0) for holder in holders]
+            if all(stamp >= began for stamp in stamps):
                 return
             assert time.monotonic() < deadline, f"C never found all of {holders}: {seen}"
             await asyncio.sleep(0.2)  # polling a condition, bounded by BAN_WAIT
