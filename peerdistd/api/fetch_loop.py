@@ -64,12 +64,24 @@ class FetchCounts:
         return self.from_cache + self.from_peers + self.from_origin
 
 
+def _plain_reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 async def origin_range(
-    session: aiohttp.ClientSession, url: str, offset: int, length: int, chunk: int = 1 << 20
+    session: aiohttp.ClientSession,
+    url: str,
+    offset: int,
+    length: int,
+    chunk: int = 1 << 20,
+    *,
+    unreachable: Callable[[BaseException], str] = _plain_reason,
+    interrupted: Callable[[BaseException], str] = repr,
 ) -> AsyncIterator[bytes]:
     """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ``chunk``.
 
-    TransferInterrupted for what asking again may cure (a cut body, a reset, 5xx/429)."""
+    TransferInterrupted for what asking again may cure (a cut body, a reset, 5xx/429);
+    ``unreachable``/``interrupted`` word the transport failures (the CLI's are plain)."""
     last = offset + length - 1
     # [MS-PCCRTP] 3.1: an identity request saying MissingDataRequest=true, never together
     # with Accept-Encoding: peerdist (what iPXE sends per block).
@@ -94,13 +106,16 @@ async def origin_range(
                 got += len(data)
                 yield data
             if got != length:
-                raise TransferInterrupted(f"{where}: sent {got} of {length} bytes")
+                raise TransferInterrupted(
+                    f"{where}: sent a body of the wrong length ({got} of {length} bytes)"
+                )
             if await resp.content.read(1):
                 raise RemoteError(f"{where}: sent a body of the wrong length (too long)")
-    except aiohttp.ClientConnectorError as exc:  # no origin there at all
-        raise RemoteError(f"{where}: {exc}") from exc
+    except aiohttp.ClientConnectorError as exc:  # no origin there at all: say so at once
+        raise RemoteError(f"{where}: {unreachable(exc)}") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise TransferInterrupted(f"{where}: {exc!r}") from exc
+        # Reset, cut mid-body, timed out: a second try may well pass.
+        raise TransferInterrupted(f"{where}: {interrupted(exc)}") from exc
 
 
 OriginGet = Callable[[aiohttp.ClientSession, str, int, int, int], AsyncIterator[bytes]]

@@ -8,7 +8,6 @@ module gives it the origin requests with the CLI's failure reasons.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,9 +17,8 @@ import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, PeerDistClient
 from peerdistd.api.fetch_loop import DEFAULT_WORKERS, fetch_loop, pieces_of, segments_of
+from peerdistd.api.fetch_loop import origin_range as sdk_origin_range
 from peerdistd.cli.failures import origin_reason, transport_reason
-from peerdistd.errors import RemoteError, TransferInterrupted
-from peerdistd.proto.pccrtp import missing_data_headers
 
 __all__ = ["ORIGIN_CHUNK", "FetchSummary", "ProgressCallback", "fetch", "origin_range"]
 
@@ -28,9 +26,6 @@ ProgressCallback = Callable[[int, int | None], None]
 """Called with (bytes written so far, total or None) as a fetch goes on."""
 
 ORIGIN_CHUNK = 1 << 20
-# Answers worth asking again: the origin is busy or failing for now (RFC 9110 15.5.9, 15.6).
-_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,41 +44,17 @@ class FetchSummary:
 async def origin_range(
     session: aiohttp.ClientSession, url: str, offset: int, length: int, chunk: int = ORIGIN_CHUNK
 ) -> AsyncIterator[bytes]:
-    """The bytes ``[offset, offset+length)`` of ``url``, checked, in chunks of ``chunk``."""
-    last = offset + length - 1
-    # [MS-PCCRTP] 3.1: an identity request saying MissingDataRequest=true, never together
-    # with Accept-Encoding: peerdist (PROTOCOLS.md, section 5; what iPXE sends per block).
-    headers = {"Range": f"bytes={offset}-{last}", **missing_data_headers()}
-    where = f"origin {url} (bytes {offset}-{last})"
-    got = 0
-    try:
-        async with session.get(url, headers=headers) as resp:
-            if resp.status != 206:
-                kind = TransferInterrupted if resp.status in _TRANSIENT_STATUS else RemoteError
-                raise kind(f"{where}: HTTP {resp.status} {resp.reason}, expected 206")
-            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-            if not match or (int(match[1]), int(match[2])) != (offset, last):
-                got_range = resp.headers.get("Content-Range")
-                raise RemoteError(f"{where}: answered Content-Range {got_range!r}")
-            if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
-                raise RemoteError(f"{where}: answered Content-Encoding, expected identity")
-            while got < length:
-                data = await resp.content.read(min(chunk, length - got))
-                if not data:
-                    break
-                got += len(data)
-                yield data
-            if got != length:
-                raise TransferInterrupted(
-                    f"{where}: sent a body of the wrong length ({got} of {length} bytes)"
-                )
-            if await resp.content.read(1):
-                raise RemoteError(f"{where}: sent a body of the wrong length (too long)")
-    except aiohttp.ClientConnectorError as exc:  # no origin there at all: say so at once
-        raise RemoteError(f"{where}: {origin_reason(exc)}") from exc
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        # Reset, cut mid-body, timed out: a second try may well pass.
-        raise TransferInterrupted(f"{where}: {transport_reason(exc)}") from exc
+    """The SDK's checked origin range, with failures worded for a person (cli.failures)."""
+    async for data in sdk_origin_range(
+        session,
+        url,
+        offset,
+        length,
+        chunk,
+        unreachable=origin_reason,
+        interrupted=transport_reason,
+    ):
+        yield data
 
 
 async def fetch(
