@@ -14,9 +14,7 @@ import logging
 import os
 import socket
 import ssl
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +31,7 @@ from peerdistd.net.hosted_cache_client import HostedCacheAddress, Offerer
 from peerdistd.net.hosted_cache_pull import Puller
 from peerdistd.net.retrieval_client import RetrievalClient
 from peerdistd.proto.pccrc import HashAlgorithm, Segment
-from peerdistd.store.blockcache import BlockCache, CacheUsage, SegmentRecord, VerifyReport
-from peerdistd.store.healing import StoreNote
+from peerdistd.store.blockcache import BlockCache, SegmentRecord
 from peerdistd.store.opaque import OpaqueBlock, OpaqueStore
 
 log = logging.getLogger(__name__)
@@ -42,7 +39,6 @@ log = logging.getLogger(__name__)
 CERT_FILE = "hosted-cache-cert.pem"
 KEY_FILE = "hosted-cache-key.pem"
 CERT_DAYS = 825  # the longest validity clients accept for a TLS server certificate
-MAX_PENDING_SEGMENTS = 4096  # segments whose block hashes are being gathered for an offer
 
 
 class CacheSink:
@@ -244,62 +240,20 @@ def offerer(
     )
 
 
-class OfferingStore:
-    """The engine's block store, offering each segment once all its blocks are in.
+def segment_offers(
+    cache: BlockCache, offer: Callable[[Segment, HashAlgorithm], None]
+) -> Callable[[bytes], None]:
+    """The cache's ``on_segment_complete`` for a hosted cache client: offer the segment with
+    the hashes the cache verified its blocks under (whichever run of the daemon stored them).
+    Offering only queues: it never slows the write."""
 
-    The block hashes a V1 SEGMENT_INFO needs are taken as the blocks pass; those that arrived
-    before (another run of the daemon, or a segment whose record was dropped from memory)
-    come from the cache's index, which keeps each block's verified hash. A segment is offered
-    by the write that completes it. Offering only queues: it never slows the write.
-    """
-
-    def __init__(self, cache: BlockCache, offer: Callable[[Segment, HashAlgorithm], None]) -> None:
-        self.cache = cache
-        self._offer = offer
-        self._records: OrderedDict[bytes, tuple[SegmentRecord, dict[int, bytes]]] = OrderedDict()
-
-    def add_segment(self, record: SegmentRecord, hashes: Sequence[bytes] | None = None) -> None:
-        self.cache.add_segment(record, hashes)
-        if record.segment_id not in self._records:
-            self._records[record.segment_id] = (record, {})
-            while len(self._records) > MAX_PENDING_SEGMENTS:
-                self._records.popitem(last=False)
-
-    def put_blocks(
-        self,
-        segment_id: bytes,
-        blocks: Iterable[tuple[int, bytes | memoryview, bytes]],
-        *,
-        durable: bool = True,
-    ) -> None:
-        blocks = list(blocks)
-        held_before = len(self.cache.held_blocks(segment_id))
-        self.cache.put_blocks(segment_id, blocks, durable=durable)
-        pending = self._records.get(segment_id)
-        if pending is not None:
-            record, hashes = pending
-            hashes.update((index, digest) for index, _, digest in blocks)
-            if len(hashes) >= record.block_count:  # every block passed by: offer
-                self._records.pop(segment_id, None)
-                self._offer_segment(record, hashes)
-                return
-        # Some blocks came before this record (another run of the daemon, or a record dropped
-        # from memory): the write that completes the segment offers it, with the hashes the
-        # index keeps for every block.
-        found = pending[0] if pending is not None else self.cache.segment(segment_id)
-        if found is None or held_before >= found.block_count:
-            return  # unknown, or complete before this write
-        if len(self.cache.held_blocks(segment_id)) < found.block_count:
+    def completed(segment_id: bytes) -> None:
+        record = cache.segment(segment_id)
+        if record is None:
             return
-        hashes = self.cache.block_hashes(segment_id)
-        if len(hashes) < found.block_count:
+        hashes = cache.block_hashes(segment_id)
+        if len(hashes) < record.block_count:
             return  # dropped meanwhile (evicted or flushed)
-        self._records.pop(segment_id, None)
-        self._offer_segment(found, hashes)
-
-    def _offer_segment(self, record: SegmentRecord, hashes: dict[int, bytes]) -> None:
-        algorithm = HashAlgorithm(record.algorithm)
-        ordered = tuple(hashes[i] for i in range(record.block_count))
         segment = Segment(
             index=0,
             offset=0,  # not kept by the cache; the hosted cache derives nothing from it
@@ -308,78 +262,8 @@ class OfferingStore:
             hod=record.hod,
             secret=record.secret,
             segment_id=record.segment_id,
-            block_hashes=ordered,  # V2: the one block's hash is HoD
+            block_hashes=tuple(hashes[i] for i in range(record.block_count)),  # V2: HoD
         )
-        self._offer(segment, algorithm)
+        offer(segment, HashAlgorithm(record.algorithm))
 
-    # Everything else is the cache's own.
-
-    @property
-    def staged_bytes(self) -> int:
-        return self.cache.staged_bytes
-
-    def commit_staged(self) -> int:
-        return self.cache.commit_staged()
-
-    def staging_ticket(self) -> int:
-        return self.cache.staging_ticket()
-
-    @property
-    def committed_batch(self) -> int:
-        return self.cache.committed_batch
-
-    @property
-    def commit_failures(self) -> int:
-        return self.cache.commit_failures
-
-    def notes(self) -> list[StoreNote]:
-        return self.cache.notes()
-
-    def verify(self, hasher: Callable[[int, bytes], bytes] | None = None) -> VerifyReport:
-        return self.cache.verify(hasher)
-
-    def has_block(self, segment_id: bytes, index: int, expected: bytes | None = None) -> bool:
-        return self.cache.has_block(segment_id, index, expected)
-
-    def held_blocks(self, segment_id: bytes) -> list[int]:
-        return self.cache.held_blocks(segment_id)
-
-    def matching_blocks(self, segment_id: bytes, hashes: Sequence[bytes]) -> set[int]:
-        return self.cache.matching_blocks(segment_id, hashes)
-
-    def read_block(
-        self,
-        segment_id: bytes,
-        index: int,
-        start: int = 0,
-        length: int | None = None,
-        *,
-        expected: bytes,
-    ) -> bytes | None:
-        return self.cache.read_block(segment_id, index, start, length, expected=expected)
-
-    def read_run(
-        self, segment_id: bytes, first: int, expected: Sequence[bytes], start: int, length: int
-    ) -> bytes:
-        return self.cache.read_run(segment_id, first, expected, start, length)
-
-    def pin(self, segment_id: bytes) -> AbstractContextManager[None]:
-        return self.cache.pin(segment_id)
-
-    def touch(self, segment_id: bytes) -> None:
-        self.cache.touch(segment_id)
-
-    def usage(self) -> CacheUsage:
-        return self.cache.usage()
-
-    def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
-        return self.cache.block_counts(segment_ids)
-
-    def bytes_of(self, segment_ids: Collection[bytes]) -> int:
-        return self.cache.bytes_of(segment_ids)
-
-    def flush(self, keep: Collection[bytes] = frozenset()) -> int:
-        return self.cache.flush(keep)
-
-    def drop(self, segment_ids: Sequence[bytes]) -> int:
-        return self.cache.drop(segment_ids)
+    return completed

@@ -22,8 +22,8 @@ from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.stats import Counters
 from peerdistd.hosted import (
     HostedCacheServer,
-    OfferingStore,
     hosted_cache_address,
+    segment_offers,
     start_hosted_cache,
 )
 from peerdistd.hosted import offerer as make_offerer
@@ -124,7 +124,9 @@ class PeerNode:
     def engine_store(self, cache: BlockCache) -> BlockStore:
         """The block store the engine writes through: offering completed segments if a hosted
         cache is configured (hosted_cache.server)."""
-        return cache if self.offerer is None else OfferingStore(cache, self.offerer.offer)
+        if self.offerer is not None:
+            cache.on_segment_complete = segment_offers(cache, self.offerer.offer)
+        return cache
 
     def hosted_stats(self) -> dict[str, float]:
         out: dict[str, float] = {}

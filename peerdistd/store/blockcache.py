@@ -70,6 +70,9 @@ class BlockCache:
     ) -> None:
         self.directory = directory
         self.on_evict: Callable[[bytes], None] | None = None
+        # Called (outside the lock) with a segment id when a write makes it complete: a
+        # hosted cache client offers it then. It must not block (it only queues).
+        self.on_segment_complete: Callable[[bytes], None] | None = None
         self._index = index
         self._files = SegmentFiles(directory)
         self._lock_fd = lock_fd
@@ -222,13 +225,30 @@ class BlockCache:
         ``durable=False`` stages them instead: written and readable at once, made durable
         with many others by the next :meth:`commit_staged` (group commit: one fdatasync and
         one transaction for a whole batch). A crash before that loses them, never more: an
-        index row only ever exists for synced data.
+        index row only ever exists for synced data. A write that completes the segment
+        calls :attr:`on_segment_complete`.
         """
         check_segment_id(segment_id)
+        completed = self._put_blocks(segment_id, blocks, durable)
+        if completed and self.on_segment_complete is not None:
+            try:
+                self.on_segment_complete(segment_id)
+            except Exception:
+                log.exception("on_segment_complete callback failed")
+
+    def _put_blocks(
+        self,
+        segment_id: bytes,
+        blocks: Iterable[tuple[int, bytes | memoryview, bytes]],
+        durable: bool,
+    ) -> bool:
+        """:meth:`put_blocks` under the lock; whether this write completed the segment."""
         with self._lock, db_errors("put_blocks"):
             seg = self._table.load(segment_id)
             if seg is None:
                 raise LocalError(f"segment {segment_id.hex()} is not in the cache; add it first")
+            count = seg.record.block_count
+            held_before = len(seg.lengths)
             new: dict[int, tuple[memoryview, bytes]] = {}
             replaced: list[tuple[int, int]] = []
             for index, data, digest in blocks:
@@ -257,7 +277,7 @@ class BlockCache:
                 new[index] = (view, digest)
             if not new:
                 self._touch(seg)
-                return
+                return False
             if replaced:
                 log.info("segment %s: replacing %d unproven blocks", seg.rowid, len(replaced))
                 self._drop_blocks(seg, replaced)
@@ -273,7 +293,7 @@ class BlockCache:
                 seg.lengths.update((i, v.nbytes) for i, (v, _) in new.items())
                 seg.hashes.update((i, d) for i, (_, d) in new.items())
                 self._touch(seg)
-                return
+                return held_before < count <= len(seg.lengths)
             if self._sync:
                 self._files.sync(fd)  # data durable before the row that vouches for it
                 if created:
@@ -286,6 +306,7 @@ class BlockCache:
                 self._flush_touches()
             seg.lengths.update((index, length) for index, length, _ in rows)
             seg.hashes.update((index, digest) for index, _, digest in rows)
+            return held_before < count <= len(seg.lengths)
 
     @property
     def staged_bytes(self) -> int:

@@ -98,7 +98,7 @@ def test_blocks_being_committed_are_still_counted(tmp_path: Path) -> None:
 
 
 def test_block_hashes_of_indexed_and_staged_blocks(tmp_path: Path) -> None:
-    """What a hosted cache offer names for blocks stored before (OfferingStore after a restart)."""
+    """What a hosted cache offer names for blocks stored before (offered after a restart)."""
     record, blocks = make_segment(10)
     assert len(blocks) >= 3
     with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
@@ -109,3 +109,25 @@ def test_block_hashes_of_indexed_and_staged_blocks(tmp_path: Path) -> None:
         assert c.block_hashes(record.segment_id) == {i: h for i, _, h in blocks[:2]}
     with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
         assert c.block_hashes(record.segment_id) == {i: h for i, _, h in blocks[:2]}
+
+
+def test_the_write_that_completes_a_segment_is_announced_once(tmp_path: Path) -> None:
+    """on_segment_complete: how a hosted cache client learns a segment can be offered,
+    whichever write (staged or durable, this run of the daemon or an earlier) completes it."""
+    record, blocks = make_segment(12)
+    assert len(blocks) >= 3
+    completed: list[bytes] = []
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:
+        c.on_segment_complete = completed.append
+        c.add_segment(record)
+        c.put_blocks(record.segment_id, blocks[:1])  # durable, not complete
+        assert completed == []
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30) as c:  # another run of the daemon
+        c.on_segment_complete = completed.append
+        c.put_blocks(record.segment_id, blocks[1:-1], durable=False)
+        assert completed == []
+        c.put_blocks(record.segment_id, blocks[-1:], durable=False)  # the completing write
+        assert completed == [record.segment_id]
+        c.put_blocks(record.segment_id, blocks)  # all held already: nothing new
+        assert completed == [record.segment_id]
+        assert c.block_hashes(record.segment_id) == {i: h for i, _, h in blocks}
