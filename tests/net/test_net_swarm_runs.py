@@ -208,3 +208,30 @@ async def test_a_run_cut_off_counts_as_its_blocks_failing() -> None:
         assert await swarm.fetch_run(REFS[:16], SHA256, timeout=5) == BLOCKS[:16]
         assert swarm.peer(bad_peer).errors == 16 and swarm.banned(bad_peer)
         assert good.paths == [pccrr.RUN_PATH.encode()]
+
+
+async def test_a_run_overdue_at_a_silent_peer_is_asked_of_the_next_holder_as_a_run() -> None:
+    # A holder that takes the request and never answers: past the run's hedge delay the
+    # next holder is asked for the whole run in one exchange. Asking it block by block (as
+    # before) put 16 requests into its window at once, other reads' blocks then went to the
+    # silent peer, and one bad peer made a 16 MiB read 18-26x slower (issue 8).
+    silent_since = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        silent_since.set()
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    quiet = await asyncio.start_server(silent, "127.0.0.1", 0)
+    slow_peer = f"127.0.0.1:{quiet.sockets[0].getsockname()[1]}"
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(quiet.wait_closed)
+        stack.callback(quiet.close)
+        good = CountingServer(Source(BLOCKS))
+        await stack.enter_async_context(good)
+        swarm = await stack.enter_async_context(swarm_of(slow_peer, f"127.0.0.1:{good.port}"))
+        assert await swarm.fetch_run(REFS[:16], SHA256, timeout=5) == BLOCKS[:16]
+        assert silent_since.is_set()  # it was asked first, and went silent
+        assert good.paths == [pccrr.RUN_PATH.encode()]
+        assert swarm.stats.hedges == 1
