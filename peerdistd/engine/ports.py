@@ -63,12 +63,19 @@ class BlockStore(Protocol):
 class PeerNetwork(Protocol):
     """Finding and fetching blocks from peers (``peerdistd.net``)."""
 
-    async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
+    async def locate(
+        self,
+        segment_ids: Sequence[bytes],
+        *,
+        timeout: float,
+        probed: Callable[[bool], None] | None = None,
+    ) -> Mapping[bytes, int]:
         """Which of ``segment_ids`` some peer holds: id -> most blocks any one peer has.
 
         ``segment_ids`` are segments of one content in content order; a reader puts the
         content's first segment first, so every window of a content names it and the peers
-        that served the content lately can be asked first for the rest."""
+        that served the content lately can be asked first for the rest. ``probed`` is
+        called (with whether any holder answered) when the answer took a discovery round."""
         ...
 
     async def fetch(
@@ -84,8 +91,9 @@ class PeerNetwork(Protocol):
     async def fetch_run(
         self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
     ) -> list[bytes | None]:
-        """Consecutive blocks of one segment as :meth:`fetch` gets one: each verified, or
-        None if no peer delivered it (fewer exchanges than one fetch per block)."""
+        """Consecutive blocks of one content (of one segment, or of consecutive segments)
+        as :meth:`fetch` gets one: each verified, or None if no peer delivered it (fewer
+        exchanges than one fetch per block)."""
         ...
 
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
@@ -111,7 +119,13 @@ class PeerNetwork(Protocol):
 class NoPeers:
     """The peer network when peers are switched off: nobody ever has anything."""
 
-    async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
+    async def locate(
+        self,
+        segment_ids: Sequence[bytes],
+        *,
+        timeout: float,
+        probed: Callable[[bool], None] | None = None,
+    ) -> Mapping[bytes, int]:
         return {}
 
     async def fetch(

@@ -22,7 +22,7 @@ from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
 from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
-from peerdistd.proto.pccrr import RUN_LIMIT
+from peerdistd.proto.pccrr import RUN_BYTES, RUN_LIMIT
 from peerdistd.store.blockcache import SegmentRecord
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ HINTED_LIMIT = 4096  # segments remembered as asked about ahead
 READ_AHEAD_BLOCKS = 128
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
 READ_AHEAD_BYTES = 8 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
-RUN_BLOCKS = RUN_LIMIT  # consecutive blocks of a segment fetched as one run (net.swarm_runs)
+RUN_BLOCKS = RUN_LIMIT  # consecutive blocks fetched as one run (net.swarm_runs)
+# A run may go on into the next segment of the content when that one is located too: a V2
+# segment is one block, so runs within a segment would be single blocks (net.swarm_runs).
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +230,7 @@ class BlockReader:
                 return await self._unheld(view, req, first, deadline, located)
             # The read's own blocks go as one run on its slot; read-ahead takes slots of its
             # own (none free: no read-ahead), as before runs.
-            run = self._run_from(view, first, req.offset + req.max_bytes)
+            run = self._run_from(view, first, req.offset + req.max_bytes, located)
             task = self._start_fetch(view, run, deadline, holds_slot=True)
             ahead = max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES)
             self._read_ahead(view, run[-1].end, ahead, located, deadline)
@@ -281,7 +283,7 @@ class BlockReader:
                 run = (
                     [first]
                     if key in self._inflight
-                    else self._run_from(view, first, decision.piece.end)
+                    else self._run_from(view, first, decision.piece.end, holds)
                 )
                 task = self._inflight.get(key) or self._start_fetch(
                     view, run, deadline, holds_slot=False
@@ -327,12 +329,15 @@ class BlockReader:
         """Holders of the segments from ``offset``. ``count``: a read that had to look for
         peers (BranchCache's discovery attempts); a read-ahead's background lookup is not."""
         wanted = self.hint(view, offset)
-        if count:
-            self.stats.discovery_attempts += 1
-        located = await self.peers.locate(wanted, timeout=max(0.0, timeout))
-        if located and count:
-            self.stats.discovery_successes += 1
-        return located
+
+        def probed(found: bool) -> None:
+            # Only a read that waited for a discovery round counts (BranchCache's attempted
+            # discoveries): holders the directory knew or guessed cost no datagram.
+            if count:
+                self.stats.discovery_attempts += 1
+                self.stats.discovery_successes += int(found)
+
+        return await self.peers.locate(wanted, timeout=max(0.0, timeout), probed=probed)
 
     def _locate_ahead(self, view: ContentView, start: int, timeout: float) -> None:
         """Keep a sequential reader's pipe full without holding up its read: locate the next
@@ -361,13 +366,16 @@ class BlockReader:
         Each segment is asked about once while its answer is fresh, never a whole content at
         once (a large V2 content has thousands of segments). ``reading`` False (the
         ``immediate`` open flag): ask about the first ones too."""
-        ids = view.segment_ids(offset, view.end)[: (LOCATE_AHEAD + 1) * LOCATE_SEGMENTS]
-        wanted = ids[:LOCATE_SEGMENTS]
+        # A window is the segments of the read-ahead (V2: 64 segments of 128 KiB), at least
+        # LOCATE_SEGMENTS, so read-ahead never waits for the next window to be located.
+        window = max(LOCATE_SEGMENTS, len(view.segment_ids(offset, offset + READ_AHEAD_BYTES)))
+        ids = view.segment_ids(offset, view.end)[: (LOCATE_AHEAD + 1) * window]
+        wanted = ids[:window]
         now = time.monotonic()
         if reading:
             for sid in wanted:  # asked about by the read itself
                 self._hinted[sid] = now + HINT_AGAIN
-        later = ids[LOCATE_SEGMENTS:] if reading else ids
+        later = ids[window:] if reading else ids
         fresh = [sid for sid in later if self._hinted.get(sid, 0.0) <= now]
         for sid in fresh:
             self._hinted[sid] = now + HINT_AGAIN
@@ -389,37 +397,46 @@ class BlockReader:
             return False
         return not self.store.has_block(*key, expected=ref.hash)
 
-    def _run_from(self, view: ContentView, first: BlockRef, end: int) -> list[BlockRef]:
-        """``first`` and the wanted blocks right after it in its segment (before ``end``):
-        one run, fetched in one exchange."""
+    def _run_from(
+        self, view: ContentView, first: BlockRef, end: int, located: Mapping[bytes, int]
+    ) -> list[BlockRef]:
+        """``first`` and the wanted blocks right after it (before ``end``), into the next
+        segments if they are ``located``: one run, fetched in one exchange."""
         run = [first]
+        size = first.end - first.start
         for ref in view.blocks_from(first.end, min(end, view.end)):
-            if len(run) >= RUN_BLOCKS or ref.segment.segment_id != first.segment.segment_id:
-                break
-            if not self._wanted(ref):
+            if not self._extends(run, size, ref, located) or not self._wanted(ref):
                 break
             run.append(ref)
+            size += ref.end - ref.start
         return run
+
+    @staticmethod
+    def _extends(
+        run: list[BlockRef], size: int, ref: BlockRef, located: Mapping[bytes, int]
+    ) -> bool:
+        """Whether ``ref`` (the block after ``run``, of ``size`` bytes) may join the run."""
+        if len(run) >= RUN_BLOCKS or size + ref.end - ref.start > RUN_BYTES:
+            return False
+        return ref.segment is run[-1].segment or ref.segment.segment_id in located
 
     def _read_ahead(
         self, view: ContentView, start: int, end: int, located: Mapping[bytes, int], deadline: float
     ) -> None:
         run: list[BlockRef] = []
+        size = 0
         for count, ref in enumerate(view.blocks_from(start, min(end, view.end))):
             if count >= READ_AHEAD_BLOCKS:
                 break
             wanted = ref.segment.segment_id in located and self._wanted(ref)
-            if run and (
-                not wanted
-                or len(run) >= RUN_BLOCKS
-                or ref.segment.segment_id != run[0].segment.segment_id
-            ):
+            if run and (not wanted or not self._extends(run, size, ref, located)):
                 if not self.slots.try_acquire():
                     return
                 self._start_fetch(view, run, deadline, holds_slot=True)
-                run = []
+                run, size = [], 0
             if wanted:
                 run.append(ref)
+                size += ref.end - ref.start
         if run and self.slots.try_acquire():
             self._start_fetch(view, run, deadline, holds_slot=True)
 
@@ -443,8 +460,8 @@ class BlockReader:
     async def _fetch(
         self, view: ContentView, run: list[BlockRef], deadline: float, holds_slot: bool
     ) -> frozenset[tuple[bytes, int]]:
-        """Fetch ``run`` (consecutive blocks of one segment) and stage what came, in one
-        store call; the blocks that came."""
+        """Fetch ``run`` (consecutive blocks of one content) and stage what came, one store
+        call per segment; the blocks that came."""
         try:
             while True:
                 timeout = max(0.0, deadline - time.monotonic())
@@ -466,29 +483,40 @@ class BlockReader:
             got = [(ref, data) for ref, data in zip(run, found, strict=True) if data is not None]
             if not got:
                 return frozenset()
-            seg_id = run[0].segment.segment_id
-            rows = [(ref.index, data, ref.hash) for ref, data in got]
             # Marked before they become readable, so a read that finds them counts them as
             # from peers; unmarked again if staging fails.
             for ref, _ in got:
-                self._from_peers[(seg_id, ref.index)] = None
+                self._from_peers[(ref.segment.segment_id, ref.index)] = None
             try:
-                # On the loop: a worker thread here cost more in wake-ups than the write
-                # (docs/benchmarks.md, LAN speed); decryption and hashing have their own.
-                self._stage(segment_record(view, run[0]), full_list(view, run[0]), rows)
+                groups = _by_segment(got)
+                if len(groups) == 1:
+                    # On the loop: a worker thread here cost more in wake-ups than the write
+                    # (docs/benchmarks.md, LAN speed); decryption and hashing have their own.
+                    self._stage_all(view, groups)
+                else:
+                    # A run across segments (V2) creates a file and an index row per segment:
+                    # file-system work that would stall the loop (docs/benchmarks.md, V2).
+                    await asyncio.to_thread(self._stage_all, view, groups)
             except BaseException:
                 for ref, _ in got:
-                    self._from_peers.pop((seg_id, ref.index), None)
+                    self._from_peers.pop((ref.segment.segment_id, ref.index), None)
                 raise
             self._staged()
             for _, data in got:
                 self.stats.peer_bytes_fetched += len(data)
             while len(self._from_peers) > FROM_PEERS_LIMIT:
                 self._from_peers.popitem(last=False)
-            return frozenset((seg_id, ref.index) for ref, _ in got)
+            return frozenset((ref.segment.segment_id, ref.index) for ref, _ in got)
         finally:
             if holds_slot:
                 self.slots.release()
+
+    def _stage_all(self, view: ContentView, groups: list[list[tuple[BlockRef, bytes]]]) -> None:
+        """Stage the verified blocks of a run, one store call per segment (thread-safe)."""
+        for seg_refs in groups:
+            first = seg_refs[0][0]
+            rows = [(ref.index, data, ref.hash) for ref, data in seg_refs]
+            self._stage(segment_record(view, first), full_list(view, first), rows)
 
     def _stage(
         self,
@@ -519,3 +547,14 @@ class BlockReader:
             status=status,
             peer_accepted=peer_accepted,
         )
+
+
+def _by_segment(got: list[tuple[BlockRef, bytes]]) -> list[list[tuple[BlockRef, bytes]]]:
+    """Consecutive blocks of a run grouped by segment, in order."""
+    groups: list[list[tuple[BlockRef, bytes]]] = []
+    for item in got:
+        if groups and groups[-1][0][0].segment is item[0].segment:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups

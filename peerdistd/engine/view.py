@@ -11,7 +11,7 @@ import bisect
 import hashlib
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from peerdistd import errors
 from peerdistd.proto import pccrc
@@ -26,14 +26,19 @@ class ContentView:
     end: int  # absolute end (exclusive)
     segments: tuple[Segment, ...]  # described so far, in content order
     complete: bool
+    # Segment start offsets, for bisection: a V2 content has thousands of segments, and
+    # building this list on every lookup took a fifth of a V2 reader's CPU.
+    _starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_starts", tuple(s.offset for s in self.segments))
 
     @property
     def size(self) -> int:
         return self.end - self.start
 
     def _segment_at(self, offset: int) -> Segment | None:
-        starts = [s.offset for s in self.segments]
-        pos = bisect.bisect_right(starts, offset) - 1
+        pos = bisect.bisect_right(self._starts, offset) - 1
         if pos < 0:
             return None
         seg = self.segments[pos]
@@ -75,7 +80,13 @@ class ContentView:
     def segment_ids(self, start: int | None = None, end: int | None = None) -> list[bytes]:
         lo = self.start if start is None else start
         hi = self.end if end is None else end
-        return [s.segment_id for s in self.segments if s.offset < hi and s.offset + s.length > lo]
+        first = max(0, bisect.bisect_right(self._starts, lo) - 1)
+        last = bisect.bisect_left(self._starts, hi)
+        return [
+            s.segment_id
+            for s in self.segments[first:last]
+            if s.offset < hi and s.offset + s.length > lo
+        ]
 
 
 class ViewCache:

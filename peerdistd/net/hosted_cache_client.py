@@ -207,7 +207,13 @@ class HostedCacheFirst:
         self.swarm, self.client, self._where = swarm, client, where
         self.request_timeout = request_timeout
 
-    async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
+    async def locate(
+        self,
+        segment_ids: Sequence[bytes],
+        *,
+        timeout: float,
+        probed: Callable[[bool], None] | None = None,
+    ) -> Mapping[bytes, int]:
         where = self._where()
         held: dict[bytes, int] = {}
         if where is not None:
@@ -217,7 +223,7 @@ class HostedCacheFirst:
             held = {sid: n for sid, n in zip(segment_ids, counts, strict=True) if n}
         rest = [sid for sid in segment_ids if sid not in held]
         if rest:
-            for sid, n in (await self.swarm.locate(rest, timeout=timeout)).items():
+            for sid, n in (await self.swarm.locate(rest, timeout=timeout, probed=probed)).items():
                 held[sid] = n
         return held
 

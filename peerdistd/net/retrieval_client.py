@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Final
 
@@ -28,6 +28,7 @@ from peerdistd.proto import pccrr_client
 from peerdistd.proto.pccrr import (
     MAGIC_PATH,
     MAX_RESPONSE_SIZE,
+    RUN_BYTES,
     RUN_LIMIT,
     RUN_PATH,
     TRANSPORT_HEADER_SIZE,
@@ -51,9 +52,12 @@ __all__ = [
 
 REQUEST_TIMEOUT: Final = 2.0  # [MS-PCCRR] 3.1.2 client request timer (<9>)
 _MAX_BODY: Final = TRANSPORT_HEADER_SIZE + MAX_RESPONSE_SIZE
-RUN_BLOCK_MAX: Final = 65536  # runs are for V1 blocks (MS-PCCRC 2.2: 64 KiB); others go singly
-# A run answer: RUN_LIMIT MSG_BLKs of a 64 KiB block each, with room for the message fields.
-_MAX_RUN_BODY: Final = RUN_LIMIT * (RUN_BLOCK_MAX + 1024)
+# Blocks that go in runs: V1 blocks (64 KiB) and V2 segments ([MS-PCCRC] 2.4.1.2: at most
+# 128 KiB); larger ones go singly.
+RUN_BLOCK_MAX: Final = 128 * 1024
+# A run answer: at most RUN_BYTES of block data in at most RUN_LIMIT MSG_BLKs, with room for
+# each message's fields.
+_MAX_RUN_BODY: Final = RUN_BYTES + RUN_LIMIT * 1024
 _BUSY_FIELD: Final = BUSY_HEADER.lower().encode()
 
 
@@ -151,26 +155,25 @@ class RetrievalClient:
     async def get_block_run(
         self,
         peer: str,
-        segment_id: bytes,
-        index: int,
-        count: int,
+        blocks: Sequence[tuple[bytes, int]],
         *,
         crypto: int = CryptoAlgo.AES_128,
         timeout: float = REQUEST_TIMEOUT,
         floor: tuple[int, float] | None = None,
     ) -> list[Blk | None]:
-        """The MSG_BLKs of blocks ``index``.. (at most ``count``, maybe fewer) still encrypted,
-        None for each the peer lacks; one exchange on the RUN_PATH extension. A server that
-        does not know the extension answers 404: a :class:`PeerProtocolError`. ``floor``:
-        (bytes expected, bytes/s) below which the answer fails as PeerSlow."""
-        request = pccrr_client.block_run_request(segment_id, index, count, crypto)
+        """The MSG_BLKs of ``blocks`` ((segment id, index) pairs; maybe only the first few)
+        still encrypted, None for each the peer lacks; one exchange on the RUN_PATH
+        extension. A server that does not know the extension answers 404: a
+        :class:`PeerProtocolError`. ``floor``: (bytes expected, bytes/s) below which the
+        answer fails as PeerSlow."""
+        request = pccrr_client.run_request(blocks, crypto)
         answer = await self._runs.exchange(peer, request, timeout, floor=floor)
         busy = answer.fields.get(_BUSY_FIELD) == b"1"
         with _translated(peer):
-            blocks = pccrr_client.split_run(answer.body, segment_id, index, count, busy=busy)
-        if blocks[0] is Outcome.BUSY:
+            got = pccrr_client.split_runs(answer.body, blocks, busy=busy)
+        if got[0] is Outcome.BUSY:
             raise PeerBusy(peer, "upload limit reached")
-        return [None if isinstance(b, Outcome) else b for b in blocks]
+        return [None if isinstance(b, Outcome) else b for b in got]
 
     async def get_block_list(
         self,

@@ -160,9 +160,16 @@ class Swarm:
 
     # -- locate --------------------------------------------------------------------------
 
-    async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
+    async def locate(
+        self,
+        segment_ids: Sequence[bytes],
+        *,
+        timeout: float,
+        probed: Callable[[bool], None] | None = None,
+    ) -> Mapping[bytes, int]:
         """Holders from the directory; segments it has no answer for are first guessed from
-        their content's recent servers, else found by discovery (one probe round)."""
+        their content's recent servers, else found by discovery (one probe round, which
+        ``probed`` hears of)."""
         ids = list(dict.fromkeys(segment_ids))
         self.directory.link(ids)
         result: dict[bytes, int] = {}
@@ -177,7 +184,10 @@ class Swarm:
             elif known:
                 result[sid] = max(known.values())
         if unknown:
-            result.update(await self._discover(unknown, timeout))
+            found = await self._discover(unknown, timeout)
+            result.update(found)
+            if probed is not None:
+                probed(bool(found))
         return result
 
     async def _discover(self, segment_ids: list[bytes], timeout: float) -> dict[bytes, int]:
@@ -201,6 +211,10 @@ class Swarm:
 
     def _usable_peer(self, peer: str) -> bool:
         return peer not in self.own and not self.banned(peer)
+
+    def usable(self, segment_id: bytes) -> dict[str, int] | None:
+        """Fresh holders of ``segment_id`` that may be asked, or None without an answer."""
+        return self._usable(segment_id)
 
     def _usable(self, segment_id: bytes) -> dict[str, int] | None:
         """Fresh holders of ``segment_id`` that may be asked, or None without an answer."""
@@ -263,7 +277,7 @@ class Swarm:
     async def fetch_run(
         self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
     ) -> list[bytes | None]:
-        """Consecutive blocks of one segment, each verified or None (see swarm_runs)."""
+        """Consecutive blocks of one content, each verified or None (see swarm_runs)."""
         return await fetch_run(self, refs, algorithm, timeout=timeout)
 
     async def _relocate(self, segment_id: bytes, timeout: float) -> None:

@@ -1,12 +1,15 @@
-"""Fetching a run of consecutive blocks of one segment from a peer in one exchange.
+"""Fetching a run of consecutive blocks from a peer in one exchange.
 
 Two daemons moved blocks at a tenth of LAN speed because every 64 KiB block cost an HTTP
 exchange, a task, a future and a store call on each side (docs/benchmarks.md). A run asks a
-peer for up to ``RUN_LIMIT`` blocks at once on the RUN_PATH extension (``proto.pccrr``);
-the answers are decrypted and verified in a worker thread as one batch (hashlib releases the
-GIL, so the event loop keeps moving bytes meanwhile). Every block is still checked against
-its own hash before it is handed on ([MS-PCCRC] 4.1.2). Peers that do not know the extension
-(Windows) answer 404; they are remembered and asked one block per request, as before.
+peer for up to ``RUN_LIMIT`` blocks (at most ``RUN_BYTES``) at once on the RUN_PATH extension
+(``proto.pccrr``): consecutive blocks of one V1 segment, or consecutive segments of one
+content (a V2 segment is one block of at most 128 KiB, so a run within it would be one
+block). The answers are decrypted, each with its own segment's key, and verified in a worker
+thread as one batch (hashlib releases the GIL, so the event loop keeps moving bytes
+meanwhile). Every block is still checked against its own hash before it is handed on
+([MS-PCCRC] 4.1.2). Peers that do not know the extension (Windows) answer 404; they are
+remembered and asked one block per request, as before.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from peerdistd.net.retrieval_client import RUN_BLOCK_MAX
 from peerdistd.net.types import PeerBusy, PeerError, PeerProtocolError, PeerSlow, PeerTimeout
 from peerdistd.proto import pccrr_client
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
-from peerdistd.proto.pccrr import RUN_LIMIT, Blk
+from peerdistd.proto.pccrr import RUN_BYTES, RUN_LIMIT, Blk
 
 if TYPE_CHECKING:
     from peerdistd.net.swarm import Swarm
@@ -54,34 +57,37 @@ class SinglePeers:
 
 
 def runnable(refs: Sequence[BlockRef]) -> bool:
-    """Whether ``refs`` can go as one run: consecutive V1-sized blocks of one segment."""
+    """Whether ``refs`` can go as one run: 2..RUN_LIMIT consecutive blocks of one content,
+    each at most RUN_BLOCK_MAX, RUN_BYTES in all (the server's caps, so it answers them all)."""
     if not 1 < len(refs) <= RUN_LIMIT:
         return False
-    seg = refs[0].segment
-    first = refs[0].index
-    return all(
-        r.segment is seg and r.index == first + n and r.end - r.start <= RUN_BLOCK_MAX
-        for n, r in enumerate(refs)
-    )
+    if sum(r.end - r.start for r in refs) > RUN_BYTES:
+        return False
+    prev = refs[0]
+    for r in refs[1:]:
+        same = r.segment is prev.segment
+        if r.start != prev.end or (r.index != prev.index + 1 if same else r.index != 0):
+            return False
+        prev = r
+    return all(r.end - r.start <= RUN_BLOCK_MAX for r in refs)
 
 
 def open_blocks(
     blocks: Sequence[Blk | None], refs: Sequence[BlockRef], algorithm: HashAlgorithm
-) -> tuple[list[bytes | None], list[int]]:
+) -> tuple[list[bytes | None], list[tuple[bytes, int]]]:
     """Plaintexts of ``blocks`` verified against ``refs``' hashes (None where the peer sent
-    none or the block failed), and the indexes that failed decryption or the hash check.
-    Runs in a worker thread."""
+    none or the block failed), and the (segment id, index) of those that failed decryption
+    with their own segment's key or the hash check. Runs in a worker thread."""
     out: list[bytes | None] = []
-    bad: list[int] = []
-    secret = refs[0].segment.secret
+    bad: list[tuple[bytes, int]] = []
     for blk, ref in zip(blocks, refs, strict=False):
         data = None
         if blk is not None:
             with contextlib.suppress(pccrr_client.UnexpectedAnswer):
-                (data,) = pccrr_client.decrypt_block(blk, secret, ref.end - ref.start)
+                (data,) = pccrr_client.decrypt_block(blk, ref.segment.secret, ref.end - ref.start)
             if data is None or algorithm.digest(data) != ref.hash:
                 data = None
-                bad.append(ref.index)
+                bad.append((ref.segment.segment_id, ref.index))
         out.append(data)
     return out, bad
 
@@ -118,20 +124,30 @@ async def fetch_run(
     return results
 
 
+def _run_holders(swarm: Swarm, refs: Sequence[BlockRef], first: list[str]) -> list[str]:
+    """The holders of the run's first segment (``first``) to ask for the whole run: those
+    not known to lack any of its segments, in the order runs spread over holders."""
+    others = dict.fromkeys(
+        r.segment.segment_id for r in refs[1:] if r.segment is not refs[0].segment
+    )
+    allowed = set(first)
+    for sid in others:
+        known = swarm.usable(sid)
+        if known is not None:  # no answer (expired meanwhile): not a reason to skip anyone
+            allowed &= set(known)
+    for r in refs:
+        allowed = {p for p in allowed if swarm.directory.may_hold(r.segment.segment_id, p, r.index)}
+    order = swarm.health.order([p for p in first if p in allowed], refs[0].start // RUN_BYTES)
+    return [p for p in order if p not in swarm.single_peers]
+
+
 async def _one_run(
     swarm: Swarm, refs: Sequence[BlockRef], algorithm: HashAlgorithm, deadline: float
 ) -> list[bytes | None] | None:
     """The run from a holder that speaks RUN_PATH; None if none delivered it in time."""
     loop = asyncio.get_running_loop()
-    seg = refs[0].segment
-    holders = await swarm.holders(seg.segment_id, max(0.0, deadline - loop.time()))
-    # Runs spread over the holders in good standing, as blocks do (PeerHealth.order).
-    queue = [
-        p
-        for p in swarm.health.order(holders, refs[0].index // RUN_LIMIT)
-        if p not in swarm.single_peers
-    ]
-    for peer in queue[:RUN_TRIES]:
+    first = await swarm.holders(refs[0].segment.segment_id, max(0.0, deadline - loop.time()))
+    for peer in _run_holders(swarm, refs, first)[:RUN_TRIES]:
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
@@ -149,11 +165,17 @@ async def _one_run(
         if bad:
             swarm.stats.bad_blocks += len(bad)
             swarm.peer(peer).bad_blocks += len(bad)
-            swarm.ban(
-                peer, f"blocks {bad} of segment {seg.segment_id.hex()[:16]} failed verification"
-            )
-        else:
-            swarm.health.answered(peer)
+            where = ", ".join(f"{i} of segment {sid.hex()[:16]}" for sid, i in bad)
+            swarm.ban(peer, f"blocks {where} failed verification")
+            # Its other blocks passed their own hash checks: they are kept.
+            swarm.peer(peer).bytes_from += sum(len(d) for d in good if d)
+            return good
+        swarm.health.answered(peer)
+        for ref, blk, data in zip(refs, blocks, good, strict=False):
+            if data is not None:
+                swarm.directory.served(ref.segment.segment_id, peer)
+            elif blk is None:  # [MS-PCCRR] 2.2.4.2: "not held"
+                swarm.directory.lacks(ref.segment.segment_id, peer, ref.index)
         swarm.peer(peer).bytes_from += sum(len(d) for d in good if d)
         return good
     return None
@@ -181,9 +203,7 @@ async def _ask(
     task = asyncio.ensure_future(
         swarm.client.get_block_run(
             peer,
-            seg.segment_id,
-            refs[0].index,
-            len(refs),
+            [(r.segment.segment_id, r.index) for r in refs],
             timeout=min(swarm.request_timeout, remaining),
             floor=(expected, swarm.min_rate),
         )

@@ -7,6 +7,7 @@ start (2.2). Sizes are capped before anything is parsed; only :class:`DecodeErro
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Final, TypeAlias
@@ -20,8 +21,16 @@ MAGIC_PATH: Final = "/116B50EB-ECE2-41ac-8429-9F9E963361B7/"
 # back in one HTTP body, one per block of the range. One exchange per 64 KiB block is what
 # kept two daemons far below LAN speed. Other servers answer 404 here; clients then use
 # MAGIC_PATH, one block per request, as Windows and iPXE do.
+#
+# The body may also hold several GETBLKS back to back, each a standard message with its own
+# MsgSize, each for one range of one segment: a run across segments. V2 content information
+# makes every segment one block of at most 128 KiB (PROTOCOLS.md 1.4), so a run within one
+# segment is one block; consecutive segments of one content go as one run instead. The
+# answer is one MSG_BLK per block asked for, in the order asked, each encrypted with its own
+# segment's key; a server may answer fewer (a prefix), never more.
 RUN_PATH: Final = MAGIC_PATH + "runs"
 RUN_LIMIT: Final = 16  # blocks per run answer: 1 MiB of V1 blocks
+RUN_BYTES: Final = 1 << 20  # block bytes per run answer (V2: about 8 segments)
 HEADER_SIZE: Final = 16
 TRANSPORT_HEADER_SIZE: Final = 4
 MAX_REQUEST_SIZE: Final = 98304  # 2.2: request messages are 16..98304 bytes
@@ -262,6 +271,32 @@ def parse_request(data: bytes | bytearray | memoryview) -> Request:
     msg = _parse(memoryview(data), 0, requests=True)
     assert isinstance(msg, NegoReq | GetBlkList | GetBlks | GetSegList)
     return msg
+
+
+def parse_run_request(data: bytes | bytearray | memoryview) -> tuple[Request, ...]:
+    """A RUN_PATH body: one or more request messages back to back, each with its own MsgSize
+    (no transport header, no length prefix). One message parses as :func:`parse_request`."""
+    if not HEADER_SIZE <= len(data) <= MAX_REQUEST_SIZE:
+        raise DecodeError(f"request of {len(data)} bytes outside 16..{MAX_REQUEST_SIZE}")
+    view = memoryview(data)
+    out: list[Request] = []
+    pos = 0
+    while pos < len(view):
+        if len(view) - pos < HEADER_SIZE:
+            raise DecodeError("a message cut inside its 16-byte header", pos)
+        (size,) = _U32.unpack_from(view, pos + 8)
+        if not HEADER_SIZE <= size <= len(view) - pos:
+            raise DecodeError(f"MsgSize {size} but {len(view) - pos} bytes left", pos + 8)
+        msg = _parse(view[pos : pos + size], 0, requests=True)
+        assert isinstance(msg, NegoReq | GetBlkList | GetBlks | GetSegList)
+        out.append(msg)
+        pos += size
+    return tuple(out)
+
+
+def serialize_run_request(messages: Sequence[Request]) -> bytes:
+    """Request messages back to back, as a RUN_PATH body (:func:`parse_run_request`)."""
+    return b"".join(serialize(m) for m in messages)
 
 
 def parse_response(data: bytes | bytearray | memoryview) -> Response:

@@ -8,7 +8,7 @@ and NEGO_RESP to a request in a version the peer does not speak.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -60,24 +60,47 @@ def block_run_request(
     return pccrr.serialize(GetBlks(segment_id, (BlockRange(index, count),), crypto=crypto))
 
 
+def run_request(blocks: Sequence[tuple[bytes, int]], crypto: int = CryptoAlgo.AES_128) -> bytes:
+    """The RUN_PATH body asking for ``blocks`` ((segment id, index) pairs, in order): one
+    GETBLKS per stretch of consecutive blocks of one segment, back to back. One stretch is
+    exactly :func:`block_run_request`'s message."""
+    messages: list[GetBlks] = []
+    for segment_id, index in blocks:
+        last = messages[-1] if messages else None
+        if last is not None and last.segment_id == segment_id and last.ranges[0].end == index:
+            grown = BlockRange(last.ranges[0].index, last.ranges[0].count + 1)
+            messages[-1] = GetBlks(segment_id, (grown,), crypto=crypto)
+        else:
+            messages.append(GetBlks(segment_id, (BlockRange(index, 1),), crypto=crypto))
+    return pccrr.serialize_run_request(messages)
+
+
 def split_run(
     body: bytes | bytearray, segment_id: bytes, index: int, count: int, *, busy: bool
 ) -> list[Blk | Outcome]:
-    """The answers in a RUN_PATH body, one per block from ``index``: each checked as
-    :func:`block_cipher` checks one. Fewer than ``count`` (a server with a lower run limit)
-    is fine; the caller asks for the rest again. More, or a torn message, is not."""
+    """The answers in a RUN_PATH body for ``count`` blocks of one segment from ``index``."""
+    return split_runs(body, [(segment_id, index + n) for n in range(count)], busy=busy)
+
+
+def split_runs(
+    body: bytes | bytearray, blocks: Sequence[tuple[bytes, int]], *, busy: bool
+) -> list[Blk | Outcome]:
+    """The answers in a RUN_PATH body, one per block of ``blocks`` in order: each checked as
+    :func:`block_cipher` checks one. Fewer than asked (a server with a lower run limit) is
+    fine; the caller asks for the rest again. More, or a torn message, is not."""
     view = memoryview(body)
     out: list[Blk | Outcome] = []
     pos = 0
     while pos < len(body):
-        if len(out) == count:
-            raise UnexpectedAnswer(f"more than the {count} MSG_BLK asked for")
+        if len(out) == len(blocks):
+            raise UnexpectedAnswer(f"more than the {len(blocks)} MSG_BLK asked for")
         if len(body) - pos < pccrr.TRANSPORT_HEADER_SIZE:
             raise UnexpectedAnswer("a run answer cut inside a transport header")
         end = pos + pccrr.TRANSPORT_HEADER_SIZE + int.from_bytes(view[pos : pos + 4], "big")
         if end > len(body):
             raise UnexpectedAnswer("a run answer cut inside a message")
-        out.append(block_cipher(view[pos:end], segment_id, index + len(out), busy=busy))
+        segment_id, index = blocks[len(out)]
+        out.append(block_cipher(view[pos:end], segment_id, index, busy=busy))
         pos = end
     if not out:
         raise UnexpectedAnswer("an empty run answer")

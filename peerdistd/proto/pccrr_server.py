@@ -20,6 +20,7 @@ from peerdistd.proto.pccrr import (
     MAX_BLOCK_RANGES,
     MAX_REQUEST_SIZE,
     MAX_RESPONSE_SIZE,
+    RUN_BYTES,
     RUN_LIMIT,
     TRANSPORT_HEADER_SIZE,
     V1_0,
@@ -37,6 +38,7 @@ from peerdistd.proto.pccrr import (
     SegList,
     parse_header,
     parse_request,
+    parse_run_request,
     serialize_response,
 )
 
@@ -147,28 +149,51 @@ class RetrievalResponder:
                 return self._segment_list(msg)
 
     def respond_run(self, request: bytes | bytearray | memoryview, *, busy: bool = False) -> Reply:
-        """Answer a GETBLKS sent to RUN_PATH: one MSG_BLK per block of its one range (at most
-        RUN_LIMIT), back to back; anything else is answered as :meth:`respond` would."""
+        """Answer a body posted to RUN_PATH (pccrr.RUN_PATH): GETBLKS for a range of blocks of
+        one segment, or several GETBLKS (one range each, of one segment each) back to back.
+        One MSG_BLK per block asked for, in order, back to back: at most RUN_LIMIT of them
+        and RUN_BYTES of block data (a prefix of what was asked; the client asks the rest
+        again). One message that is not such a GETBLKS is answered as :meth:`respond` would."""
         if len(request) > MAX_REQUEST_SIZE:
             return Reply(ReplyKind.DROP, reason=f"request of {len(request)} bytes")
         try:
-            msg = parse_request(request)
-        except DecodeError:
-            return self.respond(request, busy=busy)
-        if not isinstance(msg, GetBlks) or len(msg.ranges) != 1 or msg.ranges[0].count < 2:
-            return self.respond(request, busy=busy)
-        segment_id = msg.segment_id
-        secret = self._source.segment_secret(segment_id)
-        if busy or secret is None:  # busy, or perhaps a sealed block: the one-block answer
-            return self._block(msg, busy)
-        first = msg.ranges[0].index
-        held = self._source.held_blocks(segment_id)
+            msgs = parse_run_request(request)
+        except DecodeError as exc:
+            if len(request) >= HEADER_SIZE and _U32.unpack_from(request, 8)[0] == len(request):
+                return self.respond(request, busy=busy)  # one message: its usual answer
+            return Reply(ReplyKind.DROP, reason=str(exc))
+        if any(not SUPPORTED[0].major <= m.version.major <= SUPPORTED[-1].major for m in msgs):
+            return self._negotiate()  # 3.2.5.2-3, as for one message
+        if len(msgs) == 1:
+            msg = msgs[0]
+            if not isinstance(msg, GetBlks) or len(msg.ranges) != 1 or msg.ranges[0].count < 2:
+                return self.respond(request, busy=busy)
+        elif not all(isinstance(m, GetBlks) and len(m.ranges) == 1 for m in msgs):
+            return Reply(ReplyKind.DROP, reason="a run of messages other than one-range GETBLKS")
+        wanted = [m for m in msgs if isinstance(m, GetBlks)]
+        first_secret = self._source.segment_secret(wanted[0].segment_id)
+        if busy or (len(wanted) == 1 and first_secret is None):
+            # Busy, or perhaps a sealed block: the one-block answer for the first block.
+            return self._block(wanted[0], busy)
         frames: list[bytes | bytearray] = []
         served = 0
-        for index in range(first, first + min(msg.ranges[0].count, RUN_LIMIT)):
-            frame, size, _ = self._frame(segment_id, index, msg.crypto, secret, held)
-            frames.append(frame)
-            served += size
+        for msg in wanted:
+            segment_id, crypto = msg.segment_id, msg.crypto
+            secret = self._source.segment_secret(segment_id)
+            held = self._source.held_blocks(segment_id) if secret is not None else ()
+            first = msg.ranges[0].index
+            for index in range(first, first + msg.ranges[0].count):
+                frame: bytes | bytearray
+                if len(frames) == RUN_LIMIT:
+                    return Reply(ReplyKind.BLOCK, b"".join(frames), block_bytes=served)
+                if secret is None:
+                    frame, size = serialize_response(_empty_blk(segment_id, index)), 0
+                else:
+                    frame, size, _ = self._frame(segment_id, index, crypto, secret, held)
+                if frames and served + size > RUN_BYTES:
+                    return Reply(ReplyKind.BLOCK, b"".join(frames), block_bytes=served)
+                frames.append(frame)
+                served += size
         return Reply(ReplyKind.BLOCK, b"".join(frames), block_bytes=served)
 
     @staticmethod

@@ -7,7 +7,7 @@ socket, with the real block cache; only the peer network is scripted."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -27,7 +27,13 @@ from tests.content import BLOCK, PASSPHRASE, content, content_information
 class BrokenPeers:
     """A peer network with a bug: every lookup fails an assertion."""
 
-    async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
+    async def locate(
+        self,
+        segment_ids: Sequence[bytes],
+        *,
+        timeout: float,
+        probed: Callable[[bool], None] | None = None,
+    ) -> Mapping[bytes, int]:
         raise AssertionError("connection state out of sync")
 
     async def fetch(

@@ -4,7 +4,7 @@ at the engine's seam (the PeerNetwork protocol): timeouts, aborts, flow control,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,13 @@ class ScriptedPeers:
     def gate(self, start: int) -> asyncio.Event:
         return self.gates.setdefault(start, asyncio.Event())
 
-    async def locate(self, segment_ids: Sequence[bytes], *, timeout: float) -> Mapping[bytes, int]:
+    async def locate(
+        self,
+        segment_ids: Sequence[bytes],
+        *,
+        timeout: float,
+        probed: Callable[[bool], None] | None = None,
+    ) -> Mapping[bytes, int]:
         self.locates += 1
         return {s: n for s, n in self.held.items() if s in segment_ids}
 
