@@ -45,9 +45,10 @@ def _consume_exception(task: asyncio.Future[tuple[bytes, list[Used]]]) -> None:
 class LocalReads:
     """Verified reads of the local cache, and the read-ahead of sequential readers."""
 
-    def __init__(self, store: BlockStore, from_peers: OrderedDict[tuple[bytes, int], None]) -> None:
+    def __init__(self, store: BlockStore, from_peers: OrderedDict[tuple[bytes, int], int]) -> None:
         self.store = store
-        # Blocks fetched from peers that no application read yet (shared with BlockReader).
+        # Blocks fetched from peers that applications have not read all of yet, with the
+        # bytes of each not read yet (shared with BlockReader).
         self._from_peers = from_peers
         self._ahead: dict[str, Ahead] = {}  # handle id -> its next range, being verified
         self._ahead_bytes = 0
@@ -99,10 +100,15 @@ class LocalReads:
         for u in used:
             touched.add(u.segment_id)
             key = (u.segment_id, u.index)
-            if key in self._from_peers:
+            left = self._from_peers.get(key)
+            if left is not None:
                 peer_bytes += u.length
-                if u.block_done:
+                # Gone once all of it was read: a V2 segment may straddle two reads that
+                # settle in either order (ending at the block's end is not enough).
+                if left - u.length <= 0:
                     del self._from_peers[key]
+                else:
+                    self._from_peers[key] = left - u.length
         for seg_id in touched:
             self.store.touch(seg_id)
         return peer_bytes

@@ -99,7 +99,7 @@ class BlockReader:
         # Blocks fetched from peers that no application has read yet: their bytes count as
         # "from peers", not "from cache", when they are read (BranchCache's counters are
         # about what applications got, and read-ahead must not blur them).
-        self._from_peers: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self._from_peers: OrderedDict[tuple[bytes, int], int] = OrderedDict()
         # Read-ahead behind local hits locates in the background, one window per content at a
         # time (keyed by the window's first segment).
         self._ahead: dict[bytes, asyncio.Task[bool]] = {}
@@ -486,7 +486,7 @@ class BlockReader:
             # Marked before they become readable, so a read that finds them counts them as
             # from peers; unmarked again if staging fails.
             for ref, _ in got:
-                self._from_peers[(ref.segment.segment_id, ref.index)] = None
+                self._from_peers[(ref.segment.segment_id, ref.index)] = ref.end - ref.start
             try:
                 groups = _by_segment(got)
                 if len(groups) == 1:

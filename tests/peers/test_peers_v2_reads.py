@@ -7,14 +7,18 @@ one discovery round, later segments are asked of the peer that served the earlie
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
+import subprocess
 from pathlib import Path
 
+from tests.cli.clitools import PEERDIST
 from tests.harness import DaemonProcess
-from tests.peers.test_peers_loopback import counters, nodes, read_all
+from tests.peers.test_peers_loopback import counters, nodes
 
 SIZE = 24 * 2**20 + 4321  # a few hundred V2 segments
+NETNS_EXEC = ("ip", "netns", "exec")
 
 
 async def publish_v2(d: DaemonProcess, data: bytes) -> bytes:
@@ -31,9 +35,21 @@ async def test_a_v2_content_needs_a_handful_of_discovery_rounds(tmp_path: Path, 
     with nodes(tmp_path, netns, 2) as (a, b):
         ci = await publish_v2(a, data)
         assert ci[:2] == b"\x00\x02"  # V2 content information
-        assert await read_all(b, ci) == data
+        ci_file, out = tmp_path / "v2.ci", tmp_path / "out"
+        ci_file.write_bytes(ci)
+        # `peerdist fetch`: several reads of 1 MiB in flight at once, as applications read.
+        # Nothing listens at the origin: every byte must come from A.
+        fetch = await asyncio.to_thread(
+            subprocess.run,
+            [*NETNS_EXEC, netns, *PEERDIST, "fetch", "--content-info", str(ci_file),
+             "--origin", "http://127.0.0.9:9/none", "--socket", str(b.socket), "-o", str(out)],
+            capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert fetch.returncode == 0, fetch.stderr.decode()
+        assert out.read_bytes() == data
         got = await counters(b)
     assert got["bytes_from_peers"] == SIZE and got["bytes_from_origin"] == 0
-    # 25 reads of 1 MiB over a few hundred segments: the first read waits for discovery,
-    # every later one finds its segments' holder in the directory (the content's trail).
-    assert got["discovery_attempts"] == got["discovery_successes"] == 1
+    # A few hundred segments, read by four workers: only the first reads wait for a
+    # discovery round; every later segment is asked of the peer that served the content's
+    # earlier ones (its trail in the holder directory).
+    assert 1 <= got["discovery_attempts"] <= 4
