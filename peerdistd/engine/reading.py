@@ -36,6 +36,7 @@ HINTED_LIMIT = 4096  # segments remembered as asked about ahead
 READ_AHEAD_BLOCKS = 128
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
 READ_AHEAD_BYTES = 8 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
+AHEAD_MARKS = 1024  # contents whose read-ahead position is remembered
 RUN_BLOCKS = RUN_LIMIT  # consecutive blocks fetched as one run (net.swarm_runs)
 # A run may go on into the next segment of the content when that one is located too: a V2
 # segment is one block, so runs within a segment would be single blocks (net.swarm_runs).
@@ -103,6 +104,8 @@ class BlockReader:
         # Read-ahead behind local hits locates in the background, one window per content at a
         # time (keyed by the window's first segment).
         self._ahead: dict[bytes, asyncio.Task[bool]] = {}
+        # Per content: where the background read-ahead stopped (_locate_ahead).
+        self._ahead_marks: OrderedDict[tuple[bytes, int, int], int] = OrderedDict()
         self.locals = LocalReads(store, self._from_peers)
         self._hinted: OrderedDict[bytes, float] = OrderedDict()  # segment id -> ask again at
         self.flight: SingleFlight | None = None  # single flight across the branch, if on
@@ -201,7 +204,11 @@ class BlockReader:
         deadline = time.monotonic() + req.timeout
         key = (first.segment.segment_id, first.index)
         task = self._inflight.get(key)
+        shared = False  # whether ours is a block of a run another read started
         if task is None:
+            # Neither held nor on its way: what read-ahead fetched may be gone (flushed,
+            # evicted, failed); the next read-ahead checks every block again.
+            self._ahead_marks.pop(_mark_key(view), None)
             # Like a QUIC stream start: START_COMPLETE at once, saying whether the window had a
             # slot (here, and at a peer holding the block); a queued read hears PEER_ACCEPTED
             # when it gets one, if it asked to.
@@ -237,11 +244,16 @@ class BlockReader:
         else:
             self._start_complete(req, peer_accepted=True)
             located = {first.segment.segment_id: 1}
-        remaining = max(0.0, deadline - time.monotonic())
-        try:
-            got = await asyncio.wait_for(asyncio.shield(task), remaining)
-        except (TimeoutError, PeerUnavailable):
-            raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
+            shared = True
+        got = await self._settled(view, req, task, deadline)
+        if key not in got and shared and time.monotonic() < deadline:
+            # Ours was a later block of another read's run, and the run left it out: its
+            # holder was slow or busy for it, or failed (fetch_run gives up only on a run's
+            # first block). Ask for ours alone once before saying that nobody holds it.
+            retry = self._inflight.get(key) or self._start_fetch(
+                view, [first], deadline, holds_slot=False
+            )
+            got = await self._settled(view, req, retry, deadline)
         if key not in got:
             others = {k: v for k, v in located.items() if k != first.segment.segment_id}
             return await self._unheld(view, req, first, deadline, others)
@@ -251,6 +263,20 @@ class BlockReader:
         self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
         self.stats.bytes_from_cache += len(data) - peer_bytes
         return data, peer_bytes
+
+    async def _settled(
+        self,
+        view: ContentView,
+        req: ReadRequest,
+        task: asyncio.Task[frozenset[tuple[bytes, int]]],
+        deadline: float,
+    ) -> frozenset[tuple[bytes, int]]:
+        """The blocks ``task`` fetched; TIMEOUT if it is not done by the read's deadline."""
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), remaining)
+        except (TimeoutError, PeerUnavailable):
+            raise errors.Timeout(req.offset, self.missing(view, req.offset, {})) from None
 
     async def _unheld(
         self,
@@ -351,7 +377,17 @@ class BlockReader:
 
         async def ahead() -> bool:
             located = await self._locate(view, start, timeout, count=False)
-            self._read_ahead(view, start, start + READ_AHEAD_BYTES, located, deadline)
+            # From where the last read-ahead of this content stopped: every block before it
+            # is held or on its way, and checking each again cost the loop a store call per
+            # block per read (V2: a hundred segments per 8 MiB).
+            mark = _mark_key(view)
+            begin = max(start, self._ahead_marks.get(mark, start))
+            if begin < start + READ_AHEAD_BYTES:
+                reached = self._read_ahead(view, begin, start + READ_AHEAD_BYTES, located, deadline)
+                self._ahead_marks[mark] = reached
+                self._ahead_marks.move_to_end(mark)
+                while len(self._ahead_marks) > AHEAD_MARKS:
+                    self._ahead_marks.popitem(last=False)
             return bool(located)
 
         task = asyncio.ensure_future(ahead())
@@ -422,23 +458,34 @@ class BlockReader:
 
     def _read_ahead(
         self, view: ContentView, start: int, end: int, located: Mapping[bytes, int], deadline: float
-    ) -> None:
+    ) -> int:
+        """Fetch what located peers hold in ``[start, end)``, in runs, while slots are free;
+        returns the offset before which every block is held or on its way."""
         run: list[BlockRef] = []
         size = 0
+        gap: int | None = None  # the first block neither held nor on its way
+        pos = start
         for count, ref in enumerate(view.blocks_from(start, min(end, view.end))):
             if count >= READ_AHEAD_BLOCKS:
                 break
-            wanted = ref.segment.segment_id in located and self._wanted(ref)
+            pos = ref.end
+            here = ref.segment.segment_id in located
+            wanted = here and self._wanted(ref)
+            if not here and gap is None:
+                gap = ref.start
             if run and (not wanted or not self._extends(run, size, ref, located)):
                 if not self.slots.try_acquire():
-                    return
+                    return run[0].start if gap is None else min(gap, run[0].start)
                 self._start_fetch(view, run, deadline, holds_slot=True)
                 run, size = [], 0
             if wanted:
                 run.append(ref)
                 size += ref.end - ref.start
-        if run and self.slots.try_acquire():
+        if run and not self.slots.try_acquire():
+            return run[0].start if gap is None else min(gap, run[0].start)
+        if run:
             self._start_fetch(view, run, deadline, holds_slot=True)
+        return pos if gap is None else gap
 
     def _start_fetch(
         self, view: ContentView, run: list[BlockRef], deadline: float, holds_slot: bool
@@ -558,3 +605,10 @@ def _by_segment(got: list[tuple[BlockRef, bytes]]) -> list[list[tuple[BlockRef, 
         else:
             groups.append([item])
     return groups
+
+
+def _mark_key(view: ContentView) -> tuple[bytes, int, int]:
+    """A content range, for remembering its read-ahead position (hashing a view would hash
+    every segment)."""
+    first = view.segments[0].segment_id if view.segments else b""
+    return first, view.start, view.end

@@ -90,9 +90,17 @@ class SegmentTable:
     def add(self, seg: Seg) -> Seg:
         self._segs[seg.record.segment_id] = seg
         if len(self._segs) > self._limit:
-            for segment_id in list(self._segs)[: len(self._segs) - self._limit]:
+            # Oldest first, stopping as soon as enough are found: listing every entry on
+            # each add cost a V2 server 9% of its CPU (thousands of segments per content).
+            excess = len(self._segs) - self._limit
+            victims: list[bytes] = []
+            for segment_id in self._segs:
+                if len(victims) == excess:
+                    break
                 if segment_id not in self._pins:
-                    self.forget(segment_id)
+                    victims.append(segment_id)
+            for segment_id in victims:
+                self.forget(segment_id)
         return seg
 
     def forget(self, segment_id: bytes) -> None:

@@ -1,0 +1,77 @@
+"""A read whose block is part of another read's run that left it out asks for it again.
+
+PeerNetwork.fetch_run gives up only on a run's first block: a later block it could not get
+in time (its holder slow, busy or failing) comes back as None. A read waiting on that run for
+such a block must not answer MISSING_DATA for data its peers hold (the application would go
+to the origin for it): it asks for the block alone once, within its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+
+from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
+from tests.content import BLOCK
+from tests.engine.test_engine_peers import UID, ScriptedPeers, make_engine, setup, stores
+
+__all__ = ["stores"]  # the fixture
+
+
+class FirstRunShort(ScriptedPeers):
+    """The first run delivers only its first block (once the test lets it finish)."""
+
+    def __init__(self, data: bytes, held: Mapping[bytes, int]) -> None:
+        super().__init__(data, held)
+        self.run_started = asyncio.Event()
+        self.finish_run = asyncio.Event()
+        self.singles: list[int] = []
+        self.shorted = False
+
+    async def locate(
+        self,
+        segment_ids: Sequence[bytes],
+        *,
+        timeout: float,
+        probed: Callable[[bool], None] | None = None,
+    ) -> Mapping[bytes, int]:
+        return {s: n for s, n in self.held.items() if s in segment_ids}
+
+    async def fetch(
+        self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
+    ) -> bytes | None:
+        self.singles.append(ref.index)
+        return self.data[ref.start : ref.end]
+
+    async def fetch_run(
+        self, refs: Sequence[BlockRef], algorithm: HashAlgorithm, *, timeout: float
+    ) -> list[bytes | None]:
+        if self.shorted:
+            return [self.data[r.start : r.end] for r in refs]
+        self.shorted = True
+        self.run_started.set()
+        await self.finish_run.wait()
+        first = refs[0]
+        return [self.data[first.start : first.end]] + [None] * (len(refs) - 1)
+
+
+async def test_a_block_a_shared_run_left_out_is_asked_for_again(stores) -> None:  # type: ignore[no-untyped-def]
+    data, ci, _, _, _ = setup(stores, blocks=8)
+    peers = FirstRunShort(data, {ci.segments[0].segment_id: 8})
+    engine = make_engine(stores, peers)
+    h1 = engine.open_content(UID, ci.to_bytes()).id
+    h2 = engine.open_content(UID, ci.to_bytes()).id
+    events = engine.events.subscribe()
+    first = asyncio.ensure_future(engine.block_read(UID, h1, 0, 4 * BLOCK, 5.0, ()))
+    await peers.run_started.wait()  # blocks 0-3 go as one run
+    second = asyncio.ensure_future(engine.block_read(UID, h2, 2 * BLOCK, BLOCK, 5.0, ()))
+    async for event in events:  # published just before it waits on the first read's run
+        if event.name == "START_COMPLETE" and event.data["handle"] == h2:
+            break
+    events.close()
+    peers.finish_run.set()
+    got1, got2 = await first, await second
+    assert got1.data == data[:BLOCK]
+    assert got2.data == data[2 * BLOCK : 3 * BLOCK]  # not MISSING_DATA
+    assert 2 in peers.singles  # asked for alone
+    await engine.aclose()
