@@ -45,7 +45,7 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "bytes_served_to_peers": ("peerdist_bytes_served_to_peers", "Bytes of blocks served to peers."),
     "discovery_attempts": (
         "peerdist_discovery_attempts",
-        "Segment discoveries sent (MS-PCCRD probes).",
+        "Reads that waited for a discovery round (MS-PCCRD probes).",
     ),
     "discovery_successes": (
         "peerdist_discovery_successes",
