@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # How many segments one discovery round asks about, and how many blocks a missed read
 # fetches ahead (bounded again by the slot pool): enough to keep a peer link busy.
 LOCATE_SEGMENTS = 32
-LOCATE_AHEAD = 4  # batches of LOCATE_SEGMENTS asked about ahead of a reader (V2: ~8 MiB)
+LOCATE_AHEAD = 4  # batches of LOCATE_SEGMENTS asked about ahead of a window (V2: ~16 MiB)
 HINT_AGAIN = 2.0  # seconds before the same batch is asked about ahead again
 HINTED_LIMIT = 4096  # segments remembered as asked about ahead
 READ_AHEAD_BLOCKS = 128
@@ -405,7 +405,9 @@ class BlockReader:
         # A window is the segments of the read-ahead (V2: 64 segments of 128 KiB), at least
         # LOCATE_SEGMENTS, so read-ahead never waits for the next window to be located.
         window = max(LOCATE_SEGMENTS, len(view.segment_ids(offset, offset + READ_AHEAD_BYTES)))
-        ids = view.segment_ids(offset, view.end)[: (LOCATE_AHEAD + 1) * window]
+        # Ahead of it, LOCATE_AHEAD batches as before: more probes at a content's start
+        # (before any peer served it) would only add datagrams.
+        ids = view.segment_ids(offset, view.end)[: window + LOCATE_AHEAD * LOCATE_SEGMENTS]
         wanted = ids[:window]
         now = time.monotonic()
         if reading:
