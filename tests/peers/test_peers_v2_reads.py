@@ -52,4 +52,6 @@ async def test_a_v2_content_needs_a_handful_of_discovery_rounds(tmp_path: Path, 
     # A few hundred segments, read by four workers: only the first reads wait for a
     # discovery round; every later segment is asked of the peer that served the content's
     # earlier ones (its trail in the holder directory).
-    assert 1 <= got["discovery_attempts"] <= 4
+    # (None at all when the open's own lookup answered before the first read asked.)
+    assert got["discovery_attempts"] <= 4
+    assert got["probes_sent"] >= 1  # A was found by discovery, not known beforehand
