@@ -58,7 +58,8 @@ async def lan_speed(b: Bench, size: int, versions: list[int], limit: float) -> d
                 f"{size / 2**20:.0f} MiB V{version} A->B: peerdistd"
                 f" {run['peerdistd_mb_s']:.1f} MB/s ({run['note']}) vs plain HTTP"
                 f" {result['plain_mb_s']:.0f} MB/s ({plain_s:.1f} s): {run['ratio']:.3f}x"
-                f" (goal >= {GOAL}x); {run['discovery_attempts']} discoveries,"
+                f" (goal >= {GOAL}x); {run['discovery_attempts']} reads waited for discovery"
+                f" ({run['probes_sent']} probes),"
                 f" WAN {run['wan_bytes'] / 2**20:.1f} MiB"
                 + ("" if run["ok"] else f"; FAILED: {run['error']}")
             )
@@ -122,6 +123,7 @@ async def _peer_run(
             peerdistd_mb_s=moved / peer_s / 1e6,
             wan_bytes=b.lan.wan_tx_bytes() - wan0,
             discovery_attempts=int(got.get("discovery_attempts", 0)),
+            probes_sent=int(got.get("probes_sent", 0)),
             counters_b=got,
         )
     finally:

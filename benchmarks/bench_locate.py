@@ -155,7 +155,8 @@ async def bench(args: argparse.Namespace, root: Path, netns: str) -> None:
     )
     print(
         f"   B sent {got.get('probes_sent', 0):.0f} probes for"
-        f" {got.get('discovery_attempts', 0):.0f} locates; reads not served by A: {failed}",
+        f" {got.get('discovery_attempts', 0):.0f} reads that waited for discovery;"
+        f" reads not served by A: {failed}",
         flush=True,
     )
 
