@@ -73,6 +73,15 @@ class CacheSource:
         except errors.PeerDistError:
             return None
 
+    def read_run(
+        self, segment_id: bytes, first: int, count: int
+    ) -> tuple[Sequence[bytes | memoryview], int]:
+        """Blocks of a run request (RUN_PATH): one lock and one pread for all of them."""
+        try:
+            return self.cache.read_proven_run(segment_id, first, count)
+        except errors.PeerDistError:
+            return [], 0
+
     def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
         try:
             return self.cache.block_counts(segment_ids, proven_only=True)

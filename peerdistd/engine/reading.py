@@ -481,6 +481,9 @@ class BlockReader:
                     self._from_peers.pop((seg_id, ref.index), None)
                 raise
             self._staged()
+            # Verified against these very hashes (net.swarm): the read that asked for them
+            # takes them from memory instead of the cache file (engine.fresh).
+            self.locals.fresh.add(seg_id, ((i, data, h) for i, data, h in rows))
             for _, data in got:
                 self.stats.peer_bytes_fetched += len(data)
             while len(self._from_peers) > FROM_PEERS_LIMIT:

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeGuard
 
 from peerdistd.errors import DecodeError
 from peerdistd.proto import blockcrypto
@@ -62,6 +62,17 @@ class BlockSource(Protocol):
 
     def read_block(self, segment_id: bytes, index: int) -> bytes | None:
         """The plaintext block, or None if not held."""
+        ...
+
+
+class RunSource(BlockSource, Protocol):
+    """A source that reads consecutive blocks at once (one lock, one read: runs go faster)."""
+
+    def read_run(
+        self, segment_id: bytes, first: int, count: int
+    ) -> tuple[Sequence[bytes | memoryview], int]:
+        """The held blocks from ``first`` (at most ``count``, stopping before the first not
+        held), and the next held block after them (0 if none)."""
         ...
 
 
@@ -123,6 +134,7 @@ class RetrievalResponder:
         # for CryptoAlgoId 0 is answered with AES-128 unless plaintext is explicitly allowed.
         self._allow_plaintext = allow_plaintext
         self._iv_factory = iv_factory
+        self._run_source: RunSource | None = source if _reads_runs(source) else None
 
     def respond(self, request: bytes | bytearray | memoryview, *, busy: bool = False) -> Reply:
         """Answer one request body; never raises on any input."""
@@ -162,10 +174,22 @@ class RetrievalResponder:
         if busy or secret is None:  # busy, or perhaps a sealed block: the one-block answer
             return self._block(msg, busy)
         first = msg.ranges[0].index
-        held = self._source.held_blocks(segment_id)
+        count = min(msg.ranges[0].count, RUN_LIMIT)
+        blocks: Sequence[bytes | memoryview] = ()
+        after = 0
+        if self._run_source is not None:
+            blocks, after = self._run_source.read_run(segment_id, first, count)
         frames: list[bytes | bytearray] = []
         served = 0
-        for index in range(first, first + min(msg.ranges[0].count, RUN_LIMIT)):
+        for n, data in enumerate(blocks):  # read and checked in one go; NextBlockIndex is
+            next_index = first + n + 1 if n + 1 < len(blocks) else after  # the next one held
+            frame, size, _ = self._seal(segment_id, first + n, data, msg.crypto, secret, next_index)
+            frames.append(frame)
+            served += size
+        held: Sequence[int] | None = None
+        for index in range(first + len(blocks), first + count):  # the rest one by one
+            if held is None:
+                held = self._source.held_blocks(segment_id)
             frame, size, _ = self._frame(segment_id, index, msg.crypto, secret, held)
             frames.append(frame)
             served += size
@@ -220,6 +244,22 @@ class RetrievalResponder:
         data = self._source.read_block(segment_id, index)
         if data is None:
             return serialize_response(_empty_blk(segment_id, index)), 0, ""
+        if held is None:
+            held = self._source.held_blocks(segment_id)
+        after = bisect.bisect_right(held, index)
+        next_index = held[after] if after < len(held) else 0
+        return self._seal(segment_id, index, data, crypto, secret, next_index)
+
+    def _seal(
+        self,
+        segment_id: bytes,
+        index: int,
+        data: bytes | memoryview,
+        crypto: int,
+        secret: bytes,
+        next_index: int,
+    ) -> tuple[bytes | bytearray, int, str]:
+        """The MSG_BLK response carrying ``data`` encrypted (see :meth:`_frame`)."""
         algo = self._choose_algo(crypto, secret)
         iv = b"" if algo in (None, CryptoAlgo.NONE) else self._iv_factory()
         size = blockcrypto.ciphertext_size(algo or 0, len(data))
@@ -227,10 +267,6 @@ class RetrievalResponder:
         if algo is None or msg_size > MAX_RESPONSE_SIZE:
             why = f"cannot serve block of {len(data)} B"
             return serialize_response(_empty_blk(segment_id, index)), 0, why
-        if held is None:
-            held = self._source.held_blocks(segment_id)
-        after = bisect.bisect_right(held, index)
-        next_index = held[after] if after < len(held) else 0
         frame, hole = _blk_frame(
             segment_id, index, next_index=next_index, size=size, iv=iv, algo=algo
         )
@@ -323,6 +359,10 @@ def _runs(indexes: Iterable[int]) -> Iterable[BlockRange]:
         prev = i
     if prev >= 0:
         yield BlockRange(start, prev - start + 1)
+
+
+def _reads_runs(source: BlockSource) -> TypeGuard[RunSource]:
+    return callable(getattr(source, "read_run", None))
 
 
 def _empty_blk(segment_id: bytes, index: int) -> Blk:

@@ -513,6 +513,43 @@ class BlockCache:
                 return None
             return self.read_block(segment_id, index, expected=want)
 
+    def read_proven_run(
+        self, segment_id: bytes, first: int, count: int
+    ) -> tuple[list[memoryview], int]:
+        """:meth:`read_proven` for up to ``count`` consecutive blocks from ``first`` in one
+        pread: the blocks up to the first one not held under its proven hash or whose bytes
+        fail it, each checked on this read; and the next block after them that is held under
+        its proven hash (0 if none), a run answer's last NextBlockIndex ([MS-PCCRR] 2.2.4.3)."""
+        check_segment_id(segment_id)
+        with self._lock:
+            seg = self._table.get(segment_id)
+            if seg is None:
+                return [], 0
+            expected: list[bytes] = []
+            for index in range(first, first + count):
+                want = seg.proven_hash(index)
+                if want is None:
+                    break
+                expected.append(want)
+            block_size = seg.record.block_size
+        if not expected:
+            return [], 0
+        data = memoryview(self.read_run(segment_id, first, expected, 0, len(expected) * block_size))
+        blocks = [data[at : at + block_size] for at in range(0, len(data), block_size)]
+        after = first + len(blocks)
+        with self._lock, db_errors("read_proven_run"):
+            seg = self._table.get(segment_id)
+            if seg is None:
+                return blocks, 0
+            proven = (
+                i
+                for i in sorted(i for i in seg.lengths if i >= after)
+                if (want := seg.proven_hash(i)) is not None and self._held_hash(seg, i) == want
+            )
+            if after in seg.lengths and (want := seg.proven_hash(after)) is not None:
+                return blocks, after if self._held_hash(seg, after) == want else next(proven, 0)
+            return blocks, next(proven, 0)
+
     def _held_hash(self, seg: Seg, index: int) -> bytes | None:
         """The hash block ``index`` is held under (written: staged or indexed), or None."""
         if index not in seg.lengths:  # never held, or dropped (failed commit, verify...)
