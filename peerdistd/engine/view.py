@@ -11,7 +11,7 @@ import bisect
 import hashlib
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from peerdistd import errors
 from peerdistd.proto import pccrc
@@ -26,14 +26,19 @@ class ContentView:
     end: int  # absolute end (exclusive)
     segments: tuple[Segment, ...]  # described so far, in content order
     complete: bool
+    # Segment offsets, for bisect: a V2 content has a segment per 64 KiB or so (~16,000 in
+    # 1 GiB), and every block lookup listed them all again (docs/benchmarks.md, LAN speed).
+    _starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_starts", tuple(s.offset for s in self.segments))
 
     @property
     def size(self) -> int:
         return self.end - self.start
 
     def _segment_at(self, offset: int) -> Segment | None:
-        starts = [s.offset for s in self.segments]
-        pos = bisect.bisect_right(starts, offset) - 1
+        pos = bisect.bisect_right(self._starts, offset) - 1
         if pos < 0:
             return None
         seg = self.segments[pos]
@@ -54,11 +59,20 @@ class ContentView:
         """Consecutive described blocks from the one holding ``offset`` up to ``limit``."""
         limit = self.end if limit is None else min(limit, self.end)
         while offset < limit:
-            ref = self.block_at(offset)
-            if ref is None:
+            seg = self._segment_at(offset)
+            if seg is None:
                 return
-            yield ref
-            offset = ref.end
+            hashes = seg.block_hashes
+            index = (offset - seg.offset) // seg.block_size
+            while offset < limit:  # along the segment without looking it up again
+                if index >= len(hashes):
+                    if offset < seg.offset + seg.length:
+                        return  # V1 lists may stop after the last block meeting the range
+                    break
+                start, end = seg.block_span(index)
+                yield BlockRef(seg, index, start, end, hashes[index])
+                offset = end
+                index += 1
 
     def blocks_in(self, start: int, end: int) -> Iterator[BlockRef]:
         """Every described block meeting ``[start, end)``, wherever the handle's range is."""
@@ -75,7 +89,13 @@ class ContentView:
     def segment_ids(self, start: int | None = None, end: int | None = None) -> list[bytes]:
         lo = self.start if start is None else start
         hi = self.end if end is None else end
-        return [s.segment_id for s in self.segments if s.offset < hi and s.offset + s.length > lo]
+        first = max(0, bisect.bisect_right(self._starts, lo) - 1)
+        last = bisect.bisect_left(self._starts, hi)
+        return [
+            s.segment_id
+            for s in self.segments[first:last]
+            if s.offset < hi and s.offset + s.length > lo
+        ]
 
 
 class ViewCache:

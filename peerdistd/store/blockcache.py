@@ -164,6 +164,17 @@ class BlockCache:
         record that conflicts with ``record`` is replaced unless its own blocks vouch for it
         (see :func:`peerdistd.store.cache_trust.vouched`).
         """
+        with self._lock:
+            # The engine adds the segment of every run it stages: when this very record (and
+            # proof) is loaded already, it was checked when it came; only the LRU moves.
+            seg = self._table.loaded(record.segment_id)
+            if (
+                seg is not None
+                and seg.record == record
+                and (hashes is None or (seg.proven is not None and seg.proven == b"".join(hashes)))
+            ):
+                self._touch(seg)
+                return
         check_record(record)
         proof = proven_list(record, hashes)
         with self._lock, db_errors("add_segment"):
