@@ -7,6 +7,7 @@ moves the bytes; every protocol decision is made here.
 from __future__ import annotations
 
 import bisect
+import functools
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -161,18 +162,32 @@ class RetrievalResponder:
     def respond_run(self, request: bytes | bytearray | memoryview, *, busy: bool = False) -> Reply:
         """Answer a GETBLKS sent to RUN_PATH: one MSG_BLK per block of its one range (at most
         RUN_LIMIT), back to back; anything else is answered as :meth:`respond` would."""
-        if len(request) > MAX_REQUEST_SIZE:
-            return Reply(ReplyKind.DROP, reason=f"request of {len(request)} bytes")
+        job = self.run_job(request, busy=busy)
+        return self.respond(request, busy=busy) if job is None else job()
+
+    def run_job(
+        self, request: bytes | bytearray | memoryview, *, busy: bool = False
+    ) -> Callable[[], Reply] | None:
+        """The answer to a RUN_PATH request for a run of blocks this source has the secret
+        of, as a call that reads, checks and encrypts them: thread-safe if the source is (the
+        block cache is; hashlib and the ciphers release the GIL), so a driver can make it on
+        a worker thread. None for anything else (busy, a malformed or one-block request, a
+        segment unknown or kept sealed): :meth:`respond` answers those at once."""
+        if busy or len(request) > MAX_REQUEST_SIZE:
+            return None
         try:
             msg = parse_request(request)
         except DecodeError:
-            return self.respond(request, busy=busy)
+            return None
         if not isinstance(msg, GetBlks) or len(msg.ranges) != 1 or msg.ranges[0].count < 2:
-            return self.respond(request, busy=busy)
+            return None
+        secret = self._source.segment_secret(msg.segment_id)
+        if secret is None:  # perhaps a sealed block: the one-block answer
+            return None
+        return functools.partial(self._run, msg, secret)
+
+    def _run(self, msg: GetBlks, secret: bytes) -> Reply:
         segment_id = msg.segment_id
-        secret = self._source.segment_secret(segment_id)
-        if busy or secret is None:  # busy, or perhaps a sealed block: the one-block answer
-            return self._block(msg, busy)
         first = msg.ranges[0].index
         count = min(msg.ranges[0].count, RUN_LIMIT)
         blocks: Sequence[bytes | memoryview] = ()
