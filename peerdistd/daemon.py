@@ -32,6 +32,7 @@ from peerdistd.engine.ports import PeerNetwork
 from peerdistd.engine.scrub import run_scrub
 from peerdistd.engine.stats import Counters
 from peerdistd.logs import LEVELS, setup_logging
+from peerdistd.malloc_tuning import tune_malloc
 from peerdistd.peering import PeerNode, start_peer_node
 from peerdistd.store.blockcache import BlockCache
 from peerdistd.store.cache_scrub import Scrubber
@@ -476,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peerdistd: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.daemon.log_level, config.daemon.log_format)
+    tune_malloc()  # before any thread starts (malloc_tuning)
     daemon = Daemon(config, args.config, env)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
