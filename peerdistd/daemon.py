@@ -302,6 +302,20 @@ class Daemon:
             "peer_busy_answers": float(swarm.stats.busy_answers),
             "peers_at_limit": float(swarm.windows.at_limit()),
             "uploads_active": float(self.peer_node.server.active_uploads),
+            **self._flight_stats(),
+        }
+
+    def _flight_stats(self) -> Mapping[str, float]:
+        """Single flight (docs/single-flight.md): pieces this node won and lost the claim of,
+        and pieces it saw claimed by two nodes at once (each fetched from the origin twice)."""
+        flight = self.peer_node.flight if self.peer_node is not None else None
+        if flight is None:
+            return {}
+        return {
+            "claims_won": float(flight.stats.claims_won),
+            "claims_lost": float(flight.stats.claims_lost),
+            "claims_released": float(flight.stats.claims_released),
+            "claims_doubled": float(flight.board.doubled),
         }
 
     def _store_stats(self) -> Mapping[str, float]:

@@ -110,8 +110,10 @@ class FlightNet:
         return self.board.lookup(piece, time.monotonic())
 
     async def claim(self, piece: PieceId, window: float) -> bool:
-        """Claim ``piece``; True if this node won it after the contention ``window``."""
+        """Claim ``piece``; True if this node won it after the contention ``window`` (as
+        the board stretches it while it sees pieces claimed twice)."""
         self._send(self.board.claim(piece, time.monotonic()))
+        window = self.board.window(window)
         if window > 0:
             await asyncio.sleep(window)
         hold = self.board.settle(piece, time.monotonic())

@@ -11,6 +11,10 @@ Every call takes ``now`` (seconds, monotonic) and returns the messages to send; 
   released (RELEASE). Others forget a claim ``ttl`` after its last message: a dead or frozen
   claimant is taken over within ``ttl``.
 * A claimant whose piece is whole sends DONE; others fetch it from its PCCRR endpoint.
+* Two settled claims for one piece (its CLAIMs or answers came later than the window, lost or
+  delayed: a loaded host answers late) both fetch it. Every node that sees that doubles its
+  contention window (up to STRETCH_MAX times the base); each claim of its own that ends
+  without a second claimant shrinks it back a little.
 
 Every table is bounded: keys come from the network.
 """
@@ -26,6 +30,8 @@ from peerdistd.proto.flight import MAX_PIECES, Kind, Message, PieceId, PieceStat
 MAX_REMOTE = 8192  # pieces claimed or held by others, remembered
 MAX_OURS = 4096
 DONE_TTL = 60.0  # seconds a DONE is trusted as "that node holds it"
+STRETCH_MAX = 16.0  # the contention window grows to at most this many times its base
+STRETCH_DECAY = 0.9  # per claim of ours that ended without a second claimant
 
 
 class Verdict(Enum):
@@ -48,6 +54,7 @@ class _Ours:
     lost: bool = False
     held: int = 0
     last_progress: float = 0.0
+    doubled: bool = False  # another node settled a claim of this piece too
 
 
 @dataclass(slots=True)
@@ -56,6 +63,7 @@ class _Remote:
     endpoint: str
     settled: bool
     expires: float
+    doubled: bool = False  # a second node settled a claim of this piece too (counted once)
 
 
 @dataclass(slots=True)
@@ -68,6 +76,13 @@ class Board:
     _ours: OrderedDict[PieceId, _Ours] = field(default_factory=OrderedDict)
     _remote: OrderedDict[PieceId, _Remote] = field(default_factory=OrderedDict)
     _done: OrderedDict[PieceId, tuple[str, float]] = field(default_factory=OrderedDict)
+    doubled: int = 0  # pieces seen claimed by two settled claimants (each fetched twice)
+    stretch: float = 1.0  # the contention window is its base times this
+
+    def window(self, base: float) -> float:
+        """The contention window to wait after a CLAIM: ``base``, stretched while claims
+        were recently seen settled twice (answers arriving later than the window)."""
+        return base * self.stretch
 
     # -- looking and claiming ------------------------------------------------------------
 
@@ -116,6 +131,8 @@ class Board:
             ours.last_progress = now
         if held >= total:
             del self._ours[piece]
+            if not ours.doubled:
+                self.stretch = max(1.0, self.stretch * STRETCH_DECAY)
             return self._message(Kind.DONE, [PieceState(piece, held)])
         return None
 
@@ -166,7 +183,10 @@ class Board:
                     if ours.settled:
                         if msg.kind is Kind.CLAIM:
                             replies.append(PieceState(piece, ours.held))  # assert ours
-                        continue  # two settled claims (lost datagrams): both fetch
+                        elif not ours.doubled:  # two settled claims: both fetch
+                            ours.doubled = True
+                            self._seen_doubled()
+                        continue
                     if msg.kind is Kind.CLAIM and self.node < msg.node:
                         continue  # we win the tie; our HOLD will tell them
                     ours.lost = True
@@ -192,16 +212,25 @@ class Board:
         self, piece: PieceId, msg: Message, settled: bool, now: float, ttl: float
     ) -> None:
         current = self._remote.get(piece)
-        if current is not None and current.node != msg.node and current.expires > now:
+        live = current is not None and current.expires > now
+        doubled = live and current is not None and current.doubled
+        if current is not None and live and current.node != msg.node:
+            if current.settled and settled and not current.doubled:
+                current.doubled = doubled = True  # two others both fetch it
+                self._seen_doubled()
             # Two others contend: a settled claim beats a tentative one, else the lower id.
             if current.settled and not settled:
                 return
             if current.settled == settled and current.node < msg.node:
                 return
-        self._remote[piece] = _Remote(msg.node, msg.endpoint, settled, now + ttl)
+        self._remote[piece] = _Remote(msg.node, msg.endpoint, settled, now + ttl, doubled)
         self._remote.move_to_end(piece)
         while len(self._remote) > MAX_REMOTE:
             self._remote.popitem(last=False)
+
+    def _seen_doubled(self) -> None:
+        self.doubled += 1
+        self.stretch = min(STRETCH_MAX, self.stretch * 2)
 
     def _message(self, kind: Kind, pieces: list[PieceState]) -> Message:
         return Message(kind, self.node, self.endpoint, int(self.ttl * 1000), tuple(pieces))

@@ -39,7 +39,9 @@ LOCATE = textwrap.dedent(
             buffers = [t.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
                        for _, t in asker._unicast.values()]
             before = rcvbuf_errors()
-            found = await asker.find(IDS, window=1.0, version=2)
+            # The window only bounds a slow round (find returns once every id has a holder):
+            # ten responders in one process answer 1000 ids late on a loaded machine.
+            found = await asker.find(IDS, window=20.0, version=2)
             print(json.dumps({"rcvbuf_errors": rcvbuf_errors() - before,
                               "found": sum(1 for hits in found.values() if hits),
                               "buffers_ok": all(b >= RECEIVE_BUFFER for b in buffers)}))

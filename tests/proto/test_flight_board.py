@@ -121,3 +121,36 @@ def test_tables_are_bounded() -> None:
         b.observe(msg(Kind.HOLD, LOW, PieceId(i.to_bytes(32, "big"), 0)), 0.0)
         b.observe(msg(Kind.DONE, LOW, PieceId((i + 1 << 200).to_bytes(32, "big"), 0)), 0.0)
     assert len(b._remote) == limit and len(b._done) == limit
+
+
+def test_claims_settled_twice_stretch_the_window_and_clean_claims_shrink_it() -> None:
+    # Two nodes whose answers came later than the window (a loaded host) both settle: each
+    # doubles its window once per such piece, however often the other renews it.
+    a, b = Board(LOW, "10.0.0.1:80"), Board(HIGH, "10.0.0.3:80")
+    a.claim(P, 0.0)
+    b.claim(P, 0.0)
+    hold_a, hold_b = a.settle(P, 0.012), b.settle(P, 0.012)
+    assert hold_a is not None and hold_b is not None
+    for t in (0.02, 0.5, 1.0):  # the late HOLDs and their renewals
+        a.observe(hold_b, t)
+        b.observe(hold_a, t)
+    assert (a.doubled, b.doubled) == (1, 1)
+    assert a.window(0.012) == b.window(0.012) == 0.024
+    # A claim of a's own that ends with no second claimant shrinks it back a little.
+    q = PieceId(b"\x02" * 32, 0)
+    a.claim(q, 2.0)
+    a.settle(q, 2.03)
+    assert a.progress(q, 4, 4, 2.5) is not None
+    assert a.window(0.012) == 0.012 * 2 * flight_board.STRETCH_DECAY
+
+
+def test_a_node_seeing_two_others_settle_one_piece_stretches_its_window() -> None:
+    c = Board(MID, "10.0.0.2:80")
+    for t in (0.0, 0.5, 1.0):  # renewals count once
+        c.observe(msg(Kind.HOLD, LOW), t)
+        c.observe(msg(Kind.HOLD, HIGH), t + 0.001)
+    assert c.doubled == 1 and c.window(0.01) == 0.02
+    for n in range(10):  # bounded, whatever the network says
+        c.observe(msg(Kind.HOLD, bytes([n]) * 16, PieceId(bytes([n + 9]) * 32, 0)), 2.0)
+        c.observe(msg(Kind.HOLD, bytes([n + 100]) * 16, PieceId(bytes([n + 9]) * 32, 0)), 2.0)
+    assert c.window(0.01) == 0.01 * flight_board.STRETCH_MAX

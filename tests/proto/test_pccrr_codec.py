@@ -121,7 +121,9 @@ def test_missing_final_pad_is_accepted() -> None:
 
 
 @pytest.mark.parametrize(
-    "msg", [*REQUESTS, *RESPONSES], ids=lambda m: f"{type(m).__name__}-{id(m) % 997}"
+    "msg",
+    [*REQUESTS, *RESPONSES],
+    ids=[f"{type(m).__name__}-{n}" for n, m in enumerate([*REQUESTS, *RESPONSES])],
 )
 def test_every_truncation_is_a_decode_error(msg: pccrr.Message) -> None:
     raw = pccrr.serialize(msg)
