@@ -296,8 +296,9 @@ class BlockCache:
             created = seg.fd is None and not self._files.path(seg.rowid).exists()
             fd = self._table.fd(seg, create=True)
             assert fd is not None
-            for index, (view, _) in new.items():
-                self._files.write(fd, index * seg.record.block_size, view)
+            self._files.write_blocks(
+                fd, seg.record.block_size, [(i, v) for i, (v, _) in new.items()]
+            )
             if not durable:
                 new_rows = [(i, v.nbytes, d) for i, (v, d) in new.items()]
                 self._staging.add(seg.rowid, new_rows, created=created)

@@ -162,3 +162,20 @@ def test_a_run_for_peers_is_proven_blocks_checked_on_this_read(tmp_path: Path) -
         run, after = c.read_proven_run(sid, 0, 16)
         assert [bytes(b) for b in run] == [blocks[0][1]] and after == 2  # 1 was dropped
         assert c.usage().bad_blocks_from_disk == 1 and c.held_blocks(sid) == [0, 2, 4, 6]
+
+
+def test_blocks_put_together_land_at_their_own_offsets(tmp_path: Path) -> None:
+    record, blocks = make_segment(28, length=9 * 65536 + 777)  # blocks 0..9, 9 is short
+    sid = record.segment_id
+    with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
+        c.add_segment(record, hashes_of(blocks))
+        # Out of order, with gaps and the short last block: runs of consecutive blocks are
+        # written with one pwritev each, the rest one by one.
+        c.put_blocks(sid, [blocks[i] for i in (5, 0, 1, 2, 8, 9, 3)], durable=False)
+        assert c.held_blocks(sid) == [0, 1, 2, 3, 5, 8, 9]
+        for i in (0, 1, 2, 3, 5, 8, 9):
+            assert c.read_block(sid, i, expected=blocks[i][2]) == blocks[i][1]
+        c.commit_staged()
+    with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
+        data = c.read_run(sid, 0, hashes_of(blocks)[:4], 0, 4 * 65536)
+        assert data == b"".join(blocks[i][1] for i in range(4))
