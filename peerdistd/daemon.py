@@ -32,6 +32,7 @@ from peerdistd.engine.ports import PeerNetwork
 from peerdistd.engine.scrub import run_scrub
 from peerdistd.engine.stats import Counters
 from peerdistd.logs import LEVELS, setup_logging
+from peerdistd.malloc_tuning import tune_malloc
 from peerdistd.peering import PeerNode, start_peer_node
 from peerdistd.store.blockcache import BlockCache
 from peerdistd.store.cache_scrub import Scrubber
@@ -282,40 +283,7 @@ class Daemon:
 
     def _peer_stats(self) -> Mapping[str, float]:
         assert self.peer_node is not None
-        swarm, discovery = self.peer_node.swarm, self.peer_node.discovery.stats
-        return {
-            "bad_blocks": float(swarm.stats.bad_blocks),
-            "hedges": float(swarm.stats.hedges),
-            "slow_answers": float(swarm.stats.slow_answers),
-            "busy_answers": float(swarm.stats.busy_answers),
-            "peer_errors": float(swarm.stats.peer_errors),
-            "banned_peers": float(swarm.active_bans()),
-            "peers_known": float(len(self._peer_list())),
-            "probes_sent": float(discovery.probes_sent),
-            "probes_received": float(discovery.probes_received),
-            "matches_sent": float(discovery.matches_sent),
-            "matches_received": float(discovery.matches_received),
-            "datagrams_dropped": float(sum(discovery.dropped.values())),
-            # Flow control ("Reads are streams"): busy answers peers gave us, and our own
-            # uploads in progress (the Active Client Count of [MS-PCCRR] 3.2.1).
-            "peer_busy_answers": float(swarm.stats.busy_answers),
-            "peers_at_limit": float(swarm.windows.at_limit()),
-            "uploads_active": float(self.peer_node.server.active_uploads),
-            **self._flight_stats(),
-        }
-
-    def _flight_stats(self) -> Mapping[str, float]:
-        """Single flight (docs/single-flight.md): pieces this node won and lost the claim of,
-        and pieces it saw claimed by two nodes at once (each fetched from the origin twice)."""
-        flight = self.peer_node.flight if self.peer_node is not None else None
-        if flight is None:
-            return {}
-        return {
-            "claims_won": float(flight.stats.claims_won),
-            "claims_lost": float(flight.stats.claims_lost),
-            "claims_released": float(flight.stats.claims_released),
-            "claims_doubled": float(flight.board.doubled),
-        }
+        return self.peer_node.counters()
 
     def _store_stats(self) -> Mapping[str, float]:
         assert self.store is not None and self.scrubber is not None
@@ -490,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peerdistd: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.daemon.log_level, config.daemon.log_format)
+    tune_malloc()  # before any thread starts (malloc_tuning)
     daemon = Daemon(config, args.config, env)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

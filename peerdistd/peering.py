@@ -73,6 +73,15 @@ class CacheSource:
         except errors.PeerDistError:
             return None
 
+    def read_run(
+        self, segment_id: bytes, first: int, count: int
+    ) -> tuple[Sequence[bytes | memoryview], int]:
+        """Blocks of a run request (RUN_PATH): one lock and one pread for all of them."""
+        try:
+            return self.cache.read_proven_run(segment_id, first, count)
+        except errors.PeerDistError:
+            return [], 0
+
     def block_counts(self, segment_ids: Sequence[bytes]) -> dict[bytes, int]:
         try:
             return self.cache.block_counts(segment_ids, proven_only=True)
@@ -134,6 +143,39 @@ class PeerNode:
             out |= self.hosted.puller.stats.snapshot()
         if self.offerer is not None:
             out |= self.offerer.stats.snapshot()
+        return out
+
+    def counters(self) -> dict[str, float]:
+        """The peer side's counters in ``GET /v1/status`` (docs/api.md)."""
+        swarm, discovery = self.swarm, self.discovery.stats
+        out = {
+            "bad_blocks": float(swarm.stats.bad_blocks),
+            "hedges": float(swarm.stats.hedges),
+            "slow_answers": float(swarm.stats.slow_answers),
+            "busy_answers": float(swarm.stats.busy_answers),
+            "peer_errors": float(swarm.stats.peer_errors),
+            "banned_peers": float(swarm.active_bans()),
+            "peers_known": float(len(self.peers())),
+            "probes_sent": float(discovery.probes_sent),
+            "probes_received": float(discovery.probes_received),
+            "matches_sent": float(discovery.matches_sent),
+            "matches_received": float(discovery.matches_received),
+            "datagrams_dropped": float(sum(discovery.dropped.values())),
+            # Flow control ("Reads are streams"): busy answers peers gave us, and our own
+            # uploads in progress (the Active Client Count of [MS-PCCRR] 3.2.1).
+            "peer_busy_answers": float(swarm.stats.busy_answers),
+            "peers_at_limit": float(swarm.windows.at_limit()),
+            "uploads_active": float(self.server.active_uploads),
+        }
+        if self.flight is not None:
+            # Single flight (docs/single-flight.md): pieces this node won and lost the claim
+            # of, and pieces it saw claimed by two nodes at once (each fetched twice).
+            out |= {
+                "claims_won": float(self.flight.stats.claims_won),
+                "claims_lost": float(self.flight.stats.claims_lost),
+                "claims_released": float(self.flight.stats.claims_released),
+                "claims_doubled": float(self.flight.board.doubled),
+            }
         return out
 
     def peers(self) -> list[Mapping[str, Any]]:

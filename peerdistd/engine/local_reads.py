@@ -9,8 +9,10 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from peerdistd.engine.fresh import FreshBlocks
 from peerdistd.engine.ports import BlockStore
 from peerdistd.engine.view import ContentView
+from peerdistd.proto.pccrc import BlockRef
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class LocalReads:
         self._from_peers = from_peers
         self._ahead: dict[str, Ahead] = {}  # handle id -> its next range, being verified
         self._ahead_bytes = 0
+        self.fresh = FreshBlocks()  # blocks fetched for reads, verified (engine.fresh)
 
     def local(self, view: ContentView, offset: int, max_bytes: int) -> tuple[bytes, int]:
         """Consecutive cached bytes from ``offset`` (at most ``max_bytes``, within the range),
@@ -63,19 +66,36 @@ class LocalReads:
         """The cached bytes of :meth:`local` and the blocks they came from; thread-safe (the
         store locks), so a worker thread can verify the next stream read ahead of time."""
         limit = min(view.end, offset + max_bytes)
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         used: list[Used] = []
         pos = offset
         refs = list(view.blocks_from(offset, limit))
-        while refs and pos < limit:
+        at = 0
+        while at < len(refs) and pos < limit:
+            first = refs[at]
+            seg = first.segment
+            fresh = self._fresh_bytes(first)
+            if fresh is not None:
+                # Verified under this reader's own hash moments ago (engine.fresh), and
+                # still held under it: no pread, no second hash.
+                start, stop = pos - first.start, min(first.end, limit) - first.start
+                whole = (start, stop) == (0, len(fresh))
+                parts.append(fresh if whole else memoryview(fresh)[start:stop])
+                done = stop == len(fresh)
+                used.append(Used(seg.segment_id, first.index, stop - start, done, first.hash))
+                pos += stop - start
+                at += 1
+                continue
             # One run of consecutive blocks of one segment: one pread, each block re-hashed
             # against this reader's own block hash.
-            first = refs[0]
-            seg = first.segment
             run = [first]
-            while len(run) < len(refs) and refs[len(run)].segment is seg:
-                run.append(refs[len(run)])
-            refs = refs[len(run) :]
+            while (
+                at + len(run) < len(refs)
+                and refs[at + len(run)].segment is seg
+                and self._fresh_bytes(refs[at + len(run)]) is None
+            ):
+                run.append(refs[at + len(run)])
+            at += len(run)
             chunk = self.store.read_run(
                 seg.segment_id, first.index, [r.hash for r in run], pos - first.start, limit - pos
             )
@@ -91,7 +111,17 @@ class LocalReads:
             if pos < min(run[-1].end, limit):
                 break  # a block not held (or failed): the read stops there
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return data, used
+        return bytes(data), used
+
+    def _fresh_bytes(self, ref: BlockRef) -> bytes | None:
+        """The block's bytes fetched and verified under ``ref.hash`` if the cache still
+        holds it under that hash (emptied or evicted: read as not held, as from disk)."""
+        data = self.fresh.get(ref.segment.segment_id, ref.index, ref.hash)
+        if data is None or len(data) != ref.end - ref.start:
+            return None
+        if not self.store.has_block(ref.segment.segment_id, ref.index, expected=ref.hash):
+            return None
+        return data
 
     def _settle(self, used: list[Used]) -> int:
         """On the loop: LRU touches, and the bytes that peers supplied for this read."""
@@ -100,6 +130,8 @@ class LocalReads:
         for u in used:
             touched.add(u.segment_id)
             key = (u.segment_id, u.index)
+            if u.block_done:
+                self.fresh.drop(u.segment_id, u.index)  # a reader took it whole: done
             left = self._from_peers.get(key)
             if left is not None:
                 peer_bytes += u.length
@@ -124,6 +156,9 @@ class LocalReads:
         self._drop_ahead(handle)
         if offset >= view.end:
             return
+        first = view.block_at(offset)
+        if first is not None and self.fresh.get(first.segment.segment_id, first.index, first.hash):
+            return  # fetched and verified for this reader already: served from memory
         # Least recently read first out (closed handles' entries age out this way too).
         while self._ahead and (
             len(self._ahead) >= AHEAD_HANDLES or self._ahead_bytes + max_bytes > AHEAD_BYTES

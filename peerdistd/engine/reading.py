@@ -551,6 +551,11 @@ class BlockReader:
                     self._from_peers.pop((ref.segment.segment_id, ref.index), None)
                 raise
             self._staged()
+            # Verified against these very hashes (net.swarm): the read that asked for them
+            # takes them from memory instead of the cache file (engine.fresh).
+            for seg_refs in groups:
+                seg_id = seg_refs[0][0].segment.segment_id
+                self.locals.fresh.add(seg_id, ((r.index, data, r.hash) for r, data in seg_refs))
             for _, data in got:
                 self.stats.peer_bytes_fetched += len(data)
             while len(self._from_peers) > FROM_PEERS_LIMIT:

@@ -26,8 +26,8 @@ class ContentView:
     end: int  # absolute end (exclusive)
     segments: tuple[Segment, ...]  # described so far, in content order
     complete: bool
-    # Segment start offsets, for bisection: a V2 content has thousands of segments, and
-    # building this list on every lookup took a fifth of a V2 reader's CPU.
+    # Segment offsets, for bisect: a V2 content has a segment per 64 KiB or so (~16,000 in
+    # 1 GiB), and every block lookup listed them all again (docs/benchmarks.md, LAN speed).
     _starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -59,11 +59,20 @@ class ContentView:
         """Consecutive described blocks from the one holding ``offset`` up to ``limit``."""
         limit = self.end if limit is None else min(limit, self.end)
         while offset < limit:
-            ref = self.block_at(offset)
-            if ref is None:
+            seg = self._segment_at(offset)
+            if seg is None:
                 return
-            yield ref
-            offset = ref.end
+            hashes = seg.block_hashes
+            index = (offset - seg.offset) // seg.block_size
+            while offset < limit:  # along the segment without looking it up again
+                if index >= len(hashes):
+                    if offset < seg.offset + seg.length:
+                        return  # V1 lists may stop after the last block meeting the range
+                    break
+                start, end = seg.block_span(index)
+                yield BlockRef(seg, index, start, end, hashes[index])
+                offset = end
+                index += 1
 
     def blocks_in(self, start: int, end: int) -> Iterator[BlockRef]:
         """Every described block meeting ``[start, end)``, wherever the handle's range is."""

@@ -170,12 +170,17 @@ class HolderDirectory:
     def guess(self, segment_id: bytes, usable: Callable[[str], bool]) -> list[str]:
         """Record as the provisional holders of ``segment_id`` (which must have no fresh
         answer) the ``usable`` peers of its content's trail, then those of its expired answer,
-        and return them."""
+        and return them.
+
+        An expired answer is guessed from once: when that guess expires unconfirmed by a
+        delivered block, discovery asks again. Guessing from the guess would keep the holders
+        of one old answer forever, and a holder that missed that round (restarting, or a
+        datagram lost) would never be found while another one is known."""
         trail = self._trails.get(segment_id)
         stale = self._entries.get(segment_id)
         candidates = [
             *(trail.peers if trail is not None else ()),
-            *(stale.holders if stale else ()),
+            *(stale.holders if stale is not None and not stale.guessed else ()),
         ]
         peers = [p for p in dict.fromkeys(candidates) if usable(p)]
         if peers:

@@ -2,13 +2,17 @@
 
 Requests are framed by the strict codec of :mod:`http11` and answered in order, each in the
 callback that completed it (no task per request); the answer's head and body go to the
-transport together (one writev). The handler makes every decision about meaning.
+transport together (one writev). The handler makes every decision about meaning. A handler
+may answer a request later (:meth:`DeferringHandler.answer_later`: costly work on a worker
+thread); the connection then reads and answers nothing more until that answer is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, cast
 
 from peerdistd.errors import DecodeError
@@ -27,6 +31,10 @@ _CLOSE_LINE: Final = b"Connection: close\r\n"
 _KEEP_LINE: Final = b"Connection: keep-alive\r\n"  # HTTP/1.0 peers must be told (RFC 9112 9.3)
 
 Refusal = tuple[int, str, bytes]  # status, reason to log ("" for none), extra field lines
+Answer = tuple[int, bytes | bytearray, bytes]  # status, body, extra field lines
+Later = Callable[["ServerConnection", bytes | bytearray, bool], Awaitable[Answer] | None]
+
+log = logging.getLogger(__name__)
 
 
 class Handler(Protocol):
@@ -66,6 +74,17 @@ class Handler(Protocol):
     def closed(self, conn: ServerConnection) -> None: ...
 
 
+class DeferringHandler(Handler, Protocol):
+    """A handler that answers some requests later."""
+
+    def answer_later(
+        self, conn: ServerConnection, body: bytes | bytearray, busy: bool
+    ) -> Awaitable[Answer] | None:
+        """The answer to come, for a request whose answer is costly to make; None: answer
+        it now (:meth:`Handler.answer`)."""
+        ...
+
+
 class ServerConnection(asyncio.Protocol):
     """One peer's connection: requests in order, each answered as soon as its body is in.
 
@@ -91,6 +110,8 @@ class ServerConnection(asyncio.Protocol):
         self._idle_mark = 0
         self._idle: asyncio.TimerHandle | None = None
         self.request_path = b""  # the path of the request being answered
+        self._later: Later | None = getattr(handler, "answer_later", None)
+        self._deferred: RequestHead | None = None  # a request answered later, in progress
 
     # asyncio callbacks
 
@@ -142,7 +163,9 @@ class ServerConnection(asyncio.Protocol):
 
     def shut_down(self) -> None:
         """Close once what was written has gone out and the request in progress is answered."""
-        if self._head is not None:  # answered with "Connection: close"; nothing after it read
+        if self._deferred is not None:
+            self._deferred = dataclasses.replace(self._deferred, keep_alive=False)
+        elif self._head is not None:  # answered with "Connection: close"; nothing after it read
             self._head = dataclasses.replace(self._head, keep_alive=False)
         else:
             self._close()
@@ -161,7 +184,7 @@ class ServerConnection(asyncio.Protocol):
     def _serve(self, data: bytes | bytearray) -> int:
         """Answer every complete request in ``data``; how many bytes were used."""
         pos, end = 0, len(data)
-        while pos < end and not self._closing and not self._write_paused:
+        while pos < end and not self._closing and not self._write_paused and not self._deferred:
             head = self._head
             if head is None:
                 while data.startswith(b"\r\n", pos):  # RFC 9112 2.2: empty lines before one
@@ -233,6 +256,15 @@ class ServerConnection(asyncio.Protocol):
         self._head, self._chunks, self._continued = None, None, False
         self._served += 1
         self.request_path = head.path  # for a handler that serves several paths
+        later = None if self._later is None else self._later(self, body, not self._slot)
+        if later is not None:
+            # Nothing more is read or answered until this answer is written (in order).
+            self._deferred = head
+            assert self._transport is not None
+            self._transport.pause_reading()
+            task = asyncio.ensure_future(later)
+            task.add_done_callback(self._answered_later)
+            return
         status, answer, extra = self._handler.answer(self, body, busy=not self._slot)
         if self._closing:  # the handler dropped the connection instead of answering
             self._release_slot()
@@ -240,6 +272,27 @@ class ServerConnection(asyncio.Protocol):
         self._reply(head, status, answer, extra)
         if not self._write_paused:
             self._release_slot()
+
+    def _answered_later(self, task: asyncio.Future[Answer]) -> None:
+        head, self._deferred = self._deferred, None
+        if self._closing or head is None:  # gone meanwhile: its slot went with it
+            self._release_slot()
+            return
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.error("answering a request failed", exc_info=task.exception())
+            self._refuse(500)
+            return
+        self._reply(head, *task.result())
+        if self._closing:
+            return
+        if not self._write_paused:
+            self._release_slot()
+            assert self._transport is not None
+            self._transport.resume_reading()
+            if self._buf:
+                del self._buf[: self._serve(self._buf)]
+        self._arm_timer()
 
     def _reply(
         self, head: RequestHead, status: int, body: bytes | bytearray, extra: bytes = b""

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Final, Protocol
 
 from peerdistd.net.http11 import HeadCache, RequestHead, http_date, parse_request_head
-from peerdistd.net.http11_server import Refusal, ServerConnection
+from peerdistd.net.http11_server import Answer, Refusal, ServerConnection
 from peerdistd.net.types import BUSY_HEADER, BlockSource
 from peerdistd.proto import pchc
 from peerdistd.proto.pccrr import MAGIC_PATH, MAX_REQUEST_SIZE, RUN_PATH
-from peerdistd.proto.pccrr_server import ReplyKind, RetrievalResponder, SealedSource
+from peerdistd.proto.pccrr_server import Reply, ReplyKind, RetrievalResponder, SealedSource
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,24 @@ class RetrievalServer:
             return self._offers.answer(conn, body, 2)
         else:
             reply = self._responder.respond(body, busy=busy)
+        return self._answered(conn, reply)
+
+    def answer_later(
+        self, conn: ServerConnection, body: bytes | bytearray, busy: bool
+    ) -> Awaitable[Answer] | None:
+        """A run of blocks (RUN_PATH) is read, checked and encrypted on a worker thread: on
+        the event loop that work (AES-CBC and SHA-256, ~100 us per 64 KiB block here) kept
+        every other request and connection waiting, one core at most (docs/benchmarks.md)."""
+        if conn.request_path != _RUN:
+            return None
+        job = self._responder.run_job(body, busy=busy)
+        return None if job is None else self._later(conn, job)
+
+    async def _later(self, conn: ServerConnection, job: Callable[[], Reply]) -> Answer:
+        reply = await asyncio.get_running_loop().run_in_executor(None, job)
+        return self._answered(conn, reply)
+
+    def _answered(self, conn: ServerConnection, reply: Reply) -> Answer:
         if reply.block_bytes and self._on_served is not None:
             self._on_served(reply.block_bytes)
         if reply.block_bytes and self._on_served_to is not None:

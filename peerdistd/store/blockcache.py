@@ -164,6 +164,17 @@ class BlockCache:
         record that conflicts with ``record`` is replaced unless its own blocks vouch for it
         (see :func:`peerdistd.store.cache_trust.vouched`).
         """
+        with self._lock:
+            # The engine adds the segment of every run it stages: when this very record (and
+            # proof) is loaded already, it was checked when it came; only the LRU moves.
+            seg = self._table.loaded(record.segment_id)
+            if (
+                seg is not None
+                and seg.record == record
+                and (hashes is None or (seg.proven is not None and seg.proven == b"".join(hashes)))
+            ):
+                self._touch(seg)
+                return
         check_record(record)
         proof = proven_list(record, hashes)
         with self._lock, db_errors("add_segment"):
@@ -285,8 +296,9 @@ class BlockCache:
             created = seg.fd is None and not self._files.path(seg.rowid).exists()
             fd = self._table.fd(seg, create=True)
             assert fd is not None
-            for index, (view, _) in new.items():
-                self._files.write(fd, index * seg.record.block_size, view)
+            self._files.write_blocks(
+                fd, seg.record.block_size, [(i, v) for i, (v, _) in new.items()]
+            )
             if not durable:
                 new_rows = [(i, v.nbytes, d) for i, (v, d) in new.items()]
                 self._staging.add(seg.rowid, new_rows, created=created)
@@ -512,6 +524,43 @@ class BlockCache:
             if want is None:
                 return None
             return self.read_block(segment_id, index, expected=want)
+
+    def read_proven_run(
+        self, segment_id: bytes, first: int, count: int
+    ) -> tuple[list[memoryview], int]:
+        """:meth:`read_proven` for up to ``count`` consecutive blocks from ``first`` in one
+        pread: the blocks up to the first one not held under its proven hash or whose bytes
+        fail it, each checked on this read; and the next block after them that is held under
+        its proven hash (0 if none), a run answer's last NextBlockIndex ([MS-PCCRR] 2.2.4.3)."""
+        check_segment_id(segment_id)
+        with self._lock:
+            seg = self._table.get(segment_id)
+            if seg is None:
+                return [], 0
+            expected: list[bytes] = []
+            for index in range(first, first + count):
+                want = seg.proven_hash(index)
+                if want is None:
+                    break
+                expected.append(want)
+            block_size = seg.record.block_size
+        if not expected:
+            return [], 0
+        data = memoryview(self.read_run(segment_id, first, expected, 0, len(expected) * block_size))
+        blocks = [data[at : at + block_size] for at in range(0, len(data), block_size)]
+        after = first + len(blocks)
+        with self._lock, db_errors("read_proven_run"):
+            seg = self._table.get(segment_id)
+            if seg is None:
+                return blocks, 0
+            proven = (
+                i
+                for i in sorted(i for i in seg.lengths if i >= after)
+                if (want := seg.proven_hash(i)) is not None and self._held_hash(seg, i) == want
+            )
+            if after in seg.lengths and (want := seg.proven_hash(after)) is not None:
+                return blocks, after if self._held_hash(seg, after) == want else next(proven, 0)
+            return blocks, next(proven, 0)
 
     def _held_hash(self, seg: Seg, index: int) -> bytes | None:
         """The hash block ``index`` is held under (written: staged or indexed), or None."""

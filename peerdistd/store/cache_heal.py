@@ -37,6 +37,7 @@ HEALING = (
     "read_block",
     "read_run",
     "read_proven",
+    "read_proven_run",
     "matching_blocks",
     "proven_blocks",
     "touch",

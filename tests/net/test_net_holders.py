@@ -142,6 +142,21 @@ def test_a_guessed_peer_that_lacks_a_block_leaves_the_entry_and_the_content_trai
     assert not directory.may_hold(A, "p:1", 1) and directory.may_hold(A, "p:1", 0)
 
 
+def test_an_expired_answer_is_guessed_from_once_then_discovery_asks_again() -> None:
+    # A holder that missed one discovery round (it was restarting) was never found again
+    # while another holder was known: each guess was made from the one before.
+    clock = Clock()
+    directory = HolderDirectory(ttl=3.0, clock=clock)
+    directory.learn({A: {"p:1": 2}})
+    clock.now += 3.0
+    assert directory.guess(A, lambda _: True) == ["p:1"] and directory.guessed(A)
+    clock.now += 3.0  # the guess expired, and p delivered nothing meanwhile
+    assert directory.holders(A) is None
+    assert directory.guess(A, lambda _: True) == []  # discovery's turn
+    directory.learn({A: {"p:1": 2, "q:1": 2}})
+    assert directory.holders(A) == {"p:1": 2, "q:1": 2}
+
+
 # -- the swarm ------------------------------------------------------------------------------
 
 

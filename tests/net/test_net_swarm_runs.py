@@ -76,6 +76,14 @@ class CountingServer(RetrievalServer):
         self.paths.append(conn.request_path)
         return super().answer(conn, body, busy=busy)
 
+    def answer_later(
+        self, conn: ServerConnection, body: bytes | bytearray, busy: bool
+    ) -> Awaitable[tuple[int, bytes | bytearray, bytes]] | None:
+        later = super().answer_later(conn, body, busy)
+        if later is not None:  # runs are answered on a worker thread
+            self.paths.append(conn.request_path)
+        return later
+
 
 class FakeDiscovery:
     def __init__(self, peers: Sequence[str]) -> None:

@@ -34,13 +34,54 @@ class MemorySource:
         return self.blocks.get(index) if segment_id == SEG else None
 
 
+class RunSource(MemorySource):
+    """A source that reads runs at once (the block cache's ``read_proven_run``)."""
+
+    def __init__(self, blocks: dict[int, bytes]) -> None:
+        super().__init__(blocks)
+        self.single_reads: list[int] = []
+
+    def read_block(self, segment_id: bytes, index: int) -> bytes | None:
+        self.single_reads.append(index)
+        return super().read_block(segment_id, index)
+
+    def read_run(self, segment_id: bytes, first: int, count: int) -> tuple[list[bytes], int]:
+        if segment_id != SEG:
+            return [], 0
+        run: list[bytes] = []
+        while len(run) < count and first + len(run) in self.blocks:
+            run.append(self.blocks[first + len(run)])
+        after = [i for i in sorted(self.blocks) if i >= first + len(run)]
+        return run, after[0] if after else 0
+
+
 BLOCKS = {i: os.urandom(65536) for i in range(40) if i not in (6, 7)}
 BLOCKS[40] = os.urandom(1000)  # a short last block
 
 
-@pytest.fixture
-def responder() -> RetrievalResponder:
-    return RetrievalResponder(MemorySource(BLOCKS))
+@pytest.fixture(params=["block-by-block", "run-source"])
+def responder(request: pytest.FixtureRequest) -> RetrievalResponder:
+    source = MemorySource if request.param == "block-by-block" else RunSource
+    return RetrievalResponder(source(BLOCKS))
+
+
+def test_a_run_source_reads_the_held_run_at_once() -> None:
+    source = RunSource(BLOCKS)
+    body = RetrievalResponder(source).respond_run(pccrr_client.block_run_request(SEG, 2, 8)).body
+    answers = pccrr_client.split_run(bytes(body), SEG, 2, 8, busy=False)
+    assert source.single_reads == [6, 7, 8, 9]  # after the gap, block by block as before
+    got = [a if isinstance(a, Outcome) else (a.block_index, a.next_block_index) for a in answers]
+    assert got == [
+        (2, 3),
+        (3, 4),
+        (4, 5),
+        (5, 8),
+        Outcome.MISSING,
+        Outcome.MISSING,
+        (8, 9),
+        (9, 10),
+    ]
+    assert [plain(answers[n]) for n in (0, 3, 6)] == [BLOCKS[2], BLOCKS[5], BLOCKS[8]]
 
 
 def run(responder: RetrievalResponder, index: int, count: int, busy: bool = False) -> bytes:

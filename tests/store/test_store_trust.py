@@ -136,3 +136,46 @@ def test_a_run_of_blocks_is_read_at_once_and_stops_at_the_first_that_fails(
             f.write(b"\x00" if data[65536 + 9] else b"\x01")
         assert c.read_run(sid, 0, hashes, 0, len(data)) == data[:65536]
         assert c.usage().bad_blocks_from_disk == 1 and c.held_blocks(sid) == [0, 3]
+
+
+def test_a_run_for_peers_is_proven_blocks_checked_on_this_read(tmp_path: Path) -> None:
+    record, blocks = make_segment(27, length=6 * 65536 + 100)  # blocks 0..6, 6 is short
+    sid = record.segment_id
+    hashes = hashes_of(blocks)
+    with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
+        c.add_segment(record)  # a range list: nothing proven, nothing for peers
+        c.put_blocks(sid, [blocks[0], blocks[1]])
+        assert c.read_proven_run(sid, 0, 4) == ([], 0)
+        c.add_segment(record, hashes)
+        c.put_blocks(sid, [blocks[2], blocks[4], blocks[6]])
+        run, after = c.read_proven_run(sid, 0, 16)
+        assert [bytes(b) for b in run] == [blocks[i][1] for i in range(3)] and after == 4
+        run, after = c.read_proven_run(sid, 4, 16)
+        assert [bytes(b) for b in run] == [blocks[4][1]] and after == 6
+        run, after = c.read_proven_run(sid, 6, 16)  # the short last block, nothing after it
+        assert [bytes(b) for b in run] == [blocks[6][1]] and after == 0
+        assert c.read_proven_run(sid, 0, 2)[1] == 2  # cut by count: the next held one
+        (path,) = tmp_path.rglob("*.seg")
+        with path.open("r+b") as f:  # block 1's bytes change on disk
+            f.seek(65536 + 9)
+            f.write(b"\x00" if blocks[1][1][9] else b"\x01")
+        run, after = c.read_proven_run(sid, 0, 16)
+        assert [bytes(b) for b in run] == [blocks[0][1]] and after == 2  # 1 was dropped
+        assert c.usage().bad_blocks_from_disk == 1 and c.held_blocks(sid) == [0, 2, 4, 6]
+
+
+def test_blocks_put_together_land_at_their_own_offsets(tmp_path: Path) -> None:
+    record, blocks = make_segment(28, length=9 * 65536 + 777)  # blocks 0..9, 9 is short
+    sid = record.segment_id
+    with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
+        c.add_segment(record, hashes_of(blocks))
+        # Out of order, with gaps and the short last block: runs of consecutive blocks are
+        # written with one pwritev each, the rest one by one.
+        c.put_blocks(sid, [blocks[i] for i in (5, 0, 1, 2, 8, 9, 3)], durable=False)
+        assert c.held_blocks(sid) == [0, 1, 2, 3, 5, 8, 9]
+        for i in (0, 1, 2, 3, 5, 8, 9):
+            assert c.read_block(sid, i, expected=blocks[i][2]) == blocks[i][1]
+        c.commit_staged()
+    with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
+        data = c.read_run(sid, 0, hashes_of(blocks)[:4], 0, 4 * 65536)
+        assert data == b"".join(blocks[i][1] for i in range(4))
