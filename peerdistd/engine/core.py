@@ -420,7 +420,7 @@ class Engine:
             open_handles=len(self.handles),
             publications=self.publications.count(),
             reads_queued=self.reader.reads_queued,  # waiting for a transfer slot
-            fetches_waiting_for_peers=self.reader.fetches_waiting,  # their peers were busy
+            fetches_waiting_for_peers=self.reader.fetcher.fetches_waiting,  # their peers were busy
             transfer_slots_in_use=self.slots.in_use,
         )
 
