@@ -170,7 +170,7 @@ class Engine:
         self.handles[handle.id] = handle
         self.users.note(uid, view.segment_ids(0, ALL))
         if "immediate" in flag_set:
-            self.reader.hint(view, view.start, reading=False)
+            self.reader.ahead.hint(view, view.start, reading=False)
         return handle
 
     def handle(self, uid: int, handle_id: str) -> ContentHandle:
