@@ -5,7 +5,6 @@ MISSING_DATA / TIMEOUT range the application must get from the origin (DESIGN.md
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -24,8 +23,6 @@ from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
 from peerdistd.errors import PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +78,16 @@ class BlockReader:
 
     def _account(self, data: bytes, peer_bytes: int) -> None:
         """Bytes by source; a read counts as a hit only if nothing in it came from peers."""
-        self.stats.bytes_from_peers += peer_bytes
-        self.stats.bytes_from_cache += len(data) - peer_bytes
+        self._count_bytes(data, peer_bytes)
         if peer_bytes:
             self.stats.cache_misses += 1
         else:
             self.stats.cache_hits += 1
+
+    def _count_bytes(self, data: bytes, peer_bytes: int) -> None:
+        """Bytes a read returned, by source (BranchCache's counters)."""
+        self.stats.bytes_from_peers += peer_bytes
+        self.stats.bytes_from_cache += len(data) - peer_bytes
 
     def _runs(
         self, view: ContentView, offset: int, stop_if_local: bool, located: Mapping[bytes, int]
@@ -215,8 +216,7 @@ class BlockReader:
         data, peer_bytes = self.local(view, req.offset, req.max_bytes)
         if not data:  # evicted in between: practically impossible, but never lie
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {}))
-        self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
-        self.stats.bytes_from_cache += len(data) - peer_bytes
+        self._count_bytes(data, peer_bytes)  # the miss was counted when the read began
         return data, peer_bytes
 
     async def _settled(
@@ -280,8 +280,7 @@ class BlockReader:
                     continue
             data, peer_bytes = self.local(view, req.offset, req.max_bytes)
             if data:
-                self.stats.bytes_from_peers += peer_bytes
-                self.stats.bytes_from_cache += len(data) - peer_bytes
+                self._count_bytes(data, peer_bytes)
                 return data, peer_bytes
         raise errors.MissingData(req.offset, missing)
 
