@@ -55,7 +55,7 @@ class FirstRunShort(ScriptedPeers):
         return [self.data[first.start : first.end]] + [None] * (len(refs) - 1)
 
 
-async def test_a_block_a_shared_run_left_out_is_asked_for_again(stores) -> None:  # type: ignore[no-untyped-def]
+async def test_a_block_a_shared_run_left_out_is_asked_for_again(stores) -> None:
     data, ci, _, _, _ = setup(stores, blocks=8)
     peers = FirstRunShort(data, {ci.segments[0].segment_id: 8})
     engine = make_engine(stores, peers)

@@ -95,7 +95,8 @@ async def swarm_of(*peers: str) -> AsyncIterator[Swarm]:
 
 async def test_consecutive_v2_segments_come_in_one_exchange_byte_exact() -> None:
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(CountingServer(V2Source()))  # type: ignore[arg-type]
+        server = CountingServer(V2Source())  # type: ignore[arg-type]
+        await stack.enter_async_context(server)
         swarm = await stack.enter_async_context(swarm_of(f"127.0.0.1:{server.port}"))
         await swarm.locate([s.segment_id for s in SEGMENTS], timeout=1)
         got = await swarm.fetch_run(REFS[:8], V2, timeout=5)  # 1,000,849 bytes
@@ -109,8 +110,10 @@ async def test_a_forged_segment_inside_a_run_bans_its_peer() -> None:
     forged = list(DATA)
     forged[5] = os.urandom(len(DATA[5]))
     async with AsyncExitStack() as stack:
-        bad = await stack.enter_async_context(CountingServer(V2Source(forged)))  # type: ignore[arg-type]
-        good = await stack.enter_async_context(CountingServer(V2Source()))  # type: ignore[arg-type]
+        bad = CountingServer(V2Source(forged))  # type: ignore[arg-type]
+        good = CountingServer(V2Source())  # type: ignore[arg-type]
+        await stack.enter_async_context(bad)
+        await stack.enter_async_context(good)
         bad_peer, good_peer = f"127.0.0.1:{bad.port}", f"127.0.0.1:{good.port}"
         async with swarm_of(bad_peer, good_peer) as swarm:  # the run goes to bad_peer first
             await swarm.locate([s.segment_id for s in SEGMENTS], timeout=1)
