@@ -32,7 +32,7 @@ from benchmarks._nodes import (
     scratch,
     write_random,
 )
-from peerdistd.engine.reading import READ_AHEAD_BYTES
+from peerdistd.engine.read_ahead import READ_AHEAD_BYTES
 from peerdistd.proto.pccrc import ContentInformation
 from tests.harness import DaemonProcess, netns_unavailable
 

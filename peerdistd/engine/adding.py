@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from peerdistd import errors
+from peerdistd.engine.fetching import full_list, segment_record
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.ports import BlockStore
-from peerdistd.engine.reading import full_list, segment_record
 from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
 from peerdistd.proto.pccrc import BlockRef

@@ -170,7 +170,7 @@ class Engine:
         self.handles[handle.id] = handle
         self.users.note(uid, view.segment_ids(0, ALL))
         if "immediate" in flag_set:
-            self.reader.hint(view, view.start, reading=False)
+            self.reader.ahead.hint(view, view.start, reading=False)
         return handle
 
     def handle(self, uid: int, handle_id: str) -> ContentHandle:
@@ -420,7 +420,7 @@ class Engine:
             open_handles=len(self.handles),
             publications=self.publications.count(),
             reads_queued=self.reader.reads_queued,  # waiting for a transfer slot
-            fetches_waiting_for_peers=self.reader.fetches_waiting,  # their peers were busy
+            fetches_waiting_for_peers=self.reader.fetcher.fetches_waiting,  # their peers were busy
             transfer_slots_in_use=self.slots.in_use,
         )
 

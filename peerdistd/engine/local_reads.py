@@ -50,7 +50,7 @@ class LocalReads:
     def __init__(self, store: BlockStore, from_peers: OrderedDict[tuple[bytes, int], int]) -> None:
         self.store = store
         # Blocks fetched from peers that applications have not read all of yet, with the
-        # bytes of each not read yet (shared with BlockReader).
+        # bytes of each not read yet (marked by engine.fetching when it stages them).
         self._from_peers = from_peers
         self._ahead: dict[str, Ahead] = {}  # handle id -> its next range, being verified
         self._ahead_bytes = 0

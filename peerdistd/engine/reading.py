@@ -5,7 +5,6 @@ MISSING_DATA / TIMEOUT range the application must get from the origin (DESIGN.md
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -14,32 +13,16 @@ from typing import Any
 
 from peerdistd import errors
 from peerdistd.engine.events import EventBus
+from peerdistd.engine.fetching import Fetcher
 from peerdistd.engine.flight import Outcome, SingleFlight
 from peerdistd.engine.local_reads import LocalReads
 from peerdistd.engine.ports import BlockStore, PeerNetwork
+from peerdistd.engine.read_ahead import READ_AHEAD_BYTES, ReadAhead
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters
 from peerdistd.engine.view import ContentView
-from peerdistd.errors import PeersBusy, PeerUnavailable
+from peerdistd.errors import PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
-from peerdistd.proto.pccrr import RUN_BYTES, RUN_LIMIT
-from peerdistd.store.blockcache import SegmentRecord
-
-log = logging.getLogger(__name__)
-
-# How many segments one discovery round asks about, and how many blocks a missed read
-# fetches ahead (bounded again by the slot pool): enough to keep a peer link busy.
-LOCATE_SEGMENTS = 32
-LOCATE_AHEAD = 4  # batches of LOCATE_SEGMENTS asked about ahead of a window (V2: ~16 MiB)
-HINT_AGAIN = 2.0  # seconds before the same batch is asked about ahead again
-HINTED_LIMIT = 4096  # segments remembered as asked about ahead
-READ_AHEAD_BLOCKS = 128
-FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
-READ_AHEAD_BYTES = 8 * 1024 * 1024  # how far ahead of a sequential peer reader to fetch
-AHEAD_MARKS = 1024  # contents whose read-ahead position is remembered
-RUN_BLOCKS = RUN_LIMIT  # consecutive blocks fetched as one run (net.swarm_runs)
-# A run may go on into the next segment of the content when that one is located too: a V2
-# segment is one block, so runs within a segment would be single blocks (net.swarm_runs).
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,28 +33,6 @@ class ReadRequest:
     max_bytes: int
     timeout: float  # seconds; 0 = local cache only
     flags: frozenset[str]
-
-
-def full_list(view: ContentView, ref: BlockRef) -> tuple[bytes, ...] | None:
-    """The segment's block hashes if the view has all of them (then they hash to its HoD:
-    view.py checks it), which proves them to the cache; None for a range's partial list."""
-    seg = ref.segment
-    if view.version != 1 or len(seg.block_hashes) != seg.block_count:
-        return None
-    return seg.block_hashes
-
-
-def segment_record(view: ContentView, ref: BlockRef) -> SegmentRecord:
-    seg = ref.segment
-    return SegmentRecord(
-        segment_id=seg.segment_id,
-        version=view.version,
-        algorithm=view.algorithm.value,
-        hod=seg.hod,
-        secret=seg.secret,
-        length=seg.length,
-        block_size=seg.block_size,
-    )
 
 
 class BlockReader:
@@ -92,26 +53,17 @@ class BlockReader:
         self.slots = slots
         self.stats = stats
         self.events = events
-        self._spawn = spawn
-        self._staged = staged
-        # Block -> the task fetching the run it is part of; the task's result is the set of
-        # blocks of the run that were fetched and stored.
-        self._inflight: dict[tuple[bytes, int], asyncio.Task[frozenset[tuple[bytes, int]]]] = {}
-        # Blocks fetched from peers that no application has read yet: their bytes count as
-        # "from peers", not "from cache", when they are read (BranchCache's counters are
-        # about what applications got, and read-ahead must not blur them).
-        self._from_peers: OrderedDict[tuple[bytes, int], int] = OrderedDict()
-        # Read-ahead behind local hits locates in the background, one window per content at a
-        # time (keyed by the window's first segment).
-        self._ahead: dict[bytes, asyncio.Task[bool]] = {}
-        # Per content: where the background read-ahead stopped (_locate_ahead).
-        self._ahead_marks: OrderedDict[tuple[bytes, int, int], int] = OrderedDict()
-        self.locals = LocalReads(store, self._from_peers)
-        self._hinted: OrderedDict[bytes, float] = OrderedDict()  # segment id -> ask again at
+        # Blocks fetched from peers and not read yet: the fetcher marks them, the local reads
+        # settle them (engine.fetching says why they are counted apart).
+        from_peers: OrderedDict[tuple[bytes, int], int] = OrderedDict()
+        self.locals = LocalReads(store, from_peers)
+        self.fetcher = Fetcher(
+            store, peers, slots, stats, spawn, staged, from_peers, self.locals.fresh
+        )
+        self.ahead = ReadAhead(peers, slots, stats, self.fetcher, spawn)
         self.flight: SingleFlight | None = None  # single flight across the branch, if on
 
         self.reads_queued = 0  # reads waiting for a transfer slot (here or at their peers)
-        self.fetches_waiting = 0  # fetches whose peers answered busy, waiting to ask again
 
     # -- local cache ---------------------------------------------------------------------
 
@@ -126,12 +78,16 @@ class BlockReader:
 
     def _account(self, data: bytes, peer_bytes: int) -> None:
         """Bytes by source; a read counts as a hit only if nothing in it came from peers."""
-        self.stats.bytes_from_peers += peer_bytes
-        self.stats.bytes_from_cache += len(data) - peer_bytes
+        self._count_bytes(data, peer_bytes)
         if peer_bytes:
             self.stats.cache_misses += 1
         else:
             self.stats.cache_hits += 1
+
+    def _count_bytes(self, data: bytes, peer_bytes: int) -> None:
+        """Bytes a read returned, by source (BranchCache's counters)."""
+        self.stats.bytes_from_peers += peer_bytes
+        self.stats.bytes_from_cache += len(data) - peer_bytes
 
     def _runs(
         self, view: ContentView, offset: int, stop_if_local: bool, located: Mapping[bytes, int]
@@ -188,7 +144,7 @@ class BlockReader:
                 self.locals.start_ahead(view, req.handle, req.offset + len(data), req.max_bytes)
             if peer_bytes and req.timeout > 0:
                 # A sequential reader is consuming what peers sent: keep the pipe full.
-                self._locate_ahead(view, req.offset + len(data), req.timeout)
+                self.ahead.locate_ahead(view, req.offset + len(data), req.timeout)
             return data, peer_bytes
         self.stats.cache_misses += 1  # nothing local at the offset: a miss, however it ends
         first = view.block_at(req.offset)
@@ -203,12 +159,12 @@ class BlockReader:
     ) -> tuple[bytes, int]:
         deadline = time.monotonic() + req.timeout
         key = (first.segment.segment_id, first.index)
-        task = self._inflight.get(key)
+        task = self.fetcher.in_flight(key)
         shared = False  # whether ours is a block of a run another read started
         if task is None:
             # Neither held nor on its way: what read-ahead fetched may be gone (flushed,
-            # evicted, failed); the next read-ahead checks every block again.
-            self._ahead_marks.pop(_mark_key(view), None)
+            # evicted, failed).
+            self.ahead.forget_mark(view)
             # Like a QUIC stream start: START_COMPLETE at once, saying whether the window had a
             # slot (here, and at a peer holding the block); a queued read hears PEER_ACCEPTED
             # when it gets one, if it asked to.
@@ -228,7 +184,7 @@ class BlockReader:
                     self.events.publish("PEER_ACCEPTED", handle=req.handle, read_id=req.read_id)
             remaining = deadline - time.monotonic()
             try:
-                located = await self._locate(view, req.offset, remaining)
+                located = await self.ahead.locate(view, req.offset, remaining)
             except BaseException:
                 self.slots.release()
                 raise
@@ -237,10 +193,10 @@ class BlockReader:
                 return await self._unheld(view, req, first, deadline, located)
             # The read's own blocks go as one run on its slot; read-ahead takes slots of its
             # own (none free: no read-ahead), as before runs.
-            run = self._run_from(view, first, req.offset + req.max_bytes, located)
-            task = self._start_fetch(view, run, deadline, holds_slot=True)
+            run = self.ahead.run_from(view, first, req.offset + req.max_bytes, located)
+            task = self.fetcher.start(view, run, deadline, holds_slot=True)
             ahead = max(req.offset + req.max_bytes, first.end + READ_AHEAD_BYTES)
-            self._read_ahead(view, run[-1].end, ahead, located, deadline)
+            self.ahead.fetch_ahead(view, run[-1].end, ahead, located, deadline)
         else:
             self._start_complete(req, peer_accepted=True)
             located = {first.segment.segment_id: 1}
@@ -250,7 +206,7 @@ class BlockReader:
             # Ours was a later block of another read's run, and the run left it out: its
             # holder was slow or busy for it, or failed (fetch_run gives up only on a run's
             # first block). Ask for ours alone once before saying that nobody holds it.
-            retry = self._inflight.get(key) or self._start_fetch(
+            retry = self.fetcher.in_flight(key) or self.fetcher.start(
                 view, [first], deadline, holds_slot=False
             )
             got = await self._settled(view, req, retry, deadline)
@@ -260,8 +216,7 @@ class BlockReader:
         data, peer_bytes = self.local(view, req.offset, req.max_bytes)
         if not data:  # evicted in between: practically impossible, but never lie
             raise errors.Timeout(req.offset, self.missing(view, req.offset, {}))
-        self.stats.bytes_from_peers += peer_bytes  # the miss was counted when the read began
-        self.stats.bytes_from_cache += len(data) - peer_bytes
+        self._count_bytes(data, peer_bytes)  # the miss was counted when the read began
         return data, peer_bytes
 
     async def _settled(
@@ -308,13 +263,13 @@ class BlockReader:
                 key = (first.segment.segment_id, first.index)
                 run = (
                     [first]
-                    if key in self._inflight
-                    else self._run_from(view, first, decision.piece.end, holds)
+                    if self.fetcher.in_flight(key) is not None
+                    else self.ahead.run_from(view, first, decision.piece.end, holds)
                 )
-                task = self._inflight.get(key) or self._start_fetch(
+                task = self.fetcher.in_flight(key) or self.fetcher.start(
                     view, run, deadline, holds_slot=False
                 )
-                self._read_ahead(view, run[-1].end, decision.piece.end, holds, deadline)
+                self.ahead.fetch_ahead(view, run[-1].end, decision.piece.end, holds, deadline)
                 remaining = max(0.0, deadline - time.monotonic())
                 try:
                     got = await asyncio.wait_for(asyncio.shield(task), remaining)
@@ -325,8 +280,7 @@ class BlockReader:
                     continue
             data, peer_bytes = self.local(view, req.offset, req.max_bytes)
             if data:
-                self.stats.bytes_from_peers += peer_bytes
-                self.stats.bytes_from_cache += len(data) - peer_bytes
+                self._count_bytes(data, peer_bytes)
                 return data, peer_bytes
         raise errors.MissingData(req.offset, missing)
 
@@ -349,250 +303,6 @@ class BlockReader:
         finally:
             self.reads_queued -= 1
 
-    async def _locate(
-        self, view: ContentView, offset: int, timeout: float, *, count: bool = True
-    ) -> Mapping[bytes, int]:
-        """Holders of the segments from ``offset``. ``count``: a read that had to look for
-        peers (BranchCache's discovery attempts); a read-ahead's background lookup is not."""
-        wanted = self.hint(view, offset)
-
-        def probed(found: bool) -> None:
-            # Only a read that waited for a discovery round counts (BranchCache's attempted
-            # discoveries): holders the directory knew or guessed cost no datagram.
-            if count:
-                self.stats.discovery_attempts += 1
-                self.stats.discovery_successes += int(found)
-
-        return await self.peers.locate(wanted, timeout=max(0.0, timeout), probed=probed)
-
-    def _locate_ahead(self, view: ContentView, start: int, timeout: float) -> None:
-        """Keep a sequential reader's pipe full without holding up its read: locate the next
-        window (the peer network answers at once for segments it knows or can guess) and
-        fetch ahead of ``start`` what peers hold."""
-        first = view.block_at(start)
-        if first is None or first.segment.segment_id in self._ahead:
-            return
-        key = first.segment.segment_id
-        deadline = time.monotonic() + timeout
-
-        async def ahead() -> bool:
-            located = await self._locate(view, start, timeout, count=False)
-            # From where the last read-ahead of this content stopped: every block before it
-            # is held or on its way, and checking each again cost the loop a store call per
-            # block per read (V2: a hundred segments per 8 MiB).
-            mark = _mark_key(view)
-            begin = max(start, self._ahead_marks.get(mark, start))
-            if begin < start + READ_AHEAD_BYTES:
-                reached = self._read_ahead(view, begin, start + READ_AHEAD_BYTES, located, deadline)
-                self._ahead_marks[mark] = reached
-                self._ahead_marks.move_to_end(mark)
-                while len(self._ahead_marks) > AHEAD_MARKS:
-                    self._ahead_marks.popitem(last=False)
-            return bool(located)
-
-        task = asyncio.ensure_future(ahead())
-        self._ahead[key] = task
-        task.add_done_callback(lambda _t: self._ahead.pop(key, None))
-        self._spawn(task)
-
-    def hint(self, view: ContentView, offset: int, *, reading: bool = True) -> list[bytes]:
-        """The segments a read at ``offset`` asks about, after starting discovery, off the
-        read's path, for the next ones (answers, "nobody" too, are remembered a while): with
-        V2's small segments a reader would otherwise wait a discovery window every few MiB.
-        Each segment is asked about once while its answer is fresh, never a whole content at
-        once (a large V2 content has thousands of segments). ``reading`` False (the
-        ``immediate`` open flag): ask about the first ones too."""
-        # A window is the segments of the read-ahead (V2: 64 segments of 128 KiB), at least
-        # LOCATE_SEGMENTS, so read-ahead never waits for the next window to be located.
-        window = max(LOCATE_SEGMENTS, len(view.segment_ids(offset, offset + READ_AHEAD_BYTES)))
-        # Ahead of it, LOCATE_AHEAD batches as before: more probes at a content's start
-        # (before any peer served it) would only add datagrams.
-        ids = view.segment_ids(offset, view.end)[: window + LOCATE_AHEAD * LOCATE_SEGMENTS]
-        wanted = ids[:window]
-        now = time.monotonic()
-        if reading:
-            for sid in wanted:  # asked about by the read itself
-                self._hinted[sid] = now + HINT_AGAIN
-        later = ids[window:] if reading else ids
-        fresh = [sid for sid in later if self._hinted.get(sid, 0.0) <= now]
-        for sid in fresh:
-            self._hinted[sid] = now + HINT_AGAIN
-            self._hinted.move_to_end(sid)
-        while len(self._hinted) > HINTED_LIMIT:
-            self._hinted.popitem(last=False)
-        # Led by the content's first segment: the peer network links the windows of one
-        # content by it, so the peers that served its earlier segments are asked first for
-        # the later ones, without a discovery round (PeerNetwork.locate).
-        lead = view.segments[0].segment_id
-        if fresh:
-            self.peers.prefetch_hint(list(dict.fromkeys([lead, *fresh])))
-        return list(dict.fromkeys([lead, *wanted]))
-
-    def _wanted(self, ref: BlockRef) -> bool:
-        """Neither being fetched nor held."""
-        key = (ref.segment.segment_id, ref.index)
-        if key in self._inflight or key in self._from_peers:  # cheap checks before the store
-            return False
-        return not self.store.has_block(*key, expected=ref.hash)
-
-    def _run_from(
-        self, view: ContentView, first: BlockRef, end: int, located: Mapping[bytes, int]
-    ) -> list[BlockRef]:
-        """``first`` and the wanted blocks right after it (before ``end``), into the next
-        segments if they are ``located``: one run, fetched in one exchange."""
-        run = [first]
-        size = first.end - first.start
-        for ref in view.blocks_from(first.end, min(end, view.end)):
-            if not self._extends(run, size, ref, located) or not self._wanted(ref):
-                break
-            run.append(ref)
-            size += ref.end - ref.start
-        return run
-
-    @staticmethod
-    def _extends(
-        run: list[BlockRef], size: int, ref: BlockRef, located: Mapping[bytes, int]
-    ) -> bool:
-        """Whether ``ref`` (the block after ``run``, of ``size`` bytes) may join the run."""
-        if len(run) >= RUN_BLOCKS or size + ref.end - ref.start > RUN_BYTES:
-            return False
-        return ref.segment is run[-1].segment or ref.segment.segment_id in located
-
-    def _read_ahead(
-        self, view: ContentView, start: int, end: int, located: Mapping[bytes, int], deadline: float
-    ) -> int:
-        """Fetch what located peers hold in ``[start, end)``, in runs, while slots are free;
-        returns the offset before which every block is held or on its way."""
-        run: list[BlockRef] = []
-        size = 0
-        gap: int | None = None  # the first block neither held nor on its way
-        pos = start
-        for count, ref in enumerate(view.blocks_from(start, min(end, view.end))):
-            if count >= READ_AHEAD_BLOCKS:
-                break
-            pos = ref.end
-            here = ref.segment.segment_id in located
-            wanted = here and self._wanted(ref)
-            if not here and gap is None:
-                gap = ref.start
-            if run and (not wanted or not self._extends(run, size, ref, located)):
-                if not self.slots.try_acquire():
-                    return run[0].start if gap is None else min(gap, run[0].start)
-                self._start_fetch(view, run, deadline, holds_slot=True)
-                run, size = [], 0
-            if wanted:
-                run.append(ref)
-                size += ref.end - ref.start
-        if run and not self.slots.try_acquire():
-            return run[0].start if gap is None else min(gap, run[0].start)
-        if run:
-            self._start_fetch(view, run, deadline, holds_slot=True)
-        return pos if gap is None else gap
-
-    def _start_fetch(
-        self, view: ContentView, run: list[BlockRef], deadline: float, holds_slot: bool
-    ) -> asyncio.Task[frozenset[tuple[bytes, int]]]:
-        keys = [(ref.segment.segment_id, ref.index) for ref in run]
-        task = asyncio.ensure_future(self._fetch(view, run, deadline, holds_slot))
-        for key in keys:
-            self._inflight[key] = task
-
-        def done(_t: object) -> None:
-            for key in keys:
-                if self._inflight.get(key) is task:
-                    del self._inflight[key]
-
-        task.add_done_callback(done)
-        self._spawn(task)
-        return task
-
-    async def _fetch(
-        self, view: ContentView, run: list[BlockRef], deadline: float, holds_slot: bool
-    ) -> frozenset[tuple[bytes, int]]:
-        """Fetch ``run`` (consecutive blocks of one content) and stage what came, one store
-        call per segment; the blocks that came."""
-        try:
-            while True:
-                timeout = max(0.0, deadline - time.monotonic())
-                try:
-                    if len(run) == 1:
-                        found = [await self.peers.fetch(run[0], view.algorithm, timeout=timeout)]
-                    else:
-                        found = await self.peers.fetch_run(run, view.algorithm, timeout=timeout)
-                    break
-                except PeersBusy:
-                    if not holds_slot:
-                        raise
-                    # The peers are at their upload limit: wait for one of their slots to
-                    # free holding none of ours, then take one again ahead of later reads.
-                    holds_slot = False
-                    self.slots.release()
-                    await self._wait_for_peers(run[0].segment.segment_id, deadline)
-                    holds_slot = True
-            got = [(ref, data) for ref, data in zip(run, found, strict=True) if data is not None]
-            if not got:
-                return frozenset()
-            # Marked before they become readable, so a read that finds them counts them as
-            # from peers; unmarked again if staging fails.
-            for ref, _ in got:
-                self._from_peers[(ref.segment.segment_id, ref.index)] = ref.end - ref.start
-            try:
-                groups = _by_segment(got)
-                if len(groups) == 1:
-                    # On the loop: a worker thread here cost more in wake-ups than the write
-                    # (docs/benchmarks.md, LAN speed); decryption and hashing have their own.
-                    self._stage_all(view, groups)
-                else:
-                    # A run across segments (V2) creates a file and an index row per segment:
-                    # file-system work that would stall the loop (docs/benchmarks.md, V2).
-                    await asyncio.to_thread(self._stage_all, view, groups)
-            except BaseException:
-                for ref, _ in got:
-                    self._from_peers.pop((ref.segment.segment_id, ref.index), None)
-                raise
-            self._staged()
-            # Verified against these very hashes (net.swarm): the read that asked for them
-            # takes them from memory instead of the cache file (engine.fresh).
-            for seg_refs in groups:
-                seg_id = seg_refs[0][0].segment.segment_id
-                self.locals.fresh.add(seg_id, ((r.index, data, r.hash) for r, data in seg_refs))
-            for _, data in got:
-                self.stats.peer_bytes_fetched += len(data)
-            while len(self._from_peers) > FROM_PEERS_LIMIT:
-                self._from_peers.popitem(last=False)
-            return frozenset((ref.segment.segment_id, ref.index) for ref, _ in got)
-        finally:
-            if holds_slot:
-                self.slots.release()
-
-    def _stage_all(self, view: ContentView, groups: list[list[tuple[BlockRef, bytes]]]) -> None:
-        """Stage the verified blocks of a run, one store call per segment (thread-safe)."""
-        for seg_refs in groups:
-            first = seg_refs[0][0]
-            rows = [(ref.index, data, ref.hash) for ref, data in seg_refs]
-            self._stage(segment_record(view, first), full_list(view, first), rows)
-
-    def _stage(
-        self,
-        record: SegmentRecord,
-        hashes: tuple[bytes, ...] | None,
-        rows: list[tuple[int, bytes, bytes]],
-    ) -> None:
-        """Stage verified blocks of one segment (group commit makes them durable)."""
-        self.store.add_segment(record, hashes)
-        self.store.put_blocks(record.segment_id, rows, durable=False)
-
-    async def _wait_for_peers(self, segment_id: bytes, deadline: float) -> None:
-        """A fetch whose peers answered busy: a slot again once one of theirs frees."""
-        self.fetches_waiting += 1
-        try:
-            await self.peers.slot_freed(segment_id, timeout=max(0.0, deadline - time.monotonic()))
-            await self.slots.requeue(max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            raise PeerUnavailable("every peer holding the block stayed at its limit") from None
-        finally:
-            self.fetches_waiting -= 1
-
     def _start_complete(self, req: ReadRequest, peer_accepted: bool, status: str = "OK") -> None:
         self.events.publish(
             "START_COMPLETE",
@@ -601,21 +311,3 @@ class BlockReader:
             status=status,
             peer_accepted=peer_accepted,
         )
-
-
-def _by_segment(got: list[tuple[BlockRef, bytes]]) -> list[list[tuple[BlockRef, bytes]]]:
-    """Consecutive blocks of a run grouped by segment, in order."""
-    groups: list[list[tuple[BlockRef, bytes]]] = []
-    for item in got:
-        if groups and groups[-1][0][0].segment is item[0].segment:
-            groups[-1].append(item)
-        else:
-            groups.append([item])
-    return groups
-
-
-def _mark_key(view: ContentView) -> tuple[bytes, int, int]:
-    """A content range, for remembering its read-ahead position (hashing a view would hash
-    every segment)."""
-    first = view.segments[0].segment_id if view.segments else b""
-    return first, view.start, view.end

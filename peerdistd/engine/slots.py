@@ -2,7 +2,8 @@
 
 A read needs a transfer slot here *and* a serving peer with an upload slot for it (the
 peers' side is :meth:`PeerNetwork.at_limit` / :meth:`PeerNetwork.slot_freed`; see
-:mod:`peerdistd.engine.reading`). This pool holds ``limit`` slots (``peers.max_inflight``).
+:mod:`peerdistd.engine.reading` for reads, :mod:`peerdistd.engine.fetching` for fetches).
+This pool holds ``limit`` slots (``peers.max_inflight``).
 
 Waiting is first-in first-out, in two lines: fetches that had a slot, found their peers
 busy and gave it back while they waited for the peers come first (:meth:`requeue`), in the
