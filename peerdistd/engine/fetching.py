@@ -123,14 +123,20 @@ class Fetcher:
                         found = await self.peers.fetch_run(run, view.algorithm, timeout=timeout)
                     break
                 except PeersBusy:
-                    if not holds_slot:
-                        raise
                     # The peers are at their upload limit: wait for one of their slots to
-                    # free holding none of ours, then take one again ahead of later reads.
-                    holds_slot = False
-                    self.slots.release()
-                    await self._wait_for_peers(run[0].segment.segment_id, deadline)
-                    holds_slot = True
+                    # free holding none of ours; a fetch that had one of ours takes it again,
+                    # ahead of later reads. (One that had none, a read's retry or a fetch from
+                    # the node single flight named, failed here at once: its read answered
+                    # TIMEOUT and its application soon went to the origin for data a peer
+                    # held.)
+                    had_slot = holds_slot
+                    if holds_slot:
+                        holds_slot = False
+                        self.slots.release()
+                    await self._wait_for_peers(
+                        run[0].segment.segment_id, deadline, take_slot=had_slot
+                    )
+                    holds_slot = had_slot
             got = [(ref, data) for ref, data in zip(run, found, strict=True) if data is not None]
             if not got:
                 return frozenset()
@@ -184,12 +190,14 @@ class Fetcher:
         self.store.add_segment(record, hashes)
         self.store.put_blocks(record.segment_id, rows, durable=False)
 
-    async def _wait_for_peers(self, segment_id: bytes, deadline: float) -> None:
-        """A fetch whose peers answered busy: a slot again once one of theirs frees."""
+    async def _wait_for_peers(self, segment_id: bytes, deadline: float, *, take_slot: bool) -> None:
+        """A fetch whose peers answered busy: returns once one of theirs frees (and, with
+        ``take_slot``, once it has one of ours again)."""
         self.fetches_waiting += 1
         try:
             await self.peers.slot_freed(segment_id, timeout=max(0.0, deadline - time.monotonic()))
-            await self.slots.requeue(max(0.0, deadline - time.monotonic()))
+            if take_slot:
+                await self.slots.requeue(max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise PeerUnavailable("every peer holding the block stayed at its limit") from None
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 
+from peerdistd.errors import PeersBusy
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
 from tests.content import BLOCK
 from tests.engine.test_engine_peers import UID, ScriptedPeers, make_engine, setup, stores
@@ -74,4 +75,47 @@ async def test_a_block_a_shared_run_left_out_is_asked_for_again(stores) -> None:
     assert got1.data == data[:BLOCK]
     assert got2.data == data[2 * BLOCK : 3 * BLOCK]  # not MISSING_DATA
     assert 2 in peers.singles  # asked for alone
+    await engine.aclose()
+
+
+class RetryFindsBusy(FirstRunShort):
+    """The single retry first finds every holder at its upload limit; one frees a slot."""
+
+    def __init__(self, data: bytes, held: Mapping[bytes, int]) -> None:
+        super().__init__(data, held)
+        self.waited_for_slot = 0
+
+    async def fetch(
+        self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
+    ) -> bytes | None:
+        self.singles.append(ref.index)
+        if len(self.singles) == 1:
+            raise PeersBusy("every holder is at its upload limit")
+        return self.data[ref.start : ref.end]
+
+    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+        self.waited_for_slot += 1
+
+
+async def test_a_retry_that_finds_its_peers_busy_waits_for_their_slot(stores) -> None:
+    # A fetch holding none of this node's transfer slots (this retry, or a fetch from the
+    # node single flight named) answered TIMEOUT at once when its peers were busy.
+    data, ci, _, _, _ = setup(stores, blocks=8)
+    peers = RetryFindsBusy(data, {ci.segments[0].segment_id: 8})
+    engine = make_engine(stores, peers)
+    h1 = engine.open_content(UID, ci.to_bytes()).id
+    h2 = engine.open_content(UID, ci.to_bytes()).id
+    events = engine.events.subscribe()
+    first = asyncio.ensure_future(engine.block_read(UID, h1, 0, 4 * BLOCK, 5.0, ()))
+    await peers.run_started.wait()
+    second = asyncio.ensure_future(engine.block_read(UID, h2, 2 * BLOCK, BLOCK, 5.0, ()))
+    async for event in events:
+        if event.name == "START_COMPLETE" and event.data["handle"] == h2:
+            break
+    events.close()
+    peers.finish_run.set()
+    got1, got2 = await first, await second
+    assert got1.data == data[:BLOCK]
+    assert got2.data == data[2 * BLOCK : 3 * BLOCK]  # not TIMEOUT
+    assert peers.singles == [2, 2] and peers.waited_for_slot == 1
     await engine.aclose()
