@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from peerdistd.errors import VerificationError
+from peerdistd.store import cache_files
 from peerdistd.store.blockcache import BlockCache, SegmentRecord
 from tests.store.test_store_cache import make_segment
 
@@ -179,3 +180,18 @@ def test_blocks_put_together_land_at_their_own_offsets(tmp_path: Path) -> None:
     with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
         data = c.read_run(sid, 0, hashes_of(blocks)[:4], 0, 4 * 65536)
         assert data == b"".join(blocks[i][1] for i in range(4))
+
+
+def test_a_long_run_of_blocks_is_written_in_pieces_each_at_its_offset(tmp_path: Path) -> None:
+    # A publish puts a whole segment at once; it is written in calls of WRITE_RUN_BLOCKS
+    # (one call for all of it halved publish throughput), every block where it belongs.
+    count = 2 * cache_files.WRITE_RUN_BLOCKS + 3
+    record, blocks = make_segment(29, length=count * 65536 - 100)
+    sid = record.segment_id
+    with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
+        c.add_segment(record, hashes_of(blocks))
+        c.put_blocks(sid, list(blocks), durable=True)
+    with BlockCache.open(tmp_path, limit_bytes=LIMIT) as c:
+        assert c.held_blocks(sid) == list(range(count))
+        whole = c.read_run(sid, 0, hashes_of(blocks), 0, count * 65536)
+        assert whole == b"".join(b[1] for b in blocks)
