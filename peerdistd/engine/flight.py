@@ -6,8 +6,11 @@ holds, the peerdistd nodes that want it agree who fetches each piece from the or
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -19,6 +22,7 @@ from peerdistd.proto.pccrc import BlockRef
 
 MAX_MINE = 4096  # our claims remembered for progress reports (the board's bound)
 CONTENTION_WINDOW = 0.012  # seconds between CLAIM and HOLD: a LAN round trip many times over
+TAKEOVER_SPREAD = 8  # a claim taken over waits a random 0..this many windows first
 
 
 class ClaimNetwork(Protocol):
@@ -104,11 +108,13 @@ class SingleFlight:
         *,
         piece_cap: int = 1 << 20,
         window: float = CONTENTION_WINDOW,
+        spread: Callable[[float], float] = lambda most: random.uniform(0.0, most),  # noqa: S311 (jitter, not a secret)
     ) -> None:
         self.store = store
         self.claims = claims
         self.piece_cap = piece_cap
         self.window = window
+        self._spread = spread  # seconds to wait, at most the argument (tests script it)
         self._mine: OrderedDict[PieceId, _Mine] = OrderedDict()
 
     async def decide(
@@ -119,11 +125,21 @@ class SingleFlight:
         if piece is None:
             return None
         key = (first.segment.segment_id, first.index)
+        waited = spread = False
         while True:
             if self.store.has_block(*key, expected=first.hash):
                 return Decision(Outcome.LOCAL, piece)
             look = self.claims.lookup(piece.id)
             remaining = deadline - time.monotonic()
+            if look.verdict is Verdict.FREE and waited and not spread:
+                # A claim we waited for ended (released, or its node died): every node that
+                # waited for it sees that at the same moment, and claims made together are
+                # the ones a loaded host settles twice. A random wait spreads them, so most
+                # see the first new CLAIM before they would send their own.
+                spread = True
+                pause = self._spread(TAKEOVER_SPREAD * self.window)
+                await asyncio.sleep(max(0.0, min(pause, remaining)))
+                continue
             if look.verdict is Verdict.FREE:
                 # Remembered before the window, so that another read of this node waits.
                 self._remember(piece, view, handle)
@@ -145,6 +161,7 @@ class SingleFlight:
             if remaining <= 0:
                 return Decision(Outcome.TIMEOUT, piece)
             await self.claims.wait(piece.id, until - time.monotonic())
+            waited = True
             if time.monotonic() >= deadline and not self.store.has_block(*key, expected=first.hash):
                 return Decision(Outcome.TIMEOUT, piece)
 
