@@ -212,6 +212,8 @@ class RetrievalResponder:
             return len(frames) < RUN_LIMIT and (not frames or served + size <= RUN_BYTES)
 
         for msg in wanted:
+            if len(frames) >= RUN_LIMIT:
+                break  # a full answer: the rest of a long body is not looked up at all
             segment_id = msg.segment_id
             first = msg.ranges[0].index
             count = min(msg.ranges[0].count, RUN_LIMIT - len(frames))

@@ -167,6 +167,23 @@ def test_a_segment_not_held_is_an_empty_answer_in_place() -> None:
     assert opened(got[2], ids[2]) == SEGS[ids[2]][1]
 
 
+def test_a_long_body_costs_the_server_one_answer_of_lookups() -> None:
+    # A peer may post a RUN_PATH body of ~1,000 GETBLKS (64 KiB); the answer holds RUN_LIMIT
+    # blocks, and the server looked up the secret of every segment named after those.
+    class Counting(Segments):
+        lookups = 0
+
+        def segment_secret(self, segment_id: bytes) -> bytes | None:
+            Counting.lookups += 1
+            return super().segment_secret(segment_id)
+
+    unknown = [n.to_bytes(32, "big") for n in range(1, 1001)]
+    body = answer(RetrievalResponder(Counting()), unknown)
+    got = pccrr_client.split_runs(body, [(s, 0) for s in unknown[:RUN_LIMIT]], busy=False)
+    assert got == [Outcome.MISSING] * RUN_LIMIT
+    assert Counting.lookups <= 2 * RUN_LIMIT
+
+
 def test_busy_gets_the_one_empty_answer() -> None:
     body = answer(RetrievalResponder(Segments()), IDS[:4], busy=True)
     assert pccrr_client.split_runs(body, [(s, 0) for s in IDS[:4]], busy=True) == [Outcome.BUSY]
