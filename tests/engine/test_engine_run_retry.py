@@ -56,9 +56,11 @@ class FirstRunShort(ScriptedPeers):
         return [self.data[first.start : first.end]] + [None] * (len(refs) - 1)
 
 
-async def test_a_block_a_shared_run_left_out_is_asked_for_again(stores) -> None:
+async def two_reads_sharing_a_short_run(stores, kind: type[FirstRunShort]):
+    """Read 1 asks for blocks 0-3 as one run; read 2, for block 2, waits on that run, which
+    brings block 0 only. The peers, what data they hold, and what each read got."""
     data, ci, _, _, _ = setup(stores, blocks=8)
-    peers = FirstRunShort(data, {ci.segments[0].segment_id: 8})
+    peers = kind(data, {ci.segments[0].segment_id: 8})
     engine = make_engine(stores, peers)
     h1 = engine.open_content(UID, ci.to_bytes()).id
     h2 = engine.open_content(UID, ci.to_bytes()).id
@@ -71,11 +73,17 @@ async def test_a_block_a_shared_run_left_out_is_asked_for_again(stores) -> None:
             break
     events.close()
     peers.finish_run.set()
-    got1, got2 = await first, await second
+    try:
+        return peers, data, await first, await second
+    finally:
+        await engine.aclose()
+
+
+async def test_a_block_a_shared_run_left_out_is_asked_for_again(stores) -> None:
+    peers, data, got1, got2 = await two_reads_sharing_a_short_run(stores, FirstRunShort)
     assert got1.data == data[:BLOCK]
     assert got2.data == data[2 * BLOCK : 3 * BLOCK]  # not MISSING_DATA
     assert 2 in peers.singles  # asked for alone
-    await engine.aclose()
 
 
 class RetryFindsBusy(FirstRunShort):
@@ -100,22 +108,7 @@ class RetryFindsBusy(FirstRunShort):
 async def test_a_retry_that_finds_its_peers_busy_waits_for_their_slot(stores) -> None:
     # A fetch holding none of this node's transfer slots (this retry, or a fetch from the
     # node single flight named) answered TIMEOUT at once when its peers were busy.
-    data, ci, _, _, _ = setup(stores, blocks=8)
-    peers = RetryFindsBusy(data, {ci.segments[0].segment_id: 8})
-    engine = make_engine(stores, peers)
-    h1 = engine.open_content(UID, ci.to_bytes()).id
-    h2 = engine.open_content(UID, ci.to_bytes()).id
-    events = engine.events.subscribe()
-    first = asyncio.ensure_future(engine.block_read(UID, h1, 0, 4 * BLOCK, 5.0, ()))
-    await peers.run_started.wait()
-    second = asyncio.ensure_future(engine.block_read(UID, h2, 2 * BLOCK, BLOCK, 5.0, ()))
-    async for event in events:
-        if event.name == "START_COMPLETE" and event.data["handle"] == h2:
-            break
-    events.close()
-    peers.finish_run.set()
-    got1, got2 = await first, await second
+    peers, data, got1, got2 = await two_reads_sharing_a_short_run(stores, RetryFindsBusy)
     assert got1.data == data[:BLOCK]
     assert got2.data == data[2 * BLOCK : 3 * BLOCK]  # not TIMEOUT
     assert peers.singles == [2, 2] and peers.waited_for_slot == 1
-    await engine.aclose()

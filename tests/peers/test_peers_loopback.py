@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,9 @@ def nodes(tmp_path: Path, netns: str, count: int, **env: str) -> Iterator[list[D
         yield started
     finally:
         for d in started:
-            d.stop()
+            if d.proc.poll() is None:
+                os.kill(d.proc.pid, signal.SIGCONT)  # a test may have frozen it (SIGSTOP)
+                d.stop()
             d.notify.close()
 
 

@@ -17,7 +17,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from peerdistd.proto.pccrr import Blk, BlockRange, CryptoAlgo, GetBlks
 from tests.content import BLOCK
 from tests.harness import DaemonProcess, start_daemon
 from tests.peers.test_peers_conformance import in_netns, post
+from tests.peers.test_peers_loopback import counters, nodes
 
 MIB = 1 << 20
 
@@ -76,30 +77,6 @@ async def origin(data: bytes) -> AsyncIterator[Origin]:
         await runner.cleanup()
 
 
-@contextlib.contextmanager
-def nodes(tmp_path: Path, netns: str, count: int, **env: str) -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    try:
-        for i in range(count):
-            started.append(
-                start_daemon(
-                    tmp_path,
-                    "--listen",
-                    f"127.0.0.{i + 1}:8080",
-                    name=f"node{i + 1}",
-                    netns=netns,
-                    env={"PEERDISTD_PEERS_ZEROCONF": "false", **env},
-                )
-            )
-        yield started
-    finally:
-        for d in started:
-            if d.proc.poll() is None:
-                os.kill(d.proc.pid, signal.SIGCONT)
-                d.stop()
-            d.notify.close()
-
-
 def content_information(tmp_path: Path, data: bytes, version: int) -> bytes:
     """Made by a daemon without peers (it holds the content, so it is stopped after)."""
 
@@ -130,11 +107,6 @@ async def fetch(d: DaemonProcess, ci: bytes, url: str, workers: int | None = Non
         else:
             await client.fetch_to(ci, url, out, workers=workers)
     return out.getvalue()
-
-
-async def counters(d: DaemonProcess) -> dict[str, float]:
-    async with d.session() as api, api.get("/v1/status") as r:
-        return dict((await r.json())["counters"])
 
 
 def test_ten_nodes_at_once_fetch_about_one_copy(tmp_path: Path, netns: str) -> None:
