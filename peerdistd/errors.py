@@ -42,7 +42,13 @@ class PeerUnavailable(RemoteError):
 
 class PeersBusy(PeerUnavailable):
     """Every peer asked for a block answered busy: it is at its upload limit ([MS-PCCRR]
-    3.2.5.3). Asking again is the caller's flow-control window's decision."""
+    3.2.5.3). Asking again is the caller's flow-control window's decision; ``peers`` names
+    the busy holders, the ones whose slot is worth waiting for (a holder that lacks the
+    block may have free slots and still cannot serve it)."""
+
+    def __init__(self, message: str, peers: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.peers = peers
 
 
 class StoreDamaged(LocalError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from peerdistd.engine.fresh import FreshBlocks
@@ -122,7 +122,7 @@ class Fetcher:
                     else:
                         found = await self.peers.fetch_run(run, view.algorithm, timeout=timeout)
                     break
-                except PeersBusy:
+                except PeersBusy as busy:
                     # The peers are at their upload limit: wait for one of their slots to
                     # free holding none of ours; a fetch that had one of ours takes it again,
                     # ahead of later reads. (One that had none, a read's retry or a fetch from
@@ -133,8 +133,11 @@ class Fetcher:
                     if holds_slot:
                         holds_slot = False
                         self.slots.release()
+                    # Only the busy holders' slots count: one that lacks the block may have
+                    # free slots, and waiting on it returned at once, a loop that spun
+                    # until the deadline (a fifth of the CPU of ten nodes at once).
                     await self._wait_for_peers(
-                        run[0].segment.segment_id, deadline, take_slot=had_slot
+                        run[0].segment.segment_id, deadline, take_slot=had_slot, among=busy.peers
                     )
                     holds_slot = had_slot
             got = [(ref, data) for ref, data in zip(run, found, strict=True) if data is not None]
@@ -190,12 +193,15 @@ class Fetcher:
         self.store.add_segment(record, hashes)
         self.store.put_blocks(record.segment_id, rows, durable=False)
 
-    async def _wait_for_peers(self, segment_id: bytes, deadline: float, *, take_slot: bool) -> None:
+    async def _wait_for_peers(
+        self, segment_id: bytes, deadline: float, *, take_slot: bool, among: Sequence[str] = ()
+    ) -> None:
         """A fetch whose peers answered busy: returns once one of theirs frees (and, with
         ``take_slot``, once it has one of ours again)."""
         self.fetches_waiting += 1
         try:
-            await self.peers.slot_freed(segment_id, timeout=max(0.0, deadline - time.monotonic()))
+            left = max(0.0, deadline - time.monotonic())
+            await self.peers.slot_freed(segment_id, timeout=left, among=among)
             if take_slot:
                 await self.slots.requeue(max(0.0, deadline - time.monotonic()))
         except TimeoutError:

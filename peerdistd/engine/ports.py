@@ -110,9 +110,13 @@ class PeerNetwork(Protocol):
         busy answers said so): a fetch now would not be served."""
         ...
 
-    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+    async def slot_freed(
+        self, segment_id: bytes, *, timeout: float, among: Sequence[str] = ()
+    ) -> None:
         """Return once a peer holding the segment may have an upload slot for us again (at
-        once if one may now); TimeoutError after ``timeout`` seconds."""
+        once if one may now); TimeoutError after ``timeout`` seconds. ``among``: only these
+        holders count (those :class:`peerdistd.errors.PeersBusy` named; a holder lacking the
+        block may have slots and still cannot serve it)."""
         ...
 
 
@@ -147,5 +151,7 @@ class NoPeers:
     def at_limit(self, segment_id: bytes) -> bool:
         return False
 
-    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+    async def slot_freed(
+        self, segment_id: bytes, *, timeout: float, among: Sequence[str] = ()
+    ) -> None:
         return None

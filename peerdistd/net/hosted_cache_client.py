@@ -280,5 +280,7 @@ class HostedCacheFirst:
         # The hosted cache is asked first whatever the LAN peers grant.
         return self._where() is None and self.swarm.at_limit(segment_id)
 
-    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
-        await self.swarm.slot_freed(segment_id, timeout=timeout)
+    async def slot_freed(
+        self, segment_id: bytes, *, timeout: float, among: Sequence[str] = ()
+    ) -> None:
+        await self.swarm.slot_freed(segment_id, timeout=timeout, among=among)

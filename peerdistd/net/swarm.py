@@ -329,7 +329,9 @@ class Swarm:
                         return None, failed
                     # Those left are at their upload limit: not asked again here (no busy
                     # loop); the engine waits for a slot (slot_freed, [MS-PCCRR] 3.2.5.3).
-                    raise PeersBusy(f"{len(busy)} holder(s) of block {ref.index} are busy")
+                    raise PeersBusy(
+                        f"{len(busy)} holder(s) of block {ref.index} are busy", tuple(busy)
+                    )
                 wait = deadline - now
                 if queue and len(asks) < MAX_ASKS:
                     wait = min(wait, hedge_at - now)
@@ -483,10 +485,13 @@ class Swarm:
         holders = list(self._usable(segment_id) or ())
         return bool(holders) and not any(self.windows.free(p) for p in holders)
 
-    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
-        """Return once a peer holding the segment has an upload slot for us again (at once
-        if one has now); TimeoutError after ``timeout`` seconds."""
-        holders = list(self._usable(segment_id) or ())
+    async def slot_freed(
+        self, segment_id: bytes, *, timeout: float, among: Sequence[str] = ()
+    ) -> None:
+        """Return once a peer holding the segment (one of ``among``, the holders a fetch found
+        busy, when given) has an upload slot for us again (at once if one has now);
+        TimeoutError after ``timeout`` seconds."""
+        holders = list(among or self._usable(segment_id) or ())
         if holders:
             await self.windows.wait(holders, timeout)
 

@@ -76,7 +76,9 @@ class ScriptedPeers:
     def at_limit(self, segment_id: bytes) -> bool:
         return False
 
-    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+    async def slot_freed(
+        self, segment_id: bytes, *, timeout: float, among: Sequence[str] = ()
+    ) -> None:
         return None
 
 

@@ -91,18 +91,20 @@ class RetryFindsBusy(FirstRunShort):
 
     def __init__(self, data: bytes, held: Mapping[bytes, int]) -> None:
         super().__init__(data, held)
-        self.waited_for_slot = 0
+        self.waited_for: list[tuple[str, ...]] = []
 
     async def fetch(
         self, ref: BlockRef, algorithm: HashAlgorithm, *, timeout: float
     ) -> bytes | None:
         self.singles.append(ref.index)
         if len(self.singles) == 1:
-            raise PeersBusy("every holder is at its upload limit")
+            raise PeersBusy("every holder is at its upload limit", ("busy-holder",))
         return self.data[ref.start : ref.end]
 
-    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
-        self.waited_for_slot += 1
+    async def slot_freed(
+        self, segment_id: bytes, *, timeout: float, among: Sequence[str] = ()
+    ) -> None:
+        self.waited_for.append(tuple(among))
 
 
 async def test_a_retry_that_finds_its_peers_busy_waits_for_their_slot(stores) -> None:
@@ -111,4 +113,7 @@ async def test_a_retry_that_finds_its_peers_busy_waits_for_their_slot(stores) ->
     peers, data, got1, got2 = await two_reads_sharing_a_short_run(stores, RetryFindsBusy)
     assert got1.data == data[:BLOCK]
     assert got2.data == data[2 * BLOCK : 3 * BLOCK]  # not TIMEOUT
-    assert peers.singles == [2, 2] and peers.waited_for_slot == 1
+    assert peers.singles == [2, 2]
+    # It waited for the slot of the holder that was busy, not of any holder of the segment
+    # (one lacking the block may have free slots: waiting on it spun until the deadline).
+    assert peers.waited_for == [("busy-holder",)]

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from peerdistd.errors import PeersBusy
 from peerdistd.net.discovery import PeerHit
 from peerdistd.net.hedging import HEDGE_CEILING, HEDGE_DEFAULT, HEDGE_FLOOR, LatencyWindow
 from peerdistd.net.peer_health import BACKOFF_BASE, PeerHealth
@@ -258,3 +259,26 @@ async def test_an_unexpected_client_error_is_that_peers_failure_not_the_reads(
     assert swarm.peers["127.0.0.1:9"].failures == 2
     logged = [r for r in caplog.records if "unexpected error" in r.getMessage()]
     assert len([r for r in logged if r.levelname == "ERROR"]) == 1  # once, with its traceback
+
+
+async def test_peers_busy_names_the_busy_holders_and_only_their_slots_are_awaited() -> None:
+    # Two holders of the segment: one said it lacks block 0, the other's window is full.
+    # The fetch must be told which holder is busy, and waiting for that one's slot must
+    # really wait: the holder lacking the block has free slots, and waiting on "any holder
+    # of the segment" returned at once, so the fetch spun until its deadline (a fifth of
+    # the CPU of ten nodes reading together, docs/benchmarks.md).
+    lacking, full = "127.0.0.1:7", "127.0.0.1:8"
+    async with swarm_of([lacking, full]) as swarm:
+        await swarm.locate([SEG], timeout=1)
+        swarm.directory.lacks(SEG, lacking, 0)
+        for _ in range(swarm.windows.limit):
+            swarm.windows.begin(full, SEG)
+        with pytest.raises(PeersBusy) as busy:
+            await swarm.fetch(ref(0), HashAlgorithm.SHA256, timeout=5)
+        assert busy.value.peers == (full,)
+        assert swarm.windows.free(lacking)  # which is why the old wait never waited
+        with pytest.raises(TimeoutError):
+            await swarm.slot_freed(SEG, timeout=0.05, among=busy.value.peers)
+        waiting = asyncio.ensure_future(swarm.slot_freed(SEG, timeout=5, among=busy.value.peers))
+        swarm.windows.end(full, "answered")  # one of our requests there ended
+        await waiting
