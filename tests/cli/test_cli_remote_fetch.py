@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import shutil
@@ -321,3 +322,54 @@ async def test_workers_fetch_pieces_in_parallel_and_write_in_order() -> None:
         (9 * BLOCK, 10 * BLOCK - 1),
         (10 * BLOCK, len(CONTENT) - 1),
     ]
+
+
+async def test_a_worker_reads_its_next_piece_while_its_origin_range_comes() -> None:
+    """One worker: the read that finds piece 2 missing is made while piece 1 is still coming
+    from the origin (a read that reports MISSING_DATA may take a discovery round and a claim
+    window, which the origin connection spent idle); still one origin range at a time."""
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set())
+    daemon.piece = 2 * BLOCK
+    second_read = asyncio.Event()
+    answer = daemon.handle
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/block-read") and request.query["offset"] == str(2 * BLOCK):
+            second_read.set()
+        return await answer(request)
+
+    daemon.handle = handle  # type: ignore[method-assign]
+
+    @dataclass
+    class SlowFirst(Origin):
+        read_meanwhile: list[bool] = field(default_factory=list)
+        serving: int = 0
+
+        async def handle(self, request: web.Request) -> web.StreamResponse:
+            self.serving += 1
+            try:
+                assert self.serving == 1  # one origin range at a time per worker
+                if not self.requests:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(second_read.wait(), 5.0)
+                    self.read_meanwhile.append(second_read.is_set())
+                return await super().handle(request)
+            finally:
+                self.serving -= 1
+
+    origin = SlowFirst(CONTENT)
+    out = io.BytesIO()
+    async with servers(daemon, origin) as (client, url):
+        handle_ = await client.open_content(b"CI")
+        async with handle_, aiohttp.ClientSession() as session:
+            counts = await fetch_loop.fetch_loop(
+                handle_,
+                url,
+                out,
+                session=session,
+                workers=1,
+                piece_bounds=range(0, len(CONTENT), 2 * BLOCK),
+            )
+    assert out.getvalue() == CONTENT and counts.from_origin == len(CONTENT)
+    assert origin.read_meanwhile == [True]
+    assert len(origin.requests) == 6  # every piece once
