@@ -40,6 +40,12 @@ from peerdistd.proto.pccrtp import missing_data_headers
 
 UNIT = 1 << 20  # the daemon's piece (peers.piece_size default); reads are aligned to it
 ADD_CHUNK = 256 * 1024  # origin bytes per add-data: the claim's progress, block-aligned
+# A slow range adds its whole blocks at least this often (seconds), so its claim shows progress
+# within the daemons' claim ttl (2 s) even when ADD_CHUNK takes longer to come: ten nodes
+# fetching four ranges each shared a 100 Mbit/s WAN at about 2.5 Mbit/s a range, and claims
+# were given up and their pieces fetched twice (docs/benchmarks.md, 1 GiB at once).
+PROGRESS_EVERY = 0.5
+V1_BLOCK = 64 * 1024  # without V2 segment bounds, blocks are V1's ([MS-PCCRC] 2.3)
 TIMEOUT_RETRIES = 2  # a TIMEOUT means a claimant is still at it: ask again before the origin
 DEFAULT_WORKERS = 4
 # A worker reads its next piece while its origin range is still coming, once the rest of that
@@ -156,6 +162,16 @@ def _cut(bounds: Sequence[int], pos: int, size: int) -> int:
     return bounds[i] - pos if i >= 0 and bounds[i] > pos else size
 
 
+def _whole_blocks(bounds: Sequence[int], pos: int, size: int) -> int:
+    """How much of ``size`` bytes at ``pos`` ends on a block end (V2: a segment start in
+    ``bounds``; else a multiple of V1's 64 KiB): 0 if no block is completed by them."""
+    if bounds:
+        i = bisect.bisect_right(bounds, pos + size) - 1
+        return bounds[i] - pos if i >= 0 and bounds[i] > pos else 0
+    end = (pos + size) // V1_BLOCK * V1_BLOCK
+    return end - pos if end > pos else 0
+
+
 def _random_piece(count: int) -> int:
     return random.randrange(count)  # noqa: S311 (spreading work, not a secret)
 
@@ -266,6 +282,7 @@ async def fetch_loop(
             start = pos
             buf = bytearray()  # added about ADD_CHUNK at a time; a cut loses only what is here
             pending: asyncio.Task[None] | None = None  # one add in flight while reading on
+            added_at = loop.time()
             try:
                 async for chunk in origin_get(session, origin, pos, end_pos - pos, ADD_CHUNK):
                     buf += chunk
@@ -273,13 +290,22 @@ async def fetch_loop(
                         rate = (pos + len(buf) - first) / max(loop.time() - began, 1e-3)
                         if end_pos - pos - len(buf) <= rate * lead:
                             nearly.set()
-                    while len(buf) >= ADD_CHUNK or (buf and pos + len(buf) == end_pos):
-                        take = bytes(buf[: _cut(cut_points, pos, len(buf))])
-                        del buf[: len(take)]
+                    while buf:
+                        if len(buf) >= ADD_CHUNK or pos + len(buf) == end_pos:
+                            size = _cut(cut_points, pos, len(buf))
+                        elif loop.time() - added_at >= PROGRESS_EVERY:
+                            size = _whole_blocks(cut_points, pos, len(buf))
+                        else:
+                            size = 0
+                        if not size:
+                            break
+                        take = bytes(buf[:size])
+                        del buf[:size]
                         if pending is not None:
                             await pending
                         pending = asyncio.ensure_future(add(pos, take))
-                        pos += len(take)
+                        pos += size
+                        added_at = loop.time()
                 if pending is not None:
                     await pending
                 break

@@ -431,3 +431,61 @@ async def test_a_seekable_output_starts_at_a_random_piece_and_wraps_around(
     assert picked == [6]  # six pieces of two blocks
     asked = [int(r["Range"][6:].split("-")[0]) // BLOCK for r in origin.requests]
     assert asked == [8, 10, 0, 2, 4, 6]  # from the fifth piece, wrapping around, each once
+
+
+async def test_a_slow_range_adds_its_whole_blocks_before_add_chunk_is_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A range coming slowly is added a whole block at a time at least every PROGRESS_EVERY
+    seconds, not only per ADD_CHUNK: the daemon's claim of the piece must see progress
+    within its ttl, else it is given up and the piece fetched twice."""
+    monkeypatch.setattr(fetch_loop, "PROGRESS_EVERY", 0.05)
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set())
+    added = asyncio.Event()
+    daemon.on_add = added.set
+    seen: list[bool] = []
+
+    async def origin(request: web.Request) -> web.StreamResponse:
+        first, last = (int(x) for x in request.headers["Range"][6:].split("-"))
+        body = CONTENT[first : last + 1]
+        resp = web.StreamResponse(
+            status=206, headers={"Content-Range": f"bytes {first}-{last}/{len(CONTENT)}"}
+        )
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[: 2 * BLOCK])
+        await asyncio.sleep(0.1)  # a slow link: time passes before the next bytes
+        await resp.write(body[2 * BLOCK : 2 * BLOCK + 1])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(added.wait(), 5.0)
+        seen.append(added.is_set())  # two whole blocks were added meanwhile
+        await resp.write(body[2 * BLOCK + 1 :])
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/file.bin", origin)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    out = io.BytesIO()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/file.bin"
+        async with servers(daemon, Origin(CONTENT)) as (client, _):
+            handle = await client.open_content(b"CI")
+            async with handle, aiohttp.ClientSession() as session:
+                await fetch_loop.fetch_loop(
+                    handle,
+                    url,
+                    out,
+                    session=session,
+                    workers=1,
+                    block_bounds=range(0, len(CONTENT), BLOCK),
+                )
+    finally:
+        await runner.cleanup()
+    assert out.getvalue() == CONTENT
+    assert seen == [True]
+    # The first add was exactly the two whole blocks that had come.
+    adds = [int(q["offset"]) for call, q in daemon.calls if call == "PUT /data"]
+    assert adds[:2] == [0, 2 * BLOCK]
