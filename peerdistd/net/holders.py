@@ -14,10 +14,21 @@ share a *trail*, the peers that most recently delivered blocks of that content. 
 segment nobody has answered for yet is then first asked of those peers directly instead of
 waiting for a discovery round. A segment with neither an answer nor a trail is left to
 BranchCache discovery.
+
+Windows also give the content's order (``link``: ids in content order), so the segments after
+one are known: when a guess fails, or a segment has neither an answer nor a guess, the swarm
+asks the LAN about it *and* about the segments after it that have no answer either
+(:meth:`HolderDirectory.unanswered_after`), in one round. When ten nodes read one content
+together the trail peer usually lacks the next segment too (it is no further on than we are);
+asking about each segment alone cost every node ~1,100 one-id probes per 128 MiB of V2, each
+parsed and looked up by all the others (docs/benchmarks.md, "Probes when ten nodes read
+together"). Every segment still gets its discovery answer; the answers just come a window at
+a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -70,6 +81,7 @@ class HolderDirectory:
         self.ttl, self.size, self._clock = ttl, size, clock
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._trails: OrderedDict[bytes, _Trail] = OrderedDict()
+        self._next: dict[bytes, bytes] = {}  # segment -> the next one of its content (linked)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -164,8 +176,14 @@ class HolderDirectory:
         for sid in segment_ids:
             self._trails[sid] = trail
             self._trails.move_to_end(sid)
-        while len(self._trails) > self.size:
-            self._trails.popitem(last=False)
+        # Content order: the window after its lead is consecutive (the lead is followed by
+        # the window's first segment only when the window starts at the content's start:
+        # that pair is left out, it cannot be told from the others).
+        for here, after in itertools.pairwise(list(segment_ids)[1:]):
+            self._next[here] = after
+        while len(self._trails) > self.size:  # _next's keys are a subset: bounded with it
+            gone, _ = self._trails.popitem(last=False)
+            self._next.pop(gone, None)
 
     def guess(self, segment_id: bytes, usable: Callable[[str], bool]) -> list[str]:
         """Record as the provisional holders of ``segment_id`` (which must have no fresh
@@ -186,6 +204,23 @@ class HolderDirectory:
         if peers:
             self._put(segment_id, _Entry(self._clock() + self.ttl, dict.fromkeys(peers, 1), True))
         return peers
+
+    def unanswered_after(self, segment_id: bytes, limit: int, steps: int) -> list[bytes]:
+        """Up to ``limit`` segments after ``segment_id`` in its content (within ``steps``
+        linked segments) that have no fresh answer: none at all, or only a guess."""
+        found: list[bytes] = []
+        seen = {segment_id}
+        sid = segment_id
+        for _ in range(steps):
+            after = self._next.get(sid)
+            if after is None or after in seen or len(found) >= limit:
+                break
+            seen.add(after)
+            entry = self._fresh(after)
+            if entry is None or entry.guessed:
+                found.append(after)
+            sid = after
+        return found
 
     # -- inside --------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.net.discovery import Discovery
+from peerdistd.net.discovery_rounds import Rounds, wait_for
 from peerdistd.net.hedging import LatencyWindow
 from peerdistd.net.holders import MAX_HOLDER_SEGMENTS, HolderDirectory
 from peerdistd.net.peer_health import FAILURES_TO_BAN, PeerHealth, PeerStats
@@ -51,6 +52,10 @@ __all__ = ["MAX_HOLDER_SEGMENTS", "PeerStats", "Swarm", "SwarmStats"]
 log = logging.getLogger(__name__)
 
 MAX_ASKS: Final = 3  # holders asked for one block at once (the first and its hedges)
+# A segment whose holders are unknown (or were wrongly guessed) is asked about with up to this
+# many segments after it that have no answer either (holders.py): three V2 probes of 14 ids.
+ASK_AHEAD: Final = 41
+ASK_AHEAD_STEPS: Final = 64  # linked segments looked through for them (a V2 read-ahead)
 _UNEXPECTED_LOGGED: Final = 64  # distinct unexpected errors logged with a traceback
 
 
@@ -115,7 +120,7 @@ class Swarm:
         self._clock = clock
         self.directory = HolderDirectory(clock=clock)  # who holds which segment
         self._hints: set[asyncio.Task[object]] = set()
-        self._relocating: dict[bytes, asyncio.Task[object]] = {}  # bounded by reads in flight
+        self.rounds = Rounds()  # discovery rounds in flight, by segment
         self._lingering: set[asyncio.Task[bytes | None]] = set()
         self._unexpected: set[str] = set()
         # Runs of blocks in one exchange (swarm_runs): peers without the extension, the
@@ -184,10 +189,20 @@ class Swarm:
             elif known:
                 result[sid] = max(known.values())
         if unknown:
-            found = await self._discover(unknown, timeout)
-            result.update(found)
+            # Segments a round in flight asks about already are not asked about again.
+            waits = {r for sid in unknown if (r := self.rounds.of(sid)) is not None}
+            ask = [sid for sid in unknown if sid not in self.rounds]
+            if ask:
+                waits.add(self.rounds.start(ask, self._discover(ask, timeout)))
+            await wait_for(waits, timeout)
+            found = False
+            for sid in unknown:
+                known = self._usable(sid) or {}
+                if known:
+                    result[sid] = max(known.values())
+                    found = True
             if probed is not None:
-                probed(bool(found))
+                probed(found)
         return result
 
     async def _discover(self, segment_ids: list[bytes], timeout: float) -> dict[bytes, int]:
@@ -240,8 +255,7 @@ class Swarm:
         known = self._usable(sid)
         probed = False  # whether this fetch already asked the LAN
         if known is None:
-            await self.locate([sid], timeout=timeout)
-            probed = not self.directory.guessed(sid)
+            probed = await self._find(sid, timeout)
             known = self._usable(sid) or {}
         if not known:
             return None  # nobody holds it, as discovery answered just now
@@ -270,7 +284,7 @@ class Swarm:
         """Peers known to hold the segment (located now if unknown)."""
         known = self._usable(segment_id)
         if known is None:
-            await self.locate([segment_id], timeout=timeout)
+            await self._find(segment_id, timeout)
             known = self._usable(segment_id) or {}
         return list(known)
 
@@ -280,17 +294,35 @@ class Swarm:
         """Consecutive blocks of one content, each verified or None (see swarm_runs)."""
         return await fetch_run(self, refs, algorithm, timeout=timeout)
 
+    async def _find(self, segment_id: bytes, timeout: float) -> bool:
+        """Holders for a segment without an answer: guessed from its content's trail, else
+        asked of the LAN (:meth:`_relocate`); whether the LAN was asked."""
+        if self.directory.guess(segment_id, self._usable_peer):
+            return False
+        await self._relocate(segment_id, timeout)
+        return True
+
     async def _relocate(self, segment_id: bytes, timeout: float) -> None:
-        """A fresh probe for ``segment_id``, shared by every block of it that needs one."""
-        task = self._relocating.get(segment_id)
+        """A fresh probe for ``segment_id``, shared by every block of it that needs one (and
+        by the round in flight that asks about it already, if one does).
+
+        The segments after it in its content that have no answer either (none, or only the
+        trail's guess) are asked about in a second round sent at the same moment, which no
+        one waits for here: when ten nodes read one content together a guess fails for
+        nearly every segment, and a probe per segment flooded the LAN (holders.py). This
+        read waits only for its own segment's answer, as before."""
+        task = self.rounds.of(segment_id)
         if task is None:
             self.directory.forget([segment_id])  # not the answer we already have
-            task = asyncio.ensure_future(self._discover([segment_id], timeout))
-            self._relocating[segment_id] = task
-            self._hints.add(task)
-            task.add_done_callback(self._hints.discard)
-            task.add_done_callback(lambda _: self._relocating.pop(segment_id, None))
-        await asyncio.shield(task)
+            task = self.rounds.start([segment_id], self._discover([segment_id], timeout))
+            after = [
+                sid
+                for sid in self.directory.unanswered_after(segment_id, ASK_AHEAD, ASK_AHEAD_STEPS)
+                if sid not in self.rounds
+            ]
+            if after:
+                self.rounds.start(after, self._discover(after, self.window))
+        await wait_for({task}, timeout)
 
     async def _race(
         self, ref: BlockRef, algorithm: HashAlgorithm, queue: list[str], deadline: float
@@ -499,6 +531,7 @@ class Swarm:
         await self.windows.aclose()
         tasks: list[asyncio.Future[Any]] = [
             *self._hints,
+            *self.rounds.tasks,
             *self._lingering,
             *self.lingering_runs,
         ]

@@ -7,6 +7,7 @@ holders and counts its probe rounds (the real one is tested in test_net_discover
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -235,3 +236,76 @@ def test_a_holder_named_by_single_flight_comes_first_and_replaces_a_guess() -> N
     assert directory.holders(B) == {"q:1": 1} and not directory.guessed(B)
     directory.named(A, "q:1")
     assert list(directory.holders(A) or ()) == ["q:1", "p:1"]
+
+
+# -- a guess that fails asks about the rest of the window in one round ------------------------
+
+CONTENT = [bytes([n]) * 32 for n in range(10, 20)]  # ten segments of one content, in order
+SEGMENTS.update({sid: segment(sid, n) for n, sid in enumerate(CONTENT)})
+
+
+def test_the_segments_after_one_without_an_answer_are_found_in_content_order() -> None:
+    directory = HolderDirectory()
+    lead, *rest = CONTENT
+    directory.link([lead, *rest[3:]])  # a window further on: its lead is not followed by it
+    directory.link(CONTENT[:5])  # the window at the start, overlapping that one
+    directory.learn({CONTENT[2]: {"p:1": 2}})  # answered: not asked about again
+    directory.guess(CONTENT[3], lambda _: False)  # nothing to guess from: still unanswered
+    assert directory.unanswered_after(CONTENT[1], 3, 64) == [CONTENT[3], CONTENT[4], CONTENT[5]]
+    assert directory.unanswered_after(lead, 3, 64) == []  # what follows a lead is not known
+    assert directory.unanswered_after(CONTENT[4], 40, 64) == CONTENT[5:]
+    assert directory.unanswered_after(CONTENT[4], 40, 2) == CONTENT[5:7]
+    assert directory.unanswered_after(CONTENT[-1], 40, 64) == []
+
+
+async def test_a_failed_guess_asks_about_the_rest_of_the_window_in_one_round() -> None:
+    # Ten nodes reading one content together: the trail's peer is no further on than we are,
+    # so its guess fails for nearly every segment. Each failure asked about its segment alone
+    # (one probe per segment, parsed by every other node); now the segments after it with no
+    # answer are asked about in one more round, and the reads of those wait for no probe.
+    first, *rest = CONTENT
+    async with (
+        RetrievalServer(Source({first: [0, 1]}), "127.0.0.1", 0) as p,
+        RetrievalServer(Source({sid: [0, 1] for sid in CONTENT}), "127.0.0.1", 0) as q,
+    ):
+        answers = Answers()
+        answers.answers = {first: [[address(p)]], **{sid: [[address(q)]] for sid in rest}}
+        async with swarm_with(answers) as swarm:
+            await swarm.locate([first], timeout=1.0)
+            assert await swarm.fetch(ref(first, 0), HashAlgorithm.SHA256, timeout=2.0)
+            located = await swarm.locate(CONTENT, timeout=1.0)  # the rest guessed on P
+            assert set(located) == set(CONTENT) and answers.rounds == [(first,)]
+            for sid in rest:
+                got = await swarm.fetch(ref(sid, 1), HashAlgorithm.SHA256, timeout=2.0)
+                assert got == block(sid, 1)
+            assert answers.rounds == [(first,), (rest[0],), tuple(rest[1:])]
+            # Every segment got its discovery answer: Q, not the guess.
+            assert all(swarm.directory.holders(sid) == {address(q): 2} for sid in rest)
+            assert swarm.peer(address(p)).failures == 0
+
+
+async def test_a_segment_a_round_in_flight_asks_about_is_not_asked_about_again() -> None:
+    gate = asyncio.Event()
+    sent: asyncio.Queue[None] = asyncio.Queue()
+
+    class Held(Answers):
+        async def find(
+            self, segment_ids: Sequence[bytes], *, window: float
+        ) -> dict[bytes, list[PeerHit]]:
+            found = await super().find(segment_ids, window=window)
+            sent.put_nowait(None)
+            await gate.wait()  # the answers are on their way
+            return found
+
+    answers = Held()
+    async with swarm_with(answers) as swarm:
+        window = asyncio.ensure_future(swarm.locate(CONTENT[:6], timeout=1.0))
+        await sent.get()
+        later = asyncio.ensure_future(swarm.locate([CONTENT[0], *CONTENT[4:8]], timeout=1.0))
+        fetch = asyncio.ensure_future(
+            swarm.fetch(ref(CONTENT[5], 0), HashAlgorithm.SHA256, timeout=1.0)
+        )
+        await sent.get()  # the later window's round, for the two segments no round asks about
+        gate.set()
+        assert await window == {} and await later == {} and await fetch is None
+        assert answers.rounds == [tuple(CONTENT[:6]), tuple(CONTENT[6:8])]
