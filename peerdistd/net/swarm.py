@@ -53,9 +53,11 @@ log = logging.getLogger(__name__)
 
 MAX_ASKS: Final = 3  # holders asked for one block at once (the first and its hedges)
 # A segment whose holders are unknown (or were wrongly guessed) is asked about with up to this
-# many segments after it that have no answer either (holders.py): three V2 probes of 14 ids.
+# many segments after it, and before it, that have no answer either (holders.py): at most 55,
+# four V2 probes of 14 ids. Before it: a run's blocks (up to 16) whose guesses are being tried.
 ASK_AHEAD: Final = 41
-ASK_AHEAD_STEPS: Final = 64  # linked segments looked through for them (a V2 read-ahead)
+ASK_BEHIND: Final = 14
+ASK_STEPS: Final = 64  # linked segments looked through each way (a V2 read-ahead)
 _UNEXPECTED_LOGGED: Final = 64  # distinct unexpected errors logged with a traceback
 
 
@@ -306,7 +308,7 @@ class Swarm:
         """A fresh probe for ``segment_id``, shared by every block of it that needs one (and
         by the round in flight that asks about it already, if one does).
 
-        The segments after it in its content that have no answer either (none, or only the
+        The segments around it in its content that have no answer either (none, or only the
         trail's guess) are asked about in a second round sent at the same moment, which no
         one waits for here: when ten nodes read one content together a guess fails for
         nearly every segment, and a probe per segment flooded the LAN (holders.py). This
@@ -315,13 +317,12 @@ class Swarm:
         if task is None:
             self.directory.forget([segment_id])  # not the answer we already have
             task = self.rounds.start([segment_id], self._discover([segment_id], timeout))
-            after = [
-                sid
-                for sid in self.directory.unanswered_after(segment_id, ASK_AHEAD, ASK_AHEAD_STEPS)
-                if sid not in self.rounds
-            ]
-            if after:
-                self.rounds.start(after, self._discover(after, self.window))
+            near = self.directory.unanswered_near(
+                segment_id, after=ASK_AHEAD, before=ASK_BEHIND, steps=ASK_STEPS
+            )
+            others = [sid for sid in near if sid not in self.rounds]
+            if others:
+                self.rounds.start(others, self._discover(others, self.window))
         await wait_for({task}, timeout)
 
     async def _race(

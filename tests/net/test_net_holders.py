@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 
+import pytest
+
 from peerdistd.net.discovery import PeerHit
 from peerdistd.net.holders import HolderDirectory
 from peerdistd.net.retrieval_client import RetrievalClient
@@ -251,19 +253,30 @@ def test_the_segments_after_one_without_an_answer_are_found_in_content_order() -
     directory.link(CONTENT[:5])  # the window at the start, overlapping that one
     directory.learn({CONTENT[2]: {"p:1": 2}})  # answered: not asked about again
     directory.guess(CONTENT[3], lambda _: False)  # nothing to guess from: still unanswered
-    assert directory.unanswered_after(CONTENT[1], 3, 64) == [CONTENT[3], CONTENT[4], CONTENT[5]]
-    assert directory.unanswered_after(lead, 3, 64) == []  # what follows a lead is not known
-    assert directory.unanswered_after(CONTENT[4], 40, 64) == CONTENT[5:]
-    assert directory.unanswered_after(CONTENT[4], 40, 2) == CONTENT[5:7]
-    assert directory.unanswered_after(CONTENT[-1], 40, 64) == []
+    near = directory.unanswered_near
+    assert near(CONTENT[1], after=3, before=0, steps=64) == [CONTENT[3], CONTENT[4], CONTENT[5]]
+    assert near(lead, after=3, before=3, steps=64) == []  # what follows a lead is not known
+    assert near(CONTENT[4], after=40, before=0, steps=64) == CONTENT[5:]
+    assert near(CONTENT[4], after=40, before=0, steps=2) == CONTENT[5:7]
+    assert near(CONTENT[-1], after=40, before=0, steps=64) == []
+    # Before it, nearest first (a run's blocks whose guesses fail in any order).
+    assert near(CONTENT[5], after=1, before=9, steps=64) == [
+        CONTENT[4],
+        CONTENT[3],
+        CONTENT[1],
+        CONTENT[6],
+    ]
 
 
-async def test_a_failed_guess_asks_about_the_rest_of_the_window_in_one_round() -> None:
+@pytest.mark.parametrize("order", ["forwards", "backwards"])
+async def test_a_failed_guess_asks_about_the_rest_of_the_window_in_one_round(order: str) -> None:
     # Ten nodes reading one content together: the trail's peer is no further on than we are,
     # so its guess fails for nearly every segment. Each failure asked about its segment alone
-    # (one probe per segment, parsed by every other node); now the segments after it with no
+    # (one probe per segment, parsed by every other node); now the segments around it with no
     # answer are asked about in one more round, and the reads of those wait for no probe.
+    # Backwards: the blocks of a run are asked for together and fail in any order.
     first, *rest = CONTENT
+    reads = rest if order == "forwards" else rest[::-1]
     async with (
         RetrievalServer(Source({first: [0, 1]}), "127.0.0.1", 0) as p,
         RetrievalServer(Source({sid: [0, 1] for sid in CONTENT}), "127.0.0.1", 0) as q,
@@ -275,10 +288,10 @@ async def test_a_failed_guess_asks_about_the_rest_of_the_window_in_one_round() -
             assert await swarm.fetch(ref(first, 0), HashAlgorithm.SHA256, timeout=2.0)
             located = await swarm.locate(CONTENT, timeout=1.0)  # the rest guessed on P
             assert set(located) == set(CONTENT) and answers.rounds == [(first,)]
-            for sid in rest:
+            for sid in reads:
                 got = await swarm.fetch(ref(sid, 1), HashAlgorithm.SHA256, timeout=2.0)
                 assert got == block(sid, 1)
-            assert answers.rounds == [(first,), (rest[0],), tuple(rest[1:])]
+            assert answers.rounds == [(first,), (reads[0],), tuple(reads[1:])]
             # Every segment got its discovery answer: Q, not the guess.
             assert all(swarm.directory.holders(sid) == {address(q): 2} for sid in rest)
             assert swarm.peer(address(p)).failures == 0
