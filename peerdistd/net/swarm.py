@@ -240,6 +240,10 @@ class Swarm:
             return None
         return {p: n for p, n in known.items() if self._usable_peer(p)}
 
+    def _answered(self, segment_id: bytes) -> bool:
+        """Whether discovery (or a delivered block) answered for the segment: not a guess."""
+        return self._usable(segment_id) is not None and not self.directory.guessed(segment_id)
+
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         task: asyncio.Task[object] = asyncio.ensure_future(
             self.locate(list(segment_ids), timeout=self.window)
@@ -270,7 +274,10 @@ class Swarm:
             # ask the LAN once more and try those we have not asked yet. Partial holders a
             # discovery answer named that lack this block are not a reason to probe again
             # (with many readers of a partly fetched content that would flood the LAN).
-            await self._relocate(sid, deadline - self._clock())
+            # Nor is a guess that failed after a round about the segments around another
+            # one answered for this one meanwhile: that answer is used as it is.
+            if not (guessed and self._answered(sid)):
+                await self._relocate(sid, deadline - self._clock())
             fresh = self._usable(sid) or {}
             queue = [p for p in self._queue(sid, fresh, ref.index) if p not in asked]
             if queue:
