@@ -16,7 +16,7 @@ import bisect
 import contextlib
 import itertools
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -40,6 +40,12 @@ UNIT = 1 << 20  # the daemon's piece (peers.piece_size default); reads are align
 ADD_CHUNK = 256 * 1024  # origin bytes per add-data: the claim's progress, block-aligned
 TIMEOUT_RETRIES = 2  # a TIMEOUT means a claimant is still at it: ask again before the origin
 DEFAULT_WORKERS = 4
+# A worker reads its next piece while its origin range is still coming, once the rest of that
+# range is due within LEAD seconds: on a fast WAN at once (a 1 MiB range takes 0.34 s at
+# 100 Mbit/s over four workers), on a slow one near its end, so that the claim the read makes
+# waits at most that long for its first progress (a claim without progress for
+# peers.claim_ttl_ms, 2 s, is given up and the piece taken over).
+LEAD = 0.5
 # A range the origin cut short is asked again (its rest only) up to this many times in a row,
 # waiting ORIGIN_BACKOFF seconds before the first retry and twice as long before each next.
 ORIGIN_RETRIES = 3
@@ -241,9 +247,22 @@ async def fetch_loop(
         counts.from_origin += len(data)
         report()
 
-    async def from_origin(pos: int, length: int) -> None:
-        """The range from the origin; a cut is asked again from where it broke off."""
-        end_pos, failures = pos + length, 0
+    async def from_origin(
+        pos: int, length: int, nearly: asyncio.Event | None = None, lead: float = 0.0
+    ) -> None:
+        """The range from the origin; a cut is asked again from where it broke off.
+        ``nearly`` is set once the rest is due within ``lead`` seconds (and at the end)."""
+        try:
+            await fetch_range(pos, pos + length, nearly, lead)
+        finally:
+            if nearly is not None:
+                nearly.set()
+
+    async def fetch_range(
+        pos: int, end_pos: int, nearly: asyncio.Event | None, lead: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        began, first, failures = loop.time(), pos, 0
         for attempt in itertools.count(1):
             counts.origin_requests += 1
             start = pos
@@ -252,6 +271,10 @@ async def fetch_loop(
             try:
                 async for chunk in origin_get(session, origin, pos, end_pos - pos, ADD_CHUNK):
                     buf += chunk
+                    if nearly is not None and not nearly.is_set():
+                        rate = (pos + len(buf) - first) / max(loop.time() - began, 1e-3)
+                        if end_pos - pos - len(buf) <= rate * lead:
+                            nearly.set()
                     while len(buf) >= ADD_CHUNK or (buf and pos + len(buf) == end_pos):
                         take = bytes(buf[: _cut(cut_points, pos, len(buf))])
                         del buf[: len(take)]
@@ -281,6 +304,36 @@ async def fetch_loop(
         await writer.wrote()
 
     async def worker() -> None:
+        # Each worker has one origin range under way at a time, and reads its next piece
+        # as that range nears its end: the read that reports a piece missing (a discovery
+        # round, the claim's contention window) took 20-360 ms in which its origin connection
+        # carried nothing, and one client alone lost 1.3 s in 128 MiB to it
+        # (docs/benchmarks.md). Reading on earlier would make the claim of the next piece
+        # wait for the whole range: on a slow WAN longer than the claim's ttl.
+        fetching: asyncio.Task[None] | None = None
+
+        async def to_origin(pos: int, length: int) -> None:
+            nonlocal fetching
+            if fetching is not None:
+                await fetching  # raises what the previous range failed with
+            nearly = asyncio.Event()
+            fetching = asyncio.ensure_future(from_origin(pos, length, nearly, LEAD))
+            await nearly.wait()
+            if fetching.done():
+                await fetching  # raises at once if it failed
+
+        try:
+            await read_units(to_origin)
+            if fetching is not None:
+                await fetching
+        finally:
+            if fetching is not None:  # failing: stop it (or take its error: never unheard)
+                fetching.cancel()
+                await asyncio.gather(fetching, return_exceptions=True)
+
+    async def read_units(to_origin: Callable[[int, int], Awaitable[None]]) -> None:
+        """Read the pieces this worker takes; hand each range reported missing to
+        ``to_origin``, which returns once it is nearly in."""
         while (unit := take()) is not None:
             pos, unit_end = unit
             await writer.wait_room(pos)
@@ -293,7 +346,7 @@ async def fetch_loop(
                 except MissingData as gap:
                     unit_end = extend(unit_end, gap.offset + gap.length)
                     take_len = min(gap.length, unit_end - pos)
-                    await from_origin(pos, take_len)
+                    await to_origin(pos, take_len)
                     pos += take_len
                     continue
                 except Timeout as gap:
@@ -301,7 +354,7 @@ async def fetch_loop(
                     if timeouts <= TIMEOUT_RETRIES:
                         continue
                     take_len = min(gap.length, unit_end - pos)
-                    await from_origin(pos, take_len)
+                    await to_origin(pos, take_len)
                     pos += take_len
                     continue
                 if read.offset != pos or not read.data:

@@ -131,11 +131,11 @@ class OfferServer:
             return _NOT_ALLOWED
         return None
 
-    def take_slot(self) -> bool:
+    def take_slot(self, head: RequestHead) -> int:
         self._active += 1
-        return True
+        return 1
 
-    def release_slot(self) -> None:
+    def release_slot(self, taken: int) -> None:
         self._active -= 1
 
     def answer(

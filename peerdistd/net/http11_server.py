@@ -53,11 +53,14 @@ class Handler(Protocol):
         """A refusal for a head that is not served here (wrong path, method), or None."""
         ...
 
-    def take_slot(self) -> bool:
-        """Take an upload slot for a request just begun; False when none is free (busy)."""
+    def take_slot(self, head: RequestHead) -> int:
+        """Take upload slots for a request just begun: how many (a request for many blocks
+        may weigh more than one); 0 when not enough are free (it is answered busy)."""
         ...
 
-    def release_slot(self) -> None: ...
+    def release_slot(self, taken: int) -> None:
+        """Give back the ``taken`` slots of one request."""
+        ...
 
     def answer(
         self, conn: ServerConnection, body: bytes | bytearray, *, busy: bool
@@ -99,7 +102,7 @@ class ServerConnection(asyncio.Protocol):
         self._buf = bytearray()  # received bytes not yet used
         self._head: RequestHead | None = None  # the request whose body is arriving
         self._chunks: ChunkedDecoder | None = None
-        self._slot = False  # holds one of the handler's upload slots
+        self._slot = 0  # the handler's upload slots the request in progress holds
         self._continued = False
         self._write_paused = False
         self._closing = False
@@ -246,7 +249,7 @@ class ServerConnection(asyncio.Protocol):
         if head.content_length is not None and head.content_length > self._handler.max_body:
             self._refuse(413, f"{head.content_length}-byte request refused")
             return None
-        self._slot = self._handler.take_slot()
+        self._slot = self._handler.take_slot(head)
         if head.content_length is None:
             self._chunks = ChunkedDecoder(self._handler.max_body)
         self._head = head
@@ -330,8 +333,8 @@ class ServerConnection(asyncio.Protocol):
 
     def _release_slot(self) -> None:
         if self._slot:
-            self._slot = False
-            self._handler.release_slot()
+            taken, self._slot = self._slot, 0
+            self._handler.release_slot(taken)
 
     # timers
 

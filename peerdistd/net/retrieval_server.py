@@ -19,7 +19,7 @@ from peerdistd.net.http11 import HeadCache, RequestHead, http_date, parse_reques
 from peerdistd.net.http11_server import Answer, Refusal, ServerConnection
 from peerdistd.net.types import BUSY_HEADER, BlockSource
 from peerdistd.proto import pchc
-from peerdistd.proto.pccrr import MAGIC_PATH, MAX_REQUEST_SIZE, RUN_PATH
+from peerdistd.proto.pccrr import MAGIC_PATH, MAX_REQUEST_SIZE, RUN_LIMIT, RUN_PATH
 from peerdistd.proto.pccrr_server import Reply, ReplyKind, RetrievalResponder, SealedSource
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,12 @@ class RetrievalServer:
 
     @property
     def active_uploads(self) -> int:
-        """Requests being served now (the Active Client Count of [MS-PCCRR] 3.2.1)."""
+        """Upload slots taken now (the Active Client Count of [MS-PCCRR] 3.2.1): one per
+        request being served, RUN_LIMIT for a run (:meth:`take_slot`)."""
         return self._active
 
     async def wait_uploads(self, count: int) -> None:
-        """Return once exactly ``count`` uploads are active (for draining and for tests)."""
+        """Return once exactly ``count`` upload slots are taken (for draining and tests)."""
         while self._active != count:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -150,14 +151,21 @@ class RetrievalServer:
         # PROTOCOLS.md 4: case-insensitive, with or without the trailing slash.
         return self._offers is not None and pchc.route(path.decode("latin-1")) == 2
 
-    def take_slot(self) -> bool:
-        if self._active >= self._upload_limit:
-            return False
-        self._count_upload(1)
-        return True
+    def take_slot(self, head: RequestHead) -> int:
+        # A run answer carries up to RUN_LIMIT blocks, so it takes as many upload slots as
+        # that many single-block requests would ([MS-PCCRR] 3.2.5.2-3: the limit is on
+        # uploads). Counted as one, 64 runs (64 MiB) could be under way at once; on a
+        # loaded host the last of them came after the askers' timers, and honest peers
+        # were banned as stalled or trickling (docs/benchmarks.md, ten nodes at once).
+        # Answered busy instead, an asker waits for one of this node's slots to free.
+        weight = min(RUN_LIMIT, self._upload_limit) if head.path == _RUN else 1
+        if self._active + weight > self._upload_limit:
+            return 0
+        self._count_upload(weight)
+        return weight
 
-    def release_slot(self) -> None:
-        self._count_upload(-1)
+    def release_slot(self, taken: int) -> None:
+        self._count_upload(-taken)
 
     def answer(
         self, conn: ServerConnection, body: bytes | bytearray, *, busy: bool

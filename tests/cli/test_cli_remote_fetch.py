@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import shutil
@@ -321,3 +322,77 @@ async def test_workers_fetch_pieces_in_parallel_and_write_in_order() -> None:
         (9 * BLOCK, 10 * BLOCK - 1),
         (10 * BLOCK, len(CONTENT) - 1),
     ]
+
+
+async def test_a_worker_reads_its_next_piece_as_its_origin_range_nears_its_end() -> None:
+    """One worker, every piece missing. The read that finds piece 2 missing is made while
+    piece 1 still comes from the origin, once its rest is due within about two reads' time
+    (a read that reports MISSING_DATA may take a discovery round and a claim window, which
+    the origin connection spent idle), not while most of it is to come: that read claims
+    piece 2, and the claim must see progress soon. One origin range at a time."""
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set())
+    daemon.piece = 6 * BLOCK
+    second_read = asyncio.Event()
+    answer = daemon.handle
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/block-read") and request.query["offset"] == str(6 * BLOCK):
+            second_read.set()
+        return await answer(request)
+
+    daemon.handle = handle  # type: ignore[method-assign]
+    seen: dict[str, bool] = {}
+    serving = 0
+
+    async def origin(request: web.Request) -> web.StreamResponse:
+        nonlocal serving
+        serving += 1
+        try:
+            assert serving == 1  # one origin range at a time per worker
+            first, last = (int(x) for x in request.headers["Range"][6:].split("-"))
+            body = CONTENT[first : last + 1]
+            resp = web.StreamResponse(
+                status=206,
+                headers={"Content-Range": f"bytes {first}-{last}/{len(CONTENT)}"},
+            )
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            if first == 0:
+                await resp.write(body[:1])  # most of the range still to come
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(second_read.wait(), 0.3)
+                seen["early"] = second_read.is_set()
+                await resp.write(body[1:-1])  # now its rest is one byte
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(second_read.wait(), 5.0)
+                seen["near_end"] = second_read.is_set()
+                body = body[-1:]
+            await resp.write(body)
+            await resp.write_eof()
+            return resp
+        finally:
+            serving -= 1
+
+    app = web.Application()
+    app.router.add_get("/file.bin", origin)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    out = io.BytesIO()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/file.bin"
+        async with servers(daemon, Origin(CONTENT)) as (client, _):
+            handle_ = await client.open_content(b"CI")
+            async with handle_, aiohttp.ClientSession() as session:
+                counts = await fetch_loop.fetch_loop(
+                    handle_,
+                    url,
+                    out,
+                    session=session,
+                    workers=1,
+                    piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
+                )
+    finally:
+        await runner.cleanup()
+    assert out.getvalue() == CONTENT and counts.from_origin == len(CONTENT)
+    assert seen == {"early": False, "near_end": True}

@@ -1,7 +1,8 @@
 """RetrievalServer answers a run of blocks (RUN_PATH) from a worker thread, over real loopback
 HTTP: the event loop serves other connections meanwhile, requests pipelined behind a run on
-its connection are answered after it and in order, and a connection that goes away while its
-run is being made frees its upload slot once the run is made."""
+its connection are answered after it and in order, a connection that goes away while its
+run is being made frees its upload slots once the run is made, and a run takes as many
+upload slots as the blocks it may carry."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 
 from peerdistd.net.retrieval_server import RetrievalServer
+from peerdistd.net.types import BUSY_HEADER
 from peerdistd.proto import pccrr, pccrr_client
 from peerdistd.proto.pccrr import Blk
 
@@ -125,7 +127,7 @@ async def test_a_peer_gone_while_its_run_is_made_frees_its_slot(
     _reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
     writer.write(http_post(pccrr.RUN_PATH, pccrr_client.block_run_request(SEG, 0, 4)))
     assert await asyncio.to_thread(source.entered.wait, GUARD)
-    assert srv.active_uploads == 1
+    assert srv.active_uploads == pccrr.RUN_LIMIT  # a run holds the slots of its blocks
     writer.transport.abort()  # the peer resets the connection
     source.gate.set()  # the run is made for nobody: its answer cannot be written
     await asyncio.wait_for(srv.wait_uploads(0), GUARD)
@@ -134,4 +136,36 @@ async def test_a_peer_gone_while_its_run_is_made_frees_its_slot(
         url = f"http://127.0.0.1:{srv.port}{pccrr.RUN_PATH}"
         async with http.post(url, data=pccrr_client.block_run_request(SEG, 2, 2)) as r:
             assert run_blocks(await r.read(), 2, 2) == [2, 3]
+    assert srv.active_uploads == 0
+
+
+async def test_a_run_takes_the_upload_slots_of_its_blocks_and_is_answered_busy_past_them() -> None:
+    # Counted as one upload, 64 runs (64 MiB) could be under way at a peer at once; on a
+    # loaded host the last came after the askers' timers and honest peers were banned.
+    source = GatedSource()
+    async with (
+        RetrievalServer(source, "127.0.0.1", 0, upload_limit=2 * pccrr.RUN_LIMIT + 8) as srv,
+        aiohttp.ClientSession() as http,
+    ):
+        base = f"http://127.0.0.1:{srv.port}"
+
+        async def run(first: int) -> tuple[bool, bytes]:
+            body = pccrr_client.block_run_request(SEG, first, 2)
+            async with http.post(base + pccrr.RUN_PATH, data=body) as r:
+                return BUSY_HEADER in r.headers, await r.read()
+
+        made = [asyncio.ensure_future(run(first)) for first in (0, 2)]
+        await asyncio.wait_for(srv.wait_uploads(2 * pccrr.RUN_LIMIT), GUARD)
+        # A third run does not fit in the slots left: busy at once, while the two are made.
+        busy, body = await asyncio.wait_for(run(4), GUARD)
+        assert busy and run_blocks(body, 4, 2)[0] == -1
+        # A one-block request (a Windows or iPXE peer's) still fits.
+        async with http.post(base + pccrr.MAGIC_PATH, data=pccrr_client.block_request(SEG, 6)) as r:
+            assert BUSY_HEADER not in r.headers
+            one = pccrr.parse_response(await r.read())
+        assert isinstance(one, Blk) and one.block_index == 6
+        source.gate.set()
+        (busy0, body0), (busy1, body1) = [await m for m in made]
+        assert not busy0 and run_blocks(body0, 0, 2) == [0, 1]
+        assert not busy1 and run_blocks(body1, 2, 2) == [2, 3]
     assert srv.active_uploads == 0
