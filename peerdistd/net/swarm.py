@@ -191,12 +191,15 @@ class Swarm:
             elif known:
                 result[sid] = max(known.values())
         if unknown:
-            # Segments a round in flight asks about already are not asked about again.
-            waits = {r for sid in unknown if (r := self.rounds.of(sid)) is not None}
+            # Segments a round in flight asks about already are not asked about again: that
+            # round is waited for (within our timeout); ours ends with its own window, which
+            # is ours (as before the rounds were shared).
+            others = {r for sid in unknown if (r := self.rounds.of(sid)) is not None}
             ask = [sid for sid in unknown if sid not in self.rounds]
-            if ask:
-                waits.add(self.rounds.start(ask, self._discover(ask, timeout)))
-            await wait_for(waits, timeout)
+            mine = self.rounds.start(ask, self._discover(ask, timeout)) if ask else None
+            await wait_for(others, timeout)
+            if mine is not None:
+                await asyncio.wait({mine})
             found = False
             for sid in unknown:
                 known = self._usable(sid) or {}
@@ -321,7 +324,9 @@ class Swarm:
         nearly every segment, and a probe per segment flooded the LAN (holders.py). This
         read waits only for its own segment's answer, as before."""
         task = self.rounds.of(segment_id)
-        if task is None:
+        if task is not None:  # asked about already: its answer is on its way
+            await wait_for({task}, timeout)
+        else:
             self.directory.forget([segment_id])  # not the answer we already have
             task = self.rounds.start([segment_id], self._discover([segment_id], timeout))
             near = self.directory.unanswered_near(
@@ -330,7 +335,7 @@ class Swarm:
             others = [sid for sid in near if sid not in self.rounds]
             if others:
                 self.rounds.start(others, self._discover(others, self.window))
-        await wait_for({task}, timeout)
+            await asyncio.wait({task})  # within its window, which is ours
 
     async def _race(
         self, ref: BlockRef, algorithm: HashAlgorithm, queue: list[str], deadline: float
