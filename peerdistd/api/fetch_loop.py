@@ -15,6 +15,7 @@ import asyncio
 import bisect
 import contextlib
 import itertools
+import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import IO
 import aiohttp
 
 from peerdistd.api.client import DEFAULT_READ_MAX, ContentHandle
+from peerdistd.api.fetch_pieces import Pieces
 from peerdistd.errors import (
     DecodeError,
     MissingData,
@@ -154,6 +156,14 @@ def _cut(bounds: Sequence[int], pos: int, size: int) -> int:
     return bounds[i] - pos if i >= 0 and bounds[i] > pos else size
 
 
+def _random_piece(count: int) -> int:
+    return random.randrange(count)  # noqa: S311 (spreading work, not a secret)
+
+
+def _first(count: int) -> int:
+    return 0
+
+
 class _Writer:
     """Writes pieces at their offsets: seeking if ``out`` can, else in order (pieces that
     arrive early wait in memory; workers do not run more than ``ahead`` bytes ahead)."""
@@ -203,37 +213,25 @@ async def fetch_loop(
     read_max: int = DEFAULT_READ_MAX,
     piece_bounds: Sequence[int] = (),
     block_bounds: Sequence[int] = (),
+    first_piece: Callable[[int], int] | None = None,
 ) -> FetchCounts:
     """Write the content of ``handle`` (complete content information) to ``out``, reading
     through the daemon and taking what it lacks from ``origin``; ``out`` starts at the range.
     ``piece_bounds``: where the daemons' pieces start (:func:`pieces_of`), else every UNIT;
-    ``block_bounds``: where V2 blocks (segments) start, so that added data ends on one."""
+    ``block_bounds``: where V2 blocks (segments) start, so that added data ends on one;
+    ``first_piece(count)``: the index of the piece to start at (:mod:`fetch_pieces`; by
+    default a random one when ``out`` can seek, else the first)."""
     if handle.range_offset is None or handle.size is None:
         raise ServiceUnavailable("the content handle has no content information")
     start, end = handle.range_offset, handle.range_offset + handle.size
     counts = FetchCounts()
     writer = _Writer(out, start, ahead=2 * max(1, workers) * UNIT)
-    cursor = start  # the next offset no worker has taken
-
-    cuts = sorted(set(piece_bounds)) if piece_bounds else []
-
-    def take() -> tuple[int, int] | None:
-        nonlocal cursor
-        if cursor >= end:
-            return None
-        nxt = bisect.bisect_right(cuts, cursor)
-        stop = cuts[nxt] if nxt < len(cuts) else (cursor // UNIT + 1) * UNIT
-        unit = (cursor, min(end, stop))
-        cursor = unit[1]
-        return unit
-
-    def extend(unit_end: int, want: int) -> int:
-        """A gap runs past our unit: take its rest too if no worker took it yet."""
-        nonlocal cursor
-        if cursor == unit_end and want > unit_end:
-            cursor = min(want, end)
-            return cursor
-        return unit_end
+    pieces = Pieces(start, end, piece_bounds, UNIT)
+    if first_piece is None:
+        first_piece = _random_piece if writer.seekable else _first
+    if pieces:
+        pieces.start_at(first_piece(len(pieces)))
+    take, extend = pieces.take, pieces.extend
 
     def report() -> None:
         if progress:

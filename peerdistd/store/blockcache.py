@@ -293,9 +293,7 @@ class BlockCache:
                 log.info("segment %s: replacing %d unproven blocks", seg.rowid, len(replaced))
                 self._drop_blocks(seg, replaced)
             self._make_room(sum(v.nbytes for v, _ in new.values()), keep=seg.rowid)
-            created = seg.fd is None and not self._files.path(seg.rowid).exists()
-            fd = self._table.fd(seg, create=True)
-            assert fd is not None
+            fd, created = self._table.create_fd(seg)
             self._files.write_blocks(
                 fd, seg.record.block_size, [(i, v) for i, (v, _) in new.items()]
             )

@@ -40,10 +40,19 @@ def commit_staged(cache: BlockCache) -> int:
             cache._commit_done.notify_all()
             return 0
         created = sorted(staging.creating)
-        fds = [f for r in staging.committing if (f := cache._files.open(r)) is not None]
+        # A batch synced with one syncfs needs no descriptor of its files (opening each new
+        # V2 segment's file again, only to close it, cost a path and an open per segment).
+        whole_fs = cache._files.syncs_whole_fs(len(staging.committing) + len(created))
+        fds = (
+            []
+            if whole_fs
+            else [f for r in staging.committing if (f := cache._files.open(r)) is not None]
+        )
     try:
         try:
-            if cache._sync:  # data and new files' names durable before the rows vouching
+            if cache._sync and whole_fs:
+                cache._files.syncfs()  # data and new files' names durable before the rows
+            elif cache._sync:
                 cache._files.sync_batch(fds, created)
         finally:
             for fd in fds:

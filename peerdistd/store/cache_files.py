@@ -64,41 +64,58 @@ class SegmentFiles:
 
     def __init__(self, root: Path) -> None:
         self.data = root / "data"
+        self._data = str(self.data)
         # Fan-out directories known to exist: a mkdir per new file cost about 200 us here,
         # a third of storing a V2 segment (docs/benchmarks.md, V2).
-        self._dirs: set[Path] = set()
+        self._dirs: set[str] = set()
 
     def path(self, rowid: int) -> Path:
-        return self.data / f"{rowid & 0xFF:02x}" / f"{rowid:x}{_SUFFIX}"
+        return Path(self._name(rowid))
+
+    def _name(self, rowid: int) -> str:
+        # A string, not a Path: joining Paths cost three parses per new V2 segment.
+        return f"{self._data}/{rowid & 0xFF:02x}/{rowid:x}{_SUFFIX}"
 
     def open(self, rowid: int, *, create: bool = False) -> int | None:
         """A new descriptor of the segment file; None if it is missing or no regular file."""
-        path = self.path(rowid)
+        if create:
+            return self.create(rowid)[0]
         try:
-            if create:
-                if path.parent not in self._dirs:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    self._dirs.add(path.parent)
-                try:
-                    fd = os.open(path, _OPEN_FLAGS | os.O_CREAT, 0o600)
-                except FileNotFoundError:  # its directory went away meanwhile: make it again
-                    self._dirs.discard(path.parent)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    fd = os.open(path, _OPEN_FLAGS | os.O_CREAT, 0o600)
-            else:
-                fd = os.open(path, _OPEN_FLAGS)
-        except FileNotFoundError:
+            fd = os.open(self._name(rowid), _OPEN_FLAGS)
+        except OSError:  # missing, ELOOP (a symlink), EACCES...: not ours to serve
             return None
-        except OSError as exc:
-            if create:
-                raise LocalError(f"cannot open segment file {path}: {exc}") from exc
-            return None  # ELOOP (a symlink), EACCES...: not ours to serve
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            if create:
-                raise LocalError(f"segment file {path} is not a regular file")
             return None
         return fd
+
+    def create(self, rowid: int) -> tuple[int, bool]:
+        """A descriptor of the segment file, made if missing, and whether it was made here
+        (learnt from O_EXCL rather than a stat before the open)."""
+        name = self._name(rowid)
+        folder = name.rpartition("/")[0]
+        try:
+            if folder not in self._dirs:
+                os.makedirs(folder, exist_ok=True)
+                self._dirs.add(folder)
+            try:
+                fd, created = self._open_new(name), True
+            except FileNotFoundError:  # its directory went away meanwhile: make it again
+                self._dirs.discard(folder)
+                os.makedirs(folder, exist_ok=True)
+                fd, created = self._open_new(name), True
+            except FileExistsError:
+                fd, created = os.open(name, _OPEN_FLAGS), False
+        except OSError as exc:
+            raise LocalError(f"cannot open segment file {name}: {exc}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LocalError(f"segment file {name} is not a regular file")
+        return fd, created
+
+    @staticmethod
+    def _open_new(name: str) -> int:
+        return os.open(name, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
 
     def write(self, fd: int, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -161,9 +178,14 @@ class SegmentFiles:
         except OSError as exc:
             raise LocalError(f"cannot sync the block cache: {exc}") from exc
 
+    @staticmethod
+    def syncs_whole_fs(files: int) -> bool:
+        """Whether a batch of this many files (changed or new) is synced with one syncfs(2)."""
+        return _syncfs is not None and files > SYNCFS_MIN_FILES
+
     def sync_batch(self, fds: Sequence[int], created: list[int]) -> None:
         """Make the data of these open files, and the names of the new ones, durable."""
-        if _syncfs is not None and len(fds) + len(created) > SYNCFS_MIN_FILES:
+        if self.syncs_whole_fs(len(fds) + len(created)):
             self.syncfs()
             return
         for fd in fds:

@@ -113,6 +113,13 @@ class SegmentTable:
             seg.fd = self._files.open(seg.rowid, create=create)
         return seg.fd
 
+    def create_fd(self, seg: Seg) -> tuple[int, bool]:
+        """The segment's descriptor, its file made if missing; whether it was made now."""
+        if seg.fd is not None:
+            return seg.fd, False
+        seg.fd, created = self._files.create(seg.rowid)
+        return seg.fd, created
+
     def close(self) -> None:
         for segment_id in list(self._segs):
             self.forget(segment_id)

@@ -391,8 +391,43 @@ async def test_a_worker_reads_its_next_piece_as_its_origin_range_nears_its_end()
                     session=session,
                     workers=1,
                     piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
+                    first_piece=lambda count: 0,
                 )
     finally:
         await runner.cleanup()
     assert out.getvalue() == CONTENT and counts.from_origin == len(CONTENT)
     assert seen == {"early": False, "near_end": True}
+
+
+async def test_a_seekable_output_starts_at_a_random_piece_and_wraps_around(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nodes that start together begin at different pieces, so each claims and fetches its
+    own stretch from the origin (started all at the first, one node stayed ahead and fetched
+    every piece). Output that cannot seek starts at the first piece (the test above)."""
+    picked: list[int] = []
+
+    def pick(count: int) -> int:
+        picked.append(count)
+        return 4
+
+    monkeypatch.setattr(fetch_loop, "_random_piece", pick)
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set())
+    daemon.piece = 2 * BLOCK
+    origin = Origin(CONTENT)
+    out = io.BytesIO()
+    async with servers(daemon, origin) as (client, url):
+        handle = await client.open_content(b"CI")
+        async with handle, aiohttp.ClientSession() as session:
+            counts = await fetch_loop.fetch_loop(
+                handle,
+                url,
+                out,
+                session=session,
+                workers=1,
+                piece_bounds=range(0, len(CONTENT), 2 * BLOCK),
+            )
+    assert out.getvalue() == CONTENT and counts.from_origin == len(CONTENT)
+    assert picked == [6]  # six pieces of two blocks
+    asked = [int(r["Range"][6:].split("-")[0]) // BLOCK for r in origin.requests]
+    assert asked == [8, 10, 0, 2, 4, 6]  # from the fifth piece, wrapping around, each once
