@@ -14,10 +14,22 @@ share a *trail*, the peers that most recently delivered blocks of that content. 
 segment nobody has answered for yet is then first asked of those peers directly instead of
 waiting for a discovery round. A segment with neither an answer nor a trail is left to
 BranchCache discovery.
+
+Windows also give the content's order (``link``: ids in content order), so the segments after
+one are known: when a guess fails, or a segment has neither an answer nor a guess, the swarm
+asks the LAN about it *and* about the segments around it that have no answer either
+(:meth:`HolderDirectory.unanswered_near`: after it, and the few before it whose guesses are
+still being tried, since a run's blocks fail in any order), in one round. When ten nodes
+read one content together the trail peer usually lacks the next segment too (it is no further
+on than we are); asking about each segment alone cost every node ~1,100 one-id probes per
+128 MiB of V2, each parsed and looked up by all the others (docs/benchmarks.md, "Probes
+when ten nodes read together"). Every segment still gets its discovery answer; the answers
+just come a window at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -70,6 +82,9 @@ class HolderDirectory:
         self.ttl, self.size, self._clock = ttl, size, clock
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._trails: OrderedDict[bytes, _Trail] = OrderedDict()
+        # Segment -> the next (previous) one of its content, as windows linked them.
+        self._next: dict[bytes, bytes] = {}
+        self._prev: dict[bytes, bytes] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -164,8 +179,16 @@ class HolderDirectory:
         for sid in segment_ids:
             self._trails[sid] = trail
             self._trails.move_to_end(sid)
-        while len(self._trails) > self.size:
-            self._trails.popitem(last=False)
+        # Content order: the window after its lead is consecutive (the lead is followed by
+        # the window's first segment only when the window starts at the content's start:
+        # that pair is left out, it cannot be told from the others).
+        for here, after in itertools.pairwise(list(segment_ids)[1:]):
+            self._next[here] = after
+            self._prev[after] = here
+        while len(self._trails) > self.size:  # the links' keys are a subset: bounded with it
+            gone, _ = self._trails.popitem(last=False)
+            self._next.pop(gone, None)
+            self._prev.pop(gone, None)
 
     def guess(self, segment_id: bytes, usable: Callable[[str], bool]) -> list[str]:
         """Record as the provisional holders of ``segment_id`` (which must have no fresh
@@ -186,6 +209,32 @@ class HolderDirectory:
         if peers:
             self._put(segment_id, _Entry(self._clock() + self.ttl, dict.fromkeys(peers, 1), True))
         return peers
+
+    def unanswered_near(
+        self, segment_id: bytes, *, after: int, before: int, steps: int
+    ) -> list[bytes]:
+        """Segments of ``segment_id``'s content with no fresh answer (none at all, or only a
+        guess): up to ``after`` of those after it and ``before`` of those before it, each
+        within ``steps`` linked segments."""
+        seen = {segment_id}
+        ahead = self._walk(segment_id, self._next, after, steps, seen)
+        return [*self._walk(segment_id, self._prev, before, steps, seen), *ahead]
+
+    def _walk(
+        self, start: bytes, links: dict[bytes, bytes], limit: int, steps: int, seen: set[bytes]
+    ) -> list[bytes]:
+        found: list[bytes] = []
+        sid = start
+        for _ in range(steps):
+            step = links.get(sid)
+            if step is None or step in seen or len(found) >= limit:
+                break
+            seen.add(step)
+            entry = self._fresh(step)
+            if entry is None or entry.guessed:
+                found.append(step)
+            sid = step
+        return found
 
     # -- inside --------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.net.discovery import Discovery
+from peerdistd.net.discovery_rounds import Rounds, wait_for
 from peerdistd.net.hedging import LatencyWindow
 from peerdistd.net.holders import MAX_HOLDER_SEGMENTS, HolderDirectory
 from peerdistd.net.peer_health import FAILURES_TO_BAN, PeerHealth, PeerStats
@@ -51,6 +52,12 @@ __all__ = ["MAX_HOLDER_SEGMENTS", "PeerStats", "Swarm", "SwarmStats"]
 log = logging.getLogger(__name__)
 
 MAX_ASKS: Final = 3  # holders asked for one block at once (the first and its hedges)
+# A segment whose holders are unknown (or were wrongly guessed) is asked about with up to this
+# many segments after it, and before it, that have no answer either (holders.py): at most 55,
+# four V2 probes of 14 ids. Before it: a run's blocks (up to 16) whose guesses are being tried.
+ASK_AHEAD: Final = 41
+ASK_BEHIND: Final = 14
+ASK_STEPS: Final = 64  # linked segments looked through each way (a V2 read-ahead)
 _UNEXPECTED_LOGGED: Final = 64  # distinct unexpected errors logged with a traceback
 
 
@@ -115,7 +122,7 @@ class Swarm:
         self._clock = clock
         self.directory = HolderDirectory(clock=clock)  # who holds which segment
         self._hints: set[asyncio.Task[object]] = set()
-        self._relocating: dict[bytes, asyncio.Task[object]] = {}  # bounded by reads in flight
+        self.rounds = Rounds()  # discovery rounds in flight, by segment
         self._lingering: set[asyncio.Task[bytes | None]] = set()
         self._unexpected: set[str] = set()
         # Runs of blocks in one exchange (swarm_runs): peers without the extension, the
@@ -184,10 +191,23 @@ class Swarm:
             elif known:
                 result[sid] = max(known.values())
         if unknown:
-            found = await self._discover(unknown, timeout)
-            result.update(found)
+            # Segments a round in flight asks about already are not asked about again: that
+            # round is waited for (within our timeout); ours ends with its own window, which
+            # is ours (as before the rounds were shared).
+            others = {r for sid in unknown if (r := self.rounds.of(sid)) is not None}
+            ask = [sid for sid in unknown if sid not in self.rounds]
+            mine = self.rounds.start(ask, self._discover(ask, timeout)) if ask else None
+            await wait_for(others, timeout)
+            if mine is not None:
+                await asyncio.wait({mine})
+            found = False
+            for sid in unknown:
+                known = self._usable(sid) or {}
+                if known:
+                    result[sid] = max(known.values())
+                    found = True
             if probed is not None:
-                probed(bool(found))
+                probed(found)
         return result
 
     async def _discover(self, segment_ids: list[bytes], timeout: float) -> dict[bytes, int]:
@@ -223,6 +243,10 @@ class Swarm:
             return None
         return {p: n for p, n in known.items() if self._usable_peer(p)}
 
+    def _answered(self, segment_id: bytes) -> bool:
+        """Whether discovery (or a delivered block) answered for the segment: not a guess."""
+        return self._usable(segment_id) is not None and not self.directory.guessed(segment_id)
+
     def prefetch_hint(self, segment_ids: Sequence[bytes]) -> None:
         task: asyncio.Task[object] = asyncio.ensure_future(
             self.locate(list(segment_ids), timeout=self.window)
@@ -240,8 +264,7 @@ class Swarm:
         known = self._usable(sid)
         probed = False  # whether this fetch already asked the LAN
         if known is None:
-            await self.locate([sid], timeout=timeout)
-            probed = not self.directory.guessed(sid)
+            probed = await self._find(sid, timeout)
             known = self._usable(sid) or {}
         if not known:
             return None  # nobody holds it, as discovery answered just now
@@ -254,7 +277,10 @@ class Swarm:
             # ask the LAN once more and try those we have not asked yet. Partial holders a
             # discovery answer named that lack this block are not a reason to probe again
             # (with many readers of a partly fetched content that would flood the LAN).
-            await self._relocate(sid, deadline - self._clock())
+            # Nor is a guess that failed after a round about the segments around another
+            # one answered for this one meanwhile: that answer is used as it is.
+            if not (guessed and self._answered(sid)):
+                await self._relocate(sid, deadline - self._clock())
             fresh = self._usable(sid) or {}
             queue = [p for p in self._queue(sid, fresh, ref.index) if p not in asked]
             if queue:
@@ -270,7 +296,7 @@ class Swarm:
         """Peers known to hold the segment (located now if unknown)."""
         known = self._usable(segment_id)
         if known is None:
-            await self.locate([segment_id], timeout=timeout)
+            await self._find(segment_id, timeout)
             known = self._usable(segment_id) or {}
         return list(known)
 
@@ -280,17 +306,36 @@ class Swarm:
         """Consecutive blocks of one content, each verified or None (see swarm_runs)."""
         return await fetch_run(self, refs, algorithm, timeout=timeout)
 
+    async def _find(self, segment_id: bytes, timeout: float) -> bool:
+        """Holders for a segment without an answer: guessed from its content's trail, else
+        asked of the LAN (:meth:`_relocate`); whether the LAN was asked."""
+        if self.directory.guess(segment_id, self._usable_peer):
+            return False
+        await self._relocate(segment_id, timeout)
+        return True
+
     async def _relocate(self, segment_id: bytes, timeout: float) -> None:
-        """A fresh probe for ``segment_id``, shared by every block of it that needs one."""
-        task = self._relocating.get(segment_id)
-        if task is None:
+        """A fresh probe for ``segment_id``, shared by every block of it that needs one (and
+        by the round in flight that asks about it already, if one does).
+
+        The segments around it in its content that have no answer either (none, or only the
+        trail's guess) are asked about in a second round sent at the same moment, which no
+        one waits for here: when ten nodes read one content together a guess fails for
+        nearly every segment, and a probe per segment flooded the LAN (holders.py). This
+        read waits only for its own segment's answer, as before."""
+        task = self.rounds.of(segment_id)
+        if task is not None:  # asked about already: its answer is on its way
+            await wait_for({task}, timeout)
+        else:
             self.directory.forget([segment_id])  # not the answer we already have
-            task = asyncio.ensure_future(self._discover([segment_id], timeout))
-            self._relocating[segment_id] = task
-            self._hints.add(task)
-            task.add_done_callback(self._hints.discard)
-            task.add_done_callback(lambda _: self._relocating.pop(segment_id, None))
-        await asyncio.shield(task)
+            task = self.rounds.start([segment_id], self._discover([segment_id], timeout))
+            near = self.directory.unanswered_near(
+                segment_id, after=ASK_AHEAD, before=ASK_BEHIND, steps=ASK_STEPS
+            )
+            others = [sid for sid in near if sid not in self.rounds]
+            if others:
+                self.rounds.start(others, self._discover(others, self.window))
+            await asyncio.wait({task})  # within its window, which is ours
 
     async def _race(
         self, ref: BlockRef, algorithm: HashAlgorithm, queue: list[str], deadline: float
@@ -499,6 +544,7 @@ class Swarm:
         await self.windows.aclose()
         tasks: list[asyncio.Future[Any]] = [
             *self._hints,
+            *self.rounds.tasks,
             *self._lingering,
             *self.lingering_runs,
         ]

@@ -11,12 +11,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 from peerdistd.errors import ConfigError, LocalError
 from peerdistd.store.cache_files import SegmentFiles
 from peerdistd.store.healing import StoreNote, heal, salvage_cache
-from peerdistd.store.index import CacheIndex
+from peerdistd.store.index import CacheIndex, is_corruption
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,26 @@ def open_index(directory: Path) -> tuple[CacheIndex, StoreNote | None]:
         reason = "an earlier verify found it damaged"
     elif not index.quick_check():
         reason = "PRAGMA quick_check failed"
+    else:
+        reason = _load_held(index)
     if reason is None:
         assert index is not None
         return index, None
     if index is not None:
         index.close()
     return rebuild_index(directory, reason)
+
+
+def _load_held(index: CacheIndex) -> str | None:
+    """Read the segments' block counts into memory now, not at the first probe; a reason to
+    rebuild if the file turns out damaged."""
+    try:
+        index.load_held()
+    except sqlite3.Error as exc:
+        if is_corruption(exc):
+            return f"reading its segments failed: {exc}"
+        raise LocalError(f"cache index: {exc}") from exc
+    return None
 
 
 def rebuild_index(directory: Path, reason: str) -> tuple[CacheIndex, StoreNote]:

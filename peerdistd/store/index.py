@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peerdistd.errors import LocalError, StoreDamaged
+from peerdistd.store.cache_held import HeldSegments
 from peerdistd.store.cache_types import SegmentRecord
 
 SCHEMA_VERSION = 2
@@ -49,6 +50,10 @@ CREATE TABLE IF NOT EXISTS totals(
 INSERT OR IGNORE INTO totals VALUES (1, 0, 0, 0, 0);
 CREATE TABLE IF NOT EXISTS trash(seg INTEGER PRIMARY KEY);
 """
+
+# Each segment's held blocks and whether they may be served to peers (V2, or V1 with a
+# proven hash list): what the map in memory holds (cache_held).
+_SELECT_HELD = "SELECT segment_id, blocks, (version = 2 OR proven IS NOT NULL) FROM segments"
 
 _SELECT_SEGMENTS = (
     "SELECT id, segment_id, version, algorithm, hod, secret, length, block_size FROM segments"
@@ -85,6 +90,11 @@ class CacheIndex:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        # The segments' block counts in memory (cache_held): answering a probe about
+        # segments this node does not hold touches no SQL.
+        # Read at the first answer (or by load_held, once the file is known sound).
+        self._held = HeldSegments()
+        self._held.stale = True
 
     @classmethod
     def open(cls, path: Path) -> CacheIndex | None:
@@ -135,9 +145,17 @@ class CacheIndex:
                 try:
                     yield
                 except BaseException:
+                    self._held.rollback()
                     self._db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    # Committed or not, SQLite knows: read the table again before answering.
+                    self._held.rollback()
+                    self._held.stale = True
+                    raise
+                self._held.commit()
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -173,6 +191,7 @@ class CacheIndex:
              record.secret, record.length, record.block_size, clock),
         )  # fmt: skip
         self._db.execute("UPDATE totals SET segments = segments + 1")
+        self._note(record.segment_id, 0, record.version == 2)
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -205,7 +224,12 @@ class CacheIndex:
         return None if row is None or row[0] is None else bytes(row[0])
 
     def set_proven(self, rowid: int, hashes: bytes) -> None:
-        self._db.execute("UPDATE segments SET proven = ? WHERE id = ?", (hashes, rowid))
+        row = self._db.execute(
+            "UPDATE segments SET proven = ? WHERE id = ?"
+            " RETURNING segment_id, blocks, (version = 2 OR proven IS NOT NULL)",
+            (hashes, rowid),
+        ).fetchone()
+        self._note_row(row)
 
     def block_hash(self, rowid: int, index: int) -> bytes | None:
         row = self._db.execute(
@@ -220,11 +244,12 @@ class CacheIndex:
             [(rowid, idx, length, digest) for idx, length, digest in rows],
         )
         added = sum(length for _, length, _ in rows)
-        self._db.execute(
+        row = self._db.execute(
             "UPDATE segments SET blocks = blocks + ?, bytes = bytes + ?, last_used = ?"
-            " WHERE id = ?",
+            " WHERE id = ? RETURNING segment_id, blocks, (version = 2 OR proven IS NOT NULL)",
             (len(rows), added, clock, rowid),
-        )
+        ).fetchone()
+        self._note_row(row)
         self._db.execute(
             "UPDATE totals SET blocks = blocks + ?, bytes = bytes + ?", (len(rows), added)
         )
@@ -235,10 +260,12 @@ class CacheIndex:
             "DELETE FROM blocks WHERE seg = ? AND idx = ?", [(rowid, idx) for idx, _ in rows]
         )
         dropped = sum(length for _, length in rows)
-        self._db.execute(
-            "UPDATE segments SET blocks = blocks - ?, bytes = bytes - ? WHERE id = ?",
+        row = self._db.execute(
+            "UPDATE segments SET blocks = blocks - ?, bytes = bytes - ?"
+            " WHERE id = ? RETURNING segment_id, blocks, (version = 2 OR proven IS NOT NULL)",
             (len(rows), dropped, rowid),
-        )
+        ).fetchone()
+        self._note_row(row)
         self._db.execute(
             "UPDATE totals SET blocks = blocks - ?, bytes = bytes - ?", (len(rows), dropped)
         )
@@ -248,12 +275,13 @@ class CacheIndex:
         freed = blocks = 0
         for rowid in rowids:
             row = self._db.execute(
-                "DELETE FROM segments WHERE id = ? RETURNING blocks, bytes", (rowid,)
+                "DELETE FROM segments WHERE id = ? RETURNING blocks, bytes, segment_id", (rowid,)
             ).fetchone()
             if row is None:
                 continue
             blocks += row[0]
             freed += row[1]
+            self._note_gone(row[2])
             self._db.execute("DELETE FROM blocks WHERE seg = ?", (rowid,))
             self._db.execute("INSERT OR IGNORE INTO trash(seg) VALUES (?)", (rowid,))
         self._db.execute(
@@ -287,20 +315,41 @@ class CacheIndex:
     def counts(
         self, segment_ids: Sequence[bytes], *, proven_only: bool = False
     ) -> dict[bytes, int]:
-        """Held block counts; ``proven_only``: of segments whose blocks are all proven (V2, or
-        V1 with a proven list: blocks that contradict it never stay)."""
-        proven = " AND (version = 2 OR proven IS NOT NULL)" if proven_only else ""
-        found: dict[bytes, int] = {}
-        for start in range(0, len(segment_ids), 500):  # under SQLite's variable limit
-            chunk = segment_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT segment_id, blocks FROM segments WHERE blocks > 0{proven}"  # noqa: S608
-                f" AND segment_id IN ({marks})",
-                chunk,
-            )
-            found.update((bytes(sid), n) for sid, n in rows)
-        return found
+        """Held block counts, as committed; ``proven_only``: of segments whose blocks are all
+        proven (V2, or V1 with a proven list: blocks that contradict it never stay). From
+        memory (cache_held), not SQL."""
+        if self._held.stale and not self._db.in_transaction:
+            self._load_held()
+        return self._held.counts(segment_ids, proven_only=proven_only)
+
+    def has_segment(self, segment_id: bytes) -> bool:
+        """Whether the segment has a row (committed), from memory: safe without the cache
+        lock, as a first cheap filter (the answer may be a moment old). After a failed
+        commit every id may be (:meth:`counts` reads the table again)."""
+        return self._held.stale or self._held.has(segment_id)
+
+    def load_held(self) -> None:
+        """Read every segment's block count into memory (sqlite3 errors are the caller's)."""
+        self._load_held()
+
+    def _load_held(self) -> None:
+        rows = self._db.execute(_SELECT_HELD)
+        self._held.reset((bytes(sid), n, bool(served)) for sid, n, served in rows)
+
+    def _note(self, segment_id: bytes, blocks: int, served: bool) -> None:
+        """A row changed: applied to the map at COMMIT (at once outside a transaction)."""
+        self._held.put(segment_id, blocks, served)
+        if not self._db.in_transaction:
+            self._held.commit()
+
+    def _note_gone(self, segment_id: bytes) -> None:
+        self._held.delete(segment_id)
+        if not self._db.in_transaction:
+            self._held.commit()
+
+    def _note_row(self, row: tuple[bytes, int, int] | None) -> None:
+        if row is not None:  # None: no such row (dropped meanwhile), nothing changed
+            self._note(row[0], row[1], bool(row[2]))
 
     def all_segments(self) -> list[tuple[int, SegmentRecord]]:
         rows = self._db.execute(_SELECT_SEGMENTS + " ORDER BY id")
@@ -323,3 +372,5 @@ class CacheIndex:
             " bytes = (SELECT coalesce(sum(length), 0) FROM blocks),"
             " segments = (SELECT count(*) FROM segments)"
         )
+        for row in self._db.execute(_SELECT_HELD):
+            self._held.put(row[0], row[1], bool(row[2]))

@@ -7,9 +7,12 @@ holders and counts its probe rounds (the real one is tested in test_net_discover
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+
+import pytest
 
 from peerdistd.net.discovery import PeerHit
 from peerdistd.net.holders import HolderDirectory
@@ -235,3 +238,135 @@ def test_a_holder_named_by_single_flight_comes_first_and_replaces_a_guess() -> N
     assert directory.holders(B) == {"q:1": 1} and not directory.guessed(B)
     directory.named(A, "q:1")
     assert list(directory.holders(A) or ()) == ["q:1", "p:1"]
+
+
+# -- a guess that fails asks about the rest of the window in one round ------------------------
+
+CONTENT = [bytes([n]) * 32 for n in range(10, 20)]  # ten segments of one content, in order
+SEGMENTS.update({sid: segment(sid, n) for n, sid in enumerate(CONTENT)})
+
+
+def test_the_segments_after_one_without_an_answer_are_found_in_content_order() -> None:
+    directory = HolderDirectory()
+    lead, *rest = CONTENT
+    directory.link([lead, *rest[3:]])  # a window further on: its lead is not followed by it
+    directory.link(CONTENT[:5])  # the window at the start, overlapping that one
+    directory.learn({CONTENT[2]: {"p:1": 2}})  # answered: not asked about again
+    directory.guess(CONTENT[3], lambda _: False)  # nothing to guess from: still unanswered
+    near = directory.unanswered_near
+    assert near(CONTENT[1], after=3, before=0, steps=64) == [CONTENT[3], CONTENT[4], CONTENT[5]]
+    assert near(lead, after=3, before=3, steps=64) == []  # what follows a lead is not known
+    assert near(CONTENT[4], after=40, before=0, steps=64) == CONTENT[5:]
+    assert near(CONTENT[4], after=40, before=0, steps=2) == CONTENT[5:7]
+    assert near(CONTENT[-1], after=40, before=0, steps=64) == []
+    # Before it, nearest first (a run's blocks whose guesses fail in any order).
+    assert near(CONTENT[5], after=1, before=9, steps=64) == [
+        CONTENT[4],
+        CONTENT[3],
+        CONTENT[1],
+        CONTENT[6],
+    ]
+
+
+@pytest.mark.parametrize("order", ["forwards", "backwards"])
+async def test_a_failed_guess_asks_about_the_rest_of_the_window_in_one_round(order: str) -> None:
+    # Ten nodes reading one content together: the trail's peer is no further on than we are,
+    # so its guess fails for nearly every segment. Each failure asked about its segment alone
+    # (one probe per segment, parsed by every other node); now the segments around it with no
+    # answer are asked about in one more round, and the reads of those wait for no probe.
+    # Backwards: the blocks of a run are asked for together and fail in any order.
+    first, *rest = CONTENT
+    reads = rest if order == "forwards" else rest[::-1]
+    async with (
+        RetrievalServer(Source({first: [0, 1]}), "127.0.0.1", 0) as p,
+        RetrievalServer(Source({sid: [0, 1] for sid in CONTENT}), "127.0.0.1", 0) as q,
+    ):
+        answers = Answers()
+        answers.answers = {first: [[address(p)]], **{sid: [[address(q)]] for sid in rest}}
+        async with swarm_with(answers) as swarm:
+            await swarm.locate([first], timeout=1.0)
+            assert await swarm.fetch(ref(first, 0), HashAlgorithm.SHA256, timeout=2.0)
+            located = await swarm.locate(CONTENT, timeout=1.0)  # the rest guessed on P
+            assert set(located) == set(CONTENT) and answers.rounds == [(first,)]
+            for sid in reads:
+                got = await swarm.fetch(ref(sid, 1), HashAlgorithm.SHA256, timeout=2.0)
+                assert got == block(sid, 1)
+            assert answers.rounds == [(first,), (reads[0],), tuple(reads[1:])]
+            # Every segment got its discovery answer: Q, not the guess.
+            assert all(swarm.directory.holders(sid) == {address(q): 2} for sid in rest)
+            assert swarm.peer(address(p)).failures == 0
+
+
+async def test_a_segment_a_round_in_flight_asks_about_is_not_asked_about_again() -> None:
+    gate = asyncio.Event()
+    sent: asyncio.Queue[None] = asyncio.Queue()
+
+    class Held(Answers):
+        async def find(
+            self, segment_ids: Sequence[bytes], *, window: float
+        ) -> dict[bytes, list[PeerHit]]:
+            found = await super().find(segment_ids, window=window)
+            sent.put_nowait(None)
+            await gate.wait()  # the answers are on their way
+            return found
+
+    answers = Held()
+    async with swarm_with(answers) as swarm:
+        window = asyncio.ensure_future(swarm.locate(CONTENT[:6], timeout=1.0))
+        await sent.get()
+        later = asyncio.ensure_future(swarm.locate([CONTENT[0], *CONTENT[4:8]], timeout=1.0))
+        fetch = asyncio.ensure_future(
+            swarm.fetch(ref(CONTENT[5], 0), HashAlgorithm.SHA256, timeout=1.0)
+        )
+        await sent.get()  # the later window's round, for the two segments no round asks about
+        gate.set()
+        assert await window == {} and await later == {} and await fetch is None
+        assert answers.rounds == [tuple(CONTENT[:6]), tuple(CONTENT[6:8])]
+
+
+async def test_a_guess_that_fails_after_a_round_answered_its_segment_sends_no_probe() -> None:
+    # The guessed peer's "not held" came after the round about the segments around another
+    # one had answered for this one: a probe for it alone was sent all the same (~80 of the
+    # ~150 rounds per node when ten nodes read together).
+    first, second, third, *later = CONTENT
+    gate, p_asked, p_may_answer = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    class Gated(Answers):
+        async def find(
+            self, segment_ids: Sequence[bytes], *, window: float
+        ) -> dict[bytes, list[PeerHit]]:
+            if third in segment_ids:
+                await gate.wait()
+            return await super().find(segment_ids, window=window)
+
+    async with (
+        RetrievalServer(Source({first: [0, 1]}), "127.0.0.1", 0) as p,
+        RetrievalServer(Source({sid: [0, 1] for sid in CONTENT}), "127.0.0.1", 0) as q,
+    ):
+        answers = Gated()
+        answers.answers = {first: [[address(p)]], **{sid: [[address(q)]] for sid in CONTENT[1:]}}
+        async with swarm_with(answers) as swarm:
+            real = swarm.client.get_block
+
+            async def slow_p(peer: str, *args: object, **kwargs: object) -> bytes | None:
+                if peer == address(p) and args[0] == third and not p_asked.is_set():
+                    p_asked.set()
+                    await p_may_answer.wait()
+                return await real(peer, *args, **kwargs)  # type: ignore[arg-type]
+
+            swarm.client.get_block = slow_p  # type: ignore[method-assign]
+            await swarm.locate([first], timeout=1.0)
+            assert await swarm.fetch(ref(first, 0), HashAlgorithm.SHA256, timeout=2.0)
+            await swarm.locate(CONTENT, timeout=1.0)  # the rest guessed on P
+            assert await swarm.fetch(ref(second, 0), HashAlgorithm.SHA256, timeout=2.0)
+            around = swarm.rounds.of(third)  # asked about with second's neighbours
+            assert around is not None
+            reading = asyncio.ensure_future(
+                swarm.fetch(ref(third, 0), HashAlgorithm.SHA256, timeout=2.0)
+            )
+            await p_asked.wait()  # third is being asked of P, the guess
+            gate.set()
+            await around  # and the round answers for it meanwhile: Q holds it
+            p_may_answer.set()
+            assert await reading == block(third, 0)
+            assert answers.rounds == [(first,), (second,), (third, *later)]
