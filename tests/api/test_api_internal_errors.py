@@ -55,7 +55,9 @@ class BrokenPeers:
     def at_limit(self, segment_id: bytes) -> bool:
         return False
 
-    async def slot_freed(self, segment_id: bytes, *, timeout: float) -> None:
+    async def slot_freed(
+        self, segment_id: bytes, *, timeout: float, among: Sequence[str] = ()
+    ) -> None:
         return None
 
 

@@ -8,6 +8,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,7 +124,7 @@ def test_a_failed_commit_reads_the_table_again(tmp_path: Path) -> None:
 
             in_transaction = property(lambda self: real.in_transaction)
 
-            def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
                 if sql == "COMMIT":
                     index._db = real
                     real.execute("ROLLBACK")
