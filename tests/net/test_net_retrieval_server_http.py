@@ -84,7 +84,10 @@ async def conn(
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     yield reader, writer
     writer.close()
-    await writer.wait_closed()
+    # A server that refused a request closes with the client's further bytes unread: the
+    # kernel then resets the connection, and wait_closed() may report that (seen under load).
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 async def test_pipelined_requests_are_answered_in_order(
