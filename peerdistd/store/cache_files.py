@@ -76,10 +76,8 @@ class SegmentFiles:
         # A string, not a Path: joining Paths cost three parses per new V2 segment.
         return f"{self._data}/{rowid & 0xFF:02x}/{rowid:x}{_SUFFIX}"
 
-    def open(self, rowid: int, *, create: bool = False) -> int | None:
+    def open(self, rowid: int) -> int | None:
         """A new descriptor of the segment file; None if it is missing or no regular file."""
-        if create:
-            return self.create(rowid)[0]
         try:
             fd = os.open(self._name(rowid), _OPEN_FLAGS)
         except OSError:  # missing, ELOOP (a symlink), EACCES...: not ours to serve

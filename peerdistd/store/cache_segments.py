@@ -108,9 +108,10 @@ class SegmentTable:
         if seg is not None and seg.fd is not None:
             os.close(seg.fd)
 
-    def fd(self, seg: Seg, *, create: bool = False) -> int | None:
+    def fd(self, seg: Seg) -> int | None:
+        """The segment's descriptor; None if its file is missing (see :meth:`create_fd`)."""
         if seg.fd is None:
-            seg.fd = self._files.open(seg.rowid, create=create)
+            seg.fd = self._files.open(seg.rowid)
         return seg.fd
 
     def create_fd(self, seg: Seg) -> tuple[int, bool]:

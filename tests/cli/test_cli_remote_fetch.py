@@ -7,7 +7,7 @@ import contextlib
 import io
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -127,9 +127,28 @@ class Origin:
         return web.Response(status=206, body=body, headers=headers)
 
 
+@dataclass
+class Streamed:
+    """An origin whose answers a test writes itself, piece by piece (see :func:`partial`)."""
+
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def partial(request: web.Request) -> tuple[web.StreamResponse, int, bytes]:
+    """A prepared 206 answer to ``request``'s Range: the answer, its first byte, its body."""
+    first, last = (int(x) for x in request.headers["Range"][6:].split("-"))
+    resp = web.StreamResponse(
+        status=206, headers={"Content-Range": f"bytes {first}-{last}/{len(CONTENT)}"}
+    )
+    body = CONTENT[first : last + 1]
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    return resp, first, body
+
+
 @contextlib.asynccontextmanager
 async def servers(
-    daemon: ContentDaemon, origin: Origin
+    daemon: ContentDaemon, origin: Origin | Streamed
 ) -> AsyncIterator[tuple[PeerDistClient, str]]:
     api = web.Application()
     api.router.add_route("*", "/{tail:.*}", daemon.handle)
@@ -349,14 +368,7 @@ async def test_a_worker_reads_its_next_piece_as_its_origin_range_nears_its_end()
         serving += 1
         try:
             assert serving == 1  # one origin range at a time per worker
-            first, last = (int(x) for x in request.headers["Range"][6:].split("-"))
-            body = CONTENT[first : last + 1]
-            resp = web.StreamResponse(
-                status=206,
-                headers={"Content-Range": f"bytes {first}-{last}/{len(CONTENT)}"},
-            )
-            resp.content_length = len(body)
-            await resp.prepare(request)
+            resp, first, body = await partial(request)
             if first == 0:
                 await resp.write(body[:1])  # most of the range still to come
                 with contextlib.suppress(TimeoutError):
@@ -373,28 +385,19 @@ async def test_a_worker_reads_its_next_piece_as_its_origin_range_nears_its_end()
         finally:
             serving -= 1
 
-    app = web.Application()
-    app.router.add_get("/file.bin", origin)
-    runner = web.AppRunner(app)
-    await runner.setup()
     out = io.BytesIO()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/file.bin"
-        async with servers(daemon, Origin(CONTENT)) as (client, _):
-            handle_ = await client.open_content(b"CI")
-            async with handle_, aiohttp.ClientSession() as session:
-                counts = await fetch_loop.fetch_loop(
-                    handle_,
-                    url,
-                    out,
-                    session=session,
-                    workers=1,
-                    piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
-                    first_piece=lambda count: 0,
-                )
-    finally:
-        await runner.cleanup()
+    async with servers(daemon, Streamed(origin)) as (client, url):
+        handle_ = await client.open_content(b"CI")
+        async with handle_, aiohttp.ClientSession() as session:
+            counts = await fetch_loop.fetch_loop(
+                handle_,
+                url,
+                out,
+                session=session,
+                workers=1,
+                piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
+                first_piece=lambda count: 0,
+            )
     assert out.getvalue() == CONTENT and counts.from_origin == len(CONTENT)
     assert seen == {"early": False, "near_end": True}
 
@@ -446,13 +449,7 @@ async def test_a_slow_range_adds_its_whole_blocks_before_add_chunk_is_in(
     seen: list[bool] = []
 
     async def origin(request: web.Request) -> web.StreamResponse:
-        first, last = (int(x) for x in request.headers["Range"][6:].split("-"))
-        body = CONTENT[first : last + 1]
-        resp = web.StreamResponse(
-            status=206, headers={"Content-Range": f"bytes {first}-{last}/{len(CONTENT)}"}
-        )
-        resp.content_length = len(body)
-        await resp.prepare(request)
+        resp, _, body = await partial(request)
         await resp.write(body[: 2 * BLOCK])
         await asyncio.sleep(0.1)  # a slow link: time passes before the next bytes
         await resp.write(body[2 * BLOCK : 2 * BLOCK + 1])
@@ -463,27 +460,18 @@ async def test_a_slow_range_adds_its_whole_blocks_before_add_chunk_is_in(
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_get("/file.bin", origin)
-    runner = web.AppRunner(app)
-    await runner.setup()
     out = io.BytesIO()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/file.bin"
-        async with servers(daemon, Origin(CONTENT)) as (client, _):
-            handle = await client.open_content(b"CI")
-            async with handle, aiohttp.ClientSession() as session:
-                await fetch_loop.fetch_loop(
-                    handle,
-                    url,
-                    out,
-                    session=session,
-                    workers=1,
-                    block_bounds=range(0, len(CONTENT), BLOCK),
-                )
-    finally:
-        await runner.cleanup()
+    async with servers(daemon, Streamed(origin)) as (client, url):
+        handle = await client.open_content(b"CI")
+        async with handle, aiohttp.ClientSession() as session:
+            await fetch_loop.fetch_loop(
+                handle,
+                url,
+                out,
+                session=session,
+                workers=1,
+                block_bounds=range(0, len(CONTENT), BLOCK),
+            )
     assert out.getvalue() == CONTENT
     assert seen == [True]
     # The first add was exactly the two whole blocks that had come.
