@@ -54,8 +54,14 @@ class Handler(Protocol):
         ...
 
     def take_slot(self, head: RequestHead) -> int:
-        """Take upload slots for a request just begun: how many (a request for many blocks
-        may weigh more than one); 0 when not enough are free (it is answered busy)."""
+        """Take an upload slot for a request just begun: 1, or 0 when none is free (it is
+        answered busy)."""
+        ...
+
+    def answer_slots(self, head: RequestHead, held: int) -> int:
+        """The slots a request whose body is in holds while it is answered (a request for
+        many blocks may weigh more than the one it arrived with): ``held``, more, or 0 when
+        the more are not free (``held`` is then given back and it is answered busy)."""
         ...
 
     def release_slot(self, taken: int) -> None:
@@ -259,6 +265,7 @@ class ServerConnection(asyncio.Protocol):
         self._head, self._chunks, self._continued = None, None, False
         self._served += 1
         self.request_path = head.path  # for a handler that serves several paths
+        self._slot = self._handler.answer_slots(head, self._slot)
         later = None if self._later is None else self._later(self, body, not self._slot)
         if later is not None:
             # Nothing more is read or answered until this answer is written (in order).

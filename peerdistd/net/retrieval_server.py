@@ -152,16 +152,27 @@ class RetrievalServer:
         return self._offers is not None and pchc.route(path.decode("latin-1")) == 2
 
     def take_slot(self, head: RequestHead) -> int:
-        # A run answer carries up to RUN_LIMIT blocks, so it takes as many upload slots as
-        # that many single-block requests would ([MS-PCCRR] 3.2.5.2-3: the limit is on
-        # uploads). Counted as one, 64 runs (64 MiB) could be under way at once; on a
-        # loaded host the last of them came after the askers' timers, and honest peers
-        # were banned as stalled or trickling (docs/benchmarks.md, ten nodes at once).
-        # Answered busy instead, an asker waits for one of this node's slots to free.
-        weight = min(RUN_LIMIT, self._upload_limit) if head.path == _RUN else 1
-        if self._active + weight > self._upload_limit:
+        if self._active >= self._upload_limit:
             return 0
-        self._count_upload(weight)
+        self._count_upload(1)
+        return 1
+
+    def answer_slots(self, head: RequestHead, held: int) -> int:
+        # A run answer carries up to RUN_LIMIT blocks, so while it is made and sent it holds
+        # as many upload slots as that many single-block requests would ([MS-PCCRR]
+        # 3.2.5.2-3: the limit is on uploads). Counted as one, 64 runs (64 MiB) could be
+        # under way at once; on a loaded host the last of them came after the askers'
+        # timers, and honest peers were banned as stalled or trickling (docs/benchmarks.md,
+        # ten nodes at once). Answered busy instead, an asker waits for a slot to free. The
+        # rest is taken only once the body is in: a peer sending run heads slowly holds one
+        # slot per connection, as for any request, not a run's worth.
+        weight = min(RUN_LIMIT, self._upload_limit)
+        if not held or head.path != _RUN or held >= weight:
+            return held
+        if self._active + weight - held > self._upload_limit:
+            self._count_upload(-held)
+            return 0
+        self._count_upload(weight - held)
         return weight
 
     def release_slot(self, taken: int) -> None:

@@ -169,3 +169,27 @@ async def test_a_run_takes_the_upload_slots_of_its_blocks_and_is_answered_busy_p
         assert not busy0 and run_blocks(body0, 0, 2) == [0, 1]
         assert not busy1 and run_blocks(body1, 2, 2) == [2, 3]
     assert srv.active_uploads == 0
+
+
+async def test_run_heads_sent_slowly_hold_one_slot_each_not_a_runs_worth() -> None:
+    # An attacker (or a slow link) sends the heads of run requests and never the bodies:
+    # were a run's 16 slots taken with its head, four such connections would make the node
+    # answer every Windows or iPXE peer busy until the upload timer ran out.
+    source = GatedSource()
+    async with RetrievalServer(source, "127.0.0.1", 0) as srv:  # 64 slots, as on Windows
+        body = pccrr_client.block_run_request(SEG, 0, 4)
+        conns = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(4)]
+        try:
+            for _, writer in conns:
+                writer.write(http_post(pccrr.RUN_PATH, body)[:-1])  # all but the last byte
+            await asyncio.wait_for(srv.wait_uploads(4), GUARD)
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{srv.port}{pccrr.MAGIC_PATH}"
+                async with http.post(url, data=pccrr_client.block_request(SEG, 6)) as r:
+                    assert BUSY_HEADER not in r.headers
+                    one = pccrr.parse_response(await r.read())
+            assert isinstance(one, Blk) and one.block_index == 6
+        finally:
+            for _, writer in conns:
+                writer.close()
+        await asyncio.wait_for(srv.wait_uploads(0), GUARD)
