@@ -118,7 +118,7 @@ class ReadAhead:
         window = max(LOCATE_SEGMENTS, len(view.segment_ids(offset, offset + READ_AHEAD_BYTES)))
         # Ahead of it, LOCATE_AHEAD batches as before: more probes at a content's start
         # (before any peer served it) would only add datagrams.
-        ids = view.segment_ids(offset, view.end)[: window + LOCATE_AHEAD * LOCATE_SEGMENTS]
+        ids = view.segment_ids(offset, view.end, limit=window + LOCATE_AHEAD * LOCATE_SEGMENTS)
         wanted = ids[:window]
         now = time.monotonic()
         if reading:

@@ -86,16 +86,24 @@ class ContentView:
                     break
                 yield BlockRef(seg, index, b_start, b_end, seg.block_hashes[index])
 
-    def segment_ids(self, start: int | None = None, end: int | None = None) -> list[bytes]:
+    def segment_ids(
+        self, start: int | None = None, end: int | None = None, limit: int | None = None
+    ) -> list[bytes]:
+        """Ids of the segments overlapping ``[start, end)``, in order; the first ``limit``
+        only, if given (a V2 read asks about a window of a content of thousands)."""
         lo = self.start if start is None else start
         hi = self.end if end is None else end
         first = max(0, bisect.bisect_right(self._starts, lo) - 1)
         last = bisect.bisect_left(self._starts, hi)
-        return [
+        if limit is not None:
+            # One more than asked for: the first may end before ``lo`` and be skipped.
+            last = min(last, first + limit + 1)
+        ids = [
             s.segment_id
             for s in self.segments[first:last]
             if s.offset < hi and s.offset + s.length > lo
         ]
+        return ids if limit is None else ids[:limit]
 
 
 class ViewCache:

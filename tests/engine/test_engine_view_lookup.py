@@ -47,5 +47,8 @@ def test_lookups_match_a_walk_over_every_segment(version: int, ranged: bool) -> 
         ref = view.block_at(offset)
         assert ref is not None and ref.start <= offset < ref.end
         assert view.segment_ids(offset, limit) == walked_ids(view, offset, limit)
+        count = rng.choice([0, 1, 2, 7, 64, 10**6])  # the first ``count`` only
+        ids = view.segment_ids(offset, view.end, limit=count)
+        assert ids == walked_ids(view, offset, view.end)[:count]
     assert view.segment_ids() == walked_ids(view, view.start, view.end)
     assert view.block_at(view.end + 10**9) is None
