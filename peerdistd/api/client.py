@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 DEFAULT_READ_MAX = 1 << 20
-READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
+READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept", "no_claim"})
 _UPLOAD_CHUNK = 1 << 20
 _OCTETS = {"Content-Type": "application/octet-stream"}
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 ROOT_UID = 0
 MAX_OFFSET = (1 << 64) - 1  # content offsets are 64-bit on the wire ([MS-PCCRC] 2.3, 2.4)
-READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept"})
+READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept", "no_claim"})
 OPEN_FLAGS = frozenset({"immediate"})
 
 

@@ -82,6 +82,7 @@ class Outcome(Enum):
     HELD = "held"  # another node has it whole: fetch from its endpoint
     LOCAL = "local"  # it arrived here meanwhile: read it from the cache
     TIMEOUT = "timeout"  # the read's deadline came first
+    FREE = "free"  # nobody fetches it and the read may not claim it (the no_claim flag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +119,16 @@ class SingleFlight:
         self._mine: OrderedDict[PieceId, _Mine] = OrderedDict()
 
     async def decide(
-        self, view: ContentView, first: BlockRef, deadline: float, handle: str
+        self,
+        view: ContentView,
+        first: BlockRef,
+        deadline: float,
+        handle: str,
+        *,
+        claim: bool = True,
     ) -> Decision | None:
-        """What a read at ``first`` does when no peer is known to hold it (None: no piece)."""
+        """What a read at ``first`` does when no peer is known to hold it (None: no piece).
+        ``claim`` False: a free piece is reported FREE instead of being claimed."""
         piece = piece_at(view, first.start, self.piece_cap)
         if piece is None:
             return None
@@ -131,6 +139,8 @@ class SingleFlight:
                 return Decision(Outcome.LOCAL, piece)
             look = self.claims.lookup(piece.id)
             remaining = deadline - time.monotonic()
+            if look.verdict is Verdict.FREE and not claim:
+                return Decision(Outcome.FREE, piece)
             if look.verdict is Verdict.FREE and waited and not spread:
                 # A claim we waited for ended (released, or its node died): every node that
                 # waited for it sees that at the same moment, and claims made together are

@@ -249,11 +249,13 @@ class BlockReader:
         if self.flight is None:
             raise errors.MissingData(req.offset, missing)
         for _attempt in range(3):
-            decision = await self.flight.decide(view, first, deadline, req.handle)
+            decision = await self.flight.decide(
+                view, first, deadline, req.handle, claim="no_claim" not in req.flags
+            )
             if decision is None:
                 break
             clipped = max(1, min(missing, decision.piece.end - req.offset))
-            if decision.outcome is Outcome.MINE:
+            if decision.outcome is Outcome.MINE or decision.outcome is Outcome.FREE:
                 raise errors.MissingData(req.offset, clipped)
             if decision.outcome is Outcome.TIMEOUT:
                 raise errors.Timeout(req.offset, clipped)

@@ -86,3 +86,19 @@ async def test_a_free_piece_nobody_claimed_before_is_claimed_at_once() -> None:
     decision = await flight.decide(view, first, time.monotonic() + 5, "h")
     assert decision is not None and decision.outcome is Outcome.MINE
     assert spread == [] and len(board.claimed) == 1
+
+
+async def test_a_read_that_may_not_claim_hears_the_piece_is_free_and_claims_nothing() -> None:
+    """The no_claim read flag (fetch_loop's peer readers): a free piece is reported FREE, at
+    once, also when the claim it waited for ended (no pause: it sends no CLAIM to spread)."""
+    for verdicts in (
+        [Lookup(Verdict.FREE)],
+        [Lookup(Verdict.WAIT, "10.0.0.8:80", time.monotonic() + 2), Lookup(Verdict.FREE)],
+    ):
+        spread: list[float] = []
+        flight, board, view = setup(verdicts, spread)
+        first = view.block_at(0)
+        assert first is not None
+        decision = await flight.decide(view, first, time.monotonic() + 5, "h", claim=False)
+        assert decision is not None and decision.outcome is Outcome.FREE
+        assert board.claimed == [] and spread == []

@@ -206,6 +206,42 @@ def test_stalled_claimant_never_holds_a_read_past_its_timeout(tmp_path: Path, ne
         asyncio.run(run())
 
 
+def test_a_no_claim_read_of_a_free_piece_claims_nothing(tmp_path: Path, netns: str) -> None:
+    """A peer reader's read (the no_claim flag) of a piece nobody fetches is answered
+    MISSING_DATA for that piece and leaves it free: the next node's ordinary read claims it,
+    and the first node's next no_claim read waits for that claim like any waiter."""
+    data = random.Random(95).randbytes(2 * MIB)
+    ci = content_information(tmp_path, data, 1)
+    with nodes(tmp_path, netns, 2) as (a, b):
+
+        async def run() -> None:
+            async with PeerDistClient(a.socket) as ca, PeerDistClient(b.socket) as cb:
+                ha = await ca.open_content(ci)
+                try:
+                    await ha.block_read(MIB, MIB, timeout_ms=2000, flags=("no_claim",))
+                    raise AssertionError("expected MISSING_DATA")
+                except MissingData as gap:
+                    assert (gap.offset, gap.length) == (MIB, MIB)
+                hb = await cb.open_content(ci)
+                try:  # b's own read claims it: a made no claim
+                    await hb.block_read(MIB, MIB, timeout_ms=2000)
+                    raise AssertionError("expected MISSING_DATA")
+                except MissingData as gap:
+                    assert (gap.offset, gap.length) == (MIB, MIB)
+                # b's claim stands: a's no_claim read waits for it, to its own deadline.
+                started = time.monotonic()
+                try:
+                    await ha.block_read(MIB, MIB, timeout_ms=300, flags=("no_claim",))
+                    raise AssertionError("expected TIMEOUT")
+                except Timeout as gap:
+                    assert (gap.offset, gap.length) == (MIB, MIB)
+                assert time.monotonic() - started < 1.0
+            assert (await counters(a)).get("claims_won", 0) == 0
+            assert (await counters(b)).get("claims_won", 0) == 1
+
+        asyncio.run(run())
+
+
 def test_ipxe_shaped_client_gets_blocks_from_a_claimant_mid_piece(
     tmp_path: Path, netns: str
 ) -> None:
