@@ -6,7 +6,9 @@ TIMEOUT twice) is taken from the origin with a MissingDataRequest ([MS-PCCRTP] 3
 back in :data:`ADD_CHUNK` pieces, so the node's claim shows progress and the branch can take
 the piece from it as it arrives (docs/single-flight.md). One client alone then fetches from
 the origin on several connections at once while it reads; nodes of a branch that start
-together fetch disjoint pieces.
+together fetch disjoint pieces. Beside the workers, peer readers (when the output can seek)
+read pieces from the cache and peers only and give back at once what they cannot read: a
+worker with an origin range under way is not there to read what the branch already has.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import IO
 
 import aiohttp
 
-from peerdistd.api.client import DEFAULT_READ_MAX, ContentHandle
+from peerdistd.api.client import DEFAULT_READ_MAX, ContentHandle, ReadResult
 from peerdistd.api.fetch_pieces import Pieces
 from peerdistd.errors import (
     DecodeError,
@@ -58,6 +60,16 @@ LEAD = 0.5
 # waiting ORIGIN_BACKOFF seconds before the first retry and twice as long before each next.
 ORIGIN_RETRIES = 3
 ORIGIN_BACKOFF = 0.5
+# Peer readers: tasks beside the workers that read pieces from the cache and peers only (the
+# ``no_claim`` read flag) and give a piece back at once when nobody fetches it (a worker
+# claims it next) or when another node is still fetching it (READER_WAIT): a worker's own
+# origin range held it for most of a piece's time on a shared WAN, so five nodes started
+# together each wrote about 5 MB/s while the WAN brought 12 and finished 1-2 s after the
+# last origin byte (docs/benchmarks.md, "Peer readers").
+READER_WAIT_MS = 500
+# One: with four, ten nodes at once on two cores (CPU-bound) took 27.5-29.5 s against
+# 20.0-22.3 without; one kept that row unchanged (docs/benchmarks.md, "Peer readers").
+DEFAULT_READERS = 1
 # Answers worth asking again: the origin is busy or failing for now (RFC 9110 15.5.9, 15.6).
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -180,6 +192,17 @@ def _first(count: int) -> int:
     return 0
 
 
+class _Changes:
+    """Wakes the loop's tasks waiting for a range to be given back or finished."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def notify(self) -> None:
+        self.event.set()
+        self.event = asyncio.Event()
+
+
 class _Writer:
     """Writes pieces at their offsets: seeking if ``out`` can, else in order (pieces that
     arrive early wait in memory; workers do not run more than ``ahead`` bytes ahead)."""
@@ -230,13 +253,16 @@ async def fetch_loop(
     piece_bounds: Sequence[int] = (),
     block_bounds: Sequence[int] = (),
     first_piece: Callable[[int], int] | None = None,
+    readers: int | None = None,
 ) -> FetchCounts:
     """Write the content of ``handle`` (complete content information) to ``out``, reading
     through the daemon and taking what it lacks from ``origin``; ``out`` starts at the range.
     ``piece_bounds``: where the daemons' pieces start (:func:`pieces_of`), else every UNIT;
     ``block_bounds``: where V2 blocks (segments) start, so that added data ends on one;
     ``first_piece(count)``: the index of the piece to start at (:mod:`fetch_pieces`; by
-    default a random one when ``out`` can seek, else the first)."""
+    default a random one when ``out`` can seek, else the first); ``readers``: peer readers
+    beside the workers (default DEFAULT_READERS when ``out`` can seek; none when it cannot:
+    in order, a range given back would hold up the writer)."""
     if handle.range_offset is None or handle.size is None:
         raise ServiceUnavailable("the content handle has no content information")
     start, end = handle.range_offset, handle.range_offset + handle.size
@@ -247,7 +273,33 @@ async def fetch_loop(
         first_piece = _random_piece if writer.seekable else _first
     if pieces:
         pieces.start_at(first_piece(len(pieces)))
-    take, extend = pieces.take, pieces.extend
+    extend = pieces.extend
+    if not writer.seekable:
+        readers = 0  # in order, a range given back would hold up all written after it
+    elif readers is None:
+        readers = DEFAULT_READERS
+    reader_wait = READER_WAIT_MS if timeout_ms is None else min(timeout_ms, READER_WAIT_MS)
+    changes = _Changes()
+    in_hand = 0  # ranges a task is reading
+
+    async def take(*, claim: bool) -> tuple[int, int] | None:
+        """The next range for a task (None: all is read); waits while the only ones left
+        are being read by others, who may give them back."""
+        nonlocal in_hand
+        while True:
+            changed = changes.event
+            unit = pieces.take(claim=claim)
+            if unit is not None:
+                in_hand += 1
+                return unit
+            if in_hand == 0 and not pieces.given_back():
+                return None
+            await changed.wait()
+
+    def finished() -> None:
+        nonlocal in_hand
+        in_hand -= 1
+        changes.notify()
 
     def report() -> None:
         if progress:
@@ -358,43 +410,80 @@ async def fetch_loop(
     async def read_units(to_origin: Callable[[int, int], Awaitable[None]]) -> None:
         """Read the pieces this worker takes; hand each range reported missing to
         ``to_origin``, which returns once it is nearly in."""
-        while (unit := take()) is not None:
+        while (unit := await take(claim=True)) is not None:
+            try:
+                await read_unit(unit, to_origin)
+            finally:
+                finished()
+
+    async def read_unit(
+        unit: tuple[int, int], to_origin: Callable[[int, int], Awaitable[None]]
+    ) -> None:
+        pos, unit_end = unit
+        await writer.wait_room(pos)
+        timeouts = 0
+        while pos < unit_end:
+            try:
+                read = await handle.block_read(
+                    pos, min(read_max, unit_end - pos), timeout_ms=timeout_ms
+                )
+            except MissingData as gap:
+                unit_end = extend(unit_end, gap.offset + gap.length)
+                take_len = min(gap.length, unit_end - pos)
+                await to_origin(pos, take_len)
+                pos += take_len
+                continue
+            except Timeout as gap:
+                timeouts += 1
+                if timeouts <= TIMEOUT_RETRIES:
+                    continue
+                take_len = min(gap.length, unit_end - pos)
+                await to_origin(pos, take_len)
+                pos += take_len
+                continue
+            pos += took(pos, unit_end, read)
+            await writer.wrote()
+
+    async def reader() -> None:
+        """Read what the cache and peers have; give the rest back (see READER_WAIT_MS)."""
+        while (unit := await take(claim=False)) is not None:
             pos, unit_end = unit
-            await writer.wait_room(pos)
-            timeouts = 0
-            while pos < unit_end:
-                try:
-                    read = await handle.block_read(
-                        pos, min(read_max, unit_end - pos), timeout_ms=timeout_ms
-                    )
-                except MissingData as gap:
-                    unit_end = extend(unit_end, gap.offset + gap.length)
-                    take_len = min(gap.length, unit_end - pos)
-                    await to_origin(pos, take_len)
-                    pos += take_len
-                    continue
-                except Timeout as gap:
-                    timeouts += 1
-                    if timeouts <= TIMEOUT_RETRIES:
-                        continue
-                    take_len = min(gap.length, unit_end - pos)
-                    await to_origin(pos, take_len)
-                    pos += take_len
-                    continue
-                if read.offset != pos or not read.data:
-                    raise ServiceUnavailable(f"peerdistd block read at {pos} answered badly")
-                data = read.data[: unit_end - pos]
-                writer.write(pos, data)
-                await writer.wrote()
-                counts.from_peers += min(read.from_peers, len(data))
-                counts.from_cache += len(data) - min(read.from_peers, len(data))
-                pos += len(data)
-                report()
+            try:
+                while pos < unit_end:
+                    try:
+                        read = await handle.block_read(
+                            pos,
+                            min(read_max, unit_end - pos),
+                            timeout_ms=reader_wait,
+                            flags=("no_claim",),
+                        )
+                    except MissingData:  # nobody fetches it: for a worker to claim
+                        pieces.give_back(pos, unit_end, free=True)
+                        break
+                    except Timeout:  # another node is still at it: look again later
+                        pieces.give_back(pos, unit_end, free=False)
+                        break
+                    pos += took(pos, unit_end, read)
+            finally:
+                finished()
+
+    def took(pos: int, unit_end: int, read: ReadResult) -> int:
+        """Write what a read returned; its length."""
+        if read.offset != pos or not read.data:
+            raise ServiceUnavailable(f"peerdistd block read at {pos} answered badly")
+        data = read.data[: unit_end - pos]
+        writer.write(pos, data)
+        counts.from_peers += min(read.from_peers, len(data))
+        counts.from_cache += len(data) - min(read.from_peers, len(data))
+        report()
+        return len(data)
 
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(max(1, workers)):
                 group.create_task(worker())
+            for _ in range(readers):
+                group.create_task(reader())
     except BaseExceptionGroup as failed:  # the first failure, as the caller knows it
         raise failed.exceptions[0] from None
     return counts

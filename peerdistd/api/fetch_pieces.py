@@ -7,11 +7,16 @@ picks the first at random when its output can seek), so each claims and fetches 
 stretch from the origin and serves it to the others: started all at piece 0, one node stayed
 ahead of the rest and fetched every piece of a V2 content, serving the whole content to nine
 others alone (docs/benchmarks.md, "Ten nodes at once").
+
+Peer readers give back what they could not read: a range nobody fetches goes to the next
+worker that may claim it, before any fresh unit; a range another node is fetching comes
+again after every fresh unit.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Sequence
 
 
@@ -33,6 +38,11 @@ class Pieces:
         self._first = 0
         self._looked = 0  # units of the order looked at so far
         self._taken = [False] * len(self.starts)
+        # Ranges given back by a reader that may not claim (fetch_loop's peer readers): ones
+        # nobody fetches, for a worker that may claim them; ones another node is fetching,
+        # to look at again after the rest.
+        self._free: deque[tuple[int, int]] = deque()
+        self._busy: deque[tuple[int, int]] = deque()
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -41,8 +51,27 @@ class Pieces:
         """Take the unit at index ``first`` first (call before any is taken)."""
         self._first = first % len(self.starts) if self.starts else 0
 
-    def take(self) -> tuple[int, int] | None:
-        """The next unit no worker has taken, or None when all are."""
+    def take(self, *, claim: bool = True) -> tuple[int, int] | None:
+        """The next range to read, or None when none is left for this kind of reader: a
+        worker that may ``claim`` takes the ranges given back free first; then the units no
+        worker has taken, in order; then the ranges given back busy."""
+        if claim and self._free:
+            return self._free.popleft()
+        fresh = self._take_fresh()
+        if fresh is not None:
+            return fresh
+        return self._busy.popleft() if self._busy else None
+
+    def give_back(self, start: int, end: int, *, free: bool) -> None:
+        """A reader that may not claim gives ``[start, end)`` back: ``free``, nobody fetches
+        it (a worker that may claim takes it next), else another node is fetching it."""
+        (self._free if free else self._busy).append((start, end))
+
+    def given_back(self) -> int:
+        """Ranges given back and not taken again."""
+        return len(self._free) + len(self._busy)
+
+    def _take_fresh(self) -> tuple[int, int] | None:
         count = len(self.starts)
         while self._looked < count:
             i = (self._first + self._looked) % count
@@ -54,10 +83,17 @@ class Pieces:
 
     def extend(self, unit_end: int, want: int) -> int:
         """A gap runs from a unit ending at ``unit_end`` to ``want``: take the units after it
-        that no worker has taken, up to the one holding ``want - 1``; the new end."""
+        that no worker has taken or that were given back free whole, up to the one holding
+        ``want - 1``; the new end."""
         i = bisect.bisect_left(self.starts, unit_end)
-        while i < len(self.starts) and self.starts[i] < want and not self._taken[i]:
-            self._taken[i] = True
+        while i < len(self.starts) and self.starts[i] == unit_end and self.starts[i] < want:
+            unit = (self.starts[i], self.ends[i])
+            if not self._taken[i]:
+                self._taken[i] = True
+            elif unit in self._free:
+                self._free.remove(unit)
+            else:
+                break
             unit_end = self.ends[i]
             i += 1
         return unit_end

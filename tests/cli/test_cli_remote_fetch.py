@@ -35,6 +35,10 @@ class ContentDaemon:
         self.calls: list[tuple[str, dict[str, str]]] = []
         self.on_add: Callable[[], None] = lambda: None  # e.g. other nodes fetched meanwhile
         self.piece = 0  # > 0: MISSING_DATA of a block read stops at the next multiple of it
+        # Blocks another node is fetching: a block read there ends with TIMEOUT (its wait for
+        # that node ran out), and then calls on_busy.
+        self.busy: set[int] = set()
+        self.on_busy: Callable[[], None] = lambda: None
 
     def _run(self, blocks: set[int], start: int) -> int:
         """End offset of the run of ``blocks`` starting at ``start``'s block."""
@@ -80,6 +84,10 @@ class ContentDaemon:
             return web.Response(body=self.content[start:end], headers=headers)
         if tail == "/block-read":
             start, want = int(request.query["offset"]), int(request.query["max"])
+            if start // BLOCK in self.busy:
+                self.on_busy()
+                body = {"error": "TIMEOUT", "message": "", "offset": start}
+                return web.json_response({**body, "length": BLOCK}, status=504)
             source = self.local if start // BLOCK in self.local else self.peers
             end = min(start + want, self._run(source, start))
             if end == start:
@@ -355,7 +363,10 @@ async def test_a_worker_reads_its_next_piece_as_its_origin_range_nears_its_end()
     answer = daemon.handle
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if request.path.endswith("/block-read") and request.query["offset"] == str(6 * BLOCK):
+        # The worker's read, which may claim (a peer reader's no_claim read claims nothing).
+        claims = "no_claim" not in request.query.get("flags", "")
+        at = request.query.get("offset") == str(6 * BLOCK)
+        if request.path.endswith("/block-read") and at and claims:
             second_read.set()
         return await answer(request)
 
@@ -477,3 +488,113 @@ async def test_a_slow_range_adds_its_whole_blocks_before_add_chunk_is_in(
     # The first add was exactly the two whole blocks that had come.
     adds = [int(q["offset"]) for call, q in daemon.calls if call == "PUT /data"]
     assert adds[:2] == [0, 2 * BLOCK]
+
+
+async def test_a_peer_reader_reads_what_peers_hold_while_the_worker_fetches_from_the_origin() -> (
+    None
+):
+    """One worker, fetching piece 0 from the origin; piece 1 is held by peers. A peer reader
+    reads piece 1 while piece 0 is still coming (the worker alone would read it only as its
+    origin range nears its end: on a shared WAN most of a piece's time), with the no_claim
+    flag and a short wait."""
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set(range(6, 12)))
+    daemon.piece = 6 * BLOCK
+    peer_read = asyncio.Event()
+    answer = daemon.handle
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/block-read") and request.query["offset"] == str(6 * BLOCK):
+            peer_read.set()
+        return await answer(request)
+
+    daemon.handle = handle  # type: ignore[method-assign]
+    seen: dict[str, bool] = {}
+
+    async def origin(request: web.Request) -> web.StreamResponse:
+        resp, first, body = await partial(request)
+        assert first == 0
+        await resp.write(body[:1])  # most of the range still to come
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peer_read.wait(), 5.0)
+        seen["read_meanwhile"] = peer_read.is_set()
+        await resp.write(body[1:])
+        await resp.write_eof()
+        return resp
+
+    out = io.BytesIO()
+    async with servers(daemon, Streamed(origin)) as (client, url):
+        handle_ = await client.open_content(b"CI")
+        async with handle_, aiohttp.ClientSession() as session:
+            counts = await fetch_loop.fetch_loop(
+                handle_,
+                url,
+                out,
+                session=session,
+                workers=1,
+                readers=1,
+                piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
+                first_piece=lambda count: 0,
+            )
+    assert out.getvalue() == CONTENT
+    assert seen == {"read_meanwhile": True}
+    assert (counts.from_origin, counts.from_peers) == (6 * BLOCK, len(CONTENT) - 6 * BLOCK)
+    reads = [q for call, q in daemon.calls if call == "POST /block-read"]
+    by_reader = [q for q in reads if q.get("flags") == "no_claim"]
+    assert by_reader and all(q["timeout_ms"] == str(fetch_loop.READER_WAIT_MS) for q in by_reader)
+
+
+async def test_a_piece_another_node_fetches_is_given_back_and_read_again_not_fetched() -> None:
+    """A peer reader's wait for a piece another node is fetching runs out (TIMEOUT): it gives
+    the piece back and goes on; the piece is read again once that node has it, and this node
+    never asks the origin for it."""
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set())
+    daemon.piece = 6 * BLOCK
+    daemon.busy = set(range(6, 12))
+
+    def other_node_done() -> None:
+        daemon.busy.clear()
+        daemon.peers.update(range(6, 12))
+
+    daemon.on_busy = other_node_done
+    origin = Origin(CONTENT)
+    out = io.BytesIO()
+    async with servers(daemon, origin) as (client, url):
+        handle_ = await client.open_content(b"CI")
+        async with handle_, aiohttp.ClientSession() as session:
+            counts = await fetch_loop.fetch_loop(
+                handle_,
+                url,
+                out,
+                session=session,
+                workers=1,
+                readers=1,
+                piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
+                first_piece=lambda count: 0,
+            )
+    assert out.getvalue() == CONTENT
+    assert [r["Range"] for r in origin.requests] == [f"bytes=0-{6 * BLOCK - 1}"]
+    assert (counts.from_origin, counts.from_peers) == (6 * BLOCK, len(CONTENT) - 6 * BLOCK)
+    at_piece_1 = [
+        q.get("flags", "")
+        for call, q in daemon.calls
+        if call == "POST /block-read" and q["offset"] == str(6 * BLOCK)
+    ]
+    assert at_piece_1[0] == "no_claim" and len(at_piece_1) == 2  # timed out, then read
+
+
+async def test_an_output_that_cannot_seek_has_no_peer_readers() -> None:
+    """In order, a range given back would hold up everything written after it."""
+    daemon = ContentDaemon(CONTENT, local=set(), peers=set(range(12)))
+
+    class Pipe(io.BytesIO):
+        def seekable(self) -> bool:
+            return False
+
+    out = Pipe()
+    async with servers(daemon, Origin(CONTENT)) as (client, url):
+        handle_ = await client.open_content(b"CI")
+        async with handle_, aiohttp.ClientSession() as session:
+            await fetch_loop.fetch_loop(handle_, url, out, session=session, readers=2)
+    assert out.getvalue() == CONTENT
+    reads = [q for call, q in daemon.calls if call == "POST /block-read"]
+    assert reads and not any("flags" in q for q in reads)

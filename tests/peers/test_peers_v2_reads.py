@@ -49,9 +49,9 @@ async def test_a_v2_content_needs_a_handful_of_discovery_rounds(tmp_path: Path, 
         assert out.read_bytes() == data
         got = await counters(b)
     assert got["bytes_from_peers"] == SIZE and got["bytes_from_origin"] == 0
-    # A few hundred segments, read by four workers: only the first reads wait for a
-    # discovery round; every later segment is asked of the peer that served the content's
-    # earlier ones (its trail in the holder directory).
+    # A few hundred segments, read by four workers and a peer reader: only their first
+    # reads wait for a discovery round; every later segment is asked of the peer that served
+    # the content's earlier ones (its trail in the holder directory).
     # (None at all when the open's own lookup answered before the first read asked.)
-    assert got["discovery_attempts"] <= 4
+    assert got["discovery_attempts"] <= 5
     assert got["probes_sent"] >= 1  # A was found by discovery, not known beforehand
