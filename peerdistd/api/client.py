@@ -252,10 +252,14 @@ class PeerDistClient:
         await self._empty("DELETE", f"/v1/publications/{_seg(pub_id)}", params=_owner(uid))
 
     async def open_content(
-        self, content_information: bytes, *, immediate: bool = False
+        self, content_information: bytes, *, immediate: bool = False, whole: bool = False
     ) -> ContentHandle:
-        """Open content; add further parts of its content information on the handle."""
-        params = {"flags": "immediate"} if immediate else {}
+        """Open content; add further parts of its content information on the handle.
+        ``immediate``: look for peers now; ``whole``: the application will read all of it,
+        so the daemon may fetch what other nodes finish before it is asked (a peerdistd
+        extension, docs/api.md)."""
+        flags = [f for f, on in (("immediate", immediate), ("whole", whole)) if on]
+        params = {"flags": ",".join(flags)} if flags else {}
         doc = await self._json("POST", "/v1/contents", params=params, data=content_information)
         with malformed():
             return ContentHandle(self, doc)
@@ -310,7 +314,7 @@ class PeerDistClient:
         from peerdistd.api import fetch_loop as loop  # noqa: PLC0415 (it imports us)
 
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
-        handle = await self.open_content(content_information, immediate=True)
+        handle = await self.open_content(content_information, immediate=True, whole=True)
         async with handle, aiohttp.ClientSession(timeout=timeout) as session:
             if not handle.complete:
                 await handle.complete_content_information()

@@ -72,7 +72,7 @@ async def fetch(
     (the SDK's fetch loop, :func:`peerdistd.api.fetch_loop.fetch_loop`, with ``workers``)."""
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
-    handle = await client.open_content(content_information, immediate=True)
+    handle = await client.open_content(content_information, immediate=True, whole=True)
     async with handle, aiohttp.ClientSession(timeout=timeout) as origin_session:
         if not handle.complete:
             await handle.complete_content_information()

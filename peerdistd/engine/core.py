@@ -32,6 +32,7 @@ from peerdistd.engine.reading import BlockReader, ReadRequest
 from peerdistd.engine.slots import SlotPool
 from peerdistd.engine.stats import Counters, snapshot
 from peerdistd.engine.view import ContentView, ViewCache, view_from_bytes
+from peerdistd.proto.flight import PieceId
 from peerdistd.proto.pccrc import ContentInformation
 from peerdistd.store.publications import PublicationStore
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 ROOT_UID = 0
 MAX_OFFSET = (1 << 64) - 1  # content offsets are 64-bit on the wire ([MS-PCCRC] 2.3, 2.4)
 READ_FLAGS = frozenset({"fail_blocked", "shutdown_on_fail", "indicate_peer_accept", "no_claim"})
-OPEN_FLAGS = frozenset({"immediate"})
+OPEN_FLAGS = frozenset({"immediate", "whole"})
 
 
 @dataclass(slots=True)
@@ -95,6 +96,7 @@ class Engine:
         if claims is not None:
             self.flight = SingleFlight(store, claims, piece_cap=self.settings.piece_size)
             self.reader.flight = self.flight
+            claims.on_done(self._piece_done)
         self.adder = DataAdder(store, self.stats)
         self.publisher = Publisher(
             store,
@@ -171,7 +173,20 @@ class Engine:
         self.users.note(uid, view.segment_ids(0, ALL))
         if "immediate" in flag_set:
             self.reader.ahead.hint(view, view.start, reading=False)
+        self._watch_whole(handle)
         return handle
+
+    def _watch_whole(self, h: ContentHandle) -> None:
+        """A handle opened to be read whole (the ``whole`` flag) with complete content
+        information: pieces other nodes finish are fetched before it asks (single flight)."""
+        if self.flight is not None and "whole" in h.flags and h.view is not None:
+            self.flight.watch(h.id, h.view)
+
+    def _piece_done(self, piece: PieceId, endpoint: str) -> None:
+        if self.flight is None:
+            return
+        for view, whole in self.flight.wanted(piece):
+            self.reader.fetch_done_piece(view, whole, endpoint)
 
     def handle(self, uid: int, handle_id: str) -> ContentHandle:
         self.check_enabled()
@@ -197,6 +212,7 @@ class Engine:
         h.view = view
         self.users.note(h.owner_uid, view.segment_ids(0, ALL))
         self.adder.verify_held(h)
+        self._watch_whole(h)
         return h
 
     def complete_content_information(self, uid: int, handle_id: str) -> ContentHandle:

@@ -7,6 +7,7 @@ holds, the peerdistd nodes that want it agree who fetches each piece from the or
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections import OrderedDict
@@ -36,6 +37,8 @@ class ClaimNetwork(Protocol):
     def release(self, pieces: list[PieceId]) -> None: ...
     async def wait(self, piece: PieceId, timeout: float) -> None: ...
     def forget(self, piece: PieceId) -> None: ...
+    def on_done(self, listener: Callable[[PieceId, str], None]) -> None:
+        """Call ``listener(piece, endpoint)`` for every DONE another node sends."""
 
 
 class HeldBlocks(Protocol):
@@ -75,6 +78,35 @@ def piece_at(view: ContentView, offset: int, cap: int) -> Piece | None:
         members[-1].offset + members[-1].length,
         tuple((s.segment_id, 0, s.offset) for s in members),
     )
+
+
+def pieces_of(view: ContentView, cap: int) -> dict[PieceId, Piece]:
+    """Every piece of ``view`` (what :func:`piece_at` gives for each of its offsets), in one
+    pass over the segments."""
+    pieces: dict[PieceId, Piece] = {}
+    if view.version == 1:
+        for seg in view.segments:
+            per = max(1, cap // seg.block_size)
+            for first in range(0, seg.block_count, per):
+                last = min(first + per, seg.block_count) - 1
+                start, end = seg.block_span(first)[0], seg.block_span(last)[1]
+                blocks = tuple(
+                    (seg.segment_id, i, seg.block_span(i)[0]) for i in range(first, last + 1)
+                )
+                pieces[PieceId(seg.segment_id, first)] = Piece(
+                    PieceId(seg.segment_id, first), start, end, blocks
+                )
+        return pieces
+    for _bucket, group in itertools.groupby(view.segments, key=lambda s: s.offset // cap):
+        members = list(group)
+        piece_id = PieceId(members[0].segment_id, 0)
+        pieces[piece_id] = Piece(
+            piece_id,
+            members[0].offset,
+            members[-1].offset + members[-1].length,
+            tuple((s.segment_id, 0, s.offset) for s in members),
+        )
+    return pieces
 
 
 class Outcome(Enum):
@@ -117,6 +149,9 @@ class SingleFlight:
         self.window = window
         self._spread = spread  # seconds to wait, at most the argument (tests script it)
         self._mine: OrderedDict[PieceId, _Mine] = OrderedDict()
+        # Handles opened to be read whole (the ``whole`` open flag): their pieces by id, so
+        # that a DONE from another node can be fetched before the application asks.
+        self._whole: dict[str, tuple[ContentView, dict[PieceId, Piece]]] = {}
 
     async def decide(
         self,
@@ -193,8 +228,23 @@ class SingleFlight:
         """The node said to hold ``piece`` did not have it: it is free again."""
         self.claims.forget(piece.id)
 
+    def watch(self, handle: str, view: ContentView) -> None:
+        """``handle`` will read all of ``view``: :meth:`wanted` names its pieces."""
+        if view.complete:
+            self._whole[handle] = (view, pieces_of(view, self.piece_cap))
+
+    def wanted(self, piece: PieceId) -> list[tuple[ContentView, Piece]]:
+        """The contents read whole that have ``piece`` (one entry per content)."""
+        found: dict[int, tuple[ContentView, Piece]] = {}
+        for view, pieces in self._whole.values():
+            got = pieces.get(piece)
+            if got is not None:
+                found.setdefault(id(view), (view, got))
+        return list(found.values())
+
     def closed(self, handle: str) -> None:
         """The handle's claims end with it (the application will not fetch them now)."""
+        self._whole.pop(handle, None)
         gone = [p for p, m in self._mine.items() if m.handle == handle]
         for piece in gone:
             del self._mine[piece]

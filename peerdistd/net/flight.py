@@ -13,7 +13,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -22,7 +22,7 @@ from peerdistd.logs import RateLimitedLogger
 from peerdistd.net.discovery_links import Links
 from peerdistd.net.discovery_sockets import NetInterface, resolve_interfaces
 from peerdistd.proto import flight
-from peerdistd.proto.flight import Message, PieceId
+from peerdistd.proto.flight import Kind, Message, PieceId
 from peerdistd.proto.flight_board import Board, Lookup
 from peerdistd.proto.pccrd_responder import Address
 
@@ -76,6 +76,7 @@ class FlightNet:
         self._waiters: dict[PieceId, asyncio.Event] = {}
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._ticker: asyncio.Task[None] | None = None
+        self._done_listeners: list[Callable[[PieceId, str], None]] = []
 
     async def __aenter__(self) -> FlightNet:
         try:
@@ -139,6 +140,10 @@ class FlightNet:
     def forget(self, piece: PieceId) -> None:
         self.board.forget(piece)
 
+    def on_done(self, listener: Callable[[PieceId, str], None]) -> None:
+        """Call ``listener(piece, endpoint)`` for every DONE another node sends."""
+        self._done_listeners.append(listener)
+
     async def wait(self, piece: PieceId, timeout: float) -> None:
         """Return when ``piece``'s state changes, or after ``timeout`` seconds."""
         event = self._waiters.get(piece)
@@ -173,6 +178,13 @@ class FlightNet:
         replies, changed = self.board.observe(msg, time.monotonic())
         self._send_all(replies)
         self._wake(changed)
+        if msg.kind is Kind.DONE:
+            for state in msg.pieces:
+                for listener in self._done_listeners:
+                    try:
+                        listener(state.piece, msg.endpoint)
+                    except Exception:  # a listener's failure is not the datagram's
+                        log.exception("single-flight DONE listener failed")
 
     def _allow(self, source: str) -> bool:
         """A token bucket per source address (bounded table): a flood costs little."""

@@ -10,6 +10,7 @@ again before it claims: a CLAIM from another node that arrived meanwhile makes i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from peerdistd.engine.flight import TAKEOVER_SPREAD, Outcome, SingleFlight
 from peerdistd.engine.view import ContentView, view_from_bytes
@@ -39,6 +40,7 @@ class Board:
     def progress(self, piece: PieceId, held: int, total: int) -> None: ...
     def release(self, pieces: list[PieceId]) -> None: ...
     def forget(self, piece: PieceId) -> None: ...
+    def on_done(self, listener: Callable[[PieceId, str], None]) -> None: ...
 
     async def wait(self, piece: PieceId, timeout: float) -> None:
         return None  # the claim we waited for ended at once

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from peerdistd.engine.flight import piece_at
+from peerdistd.engine.flight import piece_at, pieces_of
 from peerdistd.engine.view import view_from_bytes
 from peerdistd.proto.flight import piece_starts
 from tests.content import content_information
@@ -45,3 +45,20 @@ def test_range_content_information_names_the_same_pieces(version: int) -> None:
         a, b = piece_at(whole, offset, MIB), piece_at(ranged, offset, MIB)
         assert a is not None and b is not None
         assert (a.id, a.start, a.end) == (b.id, b.start, b.end)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("cap", [MIB, 300_000])
+def test_every_piece_of_a_content_in_one_pass_is_what_piece_at_names(
+    version: int, cap: int
+) -> None:
+    """pieces_of (a DONE from another node, looked up by piece id) cuts like piece_at."""
+    view = view_from_bytes(content_information(DATA, version).to_bytes())
+    pieces = pieces_of(view, cap)
+    expected = {}
+    for ref in view.blocks_from(view.start, view.end):
+        piece = piece_at(view, ref.start, cap)
+        assert piece is not None
+        expected[piece.id] = piece
+    assert pieces == expected
+    assert sum(p.end - p.start for p in pieces.values()) == len(DATA)

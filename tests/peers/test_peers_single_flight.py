@@ -242,6 +242,42 @@ def test_a_no_claim_read_of_a_free_piece_claims_nothing(tmp_path: Path, netns: s
         asyncio.run(run())
 
 
+def test_a_piece_another_node_finishes_is_fetched_for_a_handle_read_whole(
+    tmp_path: Path, netns: str
+) -> None:
+    """B has a handle on each of two contents, one opened ``whole``. A claims the first piece
+    of each, adds it from the origin and says DONE: B fetches the piece of the content read
+    whole into its cache before any read asks, and leaves the other alone."""
+    data = {name: random.Random(seed).randbytes(2 * MIB) for name, seed in (("x", 96), ("y", 97))}
+    infos = {name: content_information(tmp_path / name, d, 1) for name, d in data.items()}
+    with nodes(tmp_path, netns, 2) as (a, b):
+
+        async def claim_and_add(client: PeerDistClient, name: str) -> None:
+            h = await client.open_content(infos[name])
+            try:
+                await h.block_read(0, MIB)
+                raise AssertionError("expected MISSING_DATA")
+            except MissingData as gap:
+                assert (gap.offset, gap.length) == (0, MIB)
+            await h.add_data(0, data[name][:MIB])  # whole: A sends DONE
+
+        async def run() -> None:
+            async with PeerDistClient(a.socket) as ca, PeerDistClient(b.socket) as cb:
+                hx = await cb.open_content(infos["x"])  # read as it goes
+                hy = await cb.open_content(infos["y"], whole=True)
+                await claim_and_add(ca, "x")
+                await claim_and_add(ca, "y")  # its DONE comes after x's
+                deadline = time.monotonic() + 10
+                while await hy.available() < MIB:  # fetched without a read
+                    assert time.monotonic() < deadline, "y's first piece never came"
+                    await asyncio.sleep(0.02)
+                assert await hx.available() == 0  # x's DONE came first and was let be
+                got = await hy.block_read(0, MIB, timeout_ms=0)  # local only
+                assert got.data == data["y"][:MIB] and got.from_peers == MIB
+
+        asyncio.run(run())
+
+
 def test_ipxe_shaped_client_gets_blocks_from_a_claimant_mid_piece(
     tmp_path: Path, netns: str
 ) -> None:
