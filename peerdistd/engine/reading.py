@@ -16,6 +16,7 @@ from peerdistd.engine.events import EventBus
 from peerdistd.engine.fetching import Fetcher
 from peerdistd.engine.flight import Outcome, Piece, SingleFlight
 from peerdistd.engine.local_reads import LocalReads
+from peerdistd.engine.loop_lag import LoopLag
 from peerdistd.engine.ports import BlockStore, PeerNetwork
 from peerdistd.engine.read_ahead import READ_AHEAD_BYTES, ReadAhead
 from peerdistd.engine.slots import SlotPool
@@ -72,6 +73,7 @@ class BlockReader:
 
         self.reads_queued = 0  # reads waiting for a transfer slot (here or at their peers)
         self.done_pieces = 0  # pieces being fetched because another node said DONE
+        self.lag = LoopLag(spawn)
 
     # -- local cache ---------------------------------------------------------------------
 
@@ -298,8 +300,9 @@ class BlockReader:
         """Another node has ``piece`` whole (its DONE) and a handle reads ``view`` whole:
         fetch the blocks not here yet from it, in runs, while transfer slots are free (those
         that find none are fetched when the application reads them). A node then follows
-        the branch's origin fetches as they finish instead of as its reads reach them."""
-        if self.done_pieces >= DONE_PIECES:
+        the branch's origin fetches as they finish instead of as its reads reach them. Not
+        while its loop runs late (:mod:`peerdistd.engine.loop_lag`): the work is optional."""
+        if self.done_pieces >= DONE_PIECES or self.lag.busy():
             return
         holds = {sid: 1 for sid, _index, _start in piece.blocks}
         self.peers.add_holder(list(holds), endpoint)
