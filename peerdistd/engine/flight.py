@@ -71,7 +71,7 @@ def piece_at(view: ContentView, offset: int, cap: int) -> Piece | None:
         blocks = tuple((seg.segment_id, i, seg.block_span(i)[0]) for i in range(first, last + 1))
         return Piece(PieceId(seg.segment_id, first), start, end, blocks)
     bucket = seg.offset // cap
-    members = [s for s in view.segments if s.offset // cap == bucket]
+    members = view.segments_starting(bucket * cap, (bucket + 1) * cap)
     return Piece(
         PieceId(members[0].segment_id, 0),
         members[0].offset,
@@ -80,33 +80,20 @@ def piece_at(view: ContentView, offset: int, cap: int) -> Piece | None:
     )
 
 
-def pieces_of(view: ContentView, cap: int) -> dict[PieceId, Piece]:
-    """Every piece of ``view`` (what :func:`piece_at` gives for each of its offsets), in one
-    pass over the segments."""
-    pieces: dict[PieceId, Piece] = {}
+def pieces_of(view: ContentView, cap: int) -> dict[PieceId, int]:
+    """Where each piece of ``view`` starts, by id (:func:`piece_at` of that offset gives the
+    piece), in one pass over the segments: a handle read whole keeps this, not the pieces."""
+    starts: dict[PieceId, int] = {}
     if view.version == 1:
         for seg in view.segments:
             per = max(1, cap // seg.block_size)
             for first in range(0, seg.block_count, per):
-                last = min(first + per, seg.block_count) - 1
-                start, end = seg.block_span(first)[0], seg.block_span(last)[1]
-                blocks = tuple(
-                    (seg.segment_id, i, seg.block_span(i)[0]) for i in range(first, last + 1)
-                )
-                pieces[PieceId(seg.segment_id, first)] = Piece(
-                    PieceId(seg.segment_id, first), start, end, blocks
-                )
-        return pieces
+                starts[PieceId(seg.segment_id, first)] = seg.block_span(first)[0]
+        return starts
     for _bucket, group in itertools.groupby(view.segments, key=lambda s: s.offset // cap):
-        members = list(group)
-        piece_id = PieceId(members[0].segment_id, 0)
-        pieces[piece_id] = Piece(
-            piece_id,
-            members[0].offset,
-            members[-1].offset + members[-1].length,
-            tuple((s.segment_id, 0, s.offset) for s in members),
-        )
-    return pieces
+        first_seg = next(group)
+        starts[PieceId(first_seg.segment_id, 0)] = first_seg.offset
+    return starts
 
 
 class Outcome(Enum):
@@ -151,7 +138,7 @@ class SingleFlight:
         self._mine: OrderedDict[PieceId, _Mine] = OrderedDict()
         # Handles opened to be read whole (the ``whole`` open flag): their pieces by id, so
         # that a DONE from another node can be fetched before the application asks.
-        self._whole: dict[str, tuple[ContentView, dict[PieceId, Piece]]] = {}
+        self._whole: dict[str, tuple[ContentView, dict[PieceId, int]]] = {}
 
     async def decide(
         self,
@@ -236,10 +223,12 @@ class SingleFlight:
     def wanted(self, piece: PieceId) -> list[tuple[ContentView, Piece]]:
         """The contents read whole that have ``piece`` (one entry per content)."""
         found: dict[int, tuple[ContentView, Piece]] = {}
-        for view, pieces in self._whole.values():
-            got = pieces.get(piece)
-            if got is not None:
-                found.setdefault(id(view), (view, got))
+        for view, starts in self._whole.values():
+            start = starts.get(piece)
+            if start is not None and id(view) not in found:
+                whole = piece_at(view, start, self.piece_cap)
+                if whole is not None and whole.id == piece:
+                    found[id(view)] = (view, whole)
         return list(found.values())
 
     def closed(self, handle: str) -> None:

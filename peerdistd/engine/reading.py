@@ -29,7 +29,7 @@ from peerdistd.proto.pccrc import BlockRef
 DONE_FETCH_SECONDS = 5.0
 # Pieces fetched because of other nodes' DONEs at once: with every DONE fetched by every
 # node, ten nodes at once on two cores starved their own origin ranges, claims ran out
-# without progress and the WAN carried 1.67 copies (docs/benchmarks.md, "DONE").
+# without progress and the WAN carried 1.67 copies (docs/benchmarks.md, "Fetched on DONE").
 DONE_PIECES = 2
 
 

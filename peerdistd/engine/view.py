@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from peerdistd import errors
@@ -85,6 +85,12 @@ class ContentView:
                 if b_start >= end:
                     break
                 yield BlockRef(seg, index, b_start, b_end, seg.block_hashes[index])
+
+    def segments_starting(self, lo: int, hi: int) -> Sequence[Segment]:
+        """The segments whose first byte lies in ``[lo, hi)``, in order."""
+        return self.segments[
+            bisect.bisect_left(self._starts, lo) : bisect.bisect_left(self._starts, hi)
+        ]
 
     def segment_ids(
         self, start: int | None = None, end: int | None = None, limit: int | None = None

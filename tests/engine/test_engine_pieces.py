@@ -52,13 +52,16 @@ def test_range_content_information_names_the_same_pieces(version: int) -> None:
 def test_every_piece_of_a_content_in_one_pass_is_what_piece_at_names(
     version: int, cap: int
 ) -> None:
-    """pieces_of (a DONE from another node, looked up by piece id) cuts like piece_at."""
+    """pieces_of (a DONE from another node, looked up by piece id) cuts like piece_at, and
+    piece_at finds V2 pieces by bisection like the walk over every segment it replaced."""
     view = view_from_bytes(content_information(DATA, version).to_bytes())
-    pieces = pieces_of(view, cap)
+    starts = pieces_of(view, cap)
     expected = {}
     for ref in view.blocks_from(view.start, view.end):
         piece = piece_at(view, ref.start, cap)
         assert piece is not None
         expected[piece.id] = piece
-    assert pieces == expected
-    assert sum(p.end - p.start for p in pieces.values()) == len(DATA)
+    assert starts == {piece.id: piece.start for piece in expected.values()}
+    for piece_id, start in starts.items():
+        assert piece_at(view, start, cap) == expected[piece_id]
+    assert sum(p.end - p.start for p in expected.values()) == len(DATA)
