@@ -118,6 +118,15 @@ class _Mine:
     handle: str
 
 
+@dataclass(slots=True)
+class _Whole:
+    """A content read whole: its view, where its pieces start, how many handles read it."""
+
+    view: ContentView
+    starts: dict[PieceId, int]
+    handles: int = 0
+
+
 class SingleFlight:
     """The engine's side of the claims: one per daemon."""
 
@@ -136,9 +145,12 @@ class SingleFlight:
         self.window = window
         self._spread = spread  # seconds to wait, at most the argument (tests script it)
         self._mine: OrderedDict[PieceId, _Mine] = OrderedDict()
-        # Handles opened to be read whole (the ``whole`` open flag): their pieces by id, so
-        # that a DONE from another node can be fetched before the application asks.
-        self._whole: dict[str, tuple[ContentView, dict[PieceId, int]]] = {}
+        # Contents read whole (the ``whole`` open flag): where their pieces start, by id, so
+        # that a DONE from another node can be fetched before the application asks. One map
+        # per content however many handles read it (a thousand handles on one large content
+        # would otherwise hold a thousand), kept while one of them is open.
+        self._whole: dict[str, int] = {}  # handle -> its content's key in _contents
+        self._contents: dict[int, _Whole] = {}
 
     async def decide(
         self,
@@ -215,25 +227,44 @@ class SingleFlight:
         """The node said to hold ``piece`` did not have it: it is free again."""
         self.claims.forget(piece.id)
 
+    @property
+    def contents_read_whole(self) -> int:
+        return len(self._contents)
+
     def watch(self, handle: str, view: ContentView) -> None:
         """``handle`` will read all of ``view``: :meth:`wanted` names its pieces."""
-        if view.complete:
-            self._whole[handle] = (view, pieces_of(view, self.piece_cap))
+        self._unwatch(handle)
+        if not view.complete:
+            return
+        key = id(view)  # the entry holds the view: its id is not reused meanwhile
+        entry = self._contents.get(key)
+        if entry is None:
+            entry = self._contents[key] = _Whole(view, pieces_of(view, self.piece_cap))
+        entry.handles += 1
+        self._whole[handle] = key
 
     def wanted(self, piece: PieceId) -> list[tuple[ContentView, Piece]]:
         """The contents read whole that have ``piece`` (one entry per content)."""
-        found: dict[int, tuple[ContentView, Piece]] = {}
-        for view, starts in self._whole.values():
-            start = starts.get(piece)
-            if start is not None and id(view) not in found:
-                whole = piece_at(view, start, self.piece_cap)
+        found: list[tuple[ContentView, Piece]] = []
+        for entry in self._contents.values():
+            start = entry.starts.get(piece)
+            if start is not None:
+                whole = piece_at(entry.view, start, self.piece_cap)
                 if whole is not None and whole.id == piece:
-                    found[id(view)] = (view, whole)
-        return list(found.values())
+                    found.append((entry.view, whole))
+        return found
+
+    def _unwatch(self, handle: str) -> None:
+        key = self._whole.pop(handle, None)
+        entry = None if key is None else self._contents.get(key)
+        if key is not None and entry is not None:
+            entry.handles -= 1
+            if entry.handles <= 0:
+                del self._contents[key]
 
     def closed(self, handle: str) -> None:
         """The handle's claims end with it (the application will not fetch them now)."""
-        self._whole.pop(handle, None)
+        self._unwatch(handle)
         gone = [p for p, m in self._mine.items() if m.handle == handle]
         for piece in gone:
             del self._mine[piece]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from peerdistd.engine.flight import TAKEOVER_SPREAD, Outcome, SingleFlight
+from peerdistd.engine.flight import TAKEOVER_SPREAD, Outcome, SingleFlight, piece_at
 from peerdistd.engine.view import ContentView, view_from_bytes
 from peerdistd.proto.flight import PieceId
 from peerdistd.proto.flight_board import Lookup, Verdict
@@ -104,3 +104,20 @@ async def test_a_read_that_may_not_claim_hears_the_piece_is_free_and_claims_noth
         decision = await flight.decide(view, first, time.monotonic() + 5, "h", claim=False)
         assert decision is not None and decision.outcome is Outcome.FREE
         assert board.claimed == [] and spread == []
+
+
+def test_handles_reading_one_content_whole_share_one_piece_map() -> None:
+    """The ``whole`` open flag: a DONE names each content once, and a thousand handles on one
+    content keep one map of where its pieces start, dropped with the last of them."""
+    flight, _board, view = setup([Lookup(Verdict.FREE)], [])
+    first = piece_at(view, view.start, flight.piece_cap)
+    assert first is not None
+    flight.watch("h1", view)
+    flight.watch("h2", view)
+    flight.watch("h2", view)  # again (its content information completed): still once
+    assert flight.contents_read_whole == 1
+    assert [(v, p) for v, p in flight.wanted(first.id)] == [(view, first)]
+    flight.closed("h1")
+    assert flight.contents_read_whole == 1 and len(flight.wanted(first.id)) == 1
+    flight.closed("h2")
+    assert flight.contents_read_whole == 0 and flight.wanted(first.id) == []
