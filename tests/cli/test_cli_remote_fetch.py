@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import IO, Any
 
 import aiohttp
 import pytest
@@ -178,6 +179,16 @@ async def servers(
         shutil.rmtree(folder)
 
 
+async def run_loop(
+    daemon: ContentDaemon, origin: Origin | Streamed, out: IO[bytes], **options: Any
+) -> fetch_loop.FetchCounts:
+    """The fetch loop over ``daemon`` and ``origin`` into ``out``, with ``options``."""
+    async with servers(daemon, origin) as (client, url):
+        handle = await client.open_content(b"CI")
+        async with handle, aiohttp.ClientSession() as session:
+            return await fetch_loop.fetch_loop(handle, url, out, session=session, **options)
+
+
 async def test_fetch_takes_cache_then_peers_then_origin(monkeypatch: pytest.MonkeyPatch) -> None:
     # Chunks that do not fall on block boundaries: the daemon holds partial blocks.
     monkeypatch.setattr(fetch_loop, "ADD_CHUNK", 5000)
@@ -323,17 +334,13 @@ async def test_workers_fetch_pieces_in_parallel_and_write_in_order() -> None:
     daemon.piece = 2 * BLOCK
     origin = Origin(CONTENT)
     out = Pipe()
-    async with servers(daemon, origin) as (client, url):
-        handle = await client.open_content(b"CI")
-        async with handle, aiohttp.ClientSession() as session:
-            counts = await fetch_loop.fetch_loop(
-                handle,
-                url,
-                out,  # type: ignore[arg-type]
-                session=session,
-                workers=4,
-                piece_bounds=range(0, len(CONTENT), 2 * BLOCK),
-            )
+    counts = await run_loop(
+        daemon,
+        origin,
+        out,  # type: ignore[arg-type]
+        workers=4,
+        piece_bounds=range(0, len(CONTENT), 2 * BLOCK),
+    )
     assert bytes(out.got) == CONTENT
     assert (counts.from_cache, counts.from_peers) == (BLOCK, 2 * BLOCK)
     assert counts.from_origin == len(CONTENT) - 3 * BLOCK
@@ -397,18 +404,14 @@ async def test_a_worker_reads_its_next_piece_as_its_origin_range_nears_its_end()
             serving -= 1
 
     out = io.BytesIO()
-    async with servers(daemon, Streamed(origin)) as (client, url):
-        handle_ = await client.open_content(b"CI")
-        async with handle_, aiohttp.ClientSession() as session:
-            counts = await fetch_loop.fetch_loop(
-                handle_,
-                url,
-                out,
-                session=session,
-                workers=1,
-                piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
-                first_piece=lambda count: 0,
-            )
+    counts = await run_loop(
+        daemon,
+        Streamed(origin),
+        out,
+        workers=1,
+        piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
+        first_piece=lambda count: 0,
+    )
     assert out.getvalue() == CONTENT and counts.from_origin == len(CONTENT)
     assert seen == {"early": False, "near_end": True}
 
@@ -430,17 +433,9 @@ async def test_a_seekable_output_starts_at_a_random_piece_and_wraps_around(
     daemon.piece = 2 * BLOCK
     origin = Origin(CONTENT)
     out = io.BytesIO()
-    async with servers(daemon, origin) as (client, url):
-        handle = await client.open_content(b"CI")
-        async with handle, aiohttp.ClientSession() as session:
-            counts = await fetch_loop.fetch_loop(
-                handle,
-                url,
-                out,
-                session=session,
-                workers=1,
-                piece_bounds=range(0, len(CONTENT), 2 * BLOCK),
-            )
+    counts = await run_loop(
+        daemon, origin, out, workers=1, piece_bounds=range(0, len(CONTENT), 2 * BLOCK)
+    )
     assert out.getvalue() == CONTENT and counts.from_origin == len(CONTENT)
     assert picked == [6]  # six pieces of two blocks
     asked = [int(r["Range"][6:].split("-")[0]) // BLOCK for r in origin.requests]
@@ -472,17 +467,9 @@ async def test_a_slow_range_adds_its_whole_blocks_before_add_chunk_is_in(
         return resp
 
     out = io.BytesIO()
-    async with servers(daemon, Streamed(origin)) as (client, url):
-        handle = await client.open_content(b"CI")
-        async with handle, aiohttp.ClientSession() as session:
-            await fetch_loop.fetch_loop(
-                handle,
-                url,
-                out,
-                session=session,
-                workers=1,
-                block_bounds=range(0, len(CONTENT), BLOCK),
-            )
+    await run_loop(
+        daemon, Streamed(origin), out, workers=1, block_bounds=range(0, len(CONTENT), BLOCK)
+    )
     assert out.getvalue() == CONTENT
     assert seen == [True]
     # The first add was exactly the two whole blocks that had come.
@@ -522,19 +509,15 @@ async def test_a_peer_reader_reads_what_peers_hold_while_the_worker_fetches_from
         return resp
 
     out = io.BytesIO()
-    async with servers(daemon, Streamed(origin)) as (client, url):
-        handle_ = await client.open_content(b"CI")
-        async with handle_, aiohttp.ClientSession() as session:
-            counts = await fetch_loop.fetch_loop(
-                handle_,
-                url,
-                out,
-                session=session,
-                workers=1,
-                readers=1,
-                piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
-                first_piece=lambda count: 0,
-            )
+    counts = await run_loop(
+        daemon,
+        Streamed(origin),
+        out,
+        workers=1,
+        readers=1,
+        piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
+        first_piece=lambda count: 0,
+    )
     assert out.getvalue() == CONTENT
     assert seen == {"read_meanwhile": True}
     assert (counts.from_origin, counts.from_peers) == (6 * BLOCK, len(CONTENT) - 6 * BLOCK)
@@ -558,19 +541,15 @@ async def test_a_piece_another_node_fetches_is_given_back_and_read_again_not_fet
     daemon.on_busy = other_node_done
     origin = Origin(CONTENT)
     out = io.BytesIO()
-    async with servers(daemon, origin) as (client, url):
-        handle_ = await client.open_content(b"CI")
-        async with handle_, aiohttp.ClientSession() as session:
-            counts = await fetch_loop.fetch_loop(
-                handle_,
-                url,
-                out,
-                session=session,
-                workers=1,
-                readers=1,
-                piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
-                first_piece=lambda count: 0,
-            )
+    counts = await run_loop(
+        daemon,
+        origin,
+        out,
+        workers=1,
+        readers=1,
+        piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
+        first_piece=lambda count: 0,
+    )
     assert out.getvalue() == CONTENT
     assert [r["Range"] for r in origin.requests] == [f"bytes=0-{6 * BLOCK - 1}"]
     assert (counts.from_origin, counts.from_peers) == (6 * BLOCK, len(CONTENT) - 6 * BLOCK)
@@ -591,10 +570,7 @@ async def test_an_output_that_cannot_seek_has_no_peer_readers() -> None:
             return False
 
     out = Pipe()
-    async with servers(daemon, Origin(CONTENT)) as (client, url):
-        handle_ = await client.open_content(b"CI")
-        async with handle_, aiohttp.ClientSession() as session:
-            await fetch_loop.fetch_loop(handle_, url, out, session=session, readers=2)
+    await run_loop(daemon, Origin(CONTENT), out, readers=2)
     assert out.getvalue() == CONTENT
     reads = [q for call, q in daemon.calls if call == "POST /block-read"]
     assert reads and not any("flags" in q for q in reads)
