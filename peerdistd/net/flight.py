@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
@@ -178,7 +179,7 @@ class FlightNet:
         replies, changed = self.board.observe(msg, time.monotonic())
         self._send_all(replies)
         self._wake(changed)
-        if msg.kind is Kind.DONE:
+        if msg.kind is Kind.DONE and _sent_by(msg.endpoint, str(addr[0])):
             for state in msg.pieces:
                 for listener in self._done_listeners:
                     try:
@@ -229,3 +230,16 @@ class FlightNet:
                 log.debug("released %d stalled claims", len(stalled))
             self._send_all(msgs)
             self._wake(set(stalled))
+
+
+def _sent_by(endpoint: str, source: str) -> bool:
+    """Whether ``endpoint`` ("ip:port", "[v6]:port") is on the datagram's source address. A
+    DONE makes nodes reading the content whole connect to its endpoint unasked: one naming
+    another address (a host's own loopback service, a third machine) is not acted on."""
+    host = endpoint.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    try:
+        named = ipaddress.ip_address(host.partition("%")[0])
+        sender = ipaddress.ip_address(source.partition("%")[0])
+    except ValueError:
+        return False
+    return named == sender
