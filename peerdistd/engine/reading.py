@@ -270,8 +270,7 @@ class BlockReader:
             if decision.outcome is Outcome.TIMEOUT:
                 raise errors.Timeout(req.offset, clipped)
             if decision.outcome is Outcome.HELD:
-                holds = {sid: 1 for sid, _i, _s in decision.piece.blocks}
-                self.peers.add_holder(list(holds), decision.endpoint)
+                holds = self._held_whole_by(decision.piece, decision.endpoint)
                 key = (first.segment.segment_id, first.index)
                 run = (
                     [first]
@@ -296,6 +295,13 @@ class BlockReader:
                 return data, peer_bytes
         raise errors.MissingData(req.offset, missing)
 
+    def _held_whole_by(self, piece: Piece, endpoint: str) -> dict[bytes, int]:
+        """The node at ``endpoint`` holds ``piece`` whole (its DONE): tell the peer network,
+        and return the piece's segments as located there, for runs."""
+        holds = {sid: 1 for sid, _index, _start in piece.blocks}
+        self.peers.add_holder(list(holds), endpoint)
+        return holds
+
     def fetch_done_piece(self, view: ContentView, piece: Piece, endpoint: str) -> None:
         """Another node has ``piece`` whole (its DONE) and a handle reads ``view`` whole:
         fetch the blocks not here yet from it, in runs, while transfer slots are free (those
@@ -304,8 +310,7 @@ class BlockReader:
         while its loop runs late (:mod:`peerdistd.engine.loop_lag`): the work is optional."""
         if self.done_pieces >= DONE_PIECES or self.lag.busy():
             return
-        holds = {sid: 1 for sid, _index, _start in piece.blocks}
-        self.peers.add_holder(list(holds), endpoint)
+        holds = self._held_whole_by(piece, endpoint)
         deadline = time.monotonic() + DONE_FETCH_SECONDS
         self.ahead.fetch_ahead(view, piece.start, piece.end, holds, deadline)
         tasks = {
