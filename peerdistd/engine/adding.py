@@ -168,13 +168,13 @@ class DataAdder:
         view: ContentView | None,
         good: dict[bytes, list[tuple[BlockRef, bytes | memoryview]]],
     ) -> None:
-        for seg_id, blocks in good.items():
+        items = []
+        for blocks in good.values():
             assert view is not None
             first = blocks[0][0]
-            self.store.add_segment(segment_record(view, first), full_list(view, first))
-            self.store.put_blocks(
-                seg_id, [(ref.index, data, ref.hash) for ref, data in blocks], durable=False
-            )
+            rows = [(ref.index, data, ref.hash) for ref, data in blocks]
+            items.append((segment_record(view, first), full_list(view, first), rows))
+        self.store.stage(items)
 
     def _hold(self, h: ContentHandle, pos: int, data: memoryview) -> None:
         h.held.add(pos, data)  # raises past this handle's or the daemon's cap

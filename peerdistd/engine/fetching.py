@@ -177,21 +177,13 @@ class Fetcher:
                 self.slots.release()
 
     def _stage_all(self, view: ContentView, groups: list[list[tuple[BlockRef, bytes]]]) -> None:
-        """Stage the verified blocks of a run, one store call per segment (thread-safe)."""
+        """Stage the verified blocks of a run in one store call (thread-safe)."""
+        items = []
         for seg_refs in groups:
             first = seg_refs[0][0]
             rows = [(ref.index, data, ref.hash) for ref, data in seg_refs]
-            self._stage(segment_record(view, first), full_list(view, first), rows)
-
-    def _stage(
-        self,
-        record: SegmentRecord,
-        hashes: tuple[bytes, ...] | None,
-        rows: list[tuple[int, bytes, bytes]],
-    ) -> None:
-        """Stage verified blocks of one segment (group commit makes them durable)."""
-        self.store.add_segment(record, hashes)
-        self.store.put_blocks(record.segment_id, rows, durable=False)
+            items.append((segment_record(view, first), full_list(view, first), rows))
+        self.store.stage(items)
 
     async def _wait_for_peers(
         self, segment_id: bytes, deadline: float, *, take_slot: bool, among: Sequence[str] = ()

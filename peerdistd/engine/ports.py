@@ -18,13 +18,15 @@ from peerdistd.store.healing import StoreNote
 class BlockStore(Protocol):
     """The part of the block cache the engine uses."""
 
-    def add_segment(self, record: SegmentRecord, hashes: Sequence[bytes] | None = None) -> None: ...
-    def put_blocks(
+    def stage(
         self,
-        segment_id: bytes,
-        blocks: Iterable[tuple[int, bytes | memoryview, bytes]],
-        *,
-        durable: bool = True,
+        items: Sequence[
+            tuple[
+                SegmentRecord,
+                Sequence[bytes] | None,
+                Iterable[tuple[int, bytes | memoryview, bytes]],
+            ]
+        ],
     ) -> None: ...
     @property
     def staged_bytes(self) -> int: ...

@@ -34,26 +34,27 @@ FEED_BATCH = 4 * 1024 * 1024
 def store_segments(
     store: BlockStore, version: int, algorithm: HashAlgorithm, hashed: list[HashedSegment]
 ) -> None:
+    """Stage the hashed segments in one store call (committed before the 201)."""
+    items = []
     for item in hashed:
         seg = item.segment
-        store.add_segment(
-            SegmentRecord(
-                segment_id=seg.segment_id,
-                version=version,
-                algorithm=algorithm.value,
-                hod=seg.hod,
-                secret=seg.secret,
-                length=seg.length,
-                block_size=seg.block_size,
-            ),
-            seg.block_hashes if version == 1 else None,  # hashed here: proven by construction
+        record = SegmentRecord(
+            segment_id=seg.segment_id,
+            version=version,
+            algorithm=algorithm.value,
+            hod=seg.hod,
+            secret=seg.secret,
+            length=seg.length,
+            block_size=seg.block_size,
         )
         view = memoryview(item.data)
         blocks = [
             (i, view[i * seg.block_size : (i + 1) * seg.block_size], seg.block_hashes[i])
             for i in range(len(seg.block_hashes))
         ]
-        store.put_blocks(seg.segment_id, blocks, durable=False)  # committed before the 201
+        # Hashed here: proven by construction (V1 carries its full list).
+        items.append((record, seg.block_hashes if version == 1 else None, blocks))
+    store.stage(items)
 
 
 async def publish_stream(

@@ -164,39 +164,102 @@ class BlockCache:
         record that conflicts with ``record`` is replaced unless its own blocks vouch for it
         (see :func:`peerdistd.store.cache_trust.vouched`).
         """
+        self.add_segments(((record, hashes),))
+
+    def add_segments(self, items: Iterable[tuple[SegmentRecord, Sequence[bytes] | None]]) -> None:
+        """:meth:`add_segment` for several segments, the new ones indexed in one transaction.
+
+        A V2 run of eight segments was eight commits, each a WAL write under the cache's lock
+        that every other thread waited on (docs/benchmarks.md, "The cache's lock"). Every
+        record is checked before any is added: one that fails adds none.
+        """
         with self._lock:
-            # The engine adds the segment of every run it stages: when this very record (and
-            # proof) is loaded already, it was checked when it came; only the LRU moves.
-            seg = self._table.loaded(record.segment_id)
-            if (
-                seg is not None
-                and seg.record == record
-                and (hashes is None or (seg.proven is not None and seg.proven == b"".join(hashes)))
-            ):
-                self._touch(seg)
-                return
-        check_record(record)
-        proof = proven_list(record, hashes)
+            checked = [item for item in items if not self._loaded_as(*item)]
+        if not checked:
+            return
+        proofs = []
+        for record, hashes in checked:
+            check_record(record)
+            proofs.append((record, proven_list(record, hashes)))
         with self._lock, db_errors("add_segment"):
-            seg = self._table.load(record.segment_id)
-            if seg is not None and seg.record != record:
-                if vouched(seg) or record.segment_id in self._pins:
-                    raise VerificationError("segment record conflicts with the one held")
-                log.info("segment %s: replacing a record no data vouched for", seg.rowid)
-                self._drop_segments([(seg.rowid, record.segment_id)], evicted=False)
-                seg = None
-            if seg is not None:
-                if proof is not None and seg.proven is None:
-                    self._prove(seg, proof)
-                self._touch(seg)
-                return
-            self._clock += 1
+            self._add_checked(proofs)
+
+    def stage(
+        self,
+        items: Sequence[
+            tuple[
+                SegmentRecord,
+                Sequence[bytes] | None,
+                Iterable[tuple[int, bytes | memoryview, bytes]],
+            ]
+        ],
+    ) -> None:
+        """``add_segment`` and ``put_blocks(durable=False)`` for the segments of one run
+        (record, hash list, verified blocks), under one hold of the lock and with one index
+        transaction for the new records: thread-safe, as each of those is."""
+        completed: list[bytes] = []
+        with self._lock:
+            self.add_segments((record, hashes) for record, hashes, _ in items)
+            for record, _, blocks in items:
+                check_segment_id(record.segment_id)
+                if self._put_blocks(record.segment_id, blocks, False):
+                    completed.append(record.segment_id)
+        for segment_id in completed:
+            self._completed(segment_id)
+
+    def _loaded_as(self, record: SegmentRecord, hashes: Sequence[bytes] | None) -> bool:
+        """Whether this very record (and proof) is loaded already, then touched: it was
+        checked when it came (the engine adds the segment of every run it stages)."""
+        seg = self._table.loaded(record.segment_id)
+        if (
+            seg is not None
+            and seg.record == record
+            and (hashes is None or (seg.proven is not None and seg.proven == b"".join(hashes)))
+        ):
+            self._touch(seg)
+            return True
+        return False
+
+    def _add_checked(self, proofs: Sequence[tuple[SegmentRecord, bytes | None]]) -> None:
+        """Add checked records (under the lock): the ones the index lacks in one transaction,
+        then the rest one by one, in order (a repeated id meets the record added before it)."""
+        new: dict[bytes, tuple[SegmentRecord, bytes | None]] = {}
+        known = []
+        for record, proof in proofs:
+            if record.segment_id in new or self._table.load(record.segment_id) is not None:
+                known.append((record, proof))
+            else:
+                new[record.segment_id] = (record, proof)
+        if new:
+            added = []
             with self._index.transaction():
-                rowid = self._index.insert_segment(record, self._clock)
-                if proof is not None:
-                    self._index.set_proven(rowid, proof)
+                for record, proof in new.values():
+                    self._clock += 1
+                    rowid = self._index.insert_segment(record, self._clock)
+                    if proof is not None:
+                        self._index.set_proven(rowid, proof)
+                    added.append(Seg(rowid, record, {}, {}, proof))
                 self._flush_touches()
-            self._table.add(Seg(rowid, record, {}, {}, proof))
+            for seg in added:
+                self._table.add(seg)
+        for record, proof in known:
+            self._add_known(record, proof)
+
+    def _add_known(self, record: SegmentRecord, proof: bytes | None) -> None:
+        seg = self._table.load(record.segment_id)
+        if seg is not None and seg.record != record:
+            if vouched(seg) or record.segment_id in self._pins:
+                raise VerificationError("segment record conflicts with the one held")
+            log.info("segment %s: replacing a record no data vouched for", seg.rowid)
+            self._drop_segments([(seg.rowid, record.segment_id)], evicted=False)
+            self._add_checked([(record, proof)])
+            return
+        if seg is None:
+            self._add_checked([(record, proof)])
+            return
+        if proof is not None and seg.proven is None:
+            self._prove(seg, proof)
+        self._touch(seg)
 
     def _prove(self, seg: Seg, proof: bytes) -> None:
         """Adopt a proven hash list: drop the held blocks it contradicts, then record it."""
@@ -240,8 +303,11 @@ class BlockCache:
         calls :attr:`on_segment_complete`.
         """
         check_segment_id(segment_id)
-        completed = self._put_blocks(segment_id, blocks, durable)
-        if completed and self.on_segment_complete is not None:
+        if self._put_blocks(segment_id, blocks, durable):
+            self._completed(segment_id)
+
+    def _completed(self, segment_id: bytes) -> None:
+        if self.on_segment_complete is not None:
             try:
                 self.on_segment_complete(segment_id)
             except Exception:

@@ -28,6 +28,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 # The BlockCache methods that may meet the index (properties and pin() never do).
 HEALING = (
     "add_segment",
+    "add_segments",
+    "stage",
     "segment",
     "put_blocks",
     "commit_staged",
