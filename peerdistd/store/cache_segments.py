@@ -78,6 +78,8 @@ class SegmentTable:
         if seg is not None:
             self._segs.move_to_end(segment_id)
             return seg
+        if not self._index.may_have_segment(segment_id):
+            return None  # no row: known from memory (cache_held), no SQL
         found = self._index.segment(segment_id)
         if found is None:
             return None

@@ -328,6 +328,12 @@ class CacheIndex:
         commit every id may be (:meth:`counts` reads the table again)."""
         return self._held.stale or self._held.has(segment_id)
 
+    def may_have_segment(self, segment_id: bytes) -> bool:
+        """False only when the segment surely has no row: :meth:`has_segment`, and within a
+        transaction (whose own rows the map learns at COMMIT) always True. A lookup of a
+        segment the cache lacks (a read-ahead's check, a probe) then costs no SQL."""
+        return self._db.in_transaction or self.has_segment(segment_id)
+
     def load_held(self) -> None:
         """Read every segment's block count into memory (sqlite3 errors are the caller's)."""
         self._load_held()

@@ -53,6 +53,28 @@ def test_a_probe_about_segments_not_held_touches_no_sql(tmp_path: Path) -> None:
             c._index._db.set_trace_callback(None)
 
 
+def test_a_read_or_check_of_a_segment_not_held_touches_no_sql(tmp_path: Path) -> None:
+    # A fetching node checks every block ahead of its reader (read-ahead, "wanted"): each
+    # check of a segment not yet held was a SELECT under the cache's lock, which every other
+    # thread waited on (docs/benchmarks.md, "The cache's lock").
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as c:
+        held = store(c, 1)
+        record, _ = v2_segment(2)
+        statements: list[str] = []
+        c._index._db.set_trace_callback(statements.append)
+        try:
+            assert not c.has_block(record.segment_id, 0)
+            assert c.read_block(record.segment_id, 0) is None
+            assert c.segment(record.segment_id) is None
+            assert c.held_blocks(record.segment_id) == []
+            assert statements == []
+        finally:
+            c._index._db.set_trace_callback(None)
+        c.add_segment(record)  # and once it has a row, it is found
+        assert c.segment(record.segment_id) == record
+        assert c.has_block(held, 0)
+
+
 def test_the_counts_stay_exact_through_every_change(tmp_path: Path) -> None:
     ids: list[bytes] = []
     with BlockCache.open(tmp_path, limit_bytes=4 * SIZE, sync=False) as c:
