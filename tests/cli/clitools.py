@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
@@ -125,6 +127,18 @@ def listing(folder: Path) -> list[str]:
 NOBODY = 65534
 
 
+def _import_everything() -> None:
+    """Every peerdistd module and what runs import on first use, while root may still read
+    the Python install (uid 65534 may not): what the child imports depended on which tests
+    ran in this process before (the subcommands import lazily; asyncio.to_thread imports
+    concurrent.futures.thread on its first call)."""
+    import peerdistd
+
+    importlib.import_module("concurrent.futures.thread")
+    for module in pkgutil.walk_packages(peerdistd.__path__, "peerdistd."):
+        importlib.import_module(module.name)
+
+
 def as_nobody(func: Callable[[], int]) -> tuple[int, str]:
     """``func()`` in a forked child running as uid/gid 65534: its exit code and stderr.
 
@@ -143,6 +157,7 @@ def as_nobody(func: Callable[[], int]) -> tuple[int, str]:
             os.close(read_end)
             os.dup2(write_end, 2)
             sys.stderr = os.fdopen(2, "w", closefd=False)
+            _import_everything()
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
