@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,7 +60,6 @@ __all__ = ["BlockCache", "CacheUsage", "SegmentRecord", "VerifyReport"]
 log = logging.getLogger(__name__)
 
 _TOUCH_BATCH = 1024  # pending LRU touches written in one go
-_TOUCH_LATER = 4096  # touches that found the lock busy, kept for the next one that gets it
 
 
 class BlockCache:
@@ -84,9 +82,6 @@ class BlockCache:
         self._pins: dict[bytes, int] = {}
         self._table = SegmentTable(index, self._files, self._pins)
         self._touched: dict[int, int] = {}
-        # Touches that found the lock busy, recorded by the next one that gets it (bounded:
-        # LRU order is a hint, the oldest go first).
-        self._touch_later: deque[bytes] = deque(maxlen=_TOUCH_LATER)
         self._clock = index.max_clock()
         self._closed = False
         # Blocks written (visible to reads), not yet synced nor indexed: see cache_staging.
@@ -693,25 +688,11 @@ class BlockCache:
                     self._pins[segment_id] = left
 
     def touch(self, segment_id: bytes) -> None:
-        """Mark the segment used (LRU). A hint, so it never waits for the lock: when another
-        thread holds it (a worker staging a run), the touch is recorded by the next one that
-        gets it. The event loop touches every segment a read used and waited 0.5 s of a 14 s
-        V2 transfer here (docs/benchmarks.md, "The cache's lock")."""
         check_segment_id(segment_id)
-        if not self._lock.acquire(blocking=False):
-            self._touch_later.append(segment_id)  # deque.append: atomic, no lock needed
-            return
-        try:
-            with db_errors("touch"):
-                while self._touch_later:
-                    later = self._table.loaded(self._touch_later.popleft())
-                    if later is not None:
-                        self._touch(later)
-                seg = self._table.load(segment_id)
-                if seg is not None:
-                    self._touch(seg)
-        finally:
-            self._lock.release()
+        with self._lock, db_errors("touch"):
+            seg = self._table.load(segment_id)
+            if seg is not None:
+                self._touch(seg)
 
     def usage(self) -> CacheUsage:
         with self._lock, db_errors("usage"):

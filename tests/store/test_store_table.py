@@ -13,8 +13,7 @@ from pathlib import Path
 
 from peerdistd.store.blockcache import BlockCache
 from tests.store.test_store_cache import make_segment
-from tests.store.test_store_evict import SIZE as EVICT_SIZE
-from tests.store.test_store_evict import store, v2_segment
+from tests.store.test_store_evict import v2_segment
 
 SIZE = 1000
 
@@ -134,31 +133,3 @@ def test_has_block_answers_from_memory_while_another_thread_holds_the_lock(
         assert not cache.has_block(held, 0, expected=absent.hod)
         cache.drop([held])
         assert not cache.has_block(held, 0, expected=record.hod)
-
-
-def test_a_touch_never_waits_for_the_lock_and_still_counts(tmp_path: Path) -> None:
-    evicted: list[bytes] = []
-    with BlockCache.open(tmp_path, limit_bytes=3 * EVICT_SIZE, sync=False) as cache:
-        cache.on_evict = evicted.append
-        a, b, d = store(cache, 1), store(cache, 2), store(cache, 3)
-        holding, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with cache._lock:
-                holding.set()
-                release.wait(30)
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        try:
-            assert holding.wait(30)
-            toucher = threading.Thread(target=cache.touch, args=(a,))
-            toucher.start()
-            toucher.join(10)
-            assert not toucher.is_alive(), "touch waited for the lock"
-        finally:
-            release.set()
-            holder.join()
-        cache.touch(d)  # records the touch of a first: b is now the least recently used
-        store(cache, 4)
-        assert evicted == [b]
