@@ -418,23 +418,8 @@ class BlockCache:
     # -- reads --------------------------------------------------------------------------------
 
     def has_block(self, segment_id: bytes, index: int, expected: bytes | None = None) -> bool:
-        """Whether the block is held (under the hash ``expected``, if given).
-
-        Answered without the lock when memory knows: a loaded segment holding the block under
-        that hash, or a segment with no row and none loaded. Each lookup is one dict read
-        (atomic under the GIL), and the answer is a moment old either way: the event loop
-        asked this for every block it had fetched a moment ago and waited for the lock
-        while a worker staged a run (3.1 s of a 14 s V2 transfer; docs/benchmarks.md, "The
-        cache's lock").
-        """
+        """Whether the block is held (under the hash ``expected``, if given)."""
         check_segment_id(segment_id)
-        seg = self._table.loaded(segment_id)
-        if seg is None and not self._index.may_have_segment(segment_id):
-            return False
-        if seg is not None and index in seg.lengths:
-            known = seg.hashes.get(index)
-            if expected is None or (known is not None and known == expected):
-                return True
         with self._lock, db_errors("has_block"):
             seg = self._table.load(segment_id)
             if seg is None or index not in seg.lengths:
