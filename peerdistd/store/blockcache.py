@@ -198,14 +198,16 @@ class BlockCache:
         (record, hash list, verified blocks), under one hold of the lock and with one index
         transaction for the new records: thread-safe, as each of those is."""
         completed: list[bytes] = []
-        with self._lock:
-            self.add_segments((record, hashes) for record, hashes, _ in items)
-            for record, _, blocks in items:
-                check_segment_id(record.segment_id)
-                if self._put_blocks(record.segment_id, blocks, False):
-                    completed.append(record.segment_id)
-        for segment_id in completed:
-            self._completed(segment_id)
+        try:
+            with self._lock:
+                self.add_segments((record, hashes) for record, hashes, _ in items)
+                for record, _, blocks in items:
+                    check_segment_id(record.segment_id)
+                    if self._put_blocks(record.segment_id, blocks, False):
+                        completed.append(record.segment_id)
+        finally:  # a later segment that fails leaves the earlier ones staged, and said so
+            for segment_id in completed:
+                self._completed(segment_id)
 
     def _loaded_as(self, record: SegmentRecord, hashes: Sequence[bytes] | None) -> bool:
         """Whether this very record (and proof) is loaded already, then touched: it was

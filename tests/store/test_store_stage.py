@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from peerdistd.errors import VerificationError
 from peerdistd.store.blockcache import BlockCache, SegmentRecord
+from peerdistd.store.cache_types import ALG_V2_TRUNCATED_SHA512, block_digest
 from peerdistd.store.index import CacheIndex
 from tests.store.test_store_evict import v2_segment
 
@@ -130,3 +131,20 @@ def test_staging_a_run_leaves_the_cache_as_the_calls_one_by_one(
                 sorted(r.segment_id for r, _, _ in run if cache.has_block(r.segment_id, 0)),
             )
     assert held["stage"] == held["one by one"]
+
+
+def test_a_segment_that_fails_in_a_run_leaves_the_earlier_ones_staged_and_announced(
+    tmp_path: Path,
+) -> None:
+    good = item(1)
+    record, hashes, _ = item(2)
+    other = item(3)[2][0][1]  # another segment's bytes: not what this record's HoD names
+    bad = (record, hashes, [(0, other, block_digest(ALG_V2_TRUNCATED_SHA512, other))])
+    completed: list[bytes] = []
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        cache.on_segment_complete = completed.append
+        with pytest.raises(VerificationError):
+            cache.stage([good, bad])
+        assert completed == [good[0].segment_id]
+        assert cache.has_block(good[0].segment_id, 0)
+        assert not cache.has_block(record.segment_id, 0)
