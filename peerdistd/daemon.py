@@ -31,6 +31,7 @@ from peerdistd.engine.core import Engine, EngineSettings
 from peerdistd.engine.ports import PeerNetwork
 from peerdistd.engine.scrub import run_scrub
 from peerdistd.engine.stats import Counters
+from peerdistd.file_limit import raise_file_limit
 from peerdistd.logs import LEVELS, setup_logging
 from peerdistd.malloc_tuning import tune_malloc
 from peerdistd.peering import PeerNode, start_peer_node
@@ -459,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.daemon.log_level, config.daemon.log_format)
     tune_malloc()  # before any thread starts (malloc_tuning)
+    raise_file_limit()  # the cache keeps up to 1,024 segment files open (file_limit)
     daemon = Daemon(config, args.config, env)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
