@@ -6,28 +6,20 @@ of ``peerdistd.net`` in here; tests may plug in the same real parts with peers s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
 from peerdistd.proto.pccrc import BlockRef, HashAlgorithm
-from peerdistd.store.blockcache import CacheUsage, SegmentRecord, VerifyReport
+from peerdistd.store.blockcache import CacheUsage, VerifyReport
+from peerdistd.store.cache_types import StagedSegment
 from peerdistd.store.healing import StoreNote
 
 
 class BlockStore(Protocol):
     """The part of the block cache the engine uses."""
 
-    def stage(
-        self,
-        items: Sequence[
-            tuple[
-                SegmentRecord,
-                Sequence[bytes] | None,
-                Iterable[tuple[int, bytes | memoryview, bytes]],
-            ]
-        ],
-    ) -> None: ...
+    def stage(self, items: Sequence[StagedSegment]) -> None: ...
     @property
     def staged_bytes(self) -> int: ...
     def commit_staged(self) -> int: ...

@@ -45,6 +45,7 @@ from peerdistd.store.cache_trust import BadBlocks, proven_list, vouched
 from peerdistd.store.cache_types import (
     CacheUsage,
     SegmentRecord,
+    StagedSegment,
     VerifyReport,
     block_digest,
     check_block,
@@ -184,16 +185,7 @@ class BlockCache:
         with self._lock, db_errors("add_segment"):
             self._add_checked(proofs)
 
-    def stage(
-        self,
-        items: Sequence[
-            tuple[
-                SegmentRecord,
-                Sequence[bytes] | None,
-                Iterable[tuple[int, bytes | memoryview, bytes]],
-            ]
-        ],
-    ) -> None:
+    def stage(self, items: Sequence[StagedSegment]) -> None:
         """``add_segment`` and ``put_blocks(durable=False)`` for the segments of one run
         (record, hash list, verified blocks), under one hold of the lock and with one index
         transaction for the new records: thread-safe, as each of those is."""

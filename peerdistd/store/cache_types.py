@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from peerdistd.errors import DecodeError, VerificationError
@@ -53,6 +54,15 @@ class SegmentRecord:
     def block_length(self, index: int) -> int:
         """Length of block ``index`` (the last one may be short)."""
         return min(self.block_size, self.length - index * self.block_size)
+
+
+# What BlockCache.stage takes per segment of a run: its record, its full V1 block hash list
+# (None for V2 or a range's partial list) and its verified (index, bytes, hash) blocks.
+StagedSegment = tuple[
+    SegmentRecord,
+    Sequence[bytes] | None,
+    Iterable[tuple[int, bytes | memoryview, bytes]],
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,6 +189,21 @@ async def run_loop(
             return await fetch_loop.fetch_loop(handle, url, out, session=session, **options)
 
 
+async def run_one_worker(
+    daemon: ContentDaemon, origin: Origin | Streamed, out: IO[bytes], **options: Any
+) -> fetch_loop.FetchCounts:
+    """:func:`run_loop` with one worker that starts at the first of six-block pieces."""
+    return await run_loop(
+        daemon,
+        origin,
+        out,
+        workers=1,
+        piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
+        first_piece=lambda count: 0,
+        **options,
+    )
+
+
 async def test_fetch_takes_cache_then_peers_then_origin(monkeypatch: pytest.MonkeyPatch) -> None:
     # Chunks that do not fall on block boundaries: the daemon holds partial blocks.
     monkeypatch.setattr(fetch_loop, "ADD_CHUNK", 5000)
@@ -404,14 +419,7 @@ async def test_a_worker_reads_its_next_piece_as_its_origin_range_nears_its_end()
             serving -= 1
 
     out = io.BytesIO()
-    counts = await run_loop(
-        daemon,
-        Streamed(origin),
-        out,
-        workers=1,
-        piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
-        first_piece=lambda count: 0,
-    )
+    counts = await run_one_worker(daemon, Streamed(origin), out)
     assert out.getvalue() == CONTENT and counts.from_origin == len(CONTENT)
     assert seen == {"early": False, "near_end": True}
 
@@ -509,15 +517,7 @@ async def test_a_peer_reader_reads_what_peers_hold_while_the_worker_fetches_from
         return resp
 
     out = io.BytesIO()
-    counts = await run_loop(
-        daemon,
-        Streamed(origin),
-        out,
-        workers=1,
-        readers=1,
-        piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
-        first_piece=lambda count: 0,
-    )
+    counts = await run_one_worker(daemon, Streamed(origin), out, readers=1)
     assert out.getvalue() == CONTENT
     assert seen == {"read_meanwhile": True}
     assert (counts.from_origin, counts.from_peers) == (6 * BLOCK, len(CONTENT) - 6 * BLOCK)
@@ -541,15 +541,7 @@ async def test_a_piece_another_node_fetches_is_given_back_and_read_again_not_fet
     daemon.on_busy = other_node_done
     origin = Origin(CONTENT)
     out = io.BytesIO()
-    counts = await run_loop(
-        daemon,
-        origin,
-        out,
-        workers=1,
-        readers=1,
-        piece_bounds=range(0, len(CONTENT), 6 * BLOCK),
-        first_piece=lambda count: 0,
-    )
+    counts = await run_one_worker(daemon, origin, out, readers=1)
     assert out.getvalue() == CONTENT
     assert [r["Range"] for r in origin.requests] == [f"bytes=0-{6 * BLOCK - 1}"]
     assert (counts.from_origin, counts.from_peers) == (6 * BLOCK, len(CONTENT) - 6 * BLOCK)
