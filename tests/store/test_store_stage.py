@@ -10,6 +10,7 @@ leave the cache exactly as the calls one by one did.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,3 +149,40 @@ def test_a_segment_that_fails_in_a_run_leaves_the_earlier_ones_staged_and_announ
         assert completed == [good[0].segment_id]
         assert cache.has_block(good[0].segment_id, 0)
         assert not cache.has_block(record.segment_id, 0)
+
+
+def test_two_writers_staging_overlapping_runs_at_once_store_each_segment_once(
+    tmp_path: Path,
+) -> None:
+    # Two fetches (or a fetch and an add-data) staging the same segments together: one index
+    # row per segment, every block readable under its hash, one commit makes all durable.
+    items = [item(seed) for seed in range(12)]
+    errors: list[BaseException] = []
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        start = threading.Barrier(3)
+
+        def writer(run: list[Item]) -> None:
+            try:
+                start.wait(30)
+                for _ in range(20):
+                    cache.stage(run)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=writer, args=(items[:8],)),
+            threading.Thread(target=writer, args=(list(reversed(items[4:])),)),
+        ]
+        for t in threads:
+            t.start()
+        start.wait(30)
+        cache.commit_staged()  # a commit in the middle of the writes
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        cache.commit_staged()
+        assert cache.usage().segments == len(items)
+        assert cache.usage().bytes_used == sum(len(b[0][1]) for _, _, b in items)
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        for record, _, blocks in items:
+            assert cache.read_block(record.segment_id, 0, expected=record.hod) == blocks[0][1]
