@@ -26,6 +26,7 @@ from peerdistd.proto import flight
 from peerdistd.proto.flight import Kind, Message, PieceId
 from peerdistd.proto.flight_board import Board, Lookup
 from peerdistd.proto.pccrd_responder import Address
+from peerdistd.proto.pccrd_xml import check_xaddr
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +237,10 @@ def _sent_by(endpoint: str, source: str) -> bool:
     """Whether ``endpoint`` ("ip:port", "[v6]:port") is on the datagram's source address. A
     DONE makes nodes reading the content whole connect to its endpoint unasked: one naming
     another address (a host's own loopback service, a third machine) is not acted on."""
-    host = endpoint.rpartition(":")[0].removeprefix("[").removesuffix("]")
     try:
+        host, _port = check_xaddr(endpoint)
         named = ipaddress.ip_address(host.partition("%")[0])
         sender = ipaddress.ip_address(source.partition("%")[0])
-    except ValueError:
+    except (DecodeError, ValueError):
         return False
     return named == sender
