@@ -15,6 +15,7 @@ from typing import Any
 TICK = 0.05  # seconds between looks
 DECAY = 0.8  # per tick: a late tick counts for a few tenths of a second
 BUSY = 0.02  # seconds late: busy
+IDLE = 10.0  # seconds without a question: the watcher stops (an idle daemon stays asleep)
 
 
 class LoopLag:
@@ -24,9 +25,12 @@ class LoopLag:
         self._spawn = spawn
         self._task: asyncio.Task[None] | None = None
         self.late = 0.0  # seconds
+        self._asked = 0.0  # loop time of the last question
 
     def busy(self) -> bool:
-        """Whether the loop ran what was due late recently (watching starts on first call)."""
+        """Whether the loop ran what was due late recently (watching starts on first call,
+        and again on the first after :data:`IDLE` seconds without one)."""
+        self._asked = asyncio.get_running_loop().time()
         if self._task is None:
             self._task = asyncio.ensure_future(self._watch())
             self._spawn(self._task)
@@ -34,10 +38,14 @@ class LoopLag:
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + TICK
-            await asyncio.sleep(TICK)
-            self.late = decayed(self.late, loop.time() - due)
+        try:
+            while loop.time() - self._asked < IDLE:
+                due = loop.time() + TICK
+                await asyncio.sleep(TICK)
+                self.late = decayed(self.late, loop.time() - due)
+        finally:
+            self._task = None
+            self.late = 0.0
 
 
 def decayed(peak: float, late: float) -> float:

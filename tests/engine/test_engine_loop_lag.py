@@ -33,3 +33,17 @@ def test_lateness_is_a_peak_that_decays() -> None:
         peak = decayed(peak, 0.001)
         ticks += 1
     assert ticks * TICK < 0.5  # 100 ms late is forgotten within half a second
+
+
+async def test_the_watcher_stops_when_nobody_asks_and_starts_again_when_asked(
+    monkeypatch: Any,
+) -> None:
+    from peerdistd.engine import loop_lag
+
+    monkeypatch.setattr(loop_lag, "IDLE", 3 * TICK)
+    started: list[asyncio.Future[Any]] = []
+    lag = LoopLag(started.append)
+    assert not lag.busy()
+    await asyncio.wait_for(started[0], 5)  # an idle daemon is not woken 20 times a second
+    assert not lag.busy() and len(started) == 2
+    started[1].cancel()
