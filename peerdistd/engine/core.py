@@ -447,6 +447,7 @@ class Engine:
     def _track(self, fut: asyncio.Future[Any]) -> None:
         self._tasks.add(fut)
         fut.add_done_callback(self._tasks.discard)
+        fut.add_done_callback(_outcome_taken)
 
     async def aclose(self) -> None:
         for h in list(self.handles.values()):
@@ -457,3 +458,21 @@ class Engine:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.commits.aclose()
         self.events.close()
+
+
+def _outcome_taken(fut: asyncio.Future[Any]) -> None:
+    """A background task's failure is taken here, whether or not a read still awaits it.
+
+    A fetch for read-ahead, for a read that timed out or for a DONE piece often ends with no
+    one waiting: a peer that did not deliver is an expected outcome (debug), not the asyncio
+    "Task exception was never retrieved" ERROR with a traceback that ten nodes at once logged
+    hundreds of times. Anything else is a defect and is logged as one."""
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if exc is None:
+        return
+    if isinstance(exc, errors.RemoteError | TimeoutError):
+        log.debug("background task ended: %s", exc)
+    else:
+        log.error("background task failed", exc_info=exc)

@@ -4,6 +4,7 @@ at the engine's seam (the PeerNetwork protocol): timeouts, aborts, flow control,
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -274,3 +275,25 @@ async def test_handles_on_one_content_share_one_parsed_view(stores) -> None:
     engine.close(UID, h)
     assert engine.available(UID, others[0]) == (0, 0)
     await engine.aclose()
+
+
+async def test_a_fetch_nobody_awaits_any_more_fails_quietly(stores) -> None:
+    """A read-ahead or timed-out read's fetch that fails later (no peer delivered) is an
+    expected outcome, not an unhandled error: ten nodes at once logged hundreds of asyncio
+    "Task exception was never retrieved" ERRORs with tracebacks for these."""
+    loop = asyncio.get_running_loop()
+    reported: list[Mapping[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        _, _, _, engine, h = setup(stores)
+        with pytest.raises(errors.Timeout):
+            await engine.stream_read(UID, h, BLOCK, 0.05, ())
+        fetches = list(engine._tasks)
+        assert fetches  # the read's fetch outlived the read
+        await asyncio.wait(fetches)  # waits without taking their outcome
+        del fetches
+        gc.collect()
+        assert [c.get("message") for c in reported] == []
+        await engine.aclose()
+    finally:
+        loop.set_exception_handler(None)
