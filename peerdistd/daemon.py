@@ -300,7 +300,13 @@ class Daemon:
 
     async def _scrub(self) -> None:
         assert self.scrubber is not None
-        await run_scrub(self.scrubber.step, lambda: self.config.cache.scrub_bytes_per_second)
+        assert self.store is not None
+        store = self.store
+        await run_scrub(
+            self.scrubber.step,
+            lambda: self.config.cache.scrub_bytes_per_second,
+            lambda: store.writes,
+        )
 
     def _peer_list(self) -> list[Mapping[str, Any]]:
         return [] if self.peer_node is None else self.peer_node.peers()

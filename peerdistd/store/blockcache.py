@@ -91,6 +91,9 @@ class BlockCache:
         self._commit_done = threading.Condition(self._lock)  # a commit finished
         self._commit_failures = 0
         self._notes: list[StoreNote] = []  # heals of a damaged index (store.healing)
+        # Calls that stored blocks since open: the background scrub waits while this moves
+        # (engine.scrub).
+        self.writes = 0
 
     @classmethod
     def open(
@@ -315,6 +318,7 @@ class BlockCache:
     ) -> bool:
         """:meth:`put_blocks` under the lock; whether this write completed the segment."""
         with self._lock, db_errors("put_blocks"):
+            self.writes += 1
             seg = self._table.load(segment_id)
             if seg is None:
                 raise LocalError(f"segment {segment_id.hex()} is not in the cache; add it first")
