@@ -39,7 +39,6 @@ from peerdistd.proto.pccrd_responder import (
     Ignore,
     PlannedReply,
     Responder,
-    local_interface_for,
 )
 
 log = logging.getLogger(__name__)
@@ -286,7 +285,7 @@ class Discovery:
         self._emit("probe_answered", _peer(planned.destination), planned.segment_ids)
 
     def _on_match(self, data: bytes, addr: Address) -> None:
-        if local_interface_for(str(addr[0]), self._responder.interfaces) is None:
+        if self._responder.interface_for(str(addr[0])) is None:
             self._drop(Ignore.OFF_SUBNET.value, addr)  # 3.1: replies from off-subnet are dropped
             return
         requested = {m: p.ids for m, p in self._pending.items()}

@@ -10,6 +10,7 @@ import pytest
 from peerdistd.errors import ConfigError, DecodeError
 from peerdistd.proto.pccrd import Probe, parse_probe_match, split_for_probes
 from peerdistd.proto.pccrd_responder import (
+    ON_LINK_SOURCES,
     Ignore,
     LocalInterface,
     PlannedReply,
@@ -166,3 +167,23 @@ def test_split_for_probes_fits_the_budget_and_keeps_order() -> None:
     assert all(len(Probe("urn:uuid:" + "0" * 36, g, 2).to_bytes()) <= 1400 for g in v2)
     assert split_for_probes([SID, SID]) == [(SID,)]
     assert split_for_probes([]) == []
+
+
+def test_the_interface_of_a_source_is_remembered_until_the_interfaces_change() -> None:
+    r = responder()
+    assert isinstance(r.decide(PROBE, ("192.168.10.77", 3702), held), PlannedReply)
+    # The node left that subnet: the remembered answer goes with it.
+    r.interfaces = [LINK, LOOP]
+    assert r.decide(PROBE, ("192.168.10.77", 3702), held) is Ignore.OFF_SUBNET
+    r.interfaces = [LAN]
+    assert r.interface_for("192.168.10.77") == LAN
+    assert r.interface_for("fe80::99%eth0") is None
+
+
+def test_remembered_sources_are_bounded() -> None:
+    r = responder()
+    for n in range(3 * ON_LINK_SOURCES):
+        host = f"192.168.{10 + n % 2}.{n % 250 + 1}" if n % 3 else f"10.{n // 250}.{n % 250}.1"
+        expected = local_interface_for(host, r.interfaces)
+        assert r.interface_for(host) == expected
+        assert len(r._on_link) <= ON_LINK_SOURCES
