@@ -68,6 +68,12 @@ class Totals:
     evictions: int
 
 
+def _plus(a: Totals, b: Totals) -> Totals:
+    return Totals(
+        a.bytes + b.bytes, a.blocks + b.blocks, a.segments + b.segments, a.evictions + b.evictions
+    )
+
+
 @contextmanager
 def db_errors(what: str) -> Iterator[None]:
     """Translate sqlite3 errors into LocalError at the store boundary; a damaged file into
@@ -95,6 +101,14 @@ class CacheIndex:
         # Read at the first answer (or by load_held, once the file is known sound).
         self._held = HeldSegments()
         self._held.stale = True
+        # The running totals: changes made inside a transaction are summed here and written
+        # with one UPDATE just before its COMMIT (they were one UPDATE per segment added and
+        # per segment committed: two of the six statements a V2 segment cost), and the
+        # committed row is kept in memory, so the room check before each write reads no SQL.
+        # Pending changes are dropped on ROLLBACK; the kept row after any failure or recount.
+        self._pending = Totals(0, 0, 0, 0)
+        self._committed: Totals | None = None
+        self._recounted = False
 
     @classmethod
     def open(cls, path: Path) -> CacheIndex | None:
@@ -144,8 +158,10 @@ class CacheIndex:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield
+                    written = self._write_pending()
                 except BaseException:
                     self._held.rollback()
+                    self._forget_pending()
                     self._db.execute("ROLLBACK")
                     raise
                 try:
@@ -154,8 +170,10 @@ class CacheIndex:
                     # Committed or not, SQLite knows: read the table again before answering.
                     self._held.rollback()
                     self._held.stale = True
+                    self._forget_pending()
                     raise
                 self._held.commit()
+                self._committed_with(written)
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -171,8 +189,42 @@ class CacheIndex:
         return rows == [("ok",)]
 
     def totals(self) -> Totals:
-        row = self._db.execute("SELECT bytes, blocks, segments, evictions FROM totals").fetchone()
-        return Totals(*row)
+        """The running totals, with the changes of the open transaction."""
+        if self._committed is None or self._recounted:
+            row = self._db.execute("SELECT bytes, blocks, segments, evictions FROM totals")
+            found = Totals(*row.fetchone())
+            if self._recounted:  # the row already has this transaction's changes
+                return found
+            self._committed = found
+        return _plus(self._committed, self._pending)
+
+    def _count(self, size: int = 0, blocks: int = 0, segments: int = 0, evicted: int = 0) -> None:
+        """Change the running totals: at COMMIT inside a transaction, else at once."""
+        change = Totals(size, blocks, segments, evicted)
+        self._pending = _plus(self._pending, change)
+        if not self._db.in_transaction:
+            self._committed_with(self._write_pending())
+
+    def _write_pending(self) -> Totals:
+        """Write the pending changes (one UPDATE) in the open transaction; what was written."""
+        change, self._pending = self._pending, Totals(0, 0, 0, 0)
+        if change != Totals(0, 0, 0, 0):
+            self._db.execute(
+                "UPDATE totals SET bytes = bytes + ?, blocks = blocks + ?,"
+                " segments = segments + ?, evictions = evictions + ?",
+                (change.bytes, change.blocks, change.segments, change.evictions),
+            )
+        return change
+
+    def _committed_with(self, written: Totals) -> None:
+        if self._recounted:
+            self._committed, self._recounted = None, False
+        elif self._committed is not None:
+            self._committed = _plus(self._committed, written)
+
+    def _forget_pending(self) -> None:
+        self._pending = Totals(0, 0, 0, 0)
+        self._committed, self._recounted = None, False
 
     def max_clock(self) -> int:
         row = self._db.execute("SELECT max(last_used) FROM segments").fetchone()
@@ -190,7 +242,7 @@ class CacheIndex:
             (rowid, record.segment_id, record.version, record.algorithm, record.hod,
              record.secret, record.length, record.block_size, clock),
         )  # fmt: skip
-        self._db.execute("UPDATE totals SET segments = segments + 1")
+        self._count(segments=1)
         self._note(record.segment_id, 0, record.version == 2)
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -250,9 +302,7 @@ class CacheIndex:
             (len(rows), added, clock, rowid),
         ).fetchone()
         self._note_row(row)
-        self._db.execute(
-            "UPDATE totals SET blocks = blocks + ?, bytes = bytes + ?", (len(rows), added)
-        )
+        self._count(added, blocks=len(rows))
 
     def delete_blocks(self, rowid: int, rows: Sequence[tuple[int, int]]) -> None:
         """Forget (index, length) blocks of one segment (failed verification, truncation)."""
@@ -266,29 +316,25 @@ class CacheIndex:
             (len(rows), dropped, rowid),
         ).fetchone()
         self._note_row(row)
-        self._db.execute(
-            "UPDATE totals SET blocks = blocks - ?, bytes = bytes - ?", (len(rows), dropped)
-        )
+        self._count(-dropped, blocks=-len(rows))
 
     def delete_segments(self, rowids: Sequence[int], *, evicted: bool) -> int:
         """Drop segments with their blocks, queue their files in trash; returns bytes freed."""
-        freed = blocks = 0
+        freed = blocks = gone = 0
         for rowid in rowids:
             row = self._db.execute(
                 "DELETE FROM segments WHERE id = ? RETURNING blocks, bytes, segment_id", (rowid,)
             ).fetchone()
             if row is None:
                 continue
+            gone += 1
             blocks += row[0]
             freed += row[1]
             self._note_gone(row[2])
             self._db.execute("DELETE FROM blocks WHERE seg = ?", (rowid,))
             self._db.execute("INSERT OR IGNORE INTO trash(seg) VALUES (?)", (rowid,))
-        self._db.execute(
-            "UPDATE totals SET bytes = bytes - ?, blocks = blocks - ?, segments = segments - ?,"
-            " evictions = evictions + ?",
-            (freed, blocks, len(rowids), len(rowids) if evicted else 0),
-        )
+        # Only the rows that were there (a segment dropped meanwhile counted once, not twice).
+        self._count(-freed, -blocks, -gone, gone if evicted else 0)
         return freed
 
     def lru(self) -> Iterator[tuple[int, bytes, int]]:
@@ -378,5 +424,8 @@ class CacheIndex:
             " bytes = (SELECT coalesce(sum(length), 0) FROM blocks),"
             " segments = (SELECT count(*) FROM segments)"
         )
+        # Counted from the rows: earlier changes of this transaction are in them already.
+        self._pending = Totals(0, 0, 0, 0)
+        self._recounted = True
         for row in self._db.execute(_SELECT_HELD):
             self._held.put(row[0], row[1], bool(row[2]))

@@ -1,0 +1,153 @@
+"""The cache index's running totals (bytes, blocks, segments, evictions).
+
+They were one UPDATE per segment added and one per segment committed, and a SELECT before
+every write (the room check): three of the six statements a V2 segment cost. Now a
+transaction's changes are written with one UPDATE before its COMMIT and the committed row is
+kept in memory. These tests hold them exact: equal to the rows after any mix of writes,
+drops, evictions and failed transactions, and written once per transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peerdistd.store.blockcache import BlockCache
+from peerdistd.store.index import CacheIndex, Totals
+from tests.store.test_store_evict import SIZE, v2_segment
+from tests.store.test_store_stage import item
+
+
+@contextmanager
+def statements(cache: BlockCache) -> Iterator[list[str]]:
+    """The SQL statements the cache's index runs meanwhile."""
+    seen: list[str] = []
+    db: sqlite3.Connection = cache._index._db
+    db.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        db.set_trace_callback(None)
+
+
+def from_rows(index: CacheIndex) -> tuple[int, int, int]:
+    """(bytes, blocks, segments) counted from the rows themselves."""
+    db = index._db
+    size, blocks = db.execute("SELECT coalesce(sum(length), 0), count(*) FROM blocks").fetchone()
+    (segments,) = db.execute("SELECT count(*) FROM segments").fetchone()
+    return size, blocks, segments
+
+
+def stored(index: CacheIndex) -> Totals:
+    row = index._db.execute("SELECT bytes, blocks, segments, evictions FROM totals").fetchone()
+    return Totals(*row)
+
+
+def check(cache: BlockCache) -> None:
+    index = cache._index
+    kept = index.totals()
+    assert kept == stored(index)  # what memory says is what the file says
+    assert (kept.bytes, kept.blocks, kept.segments) == from_rows(index)
+
+
+def test_a_run_and_its_commit_write_the_totals_once_each(tmp_path: Path) -> None:
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        cache.stage([item(99)])
+        cache.commit_staged()  # the kept row is read once, here or before
+        with statements(cache) as seen:
+            cache.stage([item(seed) for seed in range(8)])
+            cache.commit_staged()
+        updates = [s for s in seen if s.startswith("UPDATE totals")]
+        reads = [s for s in seen if "FROM totals" in s]
+        assert len(updates) == 2  # sixteen before: one per segment added, one per committed
+        assert reads == []  # eight before: the room check of every write
+        check(cache)
+        assert cache.usage().segments == 9
+
+
+def test_a_failed_transaction_leaves_the_totals_as_they_were(tmp_path: Path) -> None:
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        cache.stage([item(1)])
+        cache.commit_staged()
+        index = cache._index
+        before = index.totals()
+        record, _ = v2_segment(2)
+        with pytest.raises(RuntimeError), index.transaction():
+            index.insert_segment(record, 10**6)
+            assert index.totals().segments == before.segments + 1  # seen inside it
+            raise RuntimeError("the write that fails after the row")
+        assert index.totals() == before
+        check(cache)
+
+
+def test_dropping_a_segment_already_gone_counts_it_once(tmp_path: Path) -> None:
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        cache.stage([item(1), item(2)])
+        cache.commit_staged()
+        index = cache._index
+        rowid = index.segment(item(1)[0].segment_id)
+        assert rowid is not None
+        with index.transaction():
+            index.delete_segments([rowid[0]], evicted=False)
+        with index.transaction():  # a second drop of the same row, as a race would make
+            index.delete_segments([rowid[0]], evicted=True)
+        check(cache)
+        assert index.totals().segments == 1  # was 0: every id asked for was subtracted
+        assert index.totals().evictions == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("stage"), st.lists(st.integers(0, 15), min_size=1, max_size=6)),
+            st.tuples(st.just("put"), st.integers(0, 15)),
+            st.tuples(st.just("commit"), st.just(0)),
+            st.tuples(st.just("drop"), st.lists(st.integers(0, 15), max_size=4)),
+            st.tuples(st.just("shrink"), st.integers(1, 6)),
+            st.tuples(st.just("fail"), st.integers(0, 15)),
+        ),
+        min_size=1,
+        max_size=14,
+    )
+)
+def test_the_totals_stay_equal_to_the_rows(
+    tmp_path_factory: pytest.TempPathFactory, plan: list[tuple[str, object]]
+) -> None:
+    root = tmp_path_factory.mktemp("totals")
+    with BlockCache.open(root, limit_bytes=1 << 30, sync=False) as cache:
+        for op, arg in plan:
+            if op == "stage":
+                assert isinstance(arg, list)
+                cache.stage([item(seed) for seed in arg])
+            elif op == "put":
+                assert isinstance(arg, int)
+                record, data = v2_segment(arg)
+                cache.add_segment(record)
+                cache.put_block(record.segment_id, 0, data, record.hod)
+            elif op == "commit":
+                cache.commit_staged()
+            elif op == "drop":
+                assert isinstance(arg, list)
+                cache.drop([v2_segment(seed)[0].segment_id for seed in arg])
+            elif op == "shrink":  # evict down to a few segments' worth
+                assert isinstance(arg, int)
+                cache.commit_staged()
+                cache.set_limit(limit_bytes=arg * SIZE)
+                cache.set_limit(limit_bytes=1 << 30)
+            else:
+                assert isinstance(arg, int)
+                index = cache._index
+                with pytest.raises(RuntimeError), cache._lock, index.transaction():
+                    index.insert_segment(v2_segment(100 + arg)[0], 10**6)
+                    raise RuntimeError("rolled back")
+            check(cache)
+        cache.commit_staged()
+        check(cache)
+    with BlockCache.open(root, limit_bytes=1 << 30, sync=False) as cache:  # as the file says
+        check(cache)
