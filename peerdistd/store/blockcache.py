@@ -366,7 +366,11 @@ class BlockCache:
                 self._staging.add(seg.rowid, new_rows, created=created)
                 seg.lengths.update((i, v.nbytes) for i, (v, _) in new.items())
                 seg.hashes.update((i, d) for i, (_, d) in new.items())
-                self._touch(seg)
+                if held_before:
+                    # A segment that held nothing frees nothing, so no eviction picks it
+                    # before its commit dates it (insert_blocks sets last_used): a touch
+                    # here was one more UPDATE per new V2 segment.
+                    self._touch(seg)
                 return held_before < count <= len(seg.lengths)
             if self._sync:
                 self._files.sync(fd)  # data durable before the row that vouches for it

@@ -151,3 +151,26 @@ def test_the_totals_stay_equal_to_the_rows(
         check(cache)
     with BlockCache.open(root, limit_bytes=1 << 30, sync=False) as cache:  # as the file says
         check(cache)
+
+
+def test_a_new_segment_is_dated_by_its_commit_alone(tmp_path: Path) -> None:
+    """No touch per new staged segment (its commit sets last_used); LRU order is kept."""
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        cache.stage([item(50)])
+        cache.commit_staged()
+        with statements(cache) as seen:
+            cache.stage([item(seed) for seed in range(8)])
+            cache.stage([item(seed) for seed in range(8, 16)])
+            cache.commit_staged()
+        assert [s for s in seen if s.startswith("UPDATE segments SET last_used")] == []
+        order = [sid for _, sid, _ in cache._index.lru()]
+        assert order[0] == item(50)[0].segment_id  # the oldest is evicted first
+        assert set(order[1:]) == {item(seed)[0].segment_id for seed in range(16)}
+        # Reads still date a segment (touch), as before.
+        record, _ = v2_segment(50)
+        cache.read_block(record.segment_id, 0)
+        cache.commit_staged()
+        with cache._lock, cache._index.transaction():
+            cache._flush_touches()
+        assert next(iter(cache._index.lru()))[1] != record.segment_id
+        check(cache)
