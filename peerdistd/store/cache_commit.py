@@ -73,10 +73,13 @@ def _index_batch(cache: BlockCache, batch: int) -> int:
         with db_errors("commit_staged"):
             cache._clock += 1
             with cache._index.transaction(durable=cache._sync):
-                for rowid, rows in rows_by_seg.items():
-                    cache._index.insert_blocks(
-                        rowid, [(i, n, h) for i, (n, h) in rows.items()], cache._clock
-                    )
+                cache._index.insert_blocks_of(
+                    [
+                        (rowid, [(i, n, h) for i, (n, h) in rows.items()])
+                        for rowid, rows in rows_by_seg.items()
+                    ],
+                    cache._clock,
+                )
                 cache._flush_touches()
     except BaseException:
         _fail(cache, batch)

@@ -60,6 +60,15 @@ _SELECT_SEGMENTS = (
 )
 
 
+# Segments per UPDATE of a group commit: 3 parameters each, well under SQLite's 32,766.
+UPDATE_ROWS = 256
+_UPDATE_MANY = (
+    "UPDATE segments SET blocks = blocks + v.column2, bytes = bytes + v.column3, last_used = ?"
+    " FROM (VALUES {values}) AS v WHERE segments.id = v.column1"
+    " RETURNING segment_id, blocks, (version = 2 OR proven IS NOT NULL)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     bytes: int
@@ -291,18 +300,29 @@ class CacheIndex:
 
     def insert_blocks(self, rowid: int, rows: Sequence[tuple[int, int, bytes]], clock: int) -> None:
         """Add (index, length, hash) rows of one segment; the caller knows they are new."""
+        self.insert_blocks_of([(rowid, rows)], clock)
+
+    def insert_blocks_of(
+        self, segments: Sequence[tuple[int, Sequence[tuple[int, int, bytes]]]], clock: int
+    ) -> None:
+        """:meth:`insert_blocks` for several segments (each rowid once): one INSERT of all
+        their rows and one UPDATE per UPDATE_ROWS segments, where a group commit of V2
+        segments was one UPDATE per segment (docs/benchmarks.md)."""
         self._db.executemany(
             "INSERT INTO blocks(seg, idx, length, hash) VALUES (?, ?, ?, ?)",
-            [(rowid, idx, length, digest) for idx, length, digest in rows],
+            [(rowid, i, n, digest) for rowid, rows in segments for i, n, digest in rows],
         )
-        added = sum(length for _, length, _ in rows)
-        row = self._db.execute(
-            "UPDATE segments SET blocks = blocks + ?, bytes = bytes + ?, last_used = ?"
-            " WHERE id = ? RETURNING segment_id, blocks, (version = 2 OR proven IS NOT NULL)",
-            (len(rows), added, clock, rowid),
-        ).fetchone()
-        self._note_row(row)
-        self._count(added, blocks=len(rows))
+        changes = [(rowid, len(rows), sum(n for _, n, _ in rows)) for rowid, rows in segments]
+        for start in range(0, len(changes), UPDATE_ROWS):
+            part = changes[start : start + UPDATE_ROWS]
+            values = ", ".join(["(?, ?, ?)"] * len(part))  # placeholders only, no value
+            query = _UPDATE_MANY.format(values=values)
+            found = self._db.execute(
+                query, (clock, *(x for change in part for x in change))
+            ).fetchall()
+            for row in found:
+                self._note_row(row)
+        self._count(sum(c[2] for c in changes), blocks=sum(c[1] for c in changes))
 
     def delete_blocks(self, rowid: int, rows: Sequence[tuple[int, int]]) -> None:
         """Forget (index, length) blocks of one segment (failed verification, truncation)."""

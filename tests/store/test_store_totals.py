@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerdistd.store.blockcache import BlockCache
-from peerdistd.store.index import CacheIndex, Totals
+from peerdistd.store.index import UPDATE_ROWS, CacheIndex, Totals
 from tests.store.test_store_evict import SIZE, v2_segment
 from tests.store.test_store_stage import item
 
@@ -173,4 +173,27 @@ def test_a_new_segment_is_dated_by_its_commit_alone(tmp_path: Path) -> None:
         with cache._lock, cache._index.transaction():
             cache._flush_touches()
         assert next(iter(cache._index.lru()))[1] != record.segment_id
+        check(cache)
+
+
+def test_a_group_commit_updates_its_segments_a_chunk_at_a_time(tmp_path: Path) -> None:
+    """One UPDATE per UPDATE_ROWS segments committed (was one per segment), each segment's
+    row, the held map and the totals exact across the chunk boundary."""
+    count = UPDATE_ROWS + 44
+    items = [item(seed) for seed in range(count)]
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        for start in range(0, count, 8):
+            cache.stage(items[start : start + 8])
+        with statements(cache) as seen:
+            cache.commit_staged()
+        updates = [s for s in seen if s.startswith("UPDATE segments SET blocks")]
+        assert len(updates) == 2
+        index = cache._index
+        for record, _, blocks in items:
+            found = index.segment(record.segment_id)
+            assert found is not None
+            assert index.block_lengths(found[0]) == {0: len(blocks[0][1])}
+        assert index.counts([r.segment_id for r, _, _ in items]) == {
+            r.segment_id: 1 for r, _, _ in items
+        }
         check(cache)
