@@ -228,17 +228,15 @@ class BlockCache:
             else:
                 new[record.segment_id] = (record, proof)
         if new:
-            added = []
+            rows = []
+            for record, proof in new.values():
+                self._clock += 1
+                rows.append((record, self._clock, proof))
             with self._index.transaction():
-                for record, proof in new.values():
-                    self._clock += 1
-                    rowid = self._index.insert_segment(record, self._clock)
-                    if proof is not None:
-                        self._index.set_proven(rowid, proof)
-                    added.append(Seg(rowid, record, {}, {}, proof))
+                rowids = self._index.insert_segments(rows)
                 self._flush_touches()
-            for seg in added:
-                self._table.add(seg)
+            for record, _, proof in rows:
+                self._table.add(Seg(rowids[record.segment_id], record, {}, {}, proof))
         for record, proof in known:
             self._add_known(record, proof)
 

@@ -62,6 +62,11 @@ _SELECT_SEGMENTS = (
 
 # Segments per UPDATE of a group commit: 3 parameters each, well under SQLite's 32,766.
 UPDATE_ROWS = 256
+_INSERT_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"  # placeholders only, no value
+_INSERT_MANY = (
+    "INSERT INTO segments(segment_id, version, algorithm, hod, secret, length, block_size,"
+    " last_used, proven) VALUES {values} RETURNING id, segment_id"
+)
 _UPDATE_MANY = (
     "UPDATE segments SET blocks = blocks + v.column2, bytes = bytes + v.column3, last_used = ?"
     " FROM (VALUES {values}) AS v WHERE segments.id = v.column1"
@@ -255,6 +260,29 @@ class CacheIndex:
         self._note(record.segment_id, 0, record.version == 2)
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def insert_segments(
+        self, items: Sequence[tuple[SegmentRecord, int, bytes | None]]
+    ) -> dict[bytes, int]:
+        """Add new segments (record, clock, proven hash list or None), each id once, with
+        one INSERT per UPDATE_ROWS of them (a run of V2 segments was an INSERT per segment);
+        their rowids by segment id."""
+        rowids: dict[bytes, int] = {}
+        for start in range(0, len(items), UPDATE_ROWS):
+            part = items[start : start + UPDATE_ROWS]
+            query = _INSERT_MANY.format(values=", ".join([_INSERT_ROW] * len(part)))
+            params = [
+                x
+                for r, clock, proof in part
+                for x in (r.segment_id, r.version, r.algorithm, r.hod, r.secret, r.length,
+                          r.block_size, clock, proof)
+            ]  # fmt: skip
+            for rowid, segment_id in self._db.execute(query, params):
+                rowids[bytes(segment_id)] = rowid
+        for record, _, proof in items:
+            self._note(record.segment_id, 0, record.version == 2 or proof is not None)
+        self._count(segments=len(items))
+        return rowids
 
     def segment_by_rowid(self, rowid: int) -> SegmentRecord | None:
         row = self._db.execute(_SELECT_SEGMENTS + " WHERE id = ?", (rowid,)).fetchone()

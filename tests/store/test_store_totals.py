@@ -17,8 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerdistd.store.blockcache import BlockCache
+from peerdistd.proto.pccrc import HashAlgorithm
+from peerdistd.store.blockcache import BlockCache, SegmentRecord
 from peerdistd.store.index import UPDATE_ROWS, CacheIndex, Totals
+from tests.content import BLOCK, content, content_information
 from tests.store.test_store_evict import SIZE, v2_segment
 from tests.store.test_store_stage import item
 
@@ -196,4 +198,35 @@ def test_a_group_commit_updates_its_segments_a_chunk_at_a_time(tmp_path: Path) -
         assert index.counts([r.segment_id for r, _, _ in items]) == {
             r.segment_id: 1 for r, _, _ in items
         }
+        check(cache)
+
+
+def test_a_run_of_new_segments_is_one_insert_with_their_proven_lists(tmp_path: Path) -> None:
+    """One INSERT for the run's new segments, their proven hash lists in it (was an INSERT
+    and, for a V1 segment with its full list, an UPDATE per segment)."""
+    contents = [content(3 * BLOCK, seed=700 + n) for n in range(8)]
+    segs = [content_information(data).segments[0] for data in contents]
+    records = [
+        SegmentRecord(s.segment_id, 1, HashAlgorithm.SHA256.value, s.hod, s.secret, s.length,
+                      s.block_size)
+        for s in segs
+    ]  # fmt: skip
+    run = [
+        (record, seg.block_hashes, [(0, data[:BLOCK], seg.block_hashes[0])])
+        for record, seg, data in zip(records, segs, contents, strict=True)
+    ]
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        with statements(cache) as seen:
+            cache.stage([*run, item(1)])
+        inserts = [s for s in seen if s.startswith("INSERT INTO segments")]
+        assert len(inserts) == 1
+        assert [s for s in seen if s.startswith("UPDATE segments SET proven")] == []
+        cache.commit_staged()
+        index = cache._index
+        for record, seg in zip(records, segs, strict=True):
+            found = index.segment(record.segment_id)
+            assert found is not None and found[1] == record
+            assert index.proven(found[0]) == b"".join(seg.block_hashes)
+        ids = [r.segment_id for r in records] + [item(1)[0].segment_id]
+        assert index.counts(ids, proven_only=True) == dict.fromkeys(ids, 1)
         check(cache)
