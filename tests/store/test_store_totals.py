@@ -230,3 +230,44 @@ def test_a_run_of_new_segments_is_one_insert_with_their_proven_lists(tmp_path: P
         ids = [r.segment_id for r in records] + [item(1)[0].segment_id]
         assert index.counts(ids, proven_only=True) == dict.fromkeys(ids, 1)
         check(cache)
+
+
+def test_two_writers_and_a_committer_at_once_keep_the_totals_exact(tmp_path: Path) -> None:
+    """The kept row and the pending changes are the index's, under the cache's lock: two
+    threads staging overlapping runs while a third commits and evicts leave them exact."""
+    import threading
+
+    with BlockCache.open(tmp_path, limit_bytes=1 << 30, sync=False) as cache:
+        start = threading.Barrier(3)
+        failures: list[BaseException] = []
+
+        def writer(offset: int) -> None:
+            start.wait()
+            for base in range(0, 96, 8):
+                cache.stage([item(offset + base + n) for n in range(8)])
+
+        def committer() -> None:
+            start.wait()
+            for round_ in range(12):
+                cache.commit_staged()
+                if round_ % 4 == 3:
+                    cache.set_limit(limit_bytes=20 * SIZE)
+                    cache.set_limit(limit_bytes=1 << 30)
+
+        def run(target: object, *args: int) -> threading.Thread:
+            def body() -> None:
+                try:
+                    target(*args)  # type: ignore[operator]
+                except BaseException as exc:  # reported below, in the test's thread
+                    failures.append(exc)
+
+            thread = threading.Thread(target=body)
+            thread.start()
+            return thread
+
+        threads = [run(writer, 0), run(writer, 40), run(committer)]
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        cache.commit_staged()
+        check(cache)
