@@ -113,6 +113,7 @@ def test_dropping_a_segment_already_gone_counts_it_once(tmp_path: Path) -> None:
             st.tuples(st.just("drop"), st.lists(st.integers(0, 15), max_size=4)),
             st.tuples(st.just("shrink"), st.integers(1, 6)),
             st.tuples(st.just("fail"), st.integers(0, 15)),
+            st.tuples(st.just("verify"), st.just(0)),
         ),
         min_size=1,
         max_size=14,
@@ -142,6 +143,9 @@ def test_the_totals_stay_equal_to_the_rows(
                 cache.commit_staged()
                 cache.set_limit(limit_bytes=arg * SIZE)
                 cache.set_limit(limit_bytes=1 << 30)
+            elif op == "verify":  # re-hashes every block, then recounts the totals
+                cache.commit_staged()
+                cache.verify()
             else:
                 assert isinstance(arg, int)
                 index = cache._index
