@@ -118,11 +118,11 @@ class CacheIndex:
         # The running totals: changes made inside a transaction are summed here and written
         # with one UPDATE just before its COMMIT (they were one UPDATE per segment added and
         # per segment committed: two of the six statements a V2 segment cost), and the
-        # committed row is kept in memory, so the room check before each write reads no SQL.
-        # Pending changes are dropped on ROLLBACK; the kept row after any failure or recount.
+        # row is kept in memory (as the open transaction sees it, before its pending changes),
+        # so the room check before each write reads no SQL. Pending changes are dropped on
+        # ROLLBACK; the kept row after any failure, and after a recount (read again).
         self._pending = Totals(0, 0, 0, 0)
-        self._committed: Totals | None = None
-        self._recounted = False
+        self._row: Totals | None = None
 
     @classmethod
     def open(cls, path: Path) -> CacheIndex | None:
@@ -187,7 +187,7 @@ class CacheIndex:
                     self._forget_pending()
                     raise
                 self._held.commit()
-                self._committed_with(written)
+                self._wrote(written)
             finally:
                 if durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -204,20 +204,17 @@ class CacheIndex:
 
     def totals(self) -> Totals:
         """The running totals, with the changes of the open transaction."""
-        if self._committed is None or self._recounted:
+        if self._row is None:
             row = self._db.execute("SELECT bytes, blocks, segments, evictions FROM totals")
-            found = Totals(*row.fetchone())
-            if self._recounted:  # the row already has this transaction's changes
-                return found
-            self._committed = found
-        return _plus(self._committed, self._pending)
+            self._row = Totals(*row.fetchone())
+        return _plus(self._row, self._pending)
 
     def _count(self, size: int = 0, blocks: int = 0, segments: int = 0, evicted: int = 0) -> None:
         """Change the running totals: at COMMIT inside a transaction, else at once."""
         change = Totals(size, blocks, segments, evicted)
         self._pending = _plus(self._pending, change)
         if not self._db.in_transaction:
-            self._committed_with(self._write_pending())
+            self._wrote(self._write_pending())
 
     def _write_pending(self) -> Totals:
         """Write the pending changes (one UPDATE) in the open transaction; what was written."""
@@ -230,15 +227,13 @@ class CacheIndex:
             )
         return change
 
-    def _committed_with(self, written: Totals) -> None:
-        if self._recounted:
-            self._committed, self._recounted = None, False
-        elif self._committed is not None:
-            self._committed = _plus(self._committed, written)
+    def _wrote(self, written: Totals) -> None:
+        if self._row is not None:
+            self._row = _plus(self._row, written)
 
     def _forget_pending(self) -> None:
         self._pending = Totals(0, 0, 0, 0)
-        self._committed, self._recounted = None, False
+        self._row = None
 
     def max_clock(self) -> int:
         row = self._db.execute("SELECT max(last_used) FROM segments").fetchone()
@@ -474,6 +469,6 @@ class CacheIndex:
         )
         # Counted from the rows: earlier changes of this transaction are in them already.
         self._pending = Totals(0, 0, 0, 0)
-        self._recounted = True
+        self._row = None
         for row in self._db.execute(_SELECT_HELD):
             self._held.put(row[0], row[1], bool(row[2]))
