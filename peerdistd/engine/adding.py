@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from peerdistd import errors
-from peerdistd.engine.fetching import full_list, segment_record
+from peerdistd.engine.fetching import staged
 from peerdistd.engine.handle import ContentHandle
 from peerdistd.engine.ports import BlockStore
 from peerdistd.engine.stats import Counters
@@ -168,13 +168,9 @@ class DataAdder:
         view: ContentView | None,
         good: dict[bytes, list[tuple[BlockRef, bytes | memoryview]]],
     ) -> None:
-        items = []
-        for blocks in good.values():
+        if good:
             assert view is not None
-            first = blocks[0][0]
-            rows = [(ref.index, data, ref.hash) for ref, data in blocks]
-            items.append((segment_record(view, first), full_list(view, first), rows))
-        self.store.stage(items)
+            self.store.stage([staged(view, blocks) for blocks in good.values()])
 
     def _hold(self, h: ContentHandle, pos: int, data: memoryview) -> None:
         h.held.add(pos, data)  # raises past this handle's or the daemon's cap

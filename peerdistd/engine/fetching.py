@@ -18,6 +18,7 @@ from peerdistd.engine.view import ContentView
 from peerdistd.errors import PeersBusy, PeerUnavailable
 from peerdistd.proto.pccrc import BlockRef
 from peerdistd.store.blockcache import SegmentRecord
+from peerdistd.store.cache_types import StagedSegment
 
 FROM_PEERS_LIMIT = 65536  # blocks remembered as "fetched for a read, not read yet"
 
@@ -45,6 +46,15 @@ def segment_record(view: ContentView, ref: BlockRef) -> SegmentRecord:
         length=seg.length,
         block_size=seg.block_size,
     )
+
+
+def staged(
+    view: ContentView, blocks: Sequence[tuple[BlockRef, bytes | memoryview]]
+) -> StagedSegment:
+    """Verified blocks of one segment of ``view`` as :meth:`BlockStore.stage` takes them."""
+    first = blocks[0][0]
+    rows = [(ref.index, data, ref.hash) for ref, data in blocks]
+    return segment_record(view, first), full_list(view, first), rows
 
 
 class Fetcher:
@@ -178,12 +188,7 @@ class Fetcher:
 
     def _stage_all(self, view: ContentView, groups: list[list[tuple[BlockRef, bytes]]]) -> None:
         """Stage the verified blocks of a run in one store call (thread-safe)."""
-        items = []
-        for seg_refs in groups:
-            first = seg_refs[0][0]
-            rows = [(ref.index, data, ref.hash) for ref, data in seg_refs]
-            items.append((segment_record(view, first), full_list(view, first), rows))
-        self.store.stage(items)
+        self.store.stage([staged(view, seg_refs) for seg_refs in groups])
 
     async def _wait_for_peers(
         self, segment_id: bytes, deadline: float, *, take_slot: bool, among: Sequence[str] = ()
